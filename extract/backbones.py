@@ -1,0 +1,93 @@
+"""The torchvision backbones cnncodes knows, with their friendly layer aliases.
+
+Every alias names a node whose output is already thresholded at zero (a ReLU or ReLU6), so the
+codes it yields are "ReLU'd" as the transfer-learning notes require. MobileNetV2's block outputs
+are linear bottlenecks that go negative, so its block aliases tap the block's inner depthwise
+ReLU6 instead of the block output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torchvision import models
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A torchvision architecture, its ImageNet weights enum and its layer aliases."""
+
+    name: str
+    build: Callable[[], torch.nn.Module]
+    weights_enum: object
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def default_weights(self):
+        return self.weights_enum.IMAGENET1K_V1
+
+    @property
+    def checkpoint_url(self) -> str:
+        return self.default_weights.url
+
+    @property
+    def checkpoint_name(self) -> str:
+        return self.checkpoint_url.rsplit("/", 1)[-1]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.default_weights.meta["categories"])
+
+    def resolve_layer(self, layer: str) -> tuple[str, str]:
+        """Return (display name, graph node) for an alias or a raw torchvision node name."""
+        if layer in self.aliases:
+            return layer, self.aliases[layer]
+        return layer, layer
+
+
+def _mobilenet_v2_aliases() -> dict[str, str]:
+    # Inner depthwise ReLU6 of the last block at each resolution / width stage.
+    inner = {"block1": "features.1.conv.0.2", "block2": "features.3.conv.1.2", "block3": "features.6.conv.1.2",
+             "block4": "features.10.conv.1.2", "block5": "features.13.conv.1.2", "block6": "features.16.conv.1.2"}
+    return {"conv1": "features.0.2", **inner, "last_conv": "features.18.2", "penultimate": "features.18.2"}
+
+
+def _alexnet_aliases() -> dict[str, str]:
+    return {"conv1": "features.1", "conv2": "features.4", "conv3": "features.7", "conv4": "features.9",
+            "conv5": "features.11", "pool5": "features.12", "fc6": "classifier.2", "fc7": "classifier.5",
+            "penultimate": "classifier.5"}
+
+
+def _vgg16_aliases() -> dict[str, str]:
+    return {"block1": "features.3", "block2": "features.8", "block3": "features.15", "block4": "features.22",
+            "block5": "features.29", "pool5": "features.30", "fc6": "classifier.1", "fc7": "classifier.4",
+            "penultimate": "classifier.4"}
+
+
+def _resnet_aliases() -> dict[str, str]:
+    # Residual stages end with a ReLU, so their outputs are non-negative.
+    return {"conv1": "relu", "block1": "layer1", "block2": "layer2", "block3": "layer3", "block4": "layer4",
+            "penultimate": "layer4"}
+
+
+BACKBONES: dict[str, Backbone] = {
+    b.name: b
+    for b in [
+        Backbone("mobilenet_v2", models.mobilenet_v2, models.MobileNet_V2_Weights, _mobilenet_v2_aliases()),
+        Backbone("alexnet", models.alexnet, models.AlexNet_Weights, _alexnet_aliases()),
+        Backbone("vgg16", models.vgg16, models.VGG16_Weights, _vgg16_aliases()),
+        Backbone("resnet18", models.resnet18, models.ResNet18_Weights, _resnet_aliases()),
+        Backbone("resnet50", models.resnet50, models.ResNet50_Weights, _resnet_aliases()),
+    ]
+}
+
+DEFAULT_BACKBONE = "mobilenet_v2"
+
+
+def get_backbone(name: str) -> Backbone:
+    """Look up a backbone by name, with a message listing the known ones."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}") from None

