@@ -47,10 +47,11 @@ class Backbone:
 
 
 def _mobilenet_v2_aliases() -> dict[str, str]:
-    # Inner depthwise ReLU6 of the last block at each resolution / width stage.
-    inner = {"block1": "features.1.conv.0.2", "block2": "features.3.conv.1.2", "block3": "features.6.conv.1.2",
-             "block4": "features.10.conv.1.2", "block5": "features.13.conv.1.2", "block6": "features.16.conv.1.2"}
-    return {"conv1": "features.0.2", **inner, "last_conv": "features.18.2", "penultimate": "features.18.2"}
+    # torchvision traces Conv2dNormActivation as one leaf whose output is after its ReLU6.
+    # Block aliases: the inner depthwise conv+BN+ReLU6 of the last block at each resolution / width stage.
+    inner = {"block1": "features.1.conv.0", "block2": "features.3.conv.1", "block3": "features.6.conv.1",
+             "block4": "features.10.conv.1", "block5": "features.13.conv.1", "block6": "features.16.conv.1"}
+    return {"conv1": "features.0", **inner, "last_conv": "features.18", "penultimate": "features.18"}
 
 
 def _alexnet_aliases() -> dict[str, str]:

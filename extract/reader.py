@@ -1,0 +1,147 @@
+"""List the images of a collection and decode them in DataLoader workers.
+
+A collection is a folder tree ``root/CLASS/*`` or ``root/{train,val,test}/CLASS/*`` (files directly
+under ``root`` are unlabeled), or a CSV manifest ``path,label[,split]`` whose relative paths are
+taken from the CSV's folder. Unreadable images become recorded failures, never crashes.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .images import ImageError, load_image
+
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+@dataclass
+class ImageList:
+    """The images of a collection, in a fixed order, with labels, splits and file stats."""
+
+    root: Path
+    paths: list[str]  # POSIX paths relative to root
+    labels: np.ndarray  # int64, -1 when unlabeled
+    splits: list[str]
+    class_names: list[str]
+    file_size: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    file_mtime_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ignored: list[str] = field(default_factory=list)  # files skipped because they are not images by name
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def list_images(source: str | os.PathLike) -> ImageList:
+    """List a folder tree or a CSV manifest; raises ValueError with a clear message when empty or malformed."""
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such folder or manifest")
+    if source.is_file():
+        entries, ignored, root = _read_manifest(source), [], source.parent
+    else:
+        entries, ignored = _walk_tree(source)
+        root = source
+    if not entries:
+        raise ValueError(f"{source}: no images found (looked for {', '.join(sorted(_COMMON))} and other formats Pillow reads)")
+    entries.sort(key=lambda e: e[0])
+    class_names = sorted({label for _, label, _ in entries if label})
+    index = {name: i for i, name in enumerate(class_names)}
+    listing = ImageList(
+        root=root.resolve(),
+        paths=[p for p, _, _ in entries],
+        labels=np.array([index[label] if label else -1 for _, label, _ in entries], dtype=np.int64),
+        splits=[s for _, _, s in entries],
+        class_names=class_names,
+        ignored=ignored,
+    )
+    stat_files(listing)
+    return listing
+
+
+_COMMON = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _walk_tree(root: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
+    subdirs = {d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    split_mode = bool(subdirs) and subdirs <= set(SPLITS)
+    entries, ignored = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(root).parts
+        for name in filenames:
+            rel = "/".join((*rel_dir, name))
+            if not _is_image_name(name):
+                ignored.append(rel)
+                continue
+            split, label = _split_and_label(rel_dir, split_mode)
+            entries.append((rel, label, split))
+    return entries, ignored
+
+
+def _split_and_label(rel_dir: tuple[str, ...], split_mode: bool) -> tuple[str, str]:
+    if split_mode:
+        return rel_dir[0], (rel_dir[1] if len(rel_dir) > 1 else "")
+    return "", (rel_dir[0] if rel_dir else "")
+
+
+def _read_manifest(path: Path) -> list[tuple[str, str, str]]:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+        rows = rows[1:]
+    entries = []
+    for line, row in enumerate(rows, start=1):
+        if len(row) < 2 or len(row) > 3:
+            raise ValueError(f"{path}, row {line}: expected path,label[,split], got {len(row)} columns")
+        split = row[2].strip() if len(row) == 3 else ""
+        if split not in ("", *SPLITS):
+            raise ValueError(f"{path}, row {line}: split must be one of {', '.join(SPLITS)} or empty, not {split!r}")
+        entries.append((Path(row[0].strip()).as_posix(), row[1].strip(), split))
+    return entries
+
+
+def stat_files(listing: ImageList) -> None:
+    """Record each file's size and mtime (-1 when it cannot be stat'ed) to detect later changes."""
+    sizes, mtimes = [], []
+    for rel in listing.paths:
+        try:
+            st = os.stat(listing.root / rel)
+            sizes.append(st.st_size)
+            mtimes.append(st.st_mtime_ns)
+        except OSError:
+            sizes.append(-1)
+            mtimes.append(-1)
+    listing.file_size = np.array(sizes, dtype=np.int64)
+    listing.file_mtime_ns = np.array(mtimes, dtype=np.int64)
+
+
+class ImageDataset(Dataset):
+    """Decodes and preprocesses images to uint8 [3, crop, crop]; failures come back as (zeros, False, reason)."""
+
+    def __init__(self, root: Path, paths: list[str], resize: int, crop: int, interpolation: str = "bilinear"):
+        self.root, self.paths = root, paths
+        self.resize, self.crop, self.interpolation = resize, crop, interpolation
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool, str]:
+        try:
+            return load_image(self.root / self.paths[i], self.resize, self.crop, self.interpolation), True, ""
+        except ImageError as err:
+            reason = str(err)
+        except Exception as err:  # a decoder bug must not take the worker down
+            reason = f"unexpected {type(err).__name__}: {err}"
+        return torch.zeros(3, self.crop, self.crop, dtype=torch.uint8), False, " ".join(reason.split())

@@ -1,0 +1,124 @@
+"""Tap named layers of a backbone in one forward pass and turn them into ReLU'd code vectors."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from .backbones import Backbone
+
+POOLS = ("avg", "max", "none")
+# --pool none keeps whole conv maps; refuse codes wider than this unless the caller raises the limit.
+MAX_UNPOOLED_DIM = 65536
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One tapped layer: its display name, graph node, pooling and resulting code shape."""
+
+    name: str
+    node: str
+    pool: str
+    dim: int
+    shape: tuple[int, ...]  # the node's output shape for one image, before pooling
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "shape": list(self.shape), "relu": True}
+
+
+class TapModel(nn.Module):
+    """Backbone truncated after the deepest tap; returns {tap name: [B, dim] ReLU'd codes}."""
+
+    def __init__(self, model: nn.Module, taps: list[Tap]):
+        super().__init__()
+        self.taps = taps
+        nodes = list(dict.fromkeys(t.node for t in taps))
+        self.body = create_feature_extractor(model, return_nodes={n: n for n in nodes})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.body(x)
+        return {t.name: _pool(torch.relu(feats[t.node]), t.pool) for t in self.taps}
+
+
+def _pool(x: torch.Tensor, pool: str) -> torch.Tensor:
+    if x.ndim == 2:
+        return x
+    if pool == "avg":
+        return x.mean(dim=tuple(range(2, x.ndim)))
+    if pool == "max":
+        return x.amax(dim=tuple(range(2, x.ndim)))
+    return x.flatten(1)
+
+
+def graph_nodes(model: nn.Module) -> list[str]:
+    """Tappable node names of ``model`` in eval mode, in execution order."""
+    return [n for n in get_graph_node_names(model)[1] if n != "x"]
+
+
+def probe_shapes(model: nn.Module, nodes: list[str], crop: int) -> dict[str, tuple[int, ...]]:
+    """Output shape (without batch) of each node for one ``crop`` x ``crop`` image."""
+    body = create_feature_extractor(model, return_nodes={n: n for n in nodes})
+    with torch.inference_mode():
+        out = body(torch.zeros(1, 3, crop, crop))
+    return {n: tuple(out[n].shape[1:]) for n in nodes}
+
+
+def resolve_taps(backbone: Backbone, model: nn.Module, layers: list[str], pool: str, crop: int,
+                 max_unpooled_dim: int = MAX_UNPOOLED_DIM) -> list[Tap]:
+    """Turn ``--layer`` values (aliases or node names) into Taps with their code dimensions."""
+    if pool not in POOLS:
+        raise ValueError(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
+    if not layers:
+        raise ValueError("at least one --layer is needed")
+    known = set(graph_nodes(model))
+    resolved = [backbone.resolve_layer(layer) for layer in dict.fromkeys(layers)]
+    for name, node in resolved:
+        if node not in known:
+            raise ValueError(
+                f"{backbone.name} has no layer {name!r}. Aliases: {', '.join(backbone.aliases)}; "
+                f"node names: run `cnncodes layers {backbone.name} --all`"
+            )
+    shapes = probe_shapes(model, list(dict.fromkeys(n for _, n in resolved)), crop)
+    taps = [_make_tap(name, node, pool, shapes[node]) for name, node in resolved]
+    for tap in taps:
+        if tap.pool == "none" and tap.dim > max_unpooled_dim:
+            raise ValueError(
+                f"--pool none on {tap.name} keeps the whole {'x'.join(map(str, tap.shape))} map: {tap.dim:,} floats "
+                f"({tap.dim * 4 / 2**10:,.0f} KiB) per image, {tap.dim * 4 * 10000 / 2**30:,.1f} GiB per 10,000 images. "
+                f"That is over the {max_unpooled_dim:,} limit; pool with --pool avg|max, tap a smaller layer, "
+                f"or raise the limit with --max-dim."
+            )
+    return taps
+
+
+def _make_tap(name: str, node: str, pool: str, shape: tuple[int, ...]) -> Tap:
+    spatial = len(shape) > 1
+    dim = shape[0] if spatial and pool != "none" else math.prod(shape)
+    return Tap(name, node, pool if spatial else "none", dim, shape)
+
+
+def describe_layers(backbone: Backbone, model: nn.Module, crop: int, show_all: bool = False) -> list[dict]:
+    """Rows for `cnncodes layers`: node, aliases, output shape, pooled dim and whether it is non-negative."""
+    nodes = graph_nodes(model)
+    body = create_feature_extractor(model, return_nodes={n: n for n in nodes})
+    with torch.inference_mode(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        out = body(torch.randn(2, 3, crop, crop))
+    aliases: dict[str, list[str]] = {}
+    for alias, node in backbone.aliases.items():
+        aliases.setdefault(node, []).append(alias)
+    rows = []
+    for node in nodes:
+        value = out[node]
+        if not isinstance(value, torch.Tensor) or value.ndim < 2:
+            continue
+        nonneg = bool((value >= 0).all())
+        if not (show_all or nonneg or node in aliases):
+            continue
+        shape = tuple(value.shape[1:])
+        rows.append({"node": node, "aliases": aliases.get(node, []), "shape": shape,
+                     "dim": shape[0] if len(shape) > 1 else shape[0], "relu": nonneg})
+    return rows
