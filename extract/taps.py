@@ -73,14 +73,16 @@ def resolve_taps(backbone: Backbone, model: nn.Module, layers: list[str], pool: 
         raise ValueError(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
     if not layers:
         raise ValueError("at least one --layer is needed")
-    known = set(graph_nodes(model))
-    resolved = [backbone.resolve_layer(layer) for layer in dict.fromkeys(layers)]
-    for name, node in resolved:
-        if node not in known:
+    known = graph_nodes(model)
+    resolved = []
+    for name, node in (backbone.resolve_layer(layer) for layer in dict.fromkeys(layers)):
+        canonical = _canonical_node(node, known)
+        if canonical is None:
             raise ValueError(
                 f"{backbone.name} has no layer {name!r}. Aliases: {', '.join(backbone.aliases)}; "
                 f"node names: run `cnncodes layers {backbone.name} --all`"
             )
+        resolved.append((name, canonical))
     shapes = probe_shapes(model, list(dict.fromkeys(n for _, n in resolved)), crop)
     taps = [_make_tap(name, node, pool, shapes[node]) for name, node in resolved]
     for tap in taps:
@@ -92,6 +94,14 @@ def resolve_taps(backbone: Backbone, model: nn.Module, layers: list[str], pool: 
                 f"or raise the limit with --max-dim."
             )
     return taps
+
+
+def _canonical_node(node: str, known: list[str]) -> str | None:
+    """A graph node, or for a module name (``layer1``) the last node inside it, as create_feature_extractor does."""
+    if node in known:
+        return node
+    inside = [k for k in known if k.startswith(node + ".")]
+    return inside[-1] if inside else None
 
 
 def _make_tap(name: str, node: str, pool: str, shape: tuple[int, ...]) -> Tap:

@@ -1,0 +1,186 @@
+"""Extract stage: taps, codes values, the HDF5 contract, inputs and the CLI."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import pipeline
+from conftest import FAST
+from extract import extract_codes, open_codes
+from extract.backbones import BACKBONES, get_backbone
+from extract.images import load_image
+from extract.taps import resolve_taps
+from extract.weights import RANDOM, WeightsInfo, build_model
+
+
+def random_model(name: str) -> torch.nn.Module:
+    return build_model(get_backbone(name), WeightsInfo(RANDOM, RANDOM, ""))
+
+
+def batch_of(tree, paths, resize=72, crop=64) -> torch.Tensor:
+    """The normalized input batch the extractor builds, made by hand from the same files."""
+    images = torch.stack([load_image(tree / p, resize, crop) for p in paths]).float() / 255
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_alias_resolves_to_a_non_negative_layer(name):
+    backbone = get_backbone(name)
+    model = random_model(name)
+    taps = resolve_taps(backbone, model, list(backbone.aliases), "avg", crop=64)
+    assert "penultimate" in backbone.aliases
+    assert [t.name for t in taps] == list(backbone.aliases)
+    from extract.taps import TapModel
+
+    with torch.inference_mode():
+        out = TapModel(model, taps)(torch.randn(2, 3, 64, 64))
+    for tap in taps:
+        assert out[tap.name].shape == (2, tap.dim)
+        assert (out[tap.name] >= 0).all(), tap.name
+    if name in ("alexnet", "vgg16"):
+        assert {t.dim for t in taps if t.name in ("fc6", "fc7")} == {4096}
+
+
+def test_mobilenet_block_alias_taps_inner_relu6_not_the_linear_bottleneck():
+    backbone = get_backbone("mobilenet_v2")
+    model = random_model("mobilenet_v2")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        h = model.features[:10](x)
+        inner = model.features[10].conv[1](model.features[10].conv[0](h))
+        block_output = model.features[10](h)
+    assert (block_output < 0).any()  # the block output is a linear bottleneck: not a valid CNN code
+    assert (inner >= 0).all() and (inner <= 6).all()
+    (tap,) = resolve_taps(backbone, model, ["block4"], "avg", crop=64)
+    assert tap.node == "features.10.conv.1" and tap.dim == inner.shape[1]
+
+
+def test_codes_equal_a_hand_written_forward(image_tree, tmp_path):
+    out = tmp_path / "codes.h5"
+    args = ["extract", str(image_tree), "-o", str(out), *FAST, "--layer", "block4", "--layer", "penultimate",
+            "--workers", "1", "--batch-size", "5"]
+    assert pipeline.main(args) == 0
+    cf = open_codes(out)
+    model = random_model("mobilenet_v2")
+    x = batch_of(image_tree, cf.rows.paths)
+    with torch.inference_mode():
+        h = model.features[:10](x)
+        block4 = model.features[10].conv[1](model.features[10].conv[0](h)).mean((2, 3))
+        penultimate = torch.relu(model.features(x)).mean((2, 3))
+    np.testing.assert_allclose(cf.codes["block4"], block4.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cf.codes["penultimate"], penultimate.numpy(), rtol=1e-4, atol=1e-5)
+    assert (cf.codes["penultimate"] >= 0).all() and cf.codes["penultimate"].shape == (12, 1280)
+
+
+@pytest.mark.parametrize("name,layer", [("alexnet", "fc7"), ("resnet18", "penultimate")])
+def test_codes_equal_hand_forward_on_other_backbones(image_tree, tmp_path, name, layer):
+    out = tmp_path / f"{name}.h5"
+    assert pipeline.main(["extract", str(image_tree), "-o", str(out), *FAST, "--backbone", name,
+                          "--layer", layer, "--workers", "0"]) == 0
+    cf = open_codes(out)
+    model = random_model(name)
+    x = batch_of(image_tree, cf.rows.paths)
+    with torch.inference_mode():
+        if name == "alexnet":
+            expected = model.classifier[:6](torch.flatten(model.avgpool(model.features(x)), 1))
+        else:
+            m = model
+            h = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+            expected = m.layer4(m.layer3(m.layer2(m.layer1(h)))).mean((2, 3))
+    np.testing.assert_allclose(cf.codes[layer], expected.numpy(), rtol=1e-4, atol=1e-5)
+    assert (cf.codes[layer] >= 0).all()
+
+
+def test_codes_file_follows_the_contract_with_plain_h5py(split_tree, tmp_path):
+    out = tmp_path / "codes.h5"
+    assert pipeline.main(["extract", str(split_tree), "-o", str(out), *FAST, "--workers", "0"]) == 0
+    with h5py.File(out, "r") as h5:
+        assert set(h5.keys()) >= {"codes", "labels", "paths", "split", "ok", "errors"}
+        assert h5["codes/penultimate"].dtype == np.float32 and h5["codes/penultimate"].shape == (20, 1280)
+        assert h5["codes/penultimate"].chunks is not None
+        paths = list(h5["paths"].asstr()[()])
+        splits = list(h5["split"].asstr()[()])
+        labels = h5["labels"][()]
+        attrs = dict(h5.attrs)
+    assert paths[0] == "test/cat/img_000.png" and set(splits) == {"train", "test"}
+    assert json.loads(attrs["class_names"]) == ["cat", "dog"]
+    assert [labels[i] for i, p in enumerate(paths) if "/dog/" in p] == [1] * 10
+    taps = json.loads(attrs["taps"])
+    assert taps[0]["node"] == "features.18" and taps[0]["pool"] == "avg" and taps[0]["dim"] == 1280
+    assert json.loads(attrs["weights"])["source"] == "random"
+    assert json.loads(attrs["preprocess"])["crop"] == 64
+    assert attrs["backbone"] == "mobilenet_v2" and bool(attrs["complete"])
+    assert "torch" in json.loads(attrs["versions"])
+
+
+def test_csv_manifest_with_labels_and_splits(image_tree, tmp_path):
+    manifest = image_tree / "list.csv"
+    manifest.write_text("path,label,split\ncat/img_000.png,cat,train\ndog/img_001.png,dog,test\n"
+                        "cat/img_002.png,,\n")
+    out = tmp_path / "m.h5"
+    assert pipeline.main(["extract", str(manifest), "-o", str(out), *FAST, "--workers", "0"]) == 0
+    cf = open_codes(out)
+    assert list(cf.rows.paths) == ["cat/img_000.png", "cat/img_002.png", "dog/img_001.png"]
+    assert list(cf.rows.labels) == [0, -1, 1] and list(cf.rows.split) == ["train", "", "test"]
+
+
+def test_max_pool_and_unpooled_guard(image_tree, tmp_path, capsys):
+    out = tmp_path / "max.h5"
+    assert pipeline.main(["extract", str(image_tree), "-o", str(out), *FAST, "--pool", "max",
+                          "--layer", "block2", "--workers", "0"]) == 0
+    assert open_codes(out).codes["block2"].shape == (12, 144)
+    code = pipeline.main(["extract", str(image_tree), "-o", str(tmp_path / "none.h5"), *FAST, "--pool", "none",
+                          "--layer", "block2", "--max-dim", "1000"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "144x16x16" in err and "36,864 floats" in err and "--max-dim" in err
+    assert pipeline.main(["extract", str(image_tree), "-o", str(tmp_path / "none.h5"), *FAST, "--pool", "none",
+                          "--layer", "block6", "--workers", "0"]) == 0
+    assert open_codes(tmp_path / "none.h5").codes["block6"].shape == (12, 960 * 2 * 2)
+
+
+def test_unknown_layer_and_backbone_are_clear_errors(image_tree, tmp_path, capsys):
+    assert pipeline.main(["extract", str(image_tree), "-o", str(tmp_path / "x.h5"), *FAST, "--layer", "fc7"]) == 2
+    assert "mobilenet_v2 has no layer 'fc7'" in capsys.readouterr().err
+    assert pipeline.main(["extract", str(image_tree), "-o", str(tmp_path / "x.h5"), *FAST, "--backbone", "lenet"]) == 2
+    assert "unknown backbone 'lenet'" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_layers_command_lists_aliases_and_shapes(capsys):
+    assert pipeline.main(["layers", "alexnet", "--crop", "224"]) == 0
+    out = capsys.readouterr().out
+    fc7 = next(line for line in out.splitlines() if line.startswith("classifier.5 "))
+    assert "4096" in fc7 and "fc7" in fc7 and "penultimate" in fc7 and "yes" in fc7
+    assert pipeline.main(["layers", "mobilenet_v2", "--all"]) == 0
+    out = capsys.readouterr().out
+    bottleneck = next(line for line in out.splitlines() if line.startswith("features.10.conv.3 "))
+    assert " no " in bottleneck  # linear bottleneck output: listed with --all, marked not ReLU'd
+
+
+def test_info_prints_recipe_counts_and_failures(image_tree, tmp_path, capsys):
+    (image_tree / "dog" / "broken.jpg").write_bytes(b"not an image at all")
+    out = tmp_path / "codes.h5"
+    assert pipeline.main(["extract", str(image_tree), "-o", str(out), *FAST, "--workers", "0"]) == 0
+    assert pipeline.main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "13 images, 12 ok, 1 failed" in text
+    assert "tap penultimate: node features.18, pool avg, 1280-D" in text
+    assert "dog/broken.jpg" in text
+    cat_line = next(line for line in text.splitlines() if line.strip().startswith("cat "))
+    assert cat_line.split()[-1] == "6"
+
+
+def test_rerun_is_a_no_op_and_python_api_matches(image_tree, tmp_path):
+    out = tmp_path / "codes.h5"
+    first = extract_codes(image_tree, out, weights="random", resize=72, crop=64, workers=0, progress=False)
+    assert first.n_extracted == 12 and not first.failures
+    again = extract_codes(image_tree, out, weights="random", resize=72, crop=64, workers=0, progress=False)
+    assert again.up_to_date and again.n_extracted == 0
+
