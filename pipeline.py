@@ -10,6 +10,17 @@ EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_LISTED_FAILURES = 20
 
 
+def _add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    r = p.add_argument_group("running")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
+    r.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="compute precision; auto = fp32 on CPU, bf16/fp16 on GPU")
+    r.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 32)")
+    r.add_argument("--workers", type=int, default=None, help="image decoding processes (default: CPUs - 1)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    return r
+
+
 def _add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) -> None:
     g = p.add_argument_group("backbone and taps")
     g.add_argument("--backbone", "--model", default="mobilenet_v2",
@@ -29,16 +40,27 @@ def _add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) ->
     g.add_argument("--resize", type=int, help="shorter side before the crop (default: the backbone's, 256)")
     g.add_argument("--crop", type=int, help="center crop size (default: the backbone's, 224)")
     g.add_argument("--max-dim", type=int, default=65536, help="largest code allowed with --pool none (default: %(default)s)")
-    r = p.add_argument_group("running")
-    r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
-    r.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="compute precision; auto = fp32 on CPU, bf16/fp16 on GPU. Codes are stored as --dtype")
-    r.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 32)")
-    r.add_argument("--workers", type=int, default=None, help="image decoding processes (default: CPUs - 1)")
+    r = _add_running_options(p)
     r.add_argument("--part-size", type=int, default=None,
                    help="images per part file; a killed run recomputes at most one part (default: 512)")
     r.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored code type")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_classify_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("classifier training")
+    g.add_argument("--normalize", default="power", choices=("none", "standard", "l2", "power"),
+                   help="code preprocessing: power = signed square root then L2 (default: %(default)s)")
+    g.add_argument("--C", type=float, default=None, help="fix C instead of choosing it by cross-validation")
+    g.add_argument("--cv", type=int, default=5, help="cross-validation folds; 0 fits once with --C (default: 5)")
+    g.add_argument("--class-weight", default="balanced",
+                   help="balanced, none, or CLASS=W,CLASS=W (cost-based imbalance handling) (default: %(default)s)")
+    g.add_argument("--sampling", default="none", choices=("none", "over", "under", "hybrid"),
+                   help="resample the training split: over / under to the largest / smallest class, hybrid to "
+                        "the median class size (default: %(default)s)")
+    s = p.add_argument_group("evaluation split")
+    s.add_argument("--test", metavar="OTHER.h5", help="evaluate on another codes file of the same recipe")
+    s.add_argument("--test-fraction", type=float, help="hold out a stratified share of the labeled images")
+    s.add_argument("--seed", type=int, default=0, help="seed for the split, folds and sampling (default: 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +95,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="list every graph node, including pre-activation ones")
     p.add_argument("--crop", type=int, default=224, help="input size used to compute shapes (default: %(default)s)")
     p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("classify", help="codes file -> trained model and report",
+                       description="Train a linear SVM or softmax classifier on cached codes (no ConvNet forward pass), "
+                                   "choose C by stratified cross-validation, evaluate on held-out images and write "
+                                   "report.json, report.txt, confusion.csv, confusion.png and model.joblib to RUN_DIR.")
+    p.add_argument("codes", help="codes file made by `cnncodes extract`")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for the model and reports")
+    p.add_argument("--layer", action="append", dest="layers", metavar="LAYER",
+                   help="tap to train on (default: the file's first); repeat to concatenate taps")
+    p.add_argument("--classifier", default="svm", choices=("svm", "softmax", "knn", "rbf_svm", "forest"),
+                   help="svm = linear SVM, softmax = multinomial logistic regression (default: %(default)s)")
+    _add_classify_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("compare", help="rank classifiers x layers on the same codes",
+                       description="Run every classifier on every layer of one codes file and write compare.md and "
+                                   "compare.csv (balanced accuracy, macro-F1, accuracy, fit time), best first.")
+    p.add_argument("codes", help="codes file made by `cnncodes extract`")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the table and one report per run")
+    p.add_argument("--classifiers", default="svm,softmax,knn,rbf_svm",
+                   help="comma-separated: svm, softmax, knn, rbf_svm, forest (default: %(default)s)")
+    p.add_argument("--layers", help="comma-separated taps, a+b to concatenate (default: every tap of the file)")
+    _add_classify_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("predict", help="label new images with a trained model",
+                       description="Extract new images with exactly the model's recipe and write a CSV: path, "
+                                   "predicted, one score column per class, error. Unreadable images are listed, "
+                                   "not fatal. IMAGES may also be a codes file of the same recipe.")
+    p.add_argument("run_dir", help="RUN_DIR written by `cnncodes classify` (or its model.joblib)")
+    p.add_argument("images", help="image folder, CSV manifest or codes file")
+    p.add_argument("-o", "--out", required=True, help="CSV file to write")
+    p.add_argument("--codes-out", help="keep the extracted codes in this file")
+    p.add_argument("--weights", help="checkpoint file, when the model's weights are not found the usual way")
+    _add_running_options(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("run", help="extract, then classify (or compare several layers)",
+                       description="Extract IMAGES into OUT/codes.h5, then classify into OUT/classify/ (one layer) "
+                                   "or compare classifiers x layers into OUT/compare/ (several --layer).")
+    p.add_argument("images", help="image folder or CSV manifest")
+    p.add_argument("--out", required=True, help="folder for codes.h5 and the reports")
+    _add_extract_options(p)
+    p.add_argument("--classifiers", default="svm,softmax",
+                   help="classifier for one layer, comma-separated ones to compare (default: %(default)s)")
+    _add_classify_options(p)
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("dataset", help="write a built-in dataset as an image folder tree",
                        description="Write a real dataset that ships with scikit-learn as PNG files, offline.")
@@ -169,11 +240,88 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _classify_kwargs(args: argparse.Namespace) -> dict:
+    return dict(normalize=args.normalize, C=args.C, cv=args.cv, class_weight=args.class_weight, sampling=args.sampling,
+                test=args.test, test_fraction=args.test_fraction, seed=args.seed, progress=not args.quiet)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from classify import classify_codes, summarize
+
+    report = classify_codes(args.codes, args.out, layers=args.layers, classifier=args.classifier,
+                            **_classify_kwargs(args))
+    _print_report(report, Path(args.out))
+    print(summarize(report))
+    return EXIT_OK
+
+
+def _print_report(report: dict, out: Path) -> None:
+    print((out / "report.txt").read_text(encoding="utf-8"))
+    if report.get("n_failed_excluded"):
+        print(f"{report['n_failed_excluded']} image(s) excluded because they could not be read")
+    print(f"reports and model in {out}/: report.json report.txt confusion.csv confusion.png model.joblib")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from classify import compare
+
+    layers = args.layers.split(",") if args.layers else None
+    compare(args.codes, args.out, classifiers=_split(args.classifiers), layers=layers, **_classify_kwargs(args))
+    print((Path(args.out) / "compare.md").read_text(encoding="utf-8"))
+    print(f"table in {args.out}/compare.md and compare.csv; one report folder per run")
+    return EXIT_OK
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from classify.predict import predict_images
+
+    result = predict_images(args.run_dir, args.images, args.out, codes_out=args.codes_out, weights=args.weights,
+                            device=args.device, precision=args.precision, batch_size=args.batch_size,
+                            workers=args.workers, progress=not args.quiet)
+    counts = ", ".join(f"{name}: {n}" for name, n in sorted(result["predicted_counts"].items()))
+    print(f"wrote {result['out_csv']}: {result['n_predicted']} of {result['n_rows']} images predicted ({counts})")
+    if result["n_failed"]:
+        print(f"{result['n_failed']} image(s) could not be predicted (listed in the CSV's error column):")
+        for path, reason in result.get("failures", [])[:MAX_LISTED_FAILURES]:
+            print(f"  {path}: {reason}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from classify import classify_codes, compare, summarize
+    from extract import extract_codes
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    codes = out / "codes.h5"
+    result = extract_codes(args.images, codes, **_extract_kwargs(args))
+    _print_extract_summary(result)
+    layers = list(args.layers or ["penultimate"])
+    classifiers = _split(args.classifiers)
+    if len(layers) == 1 and len(classifiers) == 1:
+        report = classify_codes(codes, out / "classify", layers=layers, classifier=classifiers[0],
+                                **_classify_kwargs(args))
+        _print_report(report, out / "classify")
+        print(summarize(report))
+        return EXIT_OK
+    rows = compare(codes, out / "compare", classifiers=classifiers, layers=layers, **_classify_kwargs(args))
+    print((out / "compare" / "compare.md").read_text(encoding="utf-8"))
+    best = rows[0]
+    print(f"best: {best['classifier']} on {best['layers']} (balanced accuracy {best['balanced_accuracy']:.3f}); "
+          f"its report: {out / 'compare' / best['report_dir'] / 'report.txt'}")
+    return EXIT_OK
+
+
 def cmd_dataset(args: argparse.Namespace) -> int:
     from extract.datasets import write_digits
 
-    n = write_digits(Path(args.folder), test_fraction=args.test_fraction, seed=args.seed)
-    print(f"wrote {n} images to {args.folder}")
+    counts = write_digits(Path(args.folder), test_fraction=args.test_fraction, seed=args.seed)
+    print(f"wrote {sum(counts.values())} images to {args.folder} "
+          f"({', '.join(f'{n} {split}' for split, n in counts.items())})")
     return EXIT_OK
 
 

@@ -14,10 +14,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 JOB_FILE = "job.json"
+CODES_PREFIX = "codes:"
 
 
 def parts_dir_for(out: Path) -> Path:
@@ -47,7 +47,7 @@ class PartPlan:
 
 
 def part_path(parts_dir: Path, part: int) -> Path:
-    return parts_dir / f"part-{part:06d}.h5"
+    return parts_dir / f"part-{part:06d}.npz"
 
 
 def open_job(parts_dir: Path, digest: str, n_parts: int) -> tuple[set[int], bool]:
@@ -67,7 +67,7 @@ def open_job(parts_dir: Path, digest: str, n_parts: int) -> tuple[set[int], bool
         _atomic_write_text(job_file, json.dumps({"digest": digest, "n_parts": n_parts}))
     for stale in parts_dir.glob("*.tmp"):
         stale.unlink()  # a part that was being written when the run was killed
-    done = {int(p.stem.split("-")[1]) for p in parts_dir.glob("part-*.h5")}
+    done = {int(p.stem.split("-")[1]) for p in parts_dir.glob("part-*.npz")}
     return {p for p in done if p < n_parts}, discarded
 
 
@@ -78,15 +78,13 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_part(path: Path, codes: dict[str, np.ndarray], ok: np.ndarray, errors: list[str]) -> None:
-    """Write one finished part atomically (temporary name, fsync, rename)."""
+    """Write one finished part atomically (temporary name, fsync, rename). Parts are plain .npz files."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with h5py.File(tmp, "w") as h5:
-            for tap, values in codes.items():
-                h5.create_dataset(f"codes/{tap}", data=values)
-            h5.create_dataset("ok", data=ok)
-            h5.create_dataset("errors", data=np.array(errors, dtype=object), dtype=h5py.string_dtype("utf-8"))
-        with open(tmp, "rb") as fh:
+        with open(tmp, "wb") as fh:
+            arrays = {f"{CODES_PREFIX}{tap}": values for tap, values in codes.items()}
+            np.savez(fh, ok=ok, errors=np.array(errors, dtype=str), **arrays)
+            fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -96,10 +94,10 @@ def write_part(path: Path, codes: dict[str, np.ndarray], ok: np.ndarray, errors:
 
 def read_part_rows(path: Path) -> tuple[np.ndarray, list[str]]:
     """The ok flags and error strings of a part."""
-    with h5py.File(path, "r") as h5:
-        return h5["ok"][()], list(h5["errors"].asstr()[()])
+    with np.load(path, allow_pickle=False) as part:
+        return part["ok"], [str(e) for e in part["errors"]]
 
 
 def read_part_codes(path: Path, tap: str) -> np.ndarray:
-    with h5py.File(path, "r") as h5:
-        return h5[f"codes/{tap}"][()]
+    with np.load(path, allow_pickle=False) as part:
+        return part[f"{CODES_PREFIX}{tap}"]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +83,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     makes a recipe that differs an error.
     """
     out = Path(out)
+    _check_writable(out)
     if dtype not in ("float32", "float16"):
         raise ValueError(f"--dtype must be float32 or float16, not {dtype!r}")
     listing = list_images(source)
@@ -119,11 +122,47 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     result.resumed_parts = len(done)
     dataset = ImageDataset(listing.root, [listing.paths[i] for i in job_rows], prep["resize"], prep["crop"],
                            prep["interpolation"])
+    need = _bytes_needed(len(listing), taps, dtype)
+    _check_space(out, 2 * need, need, "the parts and the codes file")
     _run_parts(tap_model, dataset, plan, done, parts_dir, prep, settings, dtype)
+    _check_space(out, need, need, "the codes file")
     _assemble(out, listing, meta, taps, dtype, job_rows, plan, parts_dir, kept)
     result.seconds = time.perf_counter() - started
     result.failures = _failures_of(out)
     return result
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any work when the output folder cannot take the file."""
+    folder = out.parent
+    probe = folder / f".{out.name}.{os.getpid()}.probe"
+    try:
+        if not folder.is_dir():
+            raise ExtractionError(f"cannot write {out}: the folder {folder} does not exist")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ExtractionError(f"cannot write {out}: {err.strerror or err} in {folder}") from None
+
+
+def _bytes_needed(n_rows: int, taps, dtype: str) -> int:
+    """Size of the codes of ``n_rows`` images, plus room for paths and HDF5 overhead."""
+    return n_rows * (sum(t.dim for t in taps) * np.dtype(dtype).itemsize + 512) + (1 << 20)
+
+
+def _check_space(out: Path, disk_need: int, file_need: int, what: str) -> None:
+    """Refuse to start writing what cannot fit: free disk space, and the process's largest-file limit."""
+    free = shutil.disk_usage(out.parent).free
+    largest, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if largest != resource.RLIM_INFINITY and file_need > largest:
+        need, room = file_need, largest
+    elif disk_need > free:
+        need, room = disk_need, free
+    else:
+        return
+    raise ExtractionError(
+        f"not enough space for {what} of {out}: about {need / 2**20:,.1f} MiB needed, "
+        f"{room / 2**20:,.1f} MiB available; free some space or write elsewhere (nothing was overwritten)")
 
 
 def _ignored_note(listing: ImageList) -> list[str]:
@@ -234,7 +273,7 @@ def _run_parts(tap_model: TapModel, dataset: ImageDataset, plan: parts.PartPlan,
                 parts.write_part(parts.part_path(parts_dir, part), *buffer.finish())
                 part, buffer = next(pending, None), _PartBuffer()
     except KeyboardInterrupt:
-        finished = len(list(parts_dir.glob("part-*.h5")))
+        finished = len(list(parts_dir.glob("part-*.npz")))
         raise ExtractionInterrupted(
             f"interrupted: {finished} of {plan.n_parts} parts are saved in {parts_dir}; "
             f"run the same command again to resume") from None
@@ -315,7 +354,7 @@ def _assemble(out: Path, listing: ImageList, meta: dict, taps, dtype: str, job_r
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    parts.shutil.rmtree(parts_dir, ignore_errors=True)
+    shutil.rmtree(parts_dir, ignore_errors=True)
 
 
 def _copy_part_codes(ds: h5py.Dataset, tap: str, plan: parts.PartPlan, parts_dir: Path, job_rows: np.ndarray) -> None:

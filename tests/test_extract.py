@@ -184,3 +184,18 @@ def test_rerun_is_a_no_op_and_python_api_matches(image_tree, tmp_path):
     again = extract_codes(image_tree, out, weights="random", resize=72, crop=64, workers=0, progress=False)
     assert again.up_to_date and again.n_extracted == 0
 
+
+
+def test_dataset_command_writes_the_digits_tree(tmp_path, capsys):
+    from PIL import Image
+
+    from extract.datasets import write_digits
+
+    assert write_digits(tmp_path / "small", per_class=4, test_fraction=0.25) == {"train": 30, "test": 10}
+    files = sorted((tmp_path / "small").glob("*/*/*.png"))
+    assert len(files) == 40 and {f.parent.name for f in files} == {str(d) for d in range(10)}
+    with Image.open(files[0]) as im:
+        assert im.size == (32, 32) and im.mode == "L"
+    assert pipeline.main(["dataset", "digits", str(tmp_path / "all")]) == 0
+    assert "wrote 1797 images" in capsys.readouterr().out
+    assert len(list((tmp_path / "all").glob("test/*/*.png"))) == 540

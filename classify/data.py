@@ -1,0 +1,202 @@
+"""Codes by tap name, train/test splits and the checks that make a training set usable."""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from extract.codesfile import CodesFile, check_recipe, open_codes, read_meta
+
+DEFAULT_TEST_FRACTION = 0.25
+
+
+@dataclass
+class Dataset:
+    """A train/test split of labeled, valid codes, ready for scikit-learn."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list[str]
+    layers: list[str]
+    recipe: dict
+    codes_path: str
+    test_path: str | None
+    split_source: str
+    n_failed_excluded: int
+    n_unlabeled_excluded: int
+    notes: list[str] = field(default_factory=list)
+
+
+def file_meta(path: str | os.PathLike) -> tuple[dict, list[str]]:
+    """The attributes of a codes file and the names of its stored /codes datasets (no codes read)."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such codes file")
+    try:
+        with h5py.File(path, "r") as h5:
+            return read_meta(h5), (list(h5["codes"].keys()) if "codes" in h5 else [])
+    except OSError as err:
+        raise ValueError(f"{path} is not a readable HDF5 codes file ({err})") from err
+
+
+def file_taps(path: str | os.PathLike) -> list[str]:
+    """Tap names of a codes file, in the order the recipe lists them."""
+    meta, stored = file_meta(path)
+    listed = [t["name"] for t in meta.get("taps", []) if t.get("name") in stored]
+    return listed + [t for t in stored if t not in listed]
+
+
+def resolve_layers(path: str | os.PathLike, layers: str | Sequence[str] | None) -> list[str]:
+    """The requested taps (``"a+b"`` or a list means concatenated), default the file's first tap."""
+    available = file_taps(path)
+    if not available:
+        raise ValueError(f"{path} holds no codes (no /codes datasets)")
+    if layers is None:
+        return available[:1]
+    wanted = layers.split("+") if isinstance(layers, str) else [str(t) for t in layers]
+    unknown = [t for t in wanted if t not in available]
+    if unknown or not wanted:
+        raise ValueError(f"{path} has no layer {', '.join(unknown) or '(none given)'}; "
+                         f"available layers: {', '.join(available)}")
+    return wanted
+
+
+def layer_recipe(recipe: dict, layers: Sequence[str]) -> dict:
+    """The recipe restricted to ``layers``: the only taps a model depends on."""
+    taps = {t["name"]: t for t in recipe.get("taps", [])}
+    return {**recipe, "taps": [taps.get(name, {"name": name, "node": None, "pool": None}) for name in layers]}
+
+
+def load(path: str | os.PathLike, layers: Sequence[str]) -> tuple[CodesFile, np.ndarray]:
+    """Open a codes file and stack the codes of ``layers`` side by side (float32)."""
+    try:
+        cf = open_codes(path, layers)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from err
+    X = np.hstack([np.asarray(cf.codes[t], dtype=np.float32) for t in layers])
+    return cf, X
+
+
+def valid_rows(cf: CodesFile, X: np.ndarray) -> np.ndarray:
+    """Mask of rows that are ok and labeled; ValueError if ok rows hold NaN/inf codes."""
+    ok = cf.rows.ok.astype(bool)
+    bad = ok & ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{cf.path}: {int(bad.sum())} row(s) marked ok have NaN or infinite codes "
+                         f"(first: {cf.rows.paths[np.flatnonzero(bad)[0]]}); re-extract them")
+    return ok & (cf.rows.labels >= 0)
+
+
+def class_names_of(cf: CodesFile) -> list[str]:
+    """Class names in index order (index numbers as names if the file stores none)."""
+    names = cf.class_names
+    top = int(cf.rows.labels.max(initial=-1))
+    return names + [str(i) for i in range(len(names), top + 1)]
+
+
+def load_dataset(codes: str | os.PathLike, layers: str | Sequence[str] | None = None, test=None,
+                 test_fraction: float | None = None, seed: int = 0) -> Dataset:
+    """Load ``codes`` and split it: ``test`` file, else ``test_fraction``, else the split column."""
+    if test is not None and test_fraction is not None:
+        raise ValueError("give either a test codes file or a test fraction, not both")
+    if test_fraction is not None and not 0 < test_fraction < 1:
+        raise ValueError(f"test fraction must be between 0 and 1, got {test_fraction}")
+    layers = resolve_layers(codes, layers)
+    cf, X = load(codes, layers)
+    names = class_names_of(cf)
+    n_failed = int((~cf.rows.ok.astype(bool)).sum())
+    use = valid_rows(cf, X)
+    n_unlabeled = int((cf.rows.ok.astype(bool) & (cf.rows.labels < 0)).sum())
+    if not (cf.rows.labels >= 0).any():
+        raise ValueError(f"{codes} has no labels (every row is unlabeled, -1); it can be used for predicting, "
+                         "not for training")
+    common = dict(class_names=names, layers=layers, recipe=cf.recipe, codes_path=str(codes),
+                  n_unlabeled_excluded=n_unlabeled)
+    y = cf.rows.labels
+    if test is not None:
+        X_test, y_test, n_failed_test, n_unl_test = _load_test_file(test, layers, cf.recipe, names)
+        return Dataset(X[use], y[use], X_test, y_test, test_path=str(test),
+                       split_source=f"test codes file {test}", n_failed_excluded=n_failed + n_failed_test,
+                       **{**common, "n_unlabeled_excluded": n_unlabeled + n_unl_test})
+    split = np.asarray(cf.rows.split).astype(str)
+    train = use & (split == "train")
+    notes = []
+    if test_fraction is None:
+        for evaluate in ("test", "val"):
+            held = use & (split == evaluate)
+            if train.any() and held.any():
+                unused = int((use & ~train & ~held).sum())
+                if unused:
+                    notes.append(f"{unused} row(s) in other splits were not used")
+                return Dataset(X[train], y[train], X[held], y[held], test_path=None,
+                               split_source=f"split column (train / {evaluate})", notes=notes,
+                               n_failed_excluded=n_failed, **common)
+        test_fraction = DEFAULT_TEST_FRACTION
+        source = (f"stratified {test_fraction:g} test fraction (seed {seed}): the file has no usable "
+                  "train/test split column and no test option was given")
+        notes.append(source)
+    else:
+        source = f"stratified {test_fraction:g} test fraction (seed {seed})"
+    idx = np.flatnonzero(use)
+    _check_stratifiable(y[idx], names)
+    i_train, i_test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=y[idx])
+    return Dataset(X[i_train], y[i_train], X[i_test], y[i_test], test_path=None, split_source=source,
+                   notes=notes, n_failed_excluded=n_failed, **common)
+
+
+def _load_test_file(test, layers, recipe, names):
+    """Codes of a second file, its recipe checked and its class names mapped onto ``names``."""
+    meta, _ = file_meta(test)
+    check_recipe(layer_recipe(recipe, layers), layer_recipe(meta.get("recipe", {}), layers), f"test codes file {test}")
+    tf, X = load(test, resolve_layers(test, layers))
+    use = valid_rows(tf, X)
+    test_names = class_names_of(tf)
+    present = sorted({int(v) for v in tf.rows.labels[use]})
+    unknown = [test_names[i] for i in present if test_names[i] not in names]
+    if unknown:
+        raise ValueError(f"test codes file {test} has classes the training file does not: {', '.join(unknown)}")
+    mapping = np.array([names.index(n) if n in names else -1 for n in test_names], dtype=np.int64)
+    y = mapping[tf.rows.labels[use]]
+    n_failed = int((~tf.rows.ok.astype(bool)).sum())
+    n_unlabeled = int((tf.rows.ok.astype(bool) & (tf.rows.labels < 0)).sum())
+    if len(y) == 0:
+        raise ValueError(f"test codes file {test} has no labeled, readable rows to evaluate on")
+    return X[use], y, n_failed, n_unlabeled
+
+
+def _check_stratifiable(y: np.ndarray, names: list[str]) -> None:
+    counts = np.bincount(y, minlength=len(names))
+    single = [names[c] for c in np.flatnonzero(counts == 1)]
+    if single:
+        raise ValueError(f"class {', '.join(map(repr, single))} has a single example; a stratified test split "
+                         "needs at least 2 per class")
+
+
+def check_training_set(y_train: np.ndarray, class_names: list[str], cv: int) -> tuple[int, list[str]]:
+    """Raise on unusable training labels; return the number of CV folds to use (and notes)."""
+    counts = np.bincount(y_train, minlength=len(class_names))
+    present = np.flatnonzero(counts)
+    if len(present) < 2:
+        only = class_names[present[0]] if len(present) else "none"
+        raise ValueError(f"the training split holds only one class ({only}); a classifier needs at least two")
+    if cv < 2:
+        return 0, []
+    single = [class_names[c] for c in present if counts[c] == 1]
+    if single:
+        raise ValueError(f"class {', '.join(map(repr, single))} has a single training example; "
+                         f"cross-validation needs at least 2 per class (add images, or pass cv=0 with a fixed C)")
+    smallest = int(counts[present].min())
+    if smallest < cv:
+        who = class_names[present[np.argmin(counts[present])]]
+        note = (f"cross-validation reduced from {cv} to {smallest} folds: class {who!r} has only "
+                f"{smallest} training examples")
+        warnings.warn(note, stacklevel=3)
+        return smallest, [note]
+    return cv, []

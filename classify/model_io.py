@@ -1,0 +1,52 @@
+"""model.joblib with a SHA-256 sidecar that is checked before anything is unpickled.
+
+Unpickling runs code, so ``load_model`` only opens the path the user names and refuses a file
+whose bytes do not match ``model.joblib.sha256`` written next to it at training time.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import joblib
+
+MODEL_NAME = "model.joblib"
+SIDECAR_SUFFIX = ".sha256"
+
+
+def model_files(bundle: dict) -> dict[str, bytes | str]:
+    """The model bytes and its sidecar (``<hex>  model.joblib``), for fileio.write_files."""
+    buf = io.BytesIO()
+    joblib.dump(bundle, buf)
+    data = buf.getvalue()
+    return {MODEL_NAME: data, MODEL_NAME + SIDECAR_SUFFIX: f"{hashlib.sha256(data).hexdigest()}  {MODEL_NAME}\n"}
+
+
+def model_path(path_or_run_dir: str | os.PathLike) -> Path:
+    """A run directory means its model.joblib; a file path is taken as is."""
+    path = Path(path_or_run_dir)
+    return path / MODEL_NAME if path.is_dir() else path
+
+
+def load_model(path_or_run_dir: str | os.PathLike) -> dict:
+    """Verify the SHA-256 sidecar, then unpickle the model bundle (ValueError if anything is off)."""
+    path = model_path(path_or_run_dir)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such model file")
+    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    if not sidecar.is_file():
+        raise ValueError(f"{path} has no checksum file {sidecar.name}; refusing to unpickle a model whose "
+                         "origin cannot be checked")
+    fields = sidecar.read_text(encoding="utf-8").split()
+    expected = fields[0].lower() if fields else ""
+    data = path.read_bytes()  # hash and unpickle the very same bytes
+    actual = hashlib.sha256(data).hexdigest()
+    if expected != actual:
+        raise ValueError(f"{path} does not match its checksum in {sidecar.name} (expected {expected[:16] or 'nothing'}..., "
+                         f"file is {actual[:16]}...); it was changed after training, refusing to load it")
+    bundle = joblib.load(io.BytesIO(data))
+    if not isinstance(bundle, dict) or "pipeline" not in bundle:
+        raise ValueError(f"{path} is not a cnncodes model")
+    return bundle

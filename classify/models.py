@@ -1,0 +1,176 @@
+"""Preprocessing, resampling and estimators, assembled into one imbalanced-learn Pipeline.
+
+The pipeline is ``normalize -> [sampler(s)] -> classifier``. imbalanced-learn's Pipeline applies
+samplers only while fitting, so inside cross-validation each training fold is resampled and the
+held-out fold (like the final test split) never is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+from imblearn.over_sampling import RandomOverSampler
+from imblearn.pipeline import Pipeline
+from imblearn.under_sampling import RandomUnderSampler
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.svm import SVC, LinearSVC
+
+NORMALIZE = ("power", "l2", "standard", "none")
+DEFAULT_NORMALIZE = "power"
+SAMPLING = ("none", "over", "under", "hybrid")
+C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+class PowerNormalizer(TransformerMixin, BaseEstimator):
+    """Signed power normalization ``sign(x) * |x| ** alpha`` followed by L2 normalization per row.
+
+    With ``alpha=0.5`` this is the signed square root used for Fisher vectors and CNN codes
+    (Perronnin et al. 2010): it damps bursty, large activations before the linear model.
+    """
+
+    def __init__(self, alpha: float = 0.5):
+        self.alpha = alpha
+
+    def fit(self, X, y=None):
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def transform(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        X = np.sign(X) * np.abs(X) ** self.alpha
+        norms = np.linalg.norm(X, axis=1, keepdims=True)
+        return X / np.where(norms > 0, norms, 1.0)
+
+
+def make_normalizer(normalize: str):
+    """``power`` (signed sqrt + L2, the default), ``l2``, ``standard`` (z-score) or ``none``."""
+    steps = {"power": PowerNormalizer, "l2": lambda: Normalizer("l2"), "standard": StandardScaler,
+             "none": lambda: "passthrough"}
+    if normalize not in steps:
+        raise ValueError(f"unknown normalization {normalize!r}; choose one of {', '.join(NORMALIZE)}")
+    return steps[normalize]()
+
+
+def median_up(y) -> dict:
+    """Over-sampling targets for ``hybrid``: every class below the median class size grows to it."""
+    classes, counts = np.unique(y, return_counts=True)
+    target = int(np.median(counts))
+    return {int(c): target for c, n in zip(classes, counts) if n < target}
+
+
+def median_down(y) -> dict:
+    """Under-sampling targets for ``hybrid``: every class above the median class size shrinks to it."""
+    classes, counts = np.unique(y, return_counts=True)
+    target = int(np.median(counts))  # after median_up no class is below the median
+    return {int(c): target for c, n in zip(classes, counts) if n > target}
+
+
+def make_samplers(sampling: str, seed: int) -> list[tuple[str, object]]:
+    """Pipeline steps for a resampling mode (training data only).
+
+    - ``over``: random over-sampling of every class up to the largest class size.
+    - ``under``: random under-sampling of every class down to the smallest class size.
+    - ``hybrid``: over-sample the minority classes up to the median class size, then under-sample
+      the majority classes down to it, so every class ends at the median: fewer duplicates than
+      ``over`` and less discarded data than ``under``.
+    """
+    if sampling == "none":
+        return []
+    if sampling == "over":
+        return [("over", RandomOverSampler(sampling_strategy="not majority", random_state=seed))]
+    if sampling == "under":
+        return [("under", RandomUnderSampler(sampling_strategy="not minority", random_state=seed))]
+    if sampling == "hybrid":
+        return [("over", RandomOverSampler(sampling_strategy=median_up, random_state=seed)),
+                ("under", RandomUnderSampler(sampling_strategy=median_down, random_state=seed))]
+    raise ValueError(f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLING)}")
+
+
+def parse_class_weight(spec, class_names: list[str]):
+    """``balanced``, ``none``, ``"CLASS=W,CLASS=W"`` or a {name: weight} dict -> sklearn's class_weight.
+
+    Classes not named in an explicit list keep weight 1.
+    """
+    if spec is None or spec == "none":
+        return None
+    if spec == "balanced":
+        return "balanced"
+    if isinstance(spec, str):
+        pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
+        if not pairs or any(len(p) != 2 for p in pairs):
+            raise ValueError(f"class weights must look like CLASS=WEIGHT,CLASS=WEIGHT (or balanced / none), got {spec!r}")
+        spec = {name.strip(): weight.strip() for name, weight in pairs}
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"unknown class weight {spec!r}; use balanced, none or CLASS=WEIGHT,...")
+    unknown = [name for name in spec if name not in class_names]
+    if unknown:
+        raise ValueError(f"class weight for unknown class {', '.join(map(repr, unknown))}; "
+                         f"classes are: {', '.join(class_names)}")
+    weights = {}
+    for name, value in spec.items():
+        try:
+            weights[class_names.index(name)] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"class weight for {name!r} is not a number: {value!r}") from None
+        if not weights[class_names.index(name)] > 0:
+            raise ValueError(f"class weight for {name!r} must be positive, got {value!r}")
+    return weights
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """How to build one kind of classifier and which hyper-parameter to cross-validate."""
+
+    build: Callable[..., BaseEstimator]
+    param: str  # the searched hyper-parameter
+    grid: tuple
+    default: object
+    takes_class_weight: bool = True
+
+
+CLASSIFIERS: dict[str, ClassifierSpec] = {
+    "svm": ClassifierSpec(lambda cw, seed: LinearSVC(class_weight=cw, dual="auto", max_iter=10000, random_state=seed),
+                          "C", C_GRID, 1.0),
+    "softmax": ClassifierSpec(lambda cw, seed: LogisticRegression(class_weight=cw, max_iter=5000, random_state=seed),
+                              "C", C_GRID, 1.0),
+    "knn": ClassifierSpec(lambda cw, seed: KNeighborsClassifier(), "n_neighbors", (1, 3, 5, 9, 15), 5,
+                          takes_class_weight=False),
+    "rbf_svm": ClassifierSpec(lambda cw, seed: SVC(kernel="rbf", gamma="scale", class_weight=cw, random_state=seed),
+                              "C", (0.1, 1.0, 10.0, 100.0), 1.0),
+    "forest": ClassifierSpec(lambda cw, seed: RandomForestClassifier(n_estimators=200, class_weight=cw,
+                                                                     random_state=seed),
+                             "min_samples_leaf", (1, 3), 1),
+}
+"""svm: LinearSVC (one-vs-rest); softmax: multinomial LogisticRegression; knn: k-nearest neighbours;
+rbf_svm: kernel SVC; forest: random forest. ``C`` applies to svm, softmax and rbf_svm."""
+
+
+def classifier_spec(name: str) -> ClassifierSpec:
+    if name not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {name!r}; choose one of {', '.join(CLASSIFIERS)}")
+    return CLASSIFIERS[name]
+
+
+def build_pipeline(classifier: str, normalize: str, sampling: str, class_weight, seed: int) -> Pipeline:
+    """``normalize -> samplers -> classifier`` (class_weight already parsed)."""
+    spec = classifier_spec(classifier)
+    clf = spec.build(class_weight if spec.takes_class_weight else None, seed)
+    return Pipeline([("normalize", make_normalizer(normalize)), *make_samplers(sampling, seed), ("clf", clf)])
+
+
+def param_grid(classifier: str, C: float | None, n_train_fold: int) -> dict[str, list]:
+    """The values to cross-validate: a fixed ``C`` gives a one-point grid; kNN's k is capped by the fold size."""
+    spec = classifier_spec(classifier)
+    if C is not None and spec.param == "C":
+        if not C > 0:
+            raise ValueError(f"C must be positive, got {C}")
+        return {"clf__C": [float(C)]}
+    values = list(spec.grid)
+    if spec.param == "n_neighbors":
+        values = [k for k in values if k <= n_train_fold] or [1]
+    return {f"clf__{spec.param}": values}

@@ -1,0 +1,153 @@
+"""classify_codes: fit one classifier on cached codes, evaluate it, write the model and reports."""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import imblearn
+import numpy as np
+import sklearn
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+from .data import Dataset, check_training_set, layer_recipe, load_dataset
+from .fileio import ensure_writable, write_files
+from .model_io import model_files
+from .models import (DEFAULT_NORMALIZE, NORMALIZE, SAMPLING, build_pipeline, classifier_spec, param_grid,
+                     parse_class_weight)
+from .report import evaluate, report_files, summarize
+
+CV_SCORING = "balanced_accuracy"
+
+
+def classify_codes(codes: str | os.PathLike, out_dir: str | os.PathLike, layers: str | Sequence[str] | None = None,
+                   classifier: str = "svm", normalize: str = DEFAULT_NORMALIZE, C: float | None = None,
+                   class_weight: str | dict | None = "balanced", sampling: str = "none",
+                   test: str | os.PathLike | None = None, test_fraction: float | None = None, seed: int = 0,
+                   cv: int = 5, progress: bool = True, n_jobs: int | None = None) -> dict:
+    """Train ``classifier`` on the codes of ``layers`` and evaluate it on held-out codes.
+
+    Splits: ``test`` (another codes file of the same recipe, classes matched by name; every labeled
+    row of ``codes`` then trains) or ``test_fraction`` (stratified, ``seed``),
+    else the file's split column (train fits; test evaluates, else val), else a stratified 0.25 test
+    fraction. ``C`` is chosen by stratified ``cv``-fold cross-validation (balanced accuracy) on the
+    training split unless fixed; ``cv=0`` skips cross-validation. Writes report.json, report.txt,
+    confusion.csv, confusion.png and model.joblib (+ .sha256) into ``out_dir``; returns the report.
+    Raises ValueError with a readable message for unusable input.
+    """
+    check_options(classifier, normalize, sampling)
+    out_dir = ensure_writable(out_dir)
+    log = make_logger(progress)
+    log(f"loading {codes}")
+    data = load_dataset(codes, layers, test=test, test_fraction=test_fraction, seed=seed)
+    return fit_and_report(data, out_dir, classifier=classifier, normalize=normalize, C=C, class_weight=class_weight,
+                          sampling=sampling, seed=seed, cv=cv, log=log, n_jobs=n_jobs)
+
+
+def check_options(classifier: str, normalize: str, sampling: str) -> None:
+    """Fail fast on unknown option values, before any data is read."""
+    classifier_spec(classifier)
+    if normalize not in NORMALIZE:
+        raise ValueError(f"unknown normalization {normalize!r}; choose one of {', '.join(NORMALIZE)}")
+    if sampling not in SAMPLING:
+        raise ValueError(f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLING)}")
+
+
+def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: str, C: float | None,
+                   class_weight, sampling: str, seed: int, cv: int, log=None, n_jobs: int | None = None) -> dict:
+    """Fit (with CV for the hyper-parameter), evaluate on the test split, write every output file."""
+    log = log or make_logger(False)
+    names = data.class_names
+    weights = parse_class_weight(class_weight, names)
+    folds, notes = check_training_set(data.y_train, names, cv)
+    notes = list(data.notes) + notes
+    spec = classifier_spec(classifier)
+    if C is not None and spec.param != "C":
+        notes.append(f"C={C} ignored: {classifier} has no C (it cross-validates {spec.param})")
+        C = None
+    if weights is not None and not spec.takes_class_weight:
+        notes.append(f"class weight ignored: {classifier} does not support it (use sampling instead)")
+    pipe = build_pipeline(classifier, normalize, sampling, weights, seed)
+
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        if folds:
+            grid = param_grid(classifier, C, n_train_fold=len(data.y_train) * (folds - 1) // folds)
+            log(f"{classifier}: {folds}-fold CV over {spec.param} in {list(grid.values())[0]} "
+                f"({len(data.y_train)} training rows)")
+            search = GridSearchCV(pipe, grid, scoring=CV_SCORING, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                                  n_jobs=n_jobs, error_score="raise")
+            search.fit(data.X_train, data.y_train)
+            model, best, cv_score = search.best_estimator_, search.best_params_["clf__" + spec.param], search.best_score_
+        else:
+            best = C if C is not None else spec.default
+            log(f"{classifier}: fitting with {spec.param}={best} (no cross-validation)")
+            model = pipe.set_params(**{"clf__" + spec.param: best}).fit(data.X_train, data.y_train)
+            cv_score, grid = None, {}
+    fit_time = time.perf_counter() - start
+    notes += sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    log(f"evaluating on {len(data.y_test)} test rows")
+    y_pred = model.predict(data.X_test)
+    best = best.item() if isinstance(best, np.generic) else best
+    report = {
+        "codes": data.codes_path, "test_codes": data.test_path, "split_source": data.split_source,
+        "layers": data.layers, "classifier": classifier, "normalize": normalize,
+        "class_weight": class_weight if isinstance(class_weight, (str, type(None))) else dict(class_weight),
+        "class_weight_applied": {names[k]: v for k, v in weights.items()} if isinstance(weights, dict) else weights,
+        "sampling": sampling, "seed": seed,
+        "C": best if spec.param == "C" else None, "best_params": {spec.param: best},
+        "hyperparameter": f"{spec.param}={best:g}" if isinstance(best, float) else f"{spec.param}={best}",
+        "cv_score": None if cv_score is None else float(cv_score), "cv_folds": folds, "cv_scoring": CV_SCORING,
+        "cv_grid": {k.removeprefix("clf__"): v for k, v in grid.items()},
+        "n_train": int(len(data.y_train)), "n_test": int(len(data.y_test)),
+        "n_failed_excluded": data.n_failed_excluded, "n_unlabeled_excluded": data.n_unlabeled_excluded,
+        "train_class_counts": _counts(data.y_train, names),
+        "resampled_class_counts": _counts(resampled_labels(model, data.X_train, data.y_train), names),
+        "test_class_counts": _counts(data.y_test, names),
+        "fit_time_s": round(fit_time, 4),
+        **evaluate(data.y_test, y_pred, names),
+        "notes": notes,
+        "recipe": data.recipe,
+        "versions": {"scikit-learn": sklearn.__version__, "imbalanced-learn": imblearn.__version__},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    bundle = {"pipeline": model, "class_names": names, "layers": data.layers, "recipe": data.recipe,
+              "layer_recipe": layer_recipe(data.recipe, data.layers),
+              "settings": {k: report[k] for k in ("classifier", "normalize", "class_weight", "sampling", "seed",
+                                                   "C", "best_params", "cv_score", "cv_folds", "codes")},
+              "versions": report["versions"]}
+    log(f"writing {out_dir}")
+    write_files(out_dir, {**report_files(report), **model_files(bundle)})
+    log(summarize(report))
+    return report
+
+
+def resampled_labels(model, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The training labels as the classifier saw them after the pipeline's samplers (same seeds)."""
+    for _, step in model.steps[:-1]:
+        if hasattr(step, "fit_resample"):
+            X, y = clone(step).fit_resample(X, y)
+    return y
+
+
+def _counts(y: np.ndarray, names: list[str]) -> dict[str, int]:
+    counts = Counter(int(v) for v in y)
+    return {names[i]: counts[i] for i in sorted(counts)}
+
+
+def make_logger(progress: bool):
+    def log(message: str) -> None:
+        if progress:
+            print(f"[classify] {message}", file=sys.stderr, flush=True)
+    return log

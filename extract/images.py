@@ -1,0 +1,156 @@
+"""Robust image decoding and ImageNet-style preprocessing.
+
+Scraped collections are full of broken files, so `load_rgb` turns every failure into an
+`ImageError` whose message is one readable line; the reader records it and moves on.
+JPEGs are decoded in draft mode (the decoder scales by 1/2, 1/4 or 1/8 while the shorter side
+stays >= the resize target), which is much faster for large photos.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms import InterpolationMode
+
+#: Images with more pixels than this are refused before decoding (Pillow's own default, ~89 Mpx).
+MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+# Raster formats we decode. Others are refused: EPS, for one, would run Ghostscript on the file.
+Image.init()
+FORMATS: tuple[str, ...] = tuple(f for f in (
+    "JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "AVIF", "PPM", "TGA", "ICO",
+    "JPEG2000", "PCX", "SGI", "PSD", "QOI") if f in Image.OPEN)
+
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+class ImageError(Exception):
+    """An image that cannot be used; str() is a one-line human reason."""
+
+
+def load_rgb(path: str | os.PathLike, min_side: int | None = None, *,
+             max_pixels: int | None = None) -> Image.Image:
+    """Decode `path` to an RGB image, EXIF orientation applied; raise ImageError on any failure.
+
+    min_side: let JPEG decoding scale down while the shorter side stays >= min_side.
+    max_pixels: refuse larger images without decoding them (default: module MAX_PIXELS; 0: no
+    limit of ours, though Pillow still refuses anything over 2 * Image.MAX_IMAGE_PIXELS).
+    """
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    head, fmt = b"", None
+    try:
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # corrupt-EXIF chatter; bombs are checked below
+            head = f.read(64)
+            if not head:
+                raise ImageError("empty file (0 bytes)")
+            img = Image.open(f, formats=FORMATS)
+            fmt = img.format
+            _check_size(*img.size, limit)
+            if min_side and fmt in ("JPEG", "MPO"):
+                img.draft("RGB", (min_side, min_side))
+            img.load()  # first frame only for animations
+            try:
+                ImageOps.exif_transpose(img, in_place=True)
+            except Exception:  # a corrupt EXIF block must not cost us decodable pixels
+                pass
+            return to_rgb(img)
+    except ImageError:
+        raise
+    except Exception as e:
+        raise ImageError(_reason(e, fmt, head, limit)) from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB: alpha over white, 16-bit/float scaled to 8 bits."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith(("I", "F")):
+        img = Image.fromarray(_to_uint8(img))
+    if img.mode == "La":
+        img = img.convert("LA")
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
+
+
+def preprocess(img: Image.Image, resize: int, crop: int,
+               interpolation: str = "bilinear") -> torch.Tensor:
+    """torchvision Resize(resize) + CenterCrop(crop) + PILToTensor: uint8 [3, crop, crop]."""
+    mode = InterpolationMode(interpolation)
+    img = TF.resize(img, resize, interpolation=mode, antialias=True)
+    return TF.pil_to_tensor(TF.center_crop(img, crop))
+
+
+def load_image(path: str | os.PathLike, resize: int, crop: int, interpolation: str = "bilinear",
+               *, max_pixels: int | None = None) -> torch.Tensor:
+    """load_rgb + preprocess: the uint8 [3, crop, crop] tensor for one file, or ImageError."""
+    return preprocess(load_rgb(path, min_side=resize, max_pixels=max_pixels),
+                      resize, crop, interpolation)
+
+
+def _to_uint8(img: Image.Image) -> np.ndarray:
+    """Scale a 16/32-bit integer or float image to uint8 by its plausible full range."""
+    a = np.nan_to_num(np.asarray(img, dtype=np.float32))
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if img.mode.startswith("I;16"):
+        top = 65535.0
+    elif img.mode == "F" and lo >= 0 and hi <= 1:
+        top = 1.0
+    elif lo >= 0 and hi <= 255:
+        top = 255.0
+    elif lo >= 0 and hi <= 65535:
+        top = 65535.0  # 16-bit data held in mode "I" (older Pillow PNGs, TIFF)
+    else:
+        a, top = a - lo, max(hi - lo, 1e-12)
+    return np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+def _check_size(w: int, h: int, limit: int | None) -> None:
+    if limit and w * h > limit:
+        raise ImageError(f"decompression bomb: {w}x{h} = {w * h / 1e6:.0f} Mpx "
+                         f"exceeds the {limit / 1e6:.0f} Mpx limit")
+    if w < 1 or h < 1:
+        raise ImageError(f"empty image ({w}x{h} pixels)")
+
+
+def _reason(e: BaseException, fmt: str | None, head: bytes, limit: int | None) -> str:
+    """One line saying why a file failed."""
+    msg = " ".join(str(e).split())[:200] or type(e).__name__
+    if isinstance(e, FileNotFoundError):
+        return "file not found"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory, not a file"
+    if isinstance(e, Image.DecompressionBombError):  # beyond Pillow's own hard limit
+        m = re.search(r"\((\d+) pixels\)", msg)
+        px = int(m.group(1)) if m else 0
+        cap = min(limit or px, 2 * (Image.MAX_IMAGE_PIXELS or px))
+        return f"decompression bomb: {px / 1e6:.0f} Mpx exceeds the {cap / 1e6:.0f} Mpx limit"
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image (cannot identify format)" + _sniff(head)
+    if isinstance(e, MemoryError):
+        return "out of memory while decoding"
+    if fmt is None and isinstance(e, OSError):
+        return f"cannot read file: {msg}"
+    if "truncated" in msg:
+        return f"truncated {fmt}: {msg}"
+    label = "corrupt" if isinstance(e, (OSError, SyntaxError)) else "cannot decode"
+    return f"{label} {fmt or 'image'}: {type(e).__name__}: {msg}"
+
+
+def _sniff(head: bytes) -> str:
+    """A hint about what a non-image file is (scraped 'images' are often HTML error pages)."""
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
+        return ", looks like HTML/XML"
+    if head and all(32 <= b < 127 or b in b"\t\n\r" for b in head):
+        return ", looks like text"
+    return ""

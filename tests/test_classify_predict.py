@@ -1,0 +1,171 @@
+"""model.joblib + sha256 sidecar, and predict_codes end to end on codes files."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import pickle
+
+import numpy as np
+import pytest
+from codes_fixtures import imbalanced_codes, recipe, write_codes_file
+
+from classify import classify_codes, load_model, predict_codes
+from extract.codesfile import RecipeMismatch
+
+NAMES = ["cat", "dog", "bird"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    codes, y = imbalanced_codes()
+    train = write_codes_file(root / "train.h5", codes, y, NAMES)
+    run = root / "run"
+    classify_codes(train, run, layers="penultimate", C=1.0, cv=0, test_fraction=0.3, progress=False)
+    return run
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _new_images(path, n=12, failed=(3,), rec=None, **kwargs):
+    codes, _ = imbalanced_codes((6, 4, 2), seed=7)
+    ok = np.ones(n, bool)
+    ok[list(failed)] = False
+    errors = ["" if k else "cannot identify image file 'x.jpg'" for k in ok]
+    return write_codes_file(path, codes, np.full(n, -1), [], ok=ok, errors=errors, rec=rec,
+                            paths=[f"new/{i}.jpg" for i in range(n)], **kwargs), codes
+
+
+# --- model file -----------------------------------------------------------------------------------
+
+def test_sidecar_written_and_checked(trained):
+    model = trained / "model.joblib"
+    digest = (trained / "model.joblib.sha256").read_text().split()[0]
+    assert digest == hashlib.sha256(model.read_bytes()).hexdigest()
+    by_dir, by_file = load_model(trained), load_model(model)
+    assert by_dir["layers"] == by_file["layers"] == ["penultimate"]
+    assert set(by_dir) >= {"pipeline", "class_names", "layers", "recipe", "settings"}
+    assert by_dir["settings"]["classifier"] == "svm" and by_dir["class_names"] == NAMES
+
+
+def test_tampered_model_refused_before_unpickling(trained, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.joblib.sha256").write_text((trained / "model.joblib.sha256").read_text())
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (run / "model.joblib").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ValueError, match="does not match its checksum"):
+        load_model(run)
+    assert not marker.exists()
+
+
+def test_modified_byte_refused(trained, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    data = bytearray((trained / "model.joblib").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (run / "model.joblib").write_bytes(bytes(data))
+    (run / "model.joblib.sha256").write_text((trained / "model.joblib.sha256").read_text())
+    with pytest.raises(ValueError, match="checksum"):
+        load_model(run)
+
+
+def test_missing_sidecar_or_model_refused(trained, tmp_path):
+    (tmp_path / "model.joblib").write_bytes((trained / "model.joblib").read_bytes())
+    with pytest.raises(ValueError, match="no checksum file"):
+        load_model(tmp_path)
+    with pytest.raises(ValueError, match="no such model"):
+        load_model(tmp_path / "elsewhere")
+
+
+# --- predict --------------------------------------------------------------------------------------
+
+def test_predict_csv_end_to_end(trained, tmp_path):
+    path, codes = _new_images(tmp_path / "new.h5")
+    summary = predict_codes(trained, path, tmp_path / "out" / "pred.csv")
+    rows = _read(tmp_path / "out" / "pred.csv")
+    with open(tmp_path / "out" / "pred.csv") as f:
+        header = f.readline().strip().split(",")
+    assert header == ["path", "predicted", "score_cat", "score_dog", "score_bird", "error"]
+    assert [r["path"] for r in rows] == [f"new/{i}.jpg" for i in range(12)]
+    assert summary["n_rows"] == 12 and summary["n_predicted"] == 11 and summary["n_failed"] == 1
+
+    failed = rows[3]
+    assert failed["predicted"] == "" and failed["score_cat"] == "" and "cannot identify" in failed["error"]
+
+    pipe = load_model(trained)["pipeline"]
+    good = np.arange(12) != 3
+    X = codes["penultimate"][good].astype(np.float32)
+    expected = [NAMES[i] for i in pipe.predict(X)]
+    assert [r["predicted"] for i, r in enumerate(rows) if i != 3] == expected
+    scores = np.array([[float(r[f"score_{c}"]) for c in NAMES] for i, r in enumerate(rows) if i != 3])
+    assert scores == pytest.approx(pipe.decision_function(X), rel=1e-4, abs=1e-5)
+    assert [NAMES[i] for i in scores.argmax(axis=1)] == expected
+    assert all(r["error"] == "" for i, r in enumerate(rows) if i != 3)
+    assert summary["predicted_counts"] == {c: expected.count(c) for c in set(expected)}
+
+
+def test_predict_recipe_mismatch_refused(trained, tmp_path):
+    other = recipe({"block4": 24, "penultimate": 16}, sha="f" * 64)
+    path, _ = _new_images(tmp_path / "new.h5", rec=other)
+    with pytest.raises(RecipeMismatch, match="weights_sha256"):
+        predict_codes(trained, path, tmp_path / "pred.csv")
+    assert not (tmp_path / "pred.csv").exists()
+
+
+def test_predict_accepts_file_with_only_the_model_taps(trained, tmp_path):
+    codes, _ = imbalanced_codes((6, 4, 2), seed=7)
+    full = recipe({"block4": 24, "penultimate": 16})
+    only = {**full, "taps": [t for t in full["taps"] if t["name"] == "penultimate"]}
+    path = write_codes_file(tmp_path / "one_tap.h5", {"penultimate": codes["penultimate"]}, np.full(12, -1), [],
+                            rec=only)
+    assert predict_codes(trained, path, tmp_path / "pred.csv")["n_predicted"] == 12
+    other_pool = {**only, "taps": [{**only["taps"][0], "pool": "max"}]}
+    path2 = write_codes_file(tmp_path / "max.h5", {"penultimate": codes["penultimate"]}, np.full(12, -1), [],
+                             rec=other_pool)
+    with pytest.raises(RecipeMismatch, match="taps"):
+        predict_codes(trained, path2, tmp_path / "pred2.csv")
+
+
+def test_predict_with_probabilities_and_nonfinite_row(tmp_path):
+    codes, y = imbalanced_codes()
+    train = write_codes_file(tmp_path / "train.h5", codes, y, NAMES)
+    classify_codes(train, tmp_path / "run", classifier="knn", cv=0, test_fraction=0.3, progress=False)
+    new_codes, _ = imbalanced_codes((6, 4, 2), seed=7)
+    new_codes["block4"][5, 0] = np.inf  # an ok row with broken codes is reported, not fatal
+    path = write_codes_file(tmp_path / "new.h5", new_codes, np.full(12, -1), [])
+    summary = predict_codes(tmp_path / "run", path, tmp_path / "pred.csv")
+    rows = _read(tmp_path / "pred.csv")
+    assert summary["score"] == "predict_proba" and summary["n_failed"] == 1
+    assert rows[5]["predicted"] == "" and "NaN or infinite" in rows[5]["error"]
+    sums = [sum(float(r[f"score_{c}"]) for c in NAMES) for i, r in enumerate(rows) if i != 5]
+    assert sums == pytest.approx([1.0] * 11)
+
+
+def test_predict_binary_scores_two_columns(tmp_path):
+    codes, y = imbalanced_codes((40, 20))
+    train = write_codes_file(tmp_path / "train.h5", codes, y, ["no", "yes"])
+    classify_codes(train, tmp_path / "run", C=1.0, cv=0, test_fraction=0.3, progress=False)
+    summary = predict_codes(tmp_path / "run", train, tmp_path / "pred.csv")
+    rows = _read(tmp_path / "pred.csv")
+    assert list(rows[0]) == ["path", "predicted", "score_no", "score_yes", "error"]
+    for r in rows:
+        assert float(r["score_no"]) == pytest.approx(-float(r["score_yes"]))
+        assert r["predicted"] == ("yes" if float(r["score_yes"]) > 0 else "no")
+    assert summary["n_predicted"] == 60
+
+
+def test_predict_missing_layer_lists_available(trained, tmp_path):
+    codes, _ = imbalanced_codes((6, 4, 2), seed=7)
+    rec = recipe({"block4": 24, "penultimate": 16})
+    path = write_codes_file(tmp_path / "b4.h5", {"block4": codes["block4"]}, np.full(12, -1), [], rec=rec)
+    with pytest.raises(ValueError, match="penultimate.*available layers: block4"):
+        predict_codes(trained, path, tmp_path / "pred.csv")

@@ -1,0 +1,341 @@
+"""classify_codes on real HDF5 codes files: splits, metrics, imbalance options, errors, report files."""
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+from codes_fixtures import imbalanced_codes, make_codes, recipe, split_column, write_codes_file
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classification_report, confusion_matrix,
+                             f1_score)
+
+import classify.report
+from classify import classify_codes, load_model, summarize
+from extract.codesfile import RecipeMismatch
+
+NAMES = ["cat", "dog", "bird"]
+FAST = dict(progress=False, cv=3)
+
+
+@pytest.fixture(scope="module")
+def codes(tmp_path_factory):
+    return make_codes(tmp_path_factory.mktemp("codes") / "codes.h5")
+
+
+@pytest.fixture(scope="module")
+def run(codes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return out, classify_codes(codes, out, **FAST)
+
+
+def _test_rows(path, split="test"):
+    """Labels and codes of the evaluation rows, read with plain h5py (independent of classify/)."""
+    with h5py.File(path, "r") as h5:
+        use = h5["ok"][()] & (h5["labels"][()] >= 0) & (h5["split"].asstr()[()] == split)
+        return h5["codes/block4"][()][use], h5["labels"][()][use]
+
+
+def test_report_numbers_match_sklearn_recomputed_from_predictions(codes, run):
+    out, report = run
+    X, y = _test_rows(codes)
+    pred = load_model(out)["pipeline"].predict(X)
+    labels = sorted(set(y) | set(pred))
+    assert report["n_test"] == len(y) == sum(r["support"] for r in report["per_class"].values())
+    assert report["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert report["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert report["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", labels=labels, zero_division=0))
+    assert report["confusion_matrix"] == confusion_matrix(y, pred, labels=labels).tolist()
+    assert report["labels"] == [NAMES[i] for i in labels]
+    table = classification_report(y, pred, labels=labels, target_names=report["labels"], output_dict=True,
+                                  zero_division=0)
+    for name, row in report["per_class"].items():
+        assert row["precision"] == pytest.approx(table[name]["precision"])
+        assert row["recall"] == pytest.approx(table[name]["recall"])
+        assert row["f1"] == pytest.approx(table[name]["f1-score"])
+        assert row["support"] == table[name]["support"]
+
+
+def test_report_settings_and_cv(codes, run):
+    out, report = run
+    assert report["layers"] == ["block4"]  # the file's first tap
+    assert report["classifier"] == "svm" and report["normalize"] == "power"
+    assert report["class_weight"] == "balanced" and report["sampling"] == "none"
+    assert report["C"] in report["cv_grid"]["C"] and report["cv_folds"] == 3
+    assert 0 <= report["cv_score"] <= 1
+    assert report["split_source"] == "split column (train / test)"
+    assert report["train_class_counts"] == {"cat": 42, "dog": 21, "bird": 8}
+    assert report["n_train"] == 71 and report["n_failed_excluded"] == 0
+    assert report["recipe"] == recipe({"block4": 24, "penultimate": 16})
+    assert report["codes"] == str(codes)
+    bundle = load_model(out)
+    assert bundle["class_names"] == NAMES and bundle["layers"] == ["block4"]
+    assert bundle["recipe"] == report["recipe"] and bundle["settings"]["C"] == report["C"]
+    assert bundle["pipeline"].named_steps["clf"].C == report["C"]
+    assert f"C={report['C']:g}" == report["hyperparameter"] and report["hyperparameter"] in summarize(report)
+
+
+def test_report_files(run):
+    out, report = run
+    on_disk = json.loads((out / "report.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "labels", "C",
+                "cv_score", "classifier", "normalize", "class_weight", "sampling", "layers", "n_train", "n_test",
+                "n_failed_excluded", "recipe", "codes"):
+        assert on_disk[key] == report[key], key
+    with open(out / "confusion.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][1:] == report["labels"]
+    assert [r[0] for r in rows[1:]] == report["labels"]
+    assert [[int(v) for v in r[1:]] for r in rows[1:]] == report["confusion_matrix"]
+    text = (out / "report.txt").read_text()
+    assert f"{report['balanced_accuracy']:.4f}" in text and f"{report['macro_f1']:.4f}" in text
+    assert all(name in text for name in NAMES)
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_concatenated_layers_in_given_order(codes, tmp_path):
+    report = classify_codes(codes, tmp_path, layers=["penultimate", "block4"], C=1.0, **FAST)
+    assert report["layers"] == ["penultimate", "block4"]
+    pipe = load_model(tmp_path)["pipeline"]
+    assert pipe.named_steps["clf"].coef_.shape[1] == 16 + 24
+    with h5py.File(codes, "r") as h5:
+        use = h5["split"].asstr()[()] == "test"
+        X = np.hstack([h5["codes/penultimate"][()][use], h5["codes/block4"][()][use]])
+        y = h5["labels"][()][use]
+    assert report["accuracy"] == pytest.approx(accuracy_score(y, pipe.predict(X)))
+    assert classify_codes(codes, tmp_path / "b", layers="penultimate+block4", C=1.0, **FAST)["layers"] == \
+        ["penultimate", "block4"]
+
+
+@pytest.mark.parametrize("classifier,cv", [("softmax", 0), ("knn", 2), ("rbf_svm", 2), ("forest", 0)])
+def test_other_classifiers(codes, tmp_path, classifier, cv):
+    report = classify_codes(codes, tmp_path, classifier=classifier, cv=cv, progress=False)
+    X, y = _test_rows(codes)
+    pred = load_model(tmp_path)["pipeline"].predict(X)
+    assert report["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert report["classifier"] == classifier and report["hyperparameter"]
+
+
+@pytest.mark.parametrize("normalize", ["none", "standard", "l2", "power"])
+def test_normalizations(codes, tmp_path, normalize):
+    report = classify_codes(codes, tmp_path, normalize=normalize, C=1.0, cv=0, progress=False)
+    step = load_model(tmp_path)["pipeline"].named_steps["normalize"]
+    X, _ = _test_rows(codes)
+    if normalize == "none":
+        assert step == "passthrough"
+    elif normalize == "standard":
+        assert step.transform(X).mean(axis=0) == pytest.approx(np.zeros(24), abs=0.6)
+    else:  # l2 and power give unit rows; power is the signed square root first
+        Z = step.transform(X)
+        assert np.linalg.norm(Z, axis=1) == pytest.approx(np.ones(len(X)))
+        if normalize == "power":
+            expected = np.sqrt(X) / np.linalg.norm(np.sqrt(X), axis=1, keepdims=True)
+            assert Z == pytest.approx(expected)
+    assert report["normalize"] == normalize and report["cv_score"] is None and report["C"] == 1.0
+
+
+# --- splits --------------------------------------------------------------------------------------
+
+def test_val_split_used_when_no_test(tmp_path):
+    codes, y = imbalanced_codes()
+    path = write_codes_file(tmp_path / "v.h5", codes, y, NAMES, split=split_column(y, val=True))
+    report = classify_codes(path, tmp_path / "out", C=1.0, **FAST)
+    assert report["split_source"] == "split column (train / val)"
+    assert report["n_test"] == len(_test_rows(path, "val")[1])
+
+
+def test_no_split_defaults_to_stratified_quarter_and_says_so(tmp_path):
+    path = make_codes(tmp_path / "nosplit.h5", with_split=False)
+    report = classify_codes(path, tmp_path / "out", C=1.0, **FAST)
+    assert "0.25" in report["split_source"] and "no usable" in report["split_source"]
+    assert any("0.25" in n for n in report["notes"])
+    assert report["n_test"] == 26 and report["n_train"] == 76  # 102 rows
+    for name, n in zip(NAMES, (60, 30, 12)):  # stratified: each class keeps its share, within rounding
+        assert abs(report["test_class_counts"][name] - 0.25 * n) <= 1
+    assert "0.25" in (tmp_path / "out" / "report.txt").read_text()
+
+
+def test_test_fraction_is_stratified_and_seeded(codes, tmp_path):
+    a = classify_codes(codes, tmp_path / "a", test_fraction=0.5, seed=3, C=1.0, **FAST)
+    b = classify_codes(codes, tmp_path / "b", test_fraction=0.5, seed=3, C=1.0, **FAST)
+    assert a["test_class_counts"] == {"cat": 30, "dog": 15, "bird": 6}
+    assert a["confusion_matrix"] == b["confusion_matrix"]
+    assert a["split_source"].startswith("stratified 0.5")
+
+
+def test_test_file_maps_classes_by_name_and_counts_failures(tmp_path):
+    codes, y = imbalanced_codes(seed=0)
+    train = write_codes_file(tmp_path / "train.h5", codes, y, NAMES)
+    tcodes, ty = imbalanced_codes((20, 10, 6), seed=1)
+    order = ["bird", "cat", "dog"]  # same classes, another index order
+    ty2 = np.array([order.index(NAMES[v]) for v in ty])
+    ok = np.ones(len(ty), bool)
+    ok[:2] = False
+    test = write_codes_file(tmp_path / "test.h5", tcodes, ty2, order, ok=ok)
+    report = classify_codes(train, tmp_path / "out", test=test, C=1.0, **FAST)
+    assert report["test_codes"] == str(test) and report["n_train"] == len(y)
+    assert report["n_test"] == len(ty) - 2 and report["n_failed_excluded"] == 2
+    expected = {NAMES[c]: int(n) for c, n in zip(*np.unique(ty[ok], return_counts=True))}
+    assert report["test_class_counts"] == expected
+    pred = load_model(tmp_path / "out")["pipeline"].predict(tcodes["block4"][ok].astype(np.float32))
+    assert report["accuracy"] == pytest.approx(accuracy_score(ty[ok], pred))
+
+
+def test_test_file_with_other_recipe_refused(tmp_path):
+    codes, y = imbalanced_codes()
+    train = write_codes_file(tmp_path / "train.h5", codes, y, NAMES)
+    other = recipe({"block4": 24, "penultimate": 16}, preprocess={"resize": 128, "crop": 112})
+    test = write_codes_file(tmp_path / "test.h5", codes, y, NAMES, rec=other)
+    with pytest.raises(RecipeMismatch, match="preprocess"):
+        classify_codes(train, tmp_path / "out", test=test, **FAST)
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_test_file_with_unknown_class_refused(tmp_path):
+    codes, y = imbalanced_codes()
+    train = write_codes_file(tmp_path / "train.h5", codes, y, NAMES)
+    test = write_codes_file(tmp_path / "test.h5", codes, y, ["cat", "dog", "fish"])
+    with pytest.raises(ValueError, match="fish"):
+        classify_codes(train, tmp_path / "out", test=test, **FAST)
+
+
+def test_failed_and_unlabeled_rows_excluded_and_counted(tmp_path):
+    codes, y = imbalanced_codes()
+    split = split_column(y)
+    ok = np.ones(len(y), bool)
+    ok[[0, 5, 9]] = False
+    labels = y.copy()
+    labels[[1, 2]] = -1
+    path = write_codes_file(tmp_path / "f.h5", codes, labels, NAMES, split=split, ok=ok)
+    report = classify_codes(path, tmp_path / "out", C=1.0, **FAST)
+    keep = ok & (labels >= 0)
+    assert report["n_failed_excluded"] == 3 and report["n_unlabeled_excluded"] == 2
+    assert report["n_train"] == int((keep & (np.array(split) == "train")).sum())
+    assert report["n_test"] == int((keep & (np.array(split) == "test")).sum())
+
+
+# --- imbalance -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sampling,expected", [
+    ("none", {"cat": 42, "dog": 21, "bird": 8}),
+    ("over", {"cat": 42, "dog": 42, "bird": 42}),      # every class up to the largest
+    ("under", {"cat": 8, "dog": 8, "bird": 8}),        # every class down to the smallest
+    ("hybrid", {"cat": 21, "dog": 21, "bird": 21}),    # minorities up, majorities down, to the median
+])
+def test_sampling_modes_on_training_split_only(codes, tmp_path, sampling, expected):
+    report = classify_codes(codes, tmp_path, classifier="knn", sampling=sampling, cv=0, progress=False)
+    assert report["train_class_counts"] == {"cat": 42, "dog": 21, "bird": 8}
+    assert report["resampled_class_counts"] == expected
+    # kNN stores what it was fitted on: the classifier really saw the resampled training set
+    assert load_model(tmp_path)["pipeline"].named_steps["clf"].n_samples_fit_ == sum(expected.values())
+    assert report["test_class_counts"] == {"cat": 18, "dog": 9, "bird": 4}  # the test split is never resampled
+
+
+def test_sampling_inside_cv_folds(codes, tmp_path):
+    report = classify_codes(codes, tmp_path, sampling="hybrid", **FAST)
+    assert report["cv_folds"] == 3 and report["resampled_class_counts"] == {"cat": 21, "dog": 21, "bird": 21}
+    steps = [name for name, _ in load_model(tmp_path)["pipeline"].steps]
+    assert steps == ["normalize", "over", "under", "clf"]
+
+
+@pytest.mark.parametrize("spec,expected", [("balanced", "balanced"), ("none", None),
+                                           ("bird=5,dog=2", {2: 5.0, 1: 2.0})])
+def test_class_weight(codes, tmp_path, spec, expected):
+    report = classify_codes(codes, tmp_path, class_weight=spec, C=1.0, cv=0, progress=False)
+    assert load_model(tmp_path)["pipeline"].named_steps["clf"].class_weight == expected
+    assert report["class_weight"] == spec
+
+
+def test_explicit_class_weight_shifts_predictions(codes, tmp_path):
+    X, _ = _test_rows(codes)
+    light = classify_codes(codes, tmp_path / "a", class_weight="none", C=1.0, cv=0, progress=False)
+    heavy = classify_codes(codes, tmp_path / "b", class_weight="bird=30", C=1.0, cv=0, progress=False)
+    n_bird = [int((load_model(tmp_path / d)["pipeline"].predict(X) == 2).sum()) for d in ("a", "b")]
+    assert n_bird[1] > n_bird[0]
+    assert heavy["per_class"]["bird"]["recall"] >= light["per_class"]["bird"]["recall"]
+    assert heavy["class_weight_applied"] == {"bird": 30.0}
+
+
+@pytest.mark.parametrize("spec,message", [("fish=2", "fish"), ("cat=2,horse=1", "horse"), ("cat", "CLASS=WEIGHT"),
+                                          ("cat=heavy", "not a number"), ("cat=-1", "positive")])
+def test_bad_class_weight(codes, tmp_path, spec, message):
+    with pytest.raises(ValueError, match=message):
+        classify_codes(codes, tmp_path, class_weight=spec, **FAST)
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+def test_no_labels(tmp_path):
+    codes, y = imbalanced_codes()
+    path = write_codes_file(tmp_path / "u.h5", codes, np.full(len(y), -1), NAMES)
+    with pytest.raises(ValueError, match="no labels"):
+        classify_codes(path, tmp_path / "out", **FAST)
+
+
+def test_only_one_class(tmp_path):
+    codes, y = imbalanced_codes()
+    path = write_codes_file(tmp_path / "one.h5", codes, np.zeros(len(y), int), NAMES, split=split_column(y))
+    with pytest.raises(ValueError, match=r"only one class \(cat\)"):
+        classify_codes(path, tmp_path / "out", **FAST)
+
+
+def test_class_with_single_training_example_named(tmp_path):
+    codes, y = imbalanced_codes((40, 20, 3))
+    split = np.array(split_column(y), dtype=object)
+    birds = np.flatnonzero(y == 2)
+    split[birds] = ["train", "test", "test"]
+    path = write_codes_file(tmp_path / "s.h5", codes, y, NAMES, split=list(split))
+    with pytest.raises(ValueError, match=r"'bird' has a single training example.*at least 2"):
+        classify_codes(path, tmp_path / "out", **FAST)
+    # without cross-validation a fixed C still trains
+    assert classify_codes(path, tmp_path / "out", C=1.0, cv=0, progress=False)["train_class_counts"]["bird"] == 1
+
+
+def test_small_class_reduces_folds_with_warning(tmp_path):
+    codes, y = imbalanced_codes((40, 20, 4))
+    split = np.array(["train"] * len(y), dtype=object)
+    split[np.flatnonzero(y == 0)[:10]] = "test"
+    split[np.flatnonzero(y == 2)[:1]] = "test"
+    path = write_codes_file(tmp_path / "r.h5", codes, y, NAMES, split=list(split))
+    with pytest.warns(UserWarning, match="reduced from 5 to 3 folds.*'bird'"):
+        report = classify_codes(path, tmp_path / "out", cv=5, progress=False)
+    assert report["cv_folds"] == 3 and any("reduced" in n for n in report["notes"])
+
+
+def test_nan_codes_in_ok_rows(tmp_path):
+    codes, y = imbalanced_codes()
+    codes["block4"][[3, 4, 7]] = np.nan
+    codes["block4"][8, 0] = np.inf
+    path = write_codes_file(tmp_path / "nan.h5", codes, y, NAMES, split=split_column(y))
+    with pytest.raises(ValueError, match="4 row"):
+        classify_codes(path, tmp_path / "out", **FAST)
+
+
+def test_unknown_layer_lists_available(codes, tmp_path):
+    with pytest.raises(ValueError, match="fc7.*available layers: block4, penultimate"):
+        classify_codes(codes, tmp_path, layers=["fc7"], **FAST)
+
+
+@pytest.mark.parametrize("option", [{"classifier": "xgboost"}, {"normalize": "zca"}, {"sampling": "smote"}])
+def test_unknown_options(codes, tmp_path, option):
+    with pytest.raises(ValueError, match="choose one of"):
+        classify_codes(codes, tmp_path, **option, **FAST)
+
+
+def test_output_dir_not_writable(codes, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="cannot write to output directory"):
+        classify_codes(codes, blocker / "out", **FAST)
+    assert blocker.read_text() == "x"
+
+
+def test_failure_while_writing_leaves_nothing_half_written(codes, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(classify.report, "plot_confusion", broken)
+    with pytest.raises(OSError):
+        classify_codes(codes, tmp_path, C=1.0, **FAST)
+    assert list(tmp_path.iterdir()) == []

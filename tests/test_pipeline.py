@@ -1,0 +1,108 @@
+"""End to end through the command line: run, classify on real codes files, predict on new images."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
+
+import pipeline
+from classify import load_model
+from conftest import FAST, make_tree
+from extract import open_codes
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A split image tree, its codes file and a linear SVM trained on it, all through the CLI."""
+    images = make_tree(tmp_path / "images", classes=("cat", "dog", "owl"), per_class=8, splits=("train", "test"))
+    run = tmp_path / "run"
+    assert pipeline.main(["run", str(images), "--out", str(run), *FAST, "--workers", "0", "--classifiers", "svm",
+                          "--cv", "3"]) == 0
+    return images, run
+
+
+def test_run_classifies_and_reports_match_sklearn_metrics(trained):
+    images, run = trained
+    report = json.loads((run / "classify" / "report.json").read_text())
+    cf = open_codes(run / "codes.h5")
+    test = np.array([s == "test" for s in cf.rows.split])
+    bundle = load_model(run / "classify")
+    y_true = cf.rows.labels[test]
+    y_pred = bundle["pipeline"].predict(cf.codes["penultimate"][test])
+    assert report["n_test"] == int(test.sum()) == 24 and report["n_train"] == 24
+    assert report["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    assert report["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert report["confusion_matrix"] == confusion_matrix(y_true, y_pred).tolist()
+    assert report["labels"] == ["cat", "dog", "owl"] and report["C"] is not None
+    assert report["recipe"]["backbone"] == "mobilenet_v2" and report["recipe"]["taps"][0]["name"] == "penultimate"
+    for name in ("report.txt", "confusion.csv", "confusion.png", "model.joblib", "model.joblib.sha256"):
+        assert (run / "classify" / name).is_file(), name
+
+
+def test_run_with_two_layers_compares_them(tmp_path, capsys):
+    images = make_tree(tmp_path / "images", per_class=8, splits=("train", "test"))
+    out = tmp_path / "run"
+    assert pipeline.main(["run", str(images), "--out", str(out), *FAST, "--workers", "0", "--layer", "block4",
+                          "--layer", "penultimate", "--classifiers", "svm,softmax", "--cv", "3"]) == 0
+    printed = capsys.readouterr().out
+    with open(out / "compare" / "compare.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["classifier"], r["layers"]) for r in rows} == {
+        ("svm", "block4"), ("softmax", "block4"), ("svm", "penultimate"), ("softmax", "penultimate")}
+    scores = [float(r["balanced_accuracy"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert "| 1 |" in printed and "best:" in printed
+
+
+def test_predict_new_images_lists_failures_and_scores_every_class(trained, tmp_path, capsys):
+    _, run = trained
+    new = make_tree(tmp_path / "new", classes=("x",), per_class=3, seed=7)
+    (new / "x" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    out = tmp_path / "preds.csv"
+    assert pipeline.main(["predict", str(run / "classify"), str(new), "-o", str(out), "--workers", "0",
+                          "--quiet"]) == 0
+    assert "1 image(s) could not be predicted" in capsys.readouterr().out
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0].keys()) == ["path", "predicted", "score_cat", "score_dog", "score_owl", "error"]
+    broken = next(r for r in rows if r["path"] == "x/broken.png")
+    assert broken["predicted"] == "" and broken["error"]
+    good = [r for r in rows if r is not broken]
+    assert len(good) == 3 and all(r["predicted"] in ("cat", "dog", "owl") and not r["error"] for r in good)
+    for r in good:  # the predicted class has the highest score
+        scores = {c: float(r[f"score_{c}"]) for c in ("cat", "dog", "owl")}
+        assert max(scores, key=scores.get) == r["predicted"]
+
+
+def test_predict_refuses_codes_or_weights_of_another_recipe(trained, tmp_path, capsys):
+    images, run = trained
+    other = tmp_path / "other.h5"
+    assert pipeline.main(["extract", str(images), "-o", str(other), *FAST[:-5], "--resize", "80", "--crop", "64",
+                          "--weights", "random", "--workers", "0", "--quiet"]) == 0
+    assert pipeline.main(["predict", str(run / "classify"), str(other), "-o", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "another recipe" in err and "preprocess" in err and '"resize": 80' in err
+    # the model was trained on untrained-network codes; the embedded ImageNet weights are another recipe
+    assert pipeline.main(["predict", str(run / "classify"), str(images), "-o", str(tmp_path / "p.csv"),
+                          "--weights", str(_embedded()), "--quiet"]) == 2
+    assert "weights_sha256" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def _embedded():
+    from extract.weights import embedded_checkpoint
+
+    return embedded_checkpoint("mobilenet_v2")
+
+
+def test_classify_errors_are_clear(tmp_path, capsys):
+    images = make_tree(tmp_path / "one", classes=("only",), per_class=4)
+    codes = tmp_path / "one.h5"
+    assert pipeline.main(["extract", str(images), "-o", str(codes), *FAST, "--workers", "0"]) == 0
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "r")]) == 2
+    assert "class" in capsys.readouterr().err
+    assert pipeline.main(["classify", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "r")]) == 2
+    assert "no such codes file" in capsys.readouterr().err
