@@ -1,6 +1,7 @@
 """Drive an extraction: plan the job, run the missing parts through the network, assemble the file."""
 from __future__ import annotations
 
+import copy
 import os
 import resource
 import shutil
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 from . import codesfile, parts
 from .backbones import DEFAULT_BACKBONE, get_backbone
+from .fusion import fold_batchnorm
 from .device import DTYPES, pick_device, pick_precision
 from .reader import ImageDataset, ImageList, list_images
 from .recipe import make_recipe, preprocess_config
@@ -108,7 +110,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         result.failures = _failures_of(out)
         return result
     started = time.perf_counter()
-    tap_model = TapModel(model, taps).to(dev).eval()
+    tap_model = _inference_model(model, taps).to(dev).eval()
     if dev.type == "cpu" or settings.precision != "fp32":
         tap_model = tap_model.to(memory_format=torch.channels_last)
     parts_dir = parts.parts_dir_for(out)
@@ -130,6 +132,16 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     result.seconds = time.perf_counter() - started
     result.failures = _failures_of(out)
     return result
+
+
+def _inference_model(model: torch.nn.Module, taps) -> TapModel:
+    """The tap model with BatchNorm folded into convolutions (same codes, faster), unless that hides a tapped node."""
+    fused = copy.deepcopy(model)
+    fold_batchnorm(fused)
+    try:
+        return TapModel(fused, taps)
+    except ValueError:  # a tapped node was a BatchNorm, which folding removed
+        return TapModel(model, taps)
 
 
 def _check_writable(out: Path) -> None:

@@ -199,3 +199,29 @@ def test_dataset_command_writes_the_digits_tree(tmp_path, capsys):
     assert pipeline.main(["dataset", "digits", str(tmp_path / "all")]) == 0
     assert "wrote 1797 images" in capsys.readouterr().out
     assert len(list((tmp_path / "all").glob("test/*/*.png"))) == 540
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18"])
+def test_folding_batchnorm_keeps_the_outputs(name):
+    import copy
+
+    from extract.fusion import fold_batchnorm
+
+    model = random_model(name)
+    fused = copy.deepcopy(model)
+    assert fold_batchnorm(fused) > 10
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_batchnorm_node_can_still_be_tapped(image_tree, tmp_path):
+    out = tmp_path / "bn.h5"
+    assert pipeline.main(["extract", str(image_tree), "-o", str(out), *FAST, "--layer", "features.2.conv.3",
+                          "--workers", "0"]) == 0
+    model = random_model("mobilenet_v2")
+    x = batch_of(image_tree, open_codes(out).rows.paths)
+    with torch.inference_mode():
+        expected = torch.relu(model.features[2].conv(model.features[:2](x))).mean((2, 3))
+    np.testing.assert_allclose(open_codes(out).codes["features.2.conv.3"], expected.numpy(), rtol=1e-4, atol=1e-5)
