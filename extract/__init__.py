@@ -1,5 +1,9 @@
 """Extract stage: images -> ReLU'd CNN codes in a self-describing HDF5 file."""
+import os
 from importlib.metadata import PackageNotFoundError, version
+
+# Before torch loads (see pipeline.py): OpenMP threads sleep instead of spinning while they wait.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:
     __version__ = version("cnncodes")

@@ -1,7 +1,6 @@
 """Drive an extraction: plan the job, run the missing parts through the network, assemble the file."""
 from __future__ import annotations
 
-import copy
 import os
 import resource
 import shutil
@@ -17,11 +16,11 @@ from tqdm.auto import tqdm
 
 from . import codesfile, parts
 from .backbones import DEFAULT_BACKBONE, get_backbone
-from .fusion import fold_batchnorm
-from .device import DTYPES, pick_device, pick_precision
+from .device import pick_device, pick_precision
+from .inference import CodeComputer, default_batch_size
 from .reader import ImageDataset, ImageList, list_images
 from .recipe import make_recipe, preprocess_config
-from .taps import MAX_UNPOOLED_DIM, TapModel, resolve_taps
+from .taps import MAX_UNPOOLED_DIM, resolve_taps
 from .weights import build_model, locate_weights
 
 DEFAULT_PART_SIZE = 512
@@ -98,8 +97,8 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     if expected_recipe is not None:
         codesfile.check_recipe(expected_recipe, recipe, "the model")
     dev = pick_device(device)
-    settings = Settings(dev, pick_precision(precision, dev), batch_size or 32, workers if workers is not None
-                        else default_workers(), part_size or DEFAULT_PART_SIZE, progress)
+    settings = Settings(dev, pick_precision(precision, dev), batch_size or default_batch_size(dev),
+                        workers if workers is not None else default_workers(), part_size or DEFAULT_PART_SIZE, progress)
     settings.part_size = max(settings.batch_size, settings.part_size // settings.batch_size * settings.batch_size)
     meta = _file_meta(recipe, winfo, listing, settings, dtype)
 
@@ -110,9 +109,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         result.failures = _failures_of(out)
         return result
     started = time.perf_counter()
-    tap_model = _inference_model(model, taps).to(dev).eval()
-    if dev.type == "cpu" or settings.precision != "fp32":
-        tap_model = tap_model.to(memory_format=torch.channels_last)
+    computer = CodeComputer(model, taps, prep, dev, settings.precision, settings.batch_size)
     parts_dir = parts.parts_dir_for(out)
     plan = parts.PartPlan(len(job_rows), settings.part_size)
     identity = {"recipe": {k: recipe[k] for k in codesfile.RECIPE_KEYS}, "precision": settings.precision,
@@ -126,22 +123,12 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
                            prep["interpolation"])
     need = _bytes_needed(len(listing), taps, dtype)
     _check_space(out, 2 * need, need, "the parts and the codes file")
-    _run_parts(tap_model, dataset, plan, done, parts_dir, prep, settings, dtype)
+    _run_parts(computer, dataset, plan, done, parts_dir, settings, dtype)
     _check_space(out, need, need, "the codes file")
     _assemble(out, listing, meta, taps, dtype, job_rows, plan, parts_dir, kept)
     result.seconds = time.perf_counter() - started
     result.failures = _failures_of(out)
     return result
-
-
-def _inference_model(model: torch.nn.Module, taps) -> TapModel:
-    """The tap model with BatchNorm folded into convolutions (same codes, faster), unless that hides a tapped node."""
-    fused = copy.deepcopy(model)
-    fold_batchnorm(fused)
-    try:
-        return TapModel(fused, taps)
-    except ValueError:  # a tapped node was a BatchNorm, which folding removed
-        return TapModel(model, taps)
 
 
 def _check_writable(out: Path) -> None:
@@ -257,8 +244,8 @@ def _collate(batch):
     return torch.stack(images), torch.tensor(ok), list(errors)
 
 
-def _run_parts(tap_model: TapModel, dataset: ImageDataset, plan: parts.PartPlan, done: set[int], parts_dir: Path,
-               prep: dict, settings: Settings, dtype: str) -> None:
+def _run_parts(computer: CodeComputer, dataset: ImageDataset, plan: parts.PartPlan, done: set[int],
+               parts_dir: Path, settings: Settings, dtype: str) -> None:
     todo = [p for p in range(plan.n_parts) if p not in done]
     if not todo:
         return
@@ -266,8 +253,6 @@ def _run_parts(tap_model: TapModel, dataset: ImageDataset, plan: parts.PartPlan,
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=settings.workers, collate_fn=_collate,
                         pin_memory=settings.device.type == "cuda",
                         prefetch_factor=4 if settings.workers else None)
-    mean = torch.tensor(prep["mean"], device=settings.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(prep["std"], device=settings.device).view(1, 3, 1, 1) * 255
     total = sum(len(plan.rows(p)) for p in todo)
     bar = tqdm(total=total, unit="img", desc="extract", disable=not settings.progress, dynamic_ncols=True)
     pending = iter(todo)
@@ -275,7 +260,7 @@ def _run_parts(tap_model: TapModel, dataset: ImageDataset, plan: parts.PartPlan,
     n_failed = 0
     try:
         for images, ok, errors in loader:
-            codes = _forward(tap_model, images, mean, std, settings)
+            codes = computer(images)
             buffer.add(codes, ok.numpy(), errors, dtype)
             n_failed += int((~ok).sum())
             bar.update(len(errors))
@@ -291,17 +276,6 @@ def _run_parts(tap_model: TapModel, dataset: ImageDataset, plan: parts.PartPlan,
             f"run the same command again to resume") from None
     finally:
         bar.close()
-
-
-def _forward(tap_model: TapModel, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-             settings: Settings) -> dict[str, torch.Tensor]:
-    x = images.to(settings.device, non_blocking=True).float().sub_(mean).div_(std)
-    x = x.contiguous(memory_format=torch.channels_last)
-    reduced = settings.precision in DTYPES
-    with torch.inference_mode(), torch.autocast(settings.device.type, dtype=DTYPES.get(settings.precision),
-                                                 enabled=reduced):
-        out = tap_model(x)
-    return {name: value.float().cpu() for name, value in out.items()}
 
 
 class _PartBuffer:
@@ -399,3 +373,16 @@ def _failures_of(out: Path) -> list[tuple[str, str]]:
     with h5py.File(out, "r") as h5:
         rows = codesfile.read_rows(h5)
     return [(p, e) for p, e, ok in zip(rows.paths, rows.errors, rows.ok) if not ok]
+
+
+def inference_setup(backbone: str = DEFAULT_BACKBONE, layers=("penultimate",), batch_size: int | None = None,
+                    device: str = "auto", precision: str = "auto", weights: str | None = None):
+    """The extraction's forward pass with its defaults, for benchmarks: (computer, batch size, description)."""
+    bb = get_backbone(backbone)
+    model = build_model(bb, locate_weights(bb, weights))
+    prep = preprocess_config(bb)
+    taps = resolve_taps(bb, model, list(layers), "avg", prep["crop"])
+    dev = pick_device(device)
+    bs = batch_size or default_batch_size(dev)
+    computer = CodeComputer(model, taps, prep, dev, pick_precision(precision, dev), bs)
+    return computer, bs, f"{computer.describe()}, batch {bs}"

@@ -225,3 +225,18 @@ def test_a_batchnorm_node_can_still_be_tapped(image_tree, tmp_path):
     with torch.inference_mode():
         expected = torch.relu(model.features[2].conv(model.features[:2](x))).mean((2, 3))
     np.testing.assert_allclose(open_codes(out).codes["features.2.conv.3"], expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_inference_is_torchscript_frozen_and_matches_eager():
+    from extract.runner import inference_setup
+
+    computer, batch_size, description = inference_setup(layers=("block4", "penultimate"), weights="random",
+                                                        device="cpu", precision="fp32")
+    assert computer.compiled and "torchscript-frozen" in description and batch_size == 4
+    images = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8)  # another batch size than traced
+    model = random_model("mobilenet_v2")
+    x = (images.float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        expected = torch.relu(model.features(x)).mean((2, 3))
+    torch.testing.assert_close(computer(images)["penultimate"], expected, rtol=1e-4, atol=1e-4)
