@@ -252,7 +252,7 @@ def _run_parts(computer: CodeComputer, dataset: ImageDataset, plan: parts.PartPl
     batches = _batches(plan, todo, settings.batch_size)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=settings.workers, collate_fn=_collate,
                         pin_memory=settings.device.type == "cuda",
-                        prefetch_factor=4 if settings.workers else None)
+                        prefetch_factor=max(2, 64 // settings.batch_size) if settings.workers else None)
     total = sum(len(plan.rows(p)) for p in todo)
     bar = tqdm(total=total, unit="img", desc="extract", disable=not settings.progress, dynamic_ncols=True)
     pending = iter(todo)
