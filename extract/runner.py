@@ -110,6 +110,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         return result
     started = time.perf_counter()
     computer = CodeComputer(model, taps, prep, dev, settings.precision, settings.batch_size)
+    _remove_stale_temporaries(out)
     parts_dir = parts.parts_dir_for(out)
     plan = parts.PartPlan(len(job_rows), settings.part_size)
     identity = {"recipe": {k: recipe[k] for k in codesfile.RECIPE_KEYS}, "precision": settings.precision,
@@ -142,6 +143,24 @@ def _check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise ExtractionError(f"cannot write {out}: {err.strerror or err} in {folder}") from None
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete half-assembled files (``.OUT.<pid>.tmp``) left by runs that were killed."""
+    for tmp in out.parent.glob(f".{out.name}.*.tmp"):
+        pid = tmp.name[len(out.name) + 2:-4]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _bytes_needed(n_rows: int, taps, dtype: str) -> int:

@@ -38,6 +38,7 @@ class KillReport:
     equal: bool = False
     part_size: int = 0
     n_images: int = 0
+    moments: dict[str, int] = field(default_factory=dict)
 
 
 def extract_command(source: Path, out: Path, part_size: int, extra: list[str] | None = None) -> list[str]:
@@ -55,6 +56,8 @@ def _output_is_safe(out: Path) -> bool:
     """The output is absent or complete, and every part file that exists opens and is whole."""
     if out.exists() and not codesfile.is_complete(out):
         return False
+    if len(list(out.parent.glob(f".{out.name}.*.tmp"))) > 1:  # at most the killed run's own, cleared on resume
+        return False
     for part in parts.parts_dir_for(out).glob("part-*.npz"):
         ok, _ = parts.read_part_rows(part)
         if len(ok) == 0:
@@ -68,12 +71,39 @@ def _timed_run(cmd: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def _wait_for_a_random_moment(proc: subprocess.Popen, out: Path, done: int, n_parts: int,
+                              rng: random.Random) -> str:
+    """Let the run reach a random point (start-up, inside a random part, or the assembly); name it."""
+    if rng.random() < 0.2:
+        _wait_until(proc, lambda: False, timeout=rng.uniform(0.1, 3.0))
+        return "start-up"
+    if done < n_parts and rng.random() < 0.8:
+        target = rng.randint(done + 1, n_parts)  # at least one part written by this run: past start-up
+        _wait_until(proc, lambda: _finished_parts(out) >= target or out.exists())
+        time.sleep(rng.uniform(0.0, 0.2))  # somewhere inside the next part (or its write)
+        return "mid-extraction"
+    if done == n_parts and rng.random() < 0.5:
+        proc.wait()  # let this one finish, so that later kills land in a fresh extraction again
+        return "none"
+    assembling = out.parent / f".{out.name}.{proc.pid}.tmp"
+    _wait_until(proc, lambda: assembling.exists() or out.exists())
+    time.sleep(rng.uniform(0.0, 0.02))
+    return "assembly"
+
+
+def _wait_until(proc: subprocess.Popen, condition, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def kill_and_resume(source: Path, workdir: Path, kills: int, part_size: int = 16, seed: int = 0,
                     log=print) -> KillReport:
     """Kill extraction runs ``kills`` times at random moments, resume each time, compare with a clean run."""
     rng = random.Random(seed)
     reference, out = workdir / "reference.h5", workdir / "killed.h5"
-    duration = _timed_run(extract_command(source, reference, part_size))
+    _timed_run(extract_command(source, reference, part_size))
+    n_parts = -(-len(codesfile.open_codes(reference).rows) // part_size)
     report = KillReport(part_size=part_size)
     while report.kills < kills:
         if out.exists():  # finished before the kill: start over to place more kills
@@ -82,20 +112,21 @@ def kill_and_resume(source: Path, workdir: Path, kills: int, part_size: int = 16
         proc = subprocess.Popen(extract_command(source, out, part_size), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         report.runs += 1
-        try:
-            proc.wait(timeout=rng.uniform(0.2, duration * 1.1))
+        moment = _wait_for_a_random_moment(proc, out, before, n_parts, rng)
+        if proc.poll() is not None:
             continue  # it finished first: no kill this time
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: main process and decode workers
-            proc.wait()
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: main process and decode workers
+        proc.wait()
         report.kills += 1
+        report.moments[moment] = report.moments.get(moment, 0) + 1
         after = _finished_parts(out)
         report.parts_seen.append(after)
         if not out.exists() and after < before:  # parts disappear legitimately only once the file is assembled
             report.lost_parts += before - after
         if not _output_is_safe(out):
             report.incomplete_outputs += 1
-        log(f"kill {report.kills:>2}: {after} part(s) saved, output {'complete' if out.exists() else 'absent'}")
+        log(f"kill {report.kills:>2} ({moment}): {after} of {n_parts} part(s) saved, "
+            f"output {'complete' if out.exists() else 'absent'}")
     subprocess.run(extract_command(source, out, part_size), check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
     report.equal = files_equal(reference, out)
@@ -165,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         report = kill_and_resume(source, work, args.kills, args.part_size, args.seed)
         n_files, bad_expected, bad_recorded, good_ok = bad_input_run(work)
     print(f"\nkill-and-resume: {report.kills} SIGKILLs over {report.runs} runs of {report.n_images} images "
-          f"(parts of {report.part_size}); finished parts lost: {report.lost_parts}; "
+          f"(parts of {report.part_size}; kills during {report.moments}); finished parts lost: {report.lost_parts}; "
           f"half-written outputs seen: {report.incomplete_outputs}; final file equal to an uninterrupted run: "
           f"{report.equal}")
     print(f"bad input: {n_files} files, {bad_expected} bad expected, {bad_recorded} recorded as failures, "
