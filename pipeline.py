@@ -316,8 +316,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     rows = compare(codes, out / "compare", classifiers=classifiers, layers=layers, **_classify_kwargs(args))
     print((out / "compare" / "compare.md").read_text(encoding="utf-8"))
     best = rows[0]
+    best_report = out / "compare" / best["report_dir"] / "report.txt"
     print(f"best: {best['classifier']} on {best['layers']} (balanced accuracy {best['balanced_accuracy']:.3f}); "
-          f"its report: {out / 'compare' / best['report_dir'] / 'report.txt'}")
+          f"its report, {best_report}:\n")
+    print(best_report.read_text(encoding="utf-8"))
     return EXIT_OK
 
 
@@ -343,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        sys.stdout = open(os.devnull, "w")
+        return EXIT_OK
     except (ExtractionError, WeightsNotFound, ValueError, KeyError, FileNotFoundError, PermissionError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"cnncodes {args.command}: error: {message}", file=sys.stderr)
