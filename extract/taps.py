@@ -130,5 +130,5 @@ def describe_layers(backbone: Backbone, model: nn.Module, crop: int, show_all: b
             continue
         shape = tuple(value.shape[1:])
         rows.append({"node": node, "aliases": aliases.get(node, []), "shape": shape,
-                     "dim": shape[0] if len(shape) > 1 else shape[0], "relu": nonneg})
+                     "dim": shape[0], "relu": nonneg})  # pooled code size
     return rows
