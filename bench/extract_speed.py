@@ -98,41 +98,10 @@ def child_cnncodes(root: Path, save: Path) -> dict:
 
 
 def cnncodes_inference(batch_size: int | None = None):
-    """cnncodes' own inference path with its default settings: (forward(uint8 batch), batch size, description).
-
-    Uses ``extract.runner.inference_setup`` when the package provides it (so that the benchmark
-    follows any change of defaults), else rebuilds the path from the runner's parts.
-    """
-    import torch
-
+    """cnncodes' own inference path with its default settings: (forward(uint8 batch), batch size, description)."""
     from extract import runner
 
-    if hasattr(runner, "inference_setup"):
-        return runner.inference_setup(backbone="mobilenet_v2", layers=("penultimate",), batch_size=batch_size)
-    from extract.backbones import get_backbone
-    from extract.device import pick_device, pick_precision
-    from extract.recipe import preprocess_config
-    from extract.taps import resolve_taps
-    from extract.weights import build_model, locate_weights
-
-    bb = get_backbone("mobilenet_v2")
-    model = build_model(bb, locate_weights(bb, None))
-    prep = preprocess_config(bb)
-    taps = resolve_taps(bb, model, ["penultimate"], "avg", prep["crop"])
-    dev = pick_device("auto")
-    precision = pick_precision("auto", dev)
-    bs = batch_size or getattr(runner, "DEFAULT_BATCH_SIZE", 32)
-    tap_model = runner._inference_model(model, taps).to(dev).eval()
-    if dev.type == "cpu" or precision != "fp32":
-        tap_model = tap_model.to(memory_format=torch.channels_last)
-    settings = runner.Settings(dev, precision, bs, 0, 512, False)
-    mean = torch.tensor(prep["mean"]).view(1, 3, 1, 1) * 255
-    std = torch.tensor(prep["std"]).view(1, 3, 1, 1) * 255
-
-    def forward(images):
-        return runner._forward(tap_model, images, mean, std, settings)
-
-    return forward, bs, f"{dev.type} {precision} batch {bs} channels_last (rebuilt from extract.runner)"
+    return runner.inference_setup(backbone="mobilenet_v2", layers=("penultimate",), batch_size=batch_size)
 
 
 def child_model(which: str, n_images: int) -> dict:

@@ -88,11 +88,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     if dtype not in ("float32", "float16"):
         raise ValueError(f"--dtype must be float32 or float16, not {dtype!r}")
     listing = list_images(source)
-    bb = get_backbone(backbone)
-    winfo = locate_weights(bb, weights)
-    model = build_model(bb, winfo)
-    prep = preprocess_config(bb, resize, crop)
-    taps = resolve_taps(bb, model, list(layers), pool, prep["crop"], max_dim)
+    bb, winfo, model, prep, taps = _load_taps(backbone, weights, layers, pool, resize, crop, max_dim)
     recipe = make_recipe(bb, winfo, taps, prep)
     if expected_recipe is not None:
         codesfile.check_recipe(expected_recipe, recipe, "the model")
@@ -130,6 +126,16 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     result.seconds = time.perf_counter() - started
     result.failures = _failures_of(out)
     return result
+
+
+def _load_taps(backbone: str, weights: str | None, layers, pool: str, resize: int | None = None,
+               crop: int | None = None, max_dim: int = MAX_UNPOOLED_DIM):
+    """Backbone, weights identity, model, preprocessing and resolved taps: everything the recipe is made of."""
+    bb = get_backbone(backbone)
+    winfo = locate_weights(bb, weights)
+    model = build_model(bb, winfo)
+    prep = preprocess_config(bb, resize, crop)
+    return bb, winfo, model, prep, resolve_taps(bb, model, list(layers), pool, prep["crop"], max_dim)
 
 
 def _check_writable(out: Path) -> None:
@@ -397,10 +403,7 @@ def _failures_of(out: Path) -> list[tuple[str, str]]:
 def inference_setup(backbone: str = DEFAULT_BACKBONE, layers=("penultimate",), batch_size: int | None = None,
                     device: str = "auto", precision: str = "auto", weights: str | None = None):
     """The extraction's forward pass with its defaults, for benchmarks: (computer, batch size, description)."""
-    bb = get_backbone(backbone)
-    model = build_model(bb, locate_weights(bb, weights))
-    prep = preprocess_config(bb)
-    taps = resolve_taps(bb, model, list(layers), "avg", prep["crop"])
+    _, _, model, prep, taps = _load_taps(backbone, weights, layers, "avg")
     dev = pick_device(device)
     bs = batch_size or default_batch_size(dev)
     computer = CodeComputer(model, taps, prep, dev, pick_precision(precision, dev), bs)

@@ -12,7 +12,6 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-SHARED = ROOT.parent / "shared"
 
 # Small inputs and an untrained network keep extraction tests fast; every test names these explicitly.
 FAST = ["--weights", "random", "--resize", "72", "--crop", "64", "--quiet"]
@@ -56,20 +55,6 @@ def _isolated_torch_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
     monkeypatch.setenv("CNNCODES_OFFLINE", "1")
     monkeypatch.delenv("CNNCODES_DOWNLOAD_BASE", raising=False)
-
-
-def shared_dataset(name: str) -> Path:
-    """A real image set from ../shared/datasets, or a visible skip when it is absent."""
-    path = SHARED / "datasets" / name
-    if not path.is_dir():
-        pytest.skip(f"{path} is absent: this check needs the shared datasets")
-    return path
-
-
-def has_embedded_weights() -> bool:
-    from extract.weights import embedded_checkpoint
-
-    return embedded_checkpoint("mobilenet_v2") is not None
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")
