@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,6 +265,11 @@ def _batches(plan: parts.PartPlan, todo: list[int], batch_size: int) -> list[lis
     return out
 
 
+def _ignore_sigint(_worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group; only the main process handles it and stops the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _collate(batch):
     images, ok, errors = zip(*batch)
     return torch.stack(images), torch.tensor(ok), list(errors)
@@ -277,7 +283,8 @@ def _run_parts(computer: CodeComputer, dataset: ImageDataset, plan: parts.PartPl
     batches = _batches(plan, todo, settings.batch_size)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=settings.workers, collate_fn=_collate,
                         pin_memory=settings.device.type == "cuda",
-                        prefetch_factor=max(2, 64 // settings.batch_size) if settings.workers else None)
+                        prefetch_factor=max(2, 64 // settings.batch_size) if settings.workers else None,
+                        worker_init_fn=_ignore_sigint)
     total = sum(len(plan.rows(p)) for p in todo)
     bar = tqdm(total=total, unit="img", desc="extract", disable=not settings.progress, dynamic_ncols=True)
     pending = iter(todo)
