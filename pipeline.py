@@ -6,7 +6,7 @@ import os
 import sys
 
 # Before torch loads: OpenMP threads that sleep instead of spinning. Spinning threads collapsed throughput
-# 10x on a busy 2-core machine (decode workers and the forward pass share the cores).
+# 10x on a busy 2-core machine (when decoding and a multi-threaded forward pass share the cores).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections import Counter
 from pathlib import Path
@@ -21,7 +21,10 @@ def _add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     r.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="compute precision; auto = fp32 on CPU, bf16/fp16 on GPU")
     r.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 4 on CPU, where small batches are fastest; 64 on GPU)")
-    r.add_argument("--workers", type=int, default=None, help="image decoding processes (default: CPUs - 1)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="worker processes. On the CPU each one decodes images and runs the network with one "
+                        "thread (default: one per CPU); on a GPU they only decode (default: CPUs - 1). "
+                        "0: everything in the main process")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return r
 

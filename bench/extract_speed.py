@@ -77,7 +77,7 @@ def child_cnncodes(root: Path, save: Path) -> dict:
     import h5py
     import numpy as np
 
-    from extract import extract_codes
+    from extract import extract_codes, runner
 
     out = save.with_suffix(".h5")
     t0 = common.now()
@@ -94,49 +94,69 @@ def child_cnncodes(root: Path, save: Path) -> dict:
     import torch
 
     return {"images": int(len(paths)), "seconds": seconds, "failures": len(result.failures),
-            "threads": torch.get_num_threads(), **attrs}
-
-
-def cnncodes_inference(batch_size: int | None = None):
-    """cnncodes' own inference path with its default settings: (forward(uint8 batch), batch size, description)."""
-    from extract import runner
-
-    return runner.inference_setup(backbone="mobilenet_v2", layers=("penultimate",), batch_size=batch_size)
+            "workers": runner.default_workers(torch.device("cpu")), **attrs}
 
 
 def child_model(which: str, n_images: int) -> dict:
-    """Model alone: pre-made uint8 (cnncodes) or normalized float (tutorial) batches, no decoding."""
+    """Model alone: pre-made uint8 (cnncodes) or normalized float (tutorial) batches, no decoding.
+
+    cnncodes runs its forward pass the way extraction does with its defaults: the same number of
+    forked single-threaded streams, each taking whole batches, through ``extract.batches``.
+    """
     import extract  # noqa: F401  first, as in child_cnncodes: settings it makes before torch loads apply here too
     import torch
 
     torch.manual_seed(0)
     if which == "cnncodes":
-        forward, bs, desc = cnncodes_inference()
-        batch = torch.randint(0, 256, (bs, 3, 224, 224), dtype=torch.uint8)
-        run = lambda: forward(batch)  # noqa: E731
-    else:
-        from torch import nn
-        from torchvision import models
+        from extract import batches, runner
 
-        from extract.weights import embedded_checkpoint
+        computer, bs, desc = runner.inference_setup(backbone="mobilenet_v2", layers=("penultimate",))
+        streams = runner.default_workers(computer.device)
+        premade = PremadeImages(n_images + 2 * bs * streams)
+        index = [list(range(i, i + bs)) for i in range(0, len(premade), bs)]
+        t0 = None
+        for k, _ in enumerate(batches.computed_batches(computer, premade, index, streams)):
+            if k == 2 * streams - 1:  # workers started and warm: time from here
+                t0, done = common.now(), 0
+            elif t0 is not None:
+                done += bs
+        return {"images": done, "seconds": common.now() - t0, "threads": 1, "settings": desc}
+    from torch import nn
+    from torchvision import models
 
-        model = models.mobilenet_v2()
-        model.load_state_dict(torch.load(embedded_checkpoint("mobilenet_v2"), weights_only=True))
-        model.classifier = nn.Identity()
-        model.eval()
-        bs, desc = 4, "cpu fp32 batch 4 NCHW no_grad (tutorial)"
-        batch = torch.randn(bs, 3, 224, 224)
+    from extract.weights import embedded_checkpoint
 
-        def run():
-            with torch.no_grad():
-                return model(batch)
+    model = models.mobilenet_v2()
+    model.load_state_dict(torch.load(embedded_checkpoint("mobilenet_v2"), weights_only=True))
+    model.classifier = nn.Identity()
+    model.eval()
+    bs, desc = 4, "cpu fp32 batch 4 NCHW no_grad (tutorial)"
+    batch = torch.randn(bs, 3, 224, 224)
     for _ in range(2):
-        run()
+        with torch.no_grad():
+            model(batch)
     done, t0 = 0, common.now()
     while done < n_images:
-        run()
+        with torch.no_grad():
+            model(batch)
         done += bs
     return {"images": done, "seconds": common.now() - t0, "settings": desc, "threads": torch.get_num_threads()}
+
+
+class PremadeImages:
+    """Stands in for the image reader: the same random uint8 image for every row, nothing decoded."""
+
+    def __init__(self, n: int, crop: int = 224):
+        import torch
+
+        self.n = n
+        self.image = torch.randint(0, 256, (3, crop, crop), dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return self.image, True, ""
 
 
 # ============================================================================ parent
@@ -180,14 +200,14 @@ def report(title: str, res: common.Rounds, info: dict, q: dict, target_ratio: fl
     print(f"\n== {title}")
     print(f"  tutorial loop   {tut:7.1f} images/s   (rounds: {res.spread('tutorial')}; "
           f"{info['tutorial'].get('threads')} torch threads, 4 workers, batch 4, fp32)")
-    extra = ", ".join(f"{k} {info['cnncodes'][k]}" for k in ("device", "precision", "threads") if k in info["cnncodes"])
+    extra = ", ".join(f"{k} {info['cnncodes'][k]}" for k in ("device", "precision", "workers") if k in info["cnncodes"])
     print(f"  cnncodes        {cnn:7.1f} images/s   (rounds: {res.spread('cnncodes')}; {extra})")
     print(f"  ratio cnncodes / tutorial: {ratio:.2f}x   (target >= {target_ratio}: {verdict(ratio >= target_ratio)})")
     if with_model:
         alone = res.median("model-cnncodes")
         frac = res.ratio("cnncodes", "model-cnncodes")
         print(f"  model alone, cnncodes settings: {alone:7.1f} images/s ({info['model-cnncodes']['settings']}; "
-              f"{info['model-cnncodes']['threads']} threads; rounds: {res.spread('model-cnncodes')})")
+              f"rounds: {res.spread('model-cnncodes')})")
         print(f"  model alone, tutorial settings: {res.median('model-tutorial'):7.1f} images/s "
               f"(rounds: {res.spread('model-tutorial')})")
         print(f"  cnncodes end to end / its model alone: {frac:.0%}   "
@@ -232,7 +252,7 @@ def main(argv=None) -> int:
     print(f"images: {desc}")
     with tempfile.TemporaryDirectory(prefix="cnncodes-bench-") as tmp:
         tmp = Path(tmp)
-        res, info = measure(root, rounds, tmp, 64 if args.quick else 192, True, "std")
+        res, info = measure(root, rounds, tmp, 64 if args.quick else 400, True, "std")
         report(f"standard photos: {desc}", res, info, quality(tmp, "std", True), TARGET_RATIO, True)
         if large:
             lroot, ldesc = common.large_images(args.quick)

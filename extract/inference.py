@@ -40,8 +40,7 @@ class CodeComputer:
         self.model = tap_model
 
     def describe(self) -> str:
-        return (f"{self.device.type} {self.precision} channels_last "
-                f"{'torchscript-frozen' if self.compiled else 'eager'}, {torch.get_num_threads()} threads")
+        return f"{self.device.type} {self.precision} channels_last {'torchscript-frozen' if self.compiled else 'eager'}"
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = images.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)

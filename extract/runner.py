@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import resource
 import shutil
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,10 +11,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import codesfile, parts
+from .batches import computed_batches
 from .backbones import DEFAULT_BACKBONE, get_backbone
 from .device import pick_device, pick_precision
 from .inference import CodeComputer, default_batch_size
@@ -65,9 +64,11 @@ class Settings:
     progress: bool
 
 
-def default_workers() -> int:
-    """Decode workers: the CPUs left after the main process, at least one, at most eight."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+def default_workers(device: torch.device) -> int:
+    """Worker processes: on the CPU one single-threaded stream per CPU (decode + forward, at most
+    32); on a GPU, decoders for the CPUs left after the main process (at least one, at most eight)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return min(32, cpus) if device.type == "cpu" else max(1, min(8, cpus - 1))
 
 
 def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone: str = DEFAULT_BACKBONE,
@@ -95,7 +96,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         codesfile.check_recipe(expected_recipe, recipe, "the model")
     dev = pick_device(device)
     settings = Settings(dev, pick_precision(precision, dev), batch_size or default_batch_size(dev),
-                        workers if workers is not None else default_workers(), part_size or DEFAULT_PART_SIZE, progress)
+                        workers if workers is not None else default_workers(dev), part_size or DEFAULT_PART_SIZE, progress)
     settings.part_size = max(settings.batch_size, settings.part_size // settings.batch_size * settings.batch_size)
     meta = _file_meta(recipe, winfo, listing, settings, dtype)
 
@@ -265,35 +266,20 @@ def _batches(plan: parts.PartPlan, todo: list[int], batch_size: int) -> list[lis
     return out
 
 
-def _ignore_sigint(_worker_id: int) -> None:
-    """Ctrl-C reaches the whole process group; only the main process handles it and stops the workers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _collate(batch):
-    images, ok, errors = zip(*batch)
-    return torch.stack(images), torch.tensor(ok), list(errors)
-
-
 def _run_parts(computer: CodeComputer, dataset: ImageDataset, plan: parts.PartPlan, done: set[int],
                parts_dir: Path, settings: Settings, dtype: str) -> None:
     todo = [p for p in range(plan.n_parts) if p not in done]
     if not todo:
         return
-    batches = _batches(plan, todo, settings.batch_size)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=settings.workers, collate_fn=_collate,
-                        pin_memory=settings.device.type == "cuda",
-                        prefetch_factor=max(2, 64 // settings.batch_size) if settings.workers else None,
-                        worker_init_fn=_ignore_sigint)
+    batches = computed_batches(computer, dataset, _batches(plan, todo, settings.batch_size), settings.workers)
     total = sum(len(plan.rows(p)) for p in todo)
     bar = tqdm(total=total, unit="img", desc="extract", disable=not settings.progress, dynamic_ncols=True)
     pending = iter(todo)
     part, buffer = next(pending), _PartBuffer()
     n_failed = 0
     try:
-        for images, ok, errors in loader:
-            codes = computer(images)
-            buffer.add(codes, ok.numpy(), errors, dtype)
+        for codes, ok, errors in batches:
+            buffer.add(codes, ok, errors, dtype)
             n_failed += int((~ok).sum())
             bar.update(len(errors))
             if n_failed:
@@ -322,9 +308,9 @@ class _PartBuffer:
     def n_rows(self) -> int:
         return len(self.errors)
 
-    def add(self, codes: dict[str, torch.Tensor], ok: np.ndarray, errors: list[str], dtype: str) -> None:
+    def add(self, codes: dict[str, np.ndarray], ok: np.ndarray, errors: list[str], dtype: str) -> None:
         for name, value in codes.items():
-            array = value.numpy().astype(dtype, copy=True)
+            array = value.astype(dtype, copy=True)
             array[~ok] = np.nan  # a failed image has no codes; NaN makes that impossible to miss
             self.codes.setdefault(name, []).append(array)
         self.ok.append(ok)
@@ -414,4 +400,6 @@ def inference_setup(backbone: str = DEFAULT_BACKBONE, layers=("penultimate",), b
     dev = pick_device(device)
     bs = batch_size or default_batch_size(dev)
     computer = CodeComputer(model, taps, prep, dev, pick_precision(precision, dev), bs)
-    return computer, bs, f"{computer.describe()}, batch {bs}"
+    workers = default_workers(dev)
+    how = f"{workers} single-threaded worker streams" if dev.type == "cpu" else f"{workers} decode workers"
+    return computer, bs, f"{computer.describe()}, batch {bs}, {how}"
