@@ -18,6 +18,7 @@ from .batches import computed_batches
 from .backbones import DEFAULT_BACKBONE, get_backbone
 from .device import pick_device, pick_precision
 from .inference import CodeComputer, default_batch_size
+from .prefetch import EarlyDecoder
 from .reader import ImageDataset, ImageList, list_images
 from .recipe import make_recipe, preprocess_config
 from .taps import MAX_UNPOOLED_DIM, resolve_taps
@@ -90,14 +91,29 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     if dtype not in ("float32", "float16"):
         raise ValueError(f"--dtype must be float32 or float16, not {dtype!r}")
     listing = list_images(source)
-    bb, winfo, model, prep, taps = _load_taps(backbone, weights, layers, pool, resize, crop, max_dim)
-    recipe = make_recipe(bb, winfo, taps, prep)
-    if expected_recipe is not None:
-        codesfile.check_recipe(expected_recipe, recipe, "the model")
+    bb = get_backbone(backbone)
+    prep = preprocess_config(bb, resize, crop)
     dev = pick_device(device)
     settings = Settings(dev, pick_precision(precision, dev), batch_size or default_batch_size(dev),
                         workers if workers is not None else default_workers(dev), part_size or DEFAULT_PART_SIZE, progress)
     settings.part_size = max(settings.batch_size, settings.part_size // settings.batch_size * settings.batch_size)
+    early = _early_decoder(out, listing, prep, settings, overwrite)
+    try:
+        return _extract(out, listing, early, bb, prep, settings, weights=weights, layers=layers, pool=pool,
+                        max_dim=max_dim, dtype=dtype, overwrite=overwrite, update=update,
+                        expected_recipe=expected_recipe)
+    finally:
+        if early is not None:
+            early.stop()
+
+
+def _extract(out: Path, listing: ImageList, early: EarlyDecoder | None, bb, prep: dict,
+             settings: Settings, *, weights, layers, pool, max_dim, dtype, overwrite, update, expected_recipe,
+             ) -> ExtractResult:
+    winfo, model, taps = _load_taps(bb, weights, layers, pool, prep, max_dim)
+    recipe = make_recipe(bb, winfo, taps, prep)
+    if expected_recipe is not None:
+        codesfile.check_recipe(expected_recipe, recipe, "the model")
     meta = _file_meta(recipe, winfo, listing, settings, dtype)
 
     kept, job_rows, notes = _plan(out, listing, recipe, overwrite, update)
@@ -107,7 +123,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         result.failures = _failures_of(out)
         return result
     started = time.perf_counter()
-    computer = CodeComputer(model, taps, prep, dev, settings.precision, settings.batch_size)
+    computer = CodeComputer(model, taps, prep, settings.device, settings.precision, settings.batch_size)
     _remove_stale_temporaries(out)
     parts_dir = parts.parts_dir_for(out)
     plan = parts.PartPlan(len(job_rows), settings.part_size)
@@ -118,8 +134,11 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     if discarded:
         result.notes.append("discarded the parts of an earlier interrupted run made with other settings")
     result.resumed_parts = len(done)
-    dataset = ImageDataset(listing.root, [listing.paths[i] for i in job_rows], prep["resize"], prep["crop"],
-                           prep["interpolation"])
+    if early is not None and job_rows == list(range(len(listing))):
+        dataset = early.dataset()
+    else:
+        dataset = ImageDataset(listing.root, [listing.paths[i] for i in job_rows], prep["resize"], prep["crop"],
+                               prep["interpolation"])
     need = _bytes_needed(len(listing), taps, dtype)
     _check_space(out, 2 * need, need, "the parts and the codes file")
     _run_parts(computer, dataset, plan, done, parts_dir, settings, dtype)
@@ -130,14 +149,20 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     return result
 
 
-def _load_taps(backbone: str, weights: str | None, layers, pool: str, resize: int | None = None,
-               crop: int | None = None, max_dim: int = MAX_UNPOOLED_DIM):
-    """Backbone, weights identity, model, preprocessing and resolved taps: everything the recipe is made of."""
-    bb = get_backbone(backbone)
+def _early_decoder(out: Path, listing: ImageList, prep: dict, settings: Settings,
+                   overwrite: bool) -> EarlyDecoder | None:
+    """Start decoding the first images now, when the job will be all of them from the start (a new file)."""
+    fresh = (overwrite or not out.exists()) and not parts.parts_dir_for(out).exists()
+    if settings.workers == 0 or not fresh or not len(listing) or not EarlyDecoder.available():
+        return None
+    return EarlyDecoder(ImageDataset(listing.root, listing.paths, prep["resize"], prep["crop"], prep["interpolation"]))
+
+
+def _load_taps(bb, weights: str | None, layers, pool: str, prep: dict, max_dim: int = MAX_UNPOOLED_DIM):
+    """Weights identity, model and resolved taps: with the backbone and preprocessing, what the recipe is made of."""
     winfo = locate_weights(bb, weights)
     model = build_model(bb, winfo)
-    prep = preprocess_config(bb, resize, crop)
-    return bb, winfo, model, prep, resolve_taps(bb, model, list(layers), pool, prep["crop"], max_dim)
+    return winfo, model, resolve_taps(bb, model, list(layers), pool, prep["crop"], max_dim)
 
 
 def _check_writable(out: Path) -> None:
@@ -396,7 +421,9 @@ def _failures_of(out: Path) -> list[tuple[str, str]]:
 def inference_setup(backbone: str = DEFAULT_BACKBONE, layers=("penultimate",), batch_size: int | None = None,
                     device: str = "auto", precision: str = "auto", weights: str | None = None):
     """The extraction's forward pass with its defaults, for benchmarks: (computer, batch size, description)."""
-    _, _, model, prep, taps = _load_taps(backbone, weights, layers, "avg")
+    bb = get_backbone(backbone)
+    prep = preprocess_config(bb)
+    _, model, taps = _load_taps(bb, weights, layers, "avg", prep)
     dev = pick_device(device)
     bs = batch_size or default_batch_size(dev)
     computer = CodeComputer(model, taps, prep, dev, pick_precision(precision, dev), bs)

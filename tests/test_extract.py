@@ -227,31 +227,6 @@ def test_a_batchnorm_node_can_still_be_tapped(image_tree, tmp_path):
     np.testing.assert_allclose(open_codes(out).codes["features.2.conv.3"], expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_cpu_worker_streams_give_the_main_process_codes_in_order(tmp_path):
-    """Forked single-threaded streams (decode + forward per worker) after the parent ran a multi-threaded
-    forward: no deadlock, rows in order across workers and parts, failures on the right rows."""
-    import subprocess
-    import sys
-
-    from conftest import ROOT, make_tree
-
-    tree = make_tree(tmp_path / "images", per_class=9)
-    (tree / "cat" / "img_004.png").write_bytes(b"not a png")  # a failure in the middle of a worker's batch
-    reference, streamed = tmp_path / "main.h5", tmp_path / "streams.h5"
-    common = ["extract", str(tree), *FAST, "--device", "cpu", "--batch-size", "2", "--part-size", "6"]
-    assert pipeline.main([*common, "-o", str(reference), "--workers", "0"]) == 0
-    done = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), *common, "-o", str(streamed), "--workers", "3"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    a, b = open_codes(reference), open_codes(streamed)
-    assert list(a.rows.paths) == list(b.rows.paths) and len(b.rows.paths) == 18
-    np.testing.assert_array_equal(a.rows.ok, b.rows.ok)
-    assert list(np.flatnonzero(~b.rows.ok)) == [list(b.rows.paths).index("cat/img_004.png")]
-    np.testing.assert_allclose(b.codes["penultimate"][b.rows.ok], a.codes["penultimate"][a.rows.ok],
-                               rtol=1e-4, atol=1e-5)
-    assert np.isnan(b.codes["penultimate"][~b.rows.ok]).all()
-
-
 def test_cpu_inference_is_torchscript_frozen_and_matches_eager():
     from extract.runner import inference_setup
 
