@@ -9,6 +9,7 @@ were not reached are decoded by the workers as usual, so the codes never depend 
 from __future__ import annotations
 
 import mmap
+import os
 import multiprocessing
 import signal
 
@@ -20,6 +21,8 @@ from .reader import ImageDataset
 
 # Shared memory for early images: 64 MiB is about 440 images at 224 x 224, more than a second of decoding.
 MAX_BYTES = 64 << 20
+# Below the main process: decoding takes only the CPU time that preparing the network leaves idle.
+NICENESS = 10
 
 
 class EarlyDecoder:
@@ -44,6 +47,7 @@ class EarlyDecoder:
     def _decode(self) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and stops us
         torch.set_num_threads(1)
+        os.nice(NICENESS)
         pixels, decoded = self._arrays()
         for i in range(self.n):
             if self._stop.is_set():
