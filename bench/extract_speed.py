@@ -14,7 +14,7 @@ Each timed run is a fresh child process; the two sides alternate (ABAB, then BAB
 ``--rounds`` rounds and the report gives medians and the median of per-round ratios, because the
 machine may be shared. Both are timed from "imports done" to "all codes computed" (model loading
 included on both sides). Model-alone throughput (pre-decoded uint8 batches through cnncodes'
-inference path with the same settings) is measured in the same rounds.
+inference path and worker streams, with the same settings) is measured in the same rounds.
 
 Image sets: ../shared/datasets/hymenoptera when present (398 files: 397 JPEGs and one real GIF,
 train/ants/imageNotFound.gif, which ImageFolder skips -- .gif is not in its IMG_EXTENSIONS -- and

@@ -66,10 +66,11 @@ class Settings:
 
 
 def default_workers(device: torch.device) -> int:
-    """Worker processes: on the CPU one single-threaded stream per CPU (decode + forward, at most
-    32); on a GPU, decoders for the CPUs left after the main process (at least one, at most eight)."""
+    """Worker processes: on the CPU one single-threaded stream per CPU (decode + forward; at most 16,
+    each holds its own activations); on a GPU, decoders for the CPUs left after the main process
+    (at least one, at most eight)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    return min(32, cpus) if device.type == "cpu" else max(1, min(8, cpus - 1))
+    return min(16, cpus) if device.type == "cpu" else max(1, min(8, cpus - 1))
 
 
 def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone: str = DEFAULT_BACKBONE,
