@@ -4,7 +4,7 @@ On the CPU each worker process both decodes a batch and runs the forward pass on
 thread. The workers are forked after the model is prepared, so they share its memory and its
 compiled kernels. N single-threaded streams beat one N-threaded forward fed by decode workers:
 no thread waits at a barrier for a sibling that a decoder has preempted (measured on 2 cores:
-1.6x end to end). A forked child must stay single-threaded: GNU OpenMP deadlocks in a child
+about 1.5x end to end). A forked child must stay single-threaded: GNU OpenMP deadlocks in a child
 whose parent already ran a parallel region. On a GPU the workers only decode and the main
 process feeds the device. With no workers, or where processes cannot be forked, the main
 process computes with all its threads.
@@ -27,20 +27,25 @@ from .reader import ImageDataset
 Batch = tuple[dict[str, np.ndarray], np.ndarray, list[str]]
 
 
+def forward_threads(device: torch.device, workers: int) -> int | None:
+    """Threads the forward pass runs with: 1 in forked CPU streams, else None (the process's)."""
+    return 1 if _streams(device, workers) else None
+
+
+def _streams(device: torch.device, workers: int) -> bool:
+    return workers > 0 and device.type == "cpu" and "fork" in multiprocessing.get_all_start_methods()
+
+
 def computed_batches(computer: CodeComputer, dataset: ImageDataset, batches: list[list[int]],
                      workers: int) -> Iterator[Batch]:
-    """Codes of ``dataset``'s rows, one item per entry of ``batches``, in order."""
-    if computer.device.type == "cpu" or workers == 0:
-        forked = workers > 0 and "fork" in multiprocessing.get_all_start_methods()
-        if workers > 0 and not forked:  # no fork: workers decode, the main process computes
-            yield from _decoded_then_computed(computer, dataset, batches, workers, pin=False)
-            return
+    """Codes of ``dataset``'s rows, one item per entry of ``batches`` (non-empty), in order."""
+    if workers == 0 or _streams(computer.device, workers):
         yield from DataLoader(_ComputedBatches(dataset, computer), batch_size=None, sampler=batches,
-                              num_workers=workers if forked else 0, collate_fn=_as_is,
-                              multiprocessing_context="fork" if forked else None,
-                              worker_init_fn=_worker_init if forked else None)
-        return
-    yield from _decoded_then_computed(computer, dataset, batches, workers, pin=computer.device.type == "cuda")
+                              num_workers=workers, collate_fn=_as_is,
+                              multiprocessing_context="fork" if workers else None,
+                              worker_init_fn=_worker_init if workers else None)
+    else:  # a GPU, or a CPU where processes cannot be forked: workers decode, the main process computes
+        yield from _decoded_then_computed(computer, dataset, batches, workers, pin=computer.device.type == "cuda")
 
 
 def stack_images(batch: list[tuple[torch.Tensor, bool, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -66,8 +71,7 @@ class _ComputedBatches(Dataset):
 def _decoded_then_computed(computer: CodeComputer, dataset: ImageDataset, batches: list[list[int]], workers: int,
                            pin: bool) -> Iterator[Batch]:
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=stack_images, pin_memory=pin,
-                        prefetch_factor=max(2, 64 // max(1, len(batches[0]) if batches else 1)) if workers else None,
-                        worker_init_fn=_worker_init if workers else None)
+                        prefetch_factor=max(2, 64 // len(batches[0])), worker_init_fn=_worker_init)
     for images, ok, errors in loader:
         yield _numpy(computer(images)), ok.numpy(), errors
 

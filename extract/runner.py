@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import codesfile, parts
-from .batches import computed_batches
+from .batches import computed_batches, forward_threads
 from .backbones import DEFAULT_BACKBONE, get_backbone
 from .device import pick_device, pick_precision
 from .inference import CodeComputer, default_batch_size
@@ -124,7 +124,8 @@ def _extract(out: Path, listing: ImageList, early: EarlyDecoder | None, bb, prep
         result.failures = _failures_of(out)
         return result
     started = time.perf_counter()
-    computer = CodeComputer(model, taps, prep, settings.device, settings.precision, settings.batch_size)
+    computer = CodeComputer(model, taps, prep, settings.device, settings.precision, settings.batch_size,
+                            threads=forward_threads(settings.device, settings.workers))
     _remove_stale_temporaries(out)
     parts_dir = parts.parts_dir_for(out)
     plan = parts.PartPlan(len(job_rows), settings.part_size)
@@ -427,7 +428,8 @@ def inference_setup(backbone: str = DEFAULT_BACKBONE, layers=("penultimate",), b
     _, model, taps = _load_taps(bb, weights, layers, "avg", prep)
     dev = pick_device(device)
     bs = batch_size or default_batch_size(dev)
-    computer = CodeComputer(model, taps, prep, dev, pick_precision(precision, dev), bs)
     workers = default_workers(dev)
+    computer = CodeComputer(model, taps, prep, dev, pick_precision(precision, dev), bs,
+                            threads=forward_threads(dev, workers))
     how = f"{workers} single-threaded worker streams" if dev.type == "cpu" else f"{workers} decode workers"
     return computer, bs, f"{computer.describe()}, batch {bs}, {how}"
