@@ -79,6 +79,27 @@ def standard_images(quick: bool) -> tuple[Path, str]:
     return root, f"{n} generated 500x375 JPEGs ({root})"
 
 
+def repeated(root: Path, times: int) -> Path:
+    """A tree with every image of ``root`` ``times`` times (symlinks ``kN_<name>`` in the same
+    split/class folders), to measure throughput where start-up matters less."""
+    if times <= 1:
+        return root
+    out = CACHE / f"{root.name}-x{times}"
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    stamp = out / ".complete"
+    if stamp.exists() and stamp.read_text() == f"{root} {len(files)}":
+        return out
+    for path in files:
+        rel = path.relative_to(root)
+        for k in range(times):
+            link = out / rel.parent / f"k{k}_{rel.name}"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(path.resolve())
+    stamp.write_text(f"{root} {len(files)}")
+    return out
+
+
 def large_images(quick: bool) -> tuple[Path, str]:
     """Generated 12-megapixel (4000x3000) JPEGs, one folder per class, no splits."""
     n = 8 if quick else 100  # enough that start-up (about 1.5 s) does not dominate the rate

@@ -229,6 +229,8 @@ def main(argv=None) -> int:
     ap.add_argument("--large", dest="large", action="store_true", default=None,
                     help="also run the 12-megapixel part (default: on, off with --quick)")
     ap.add_argument("--no-large", dest="large", action="store_false")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="use every standard image N times (symlinks), so start-up weighs less (default 1)")
     ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -248,6 +250,8 @@ def main(argv=None) -> int:
     if args.quick and not os.environ.get("CNNCODES_BENCH_FULL_SET"):
         os.environ.setdefault("CNNCODES_BENCH_SYNTHETIC", "1")
     root, desc = common.standard_images(args.quick)
+    if args.repeat > 1:
+        root, desc = common.repeated(root, args.repeat), f"{desc}, every image {args.repeat} times"
     print(f"extract speed: MobileNetV2 penultimate codes, {rounds} alternating round(s); {common.load_average()}")
     print(f"images: {desc}")
     with tempfile.TemporaryDirectory(prefix="cnncodes-bench-") as tmp:
