@@ -23,7 +23,7 @@ def _add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     r.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 4 on CPU, where small batches are fastest; 64 on GPU)")
     r.add_argument("--workers", type=int, default=None,
                    help="worker processes. On the CPU each one decodes images and runs the network with one "
-                        "thread (default: one per CPU); on a GPU they only decode (default: CPUs - 1). "
+                        "thread (default: one per CPU, at most 16); on a GPU they only decode (default: CPUs - 1). "
                         "0: everything in the main process")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return r
