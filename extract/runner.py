@@ -1,10 +1,12 @@
 """Drive an extraction: plan the job, run the missing parts through the network, assemble the file."""
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,14 +100,31 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     settings = Settings(dev, pick_precision(precision, dev), batch_size or default_batch_size(dev),
                         workers if workers is not None else default_workers(dev), part_size or DEFAULT_PART_SIZE, progress)
     settings.part_size = max(settings.batch_size, settings.part_size // settings.batch_size * settings.batch_size)
-    early = _early_decoder(out, listing, prep, settings, overwrite)
+    with _gc_frozen():
+        early = _early_decoder(out, listing, prep, settings, overwrite)
+        try:
+            return _extract(out, listing, early, bb, prep, settings, weights=weights, layers=layers, pool=pool,
+                            max_dim=max_dim, dtype=dtype, overwrite=overwrite, update=update,
+                            expected_recipe=expected_recipe)
+        finally:
+            if early is not None:
+                early.stop()
+
+
+@contextmanager
+def _gc_frozen():
+    """Keep the objects that exist now (torch alone makes about 340,000) out of garbage collection
+    while extracting: each full collection walks all of them (0.3 s here), and model building and
+    tracing trigger several; forked workers also stop copying pages that collections would touch.
+    Left alone if the caller froze objects already."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
     try:
-        return _extract(out, listing, early, bb, prep, settings, weights=weights, layers=layers, pool=pool,
-                        max_dim=max_dim, dtype=dtype, overwrite=overwrite, update=update,
-                        expected_recipe=expected_recipe)
+        yield
     finally:
-        if early is not None:
-            early.stop()
+        gc.unfreeze()
 
 
 def _extract(out: Path, listing: ImageList, early: EarlyDecoder | None, bb, prep: dict,

@@ -240,3 +240,15 @@ def test_cpu_inference_is_torchscript_frozen_and_matches_eager():
     with torch.inference_mode():
         expected = torch.relu(model.features(x)).mean((2, 3))
     torch.testing.assert_close(computer(images)["penultimate"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_extraction_freezes_garbage_collection_only_while_it_runs(image_tree, tmp_path, monkeypatch):
+    import gc
+
+    from extract import runner
+
+    seen, original = [], runner._extract
+    monkeypatch.setattr(runner, "_extract", lambda *a, **k: seen.append(gc.get_freeze_count()) or original(*a, **k))
+    assert gc.get_freeze_count() == 0
+    extract_codes(image_tree, tmp_path / "a.h5", weights="random", resize=72, crop=64, workers=0, progress=False)
+    assert seen[0] > 1000 and gc.get_freeze_count() == 0  # torch's objects frozen during the run, released after
