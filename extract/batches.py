@@ -32,8 +32,20 @@ def forward_threads(device: torch.device, workers: int) -> int | None:
     return 1 if _streams(device, workers) else None
 
 
+def can_fork() -> bool:
+    """Whether child processes can be forked here (and so share the parent's memory)."""
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def single_threaded_child(_worker_id: int = 0) -> None:
+    """Set-up of every forked child: one thread (see the module note), and no Ctrl-C: it reaches the
+    whole process group, and only the main process handles it and stops the children."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _streams(device: torch.device, workers: int) -> bool:
-    return workers > 0 and device.type == "cpu" and "fork" in multiprocessing.get_all_start_methods()
+    return workers > 0 and device.type == "cpu" and can_fork()
 
 
 def computed_batches(computer: CodeComputer, dataset: ImageDataset, batches: list[list[int]],
@@ -43,7 +55,7 @@ def computed_batches(computer: CodeComputer, dataset: ImageDataset, batches: lis
         yield from DataLoader(_ComputedBatches(dataset, computer), batch_size=None, sampler=batches,
                               num_workers=workers, collate_fn=_as_is,
                               multiprocessing_context="fork" if workers else None,
-                              worker_init_fn=_worker_init if workers else None)
+                              worker_init_fn=single_threaded_child if workers else None)
     else:  # a GPU, or a CPU where processes cannot be forked: workers decode, the main process computes
         yield from _decoded_then_computed(computer, dataset, batches, workers, pin=computer.device.type == "cuda")
 
@@ -71,7 +83,7 @@ class _ComputedBatches(Dataset):
 def _decoded_then_computed(computer: CodeComputer, dataset: ImageDataset, batches: list[list[int]], workers: int,
                            pin: bool) -> Iterator[Batch]:
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=stack_images, pin_memory=pin,
-                        prefetch_factor=max(2, 64 // len(batches[0])), worker_init_fn=_worker_init)
+                        prefetch_factor=max(2, 64 // len(batches[0])), worker_init_fn=single_threaded_child)
     for images, ok, errors in loader:
         yield _numpy(computer(images)), ok.numpy(), errors
 
@@ -82,10 +94,3 @@ def _numpy(codes: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 def _as_is(item):
     return item
-
-
-def _worker_init(_worker_id: int) -> None:
-    """One thread (see the module note), and no Ctrl-C: it reaches the whole process group, and
-    only the main process handles it and stops the workers."""
-    torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -9,14 +9,14 @@ were not reached are decoded by the workers as usual, so the codes never depend 
 from __future__ import annotations
 
 import mmap
-import os
 import multiprocessing
-import signal
+import os
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .batches import single_threaded_child
 from .reader import ImageDataset
 
 # Shared memory for early images: 64 MiB is about 440 images at 224 x 224, more than a second of decoding.
@@ -40,13 +40,8 @@ class EarlyDecoder:
         self._process = context.Process(target=self._decode, name="cnncodes-early-decoder", daemon=True)
         self._process.start()
 
-    @staticmethod
-    def available() -> bool:
-        return "fork" in multiprocessing.get_all_start_methods()
-
     def _decode(self) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and stops us
-        torch.set_num_threads(1)
+        single_threaded_child()
         os.nice(NICENESS)
         pixels, decoded = self._arrays()
         for i in range(self.n):

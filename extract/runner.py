@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import codesfile, parts
-from .batches import computed_batches, forward_threads
 from .backbones import DEFAULT_BACKBONE, get_backbone
+from .batches import can_fork, computed_batches, forward_threads
 from .device import pick_device, pick_precision
 from .inference import CodeComputer, default_batch_size
 from .prefetch import EarlyDecoder
@@ -174,7 +174,7 @@ def _early_decoder(out: Path, listing: ImageList, prep: dict, settings: Settings
                    overwrite: bool) -> EarlyDecoder | None:
     """Start decoding the first images now, when the job will be all of them from the start (a new file)."""
     fresh = (overwrite or not out.exists()) and not parts.parts_dir_for(out).exists()
-    if settings.workers == 0 or not fresh or not len(listing) or not EarlyDecoder.available():
+    if settings.workers == 0 or not fresh or not len(listing) or not can_fork():
         return None
     return EarlyDecoder(ImageDataset(listing.root, listing.paths, prep["resize"], prep["crop"], prep["interpolation"]))
 

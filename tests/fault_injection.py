@@ -115,7 +115,7 @@ def kill_and_resume(source: Path, workdir: Path, kills: int, part_size: int = 16
         moment = _wait_for_a_random_moment(proc, out, before, n_parts, rng)
         if proc.poll() is not None:
             continue  # it finished first: no kill this time
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: main process and decode workers
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: main process and its workers
         proc.wait()
         report.kills += 1
         report.moments[moment] = report.moments.get(moment, 0) + 1
