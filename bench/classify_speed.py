@@ -126,10 +126,10 @@ def child_tutorial(root: Path, epochs: int) -> dict:
 
 def child_synthetic(out: Path, rows: int, dim: int, classes: int) -> dict:
     """Write a synthetic codes file: non-negative, sparse-ish, class-dependent codes (float32)."""
+    import h5py
     import numpy as np
 
     from extract.codesfile import Rows, create_codes_dataset, write_attrs, write_rows
-    import h5py
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, classes, rows)
@@ -167,18 +167,11 @@ def main(argv=None) -> int:
     ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        kind, *rest = args.child
-        if kind == "extract":
-            common.emit(child_extract(Path(rest[0]), Path(rest[1])))
-        elif kind == "classify":
-            common.emit(child_classify(Path(rest[0]), Path(rest[1]), rest[2]))
-        elif kind == "tutorial":
-            common.emit(child_tutorial(Path(rest[0]), int(rest[1])))
-        elif kind == "synthetic":
-            common.emit(child_synthetic(Path(rest[0]), int(rest[1]), 1280, 10))
-        else:
-            raise SystemExit(f"unknown child {kind}")
-        return 0
+        return common.serve_child(args.child, {
+            "extract": lambda root, save: child_extract(Path(root), Path(save)),
+            "classify": lambda codes, out, config: child_classify(Path(codes), Path(out), config),
+            "tutorial": lambda root, epochs: child_tutorial(Path(root), int(epochs)),
+            "synthetic": lambda path, rows: child_synthetic(Path(path), int(rows), 1280, 10)})
 
     if args.quick:
         os.environ.setdefault("CNNCODES_BENCH_SYNTHETIC", "1")

@@ -122,6 +122,15 @@ def emit(result: dict) -> None:
     print(json.dumps(result), flush=True)
 
 
+def serve_child(child_args: list[str], children: dict) -> int:
+    """Run the child named by ``child_args[0]`` with the remaining (string) arguments; emit its result."""
+    kind, *rest = child_args
+    if kind not in children:
+        raise SystemExit(f"unknown child {kind}")
+    emit(children[kind](*rest))
+    return 0
+
+
 def load_average() -> str:
     try:
         return "load average %.1f %.1f %.1f on %d CPUs" % (*os.getloadavg(), os.cpu_count() or 0)

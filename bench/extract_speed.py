@@ -46,8 +46,8 @@ def child_tutorial(root: Path, save: Path) -> dict:
     from torch import nn
     from torchvision import datasets, models, transforms
 
-    from extract.weights import embedded_checkpoint, locate_weights
     from extract.backbones import get_backbone
+    from extract.weights import embedded_checkpoint, locate_weights
 
     ckpt = embedded_checkpoint("mobilenet_v2") or locate_weights(get_backbone("mobilenet_v2")).path
     t0 = common.now()
@@ -103,7 +103,7 @@ def child_model(which: str, n_images: int) -> dict:
     cnncodes runs its forward pass the way extraction does with its defaults: the same number of
     forked single-threaded streams, each taking whole batches, through ``extract.batches``.
     """
-    import extract  # noqa: F401  first, as in child_cnncodes: settings it makes before torch loads apply here too
+    import extract  # noqa: F401, I001  first, as in child_cnncodes: settings it makes before torch loads apply here too
     import torch
 
     torch.manual_seed(0)
@@ -234,16 +234,10 @@ def main(argv=None) -> int:
     ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        kind, *rest = args.child
-        if kind == "tutorial":
-            common.emit(child_tutorial(Path(rest[0]), Path(rest[1])))
-        elif kind == "cnncodes":
-            common.emit(child_cnncodes(Path(rest[0]), Path(rest[1])))
-        elif kind == "model":
-            common.emit(child_model(rest[0], int(rest[1])))
-        else:
-            raise SystemExit(f"unknown child {kind}")
-        return 0
+        return common.serve_child(args.child, {
+            "tutorial": lambda root, save: child_tutorial(Path(root), Path(save)),
+            "cnncodes": lambda root, save: child_cnncodes(Path(root), Path(save)),
+            "model": lambda which, n_images: child_model(which, int(n_images))})
 
     rounds = args.rounds or (1 if args.quick else 3)
     large = (not args.quick) if args.large is None else args.large
