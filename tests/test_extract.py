@@ -227,7 +227,7 @@ def test_a_batchnorm_node_can_still_be_tapped(image_tree, tmp_path):
     np.testing.assert_allclose(open_codes(out).codes["features.2.conv.3"], expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_cpu_inference_is_torchscript_frozen_and_matches_eager():
+def test_cpu_inference_is_torchscript_compiled_and_matches_eager():
     from extract.runner import inference_setup
 
     computer, batch_size, description = inference_setup(layers=("block4", "penultimate"), weights="random",
@@ -240,6 +240,27 @@ def test_cpu_inference_is_torchscript_frozen_and_matches_eager():
     with torch.inference_mode():
         expected = torch.relu(model.features(x)).mean((2, 3))
     torch.testing.assert_close(computer(images)["penultimate"], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("failing, expected", [(("_onednn_graph",), "torchscript-frozen"),
+                                               (("_onednn_graph", "_frozen"), "")])
+def test_cpu_inference_falls_back_when_a_compiler_fails(monkeypatch, failing, expected):
+    from extract import inference
+    from extract.runner import inference_setup
+
+    def fail(*args):
+        raise RuntimeError("this graph cannot be compiled")
+
+    for name in failing:
+        monkeypatch.setattr(inference, name, fail)
+    computer, _, description = inference_setup(weights="random", device="cpu", precision="fp32")
+    assert computer.compiled == expected and (expected or "eager") in description
+    images = torch.randint(0, 256, (5, 3, 224, 224), dtype=torch.uint8)
+    x = (images.float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        want = torch.relu(random_model("mobilenet_v2").features(x)).mean((2, 3))
+    torch.testing.assert_close(computer(images)["penultimate"], want, rtol=1e-4, atol=1e-4)
 
 
 def test_extraction_freezes_garbage_collection_only_while_it_runs(image_tree, tmp_path, monkeypatch):
