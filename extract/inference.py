@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -31,23 +33,53 @@ def default_batch_size(device: torch.device) -> int:
     return DEFAULT_BATCH_SIZE.get(device.type, 32)
 
 
+@dataclass
+class Trace:
+    """A tap model traced for one batch shape (BatchNorm folded, channels_last), with a probe batch
+    and the eager model's outputs on it, which any compiled form must reproduce. What the trace
+    cache keeps."""
+
+    function: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+    probe: torch.Tensor
+    expected: dict[str, torch.Tensor]
+
+
 class CodeComputer:
     """Callable: uint8 images [B, 3, H, W] -> {tap name: float32 CPU codes [B, dim]}."""
 
     def __init__(self, model: torch.nn.Module, taps: list[Tap], preprocess: dict, device: torch.device,
                  precision: str, batch_size: int, threads: int | None = None):
         """``threads``: how many threads the forward will run with (default: this process's)."""
-        self.device, self.precision, self.batch_size = device, precision, batch_size
-        self.mean = torch.tensor(preprocess["mean"], device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(preprocess["std"], device=device).view(1, 3, 1, 1) * 255
+        self._normalization(preprocess, device, precision, batch_size)
         tap_model = _tap_model(model, taps).to(device).eval().to(memory_format=torch.channels_last)
         tap_model.requires_grad_(False)  # a private copy; weights without grad can be traced as constants
-        self.compiled = ""
+        self.model, self.compiled, self.trace = tap_model, "", None
         if device.type == "cpu" and precision == "fp32":
             example = torch.zeros(batch_size, 3, preprocess["crop"], preprocess["crop"])
             with _num_threads(threads):
-                tap_model, self.compiled = _script(tap_model, example.contiguous(memory_format=torch.channels_last))
-        self.model = tap_model
+                self.model, self.compiled, self.trace = _script(
+                    tap_model, example.contiguous(memory_format=torch.channels_last))
+
+    @classmethod
+    def from_trace(cls, trace: Trace, preprocess: dict, batch_size: int,
+                   threads: int | None = None) -> CodeComputer | None:
+        """A CPU fp32 computer fused by oneDNN Graph from an earlier ``trace`` (see ``.trace``), or None
+        when that fails or no longer reproduces the trace's expected outputs."""
+        self = cls.__new__(cls)
+        self._normalization(preprocess, torch.device("cpu"), "fp32", batch_size)
+        with _num_threads(threads), warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            try:
+                self.model = _onednn_graph(trace)
+            except Exception:
+                return None
+        self.compiled, self.trace = "torchscript-onednn-graph", trace
+        return self
+
+    def _normalization(self, preprocess: dict, device: torch.device, precision: str, batch_size: int) -> None:
+        self.device, self.precision, self.batch_size = device, precision, batch_size
+        self.mean = torch.tensor(preprocess["mean"], device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(preprocess["std"], device=device).view(1, 3, 1, 1) * 255
 
     def describe(self) -> str:
         return f"{self.device.type} {self.precision} channels_last {self.compiled or 'eager'}"
@@ -75,40 +107,52 @@ def _tap_model(model: torch.nn.Module, taps: list[Tap]) -> TapModel:
         return TapModel(copy.deepcopy(model), taps)
 
 
-def _script(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch.nn.Module | torch.jit.ScriptFunction, str]:
+def _script(model: torch.nn.Module, example: torch.Tensor):
     """``model`` compiled for CPU inference: traced and fused by oneDNN Graph, or else traced, frozen
     and passed through ``optimize_for_inference``; each candidate must match the eager model.
-    Returns it with how it was compiled ("" for the eager model, when both fail)."""
+    Returns (module, how it was compiled: "" for the eager model when both fail, the Trace when
+    oneDNN Graph took it)."""
     probe = torch.rand_like(example) * 4 - 2
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer and deprecation warnings; the outputs are checked below
+        warnings.simplefilter("ignore")  # tracer and deprecation warnings; the outputs are checked
         expected = model(probe)
-        for how, compile_ in (("torchscript-onednn-graph", _onednn_graph), ("torchscript-frozen", _frozen)):
-            try:
-                candidate = compile_(model, example, probe)
-                got = candidate(probe)
-            except Exception:  # a graph that cannot be traced, or that the passes cannot take
-                continue
-            if all(torch.allclose(expected[k], got[k], rtol=1e-3, atol=1e-4) for k in expected):
-                return candidate, how
-    return model, ""
+        try:
+            trace = Trace(torch.jit.trace(lambda x: model(x), example, strict=False, check_trace=False),
+                          probe, expected)
+            return _onednn_graph(trace), "torchscript-onednn-graph", trace
+        except Exception:  # a graph that cannot be traced, or that oneDNN Graph cannot take
+            pass
+        try:
+            frozen = _frozen(model, example)
+            _check(expected, frozen(probe))
+            return frozen, "torchscript-frozen", None
+        except Exception:
+            pass
+    return model, "", None
 
 
-def _onednn_graph(model: torch.nn.Module, example: torch.Tensor, warm_up: torch.Tensor) -> torch.jit.ScriptFunction:
-    traced = torch.jit.trace(lambda x: model(x), example, strict=False, check_trace=False)
+def _onednn_graph(trace: Trace) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """``trace.function``, fused and compiled by oneDNN Graph; raises unless it reproduces ``trace.expected``."""
     was_enabled = torch._C._jit_llga_enabled()
     torch.jit.enable_onednn_fusion(True)
     try:  # the profiling executor fuses and compiles on the first calls; the flag is only read then
         for _ in range(2):
-            traced(warm_up)
+            trace.function(trace.probe)
     finally:
         torch.jit.enable_onednn_fusion(was_enabled)
-    return traced
+    _check(trace.expected, trace.function(trace.probe))
+    return trace.function
 
 
-def _frozen(model: torch.nn.Module, example: torch.Tensor, warm_up: torch.Tensor) -> torch.jit.ScriptModule:
+def _frozen(model: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
     traced = torch.jit.trace(model, example, strict=False, check_trace=False)
     return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+
+def _check(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
+    for name, value in expected.items():
+        if not torch.allclose(value, got[name], rtol=1e-3, atol=1e-4):
+            raise ValueError(f"compiled outputs of {name} differ from the eager model's")
 
 
 @contextmanager

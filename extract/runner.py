@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import codesfile, parts
+from . import codesfile, parts, tracecache
 from .backbones import DEFAULT_BACKBONE, get_backbone
 from .batches import can_fork, computed_batches, forward_threads
 from .device import pick_device, pick_precision
@@ -130,7 +130,8 @@ def _gc_frozen():
 def _extract(out: Path, listing: ImageList, early: EarlyDecoder | None, bb, prep: dict,
              settings: Settings, *, weights, layers, pool, max_dim, dtype, overwrite, update, expected_recipe,
              ) -> ExtractResult:
-    winfo, model, taps = _load_taps(bb, weights, layers, pool, prep, max_dim)
+    winfo = locate_weights(bb, weights)
+    taps, make_computer = _prepare_network(bb, winfo, layers, pool, prep, max_dim, settings)
     recipe = make_recipe(bb, winfo, taps, prep)
     if expected_recipe is not None:
         codesfile.check_recipe(expected_recipe, recipe, "the model")
@@ -143,8 +144,7 @@ def _extract(out: Path, listing: ImageList, early: EarlyDecoder | None, bb, prep
         result.failures = _failures_of(out)
         return result
     started = time.perf_counter()
-    computer = CodeComputer(model, taps, prep, settings.device, settings.precision, settings.batch_size,
-                            threads=forward_threads(settings.device, settings.workers))
+    computer = make_computer()
     _remove_stale_temporaries(out)
     parts_dir = parts.parts_dir_for(out)
     plan = parts.PartPlan(len(job_rows), settings.part_size)
@@ -177,6 +177,30 @@ def _early_decoder(out: Path, listing: ImageList, prep: dict, settings: Settings
     if settings.workers == 0 or not fresh or not len(listing) or not can_fork():
         return None
     return EarlyDecoder(ImageDataset(listing.root, listing.paths, prep["resize"], prep["crop"], prep["interpolation"]))
+
+
+def _prepare_network(bb, winfo, layers, pool: str, prep: dict, max_dim: int, settings: Settings):
+    """The taps, and a function making the computer: from the trace cache when it holds this network
+    (CPU fp32), else by building the model, whose trace then goes into the cache."""
+    threads = forward_threads(settings.device, settings.workers)
+    key = None
+    if settings.device.type == "cpu" and settings.precision == "fp32":
+        key = tracecache.trace_key(backbone=bb.name, weights=winfo.sha256 or winfo.source, layers=list(layers),
+                                   pool=pool, crop=prep["crop"], max_dim=max_dim, batch_size=settings.batch_size)
+    cached = tracecache.load(key) if key else None
+
+    def from_model(model: torch.nn.Module, found: list) -> CodeComputer:
+        computer = CodeComputer(model, found, prep, settings.device, settings.precision, settings.batch_size, threads)
+        if key and computer.trace is not None:
+            tracecache.store(key, tracecache.CachedTrace(computer.trace, found))
+        return computer
+
+    if cached is not None:
+        return cached.taps, lambda: (CodeComputer.from_trace(cached.trace, prep, settings.batch_size, threads)
+                                     or from_model(build_model(bb, winfo), cached.taps))
+    model = build_model(bb, winfo)
+    found = resolve_taps(bb, model, list(layers), pool, prep["crop"], max_dim)
+    return found, lambda: from_model(model, found)
 
 
 def _load_taps(bb, weights: str | None, layers, pool: str, prep: dict, max_dim: int = MAX_UNPOOLED_DIM):

@@ -51,8 +51,9 @@ def split_tree(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_torch_home(tmp_path_factory, monkeypatch):
-    """Tests never read or write the user's torch hub cache, and never download."""
+    """Tests never read or write the user's torch hub cache or trace cache, and never download."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+    monkeypatch.setenv("CNNCODES_CACHE_DIR", str(tmp_path_factory.mktemp("traces")))
     monkeypatch.setenv("CNNCODES_OFFLINE", "1")
     monkeypatch.delenv("CNNCODES_DOWNLOAD_BASE", raising=False)
 
