@@ -8,7 +8,9 @@ images with the same embedded ImageNet weights:
   Normalize(...)``, ``DataLoader(batch_size=4, num_workers=4)``, ``model.classifier = Identity()``
   and a plain fp32 forward under ``torch.no_grad()`` -- as in the tutorial, only ``shuffle=False``
   so that codes can be matched by path (shuffling does not change the speed).
-* cnncodes: ``extract.extract_codes(root, out.h5)`` with its defaults, the HDF5 file included.
+* cnncodes: ``extract.extract_codes(root, out.h5)`` with its defaults, the HDF5 file included,
+  twice: with its trace cache filled by an untimed run first (what every run after the first
+  one gets) and with the cache off (a first run, or ``CNNCODES_CACHE_DIR=off``).
 
 Each timed run is a fresh child process; the two sides alternate (ABAB, then BABA) for
 ``--rounds`` rounds and the report gives medians and the median of per-round ratios, because the
@@ -73,7 +75,9 @@ def child_tutorial(root: Path, save: Path) -> dict:
     return {"images": len(paths), "seconds": seconds, "threads": torch.get_num_threads()}
 
 
-def child_cnncodes(root: Path, save: Path) -> dict:
+def child_cnncodes(root: Path, save: Path, cache: str) -> dict:
+    if cache == "off":
+        os.environ["CNNCODES_CACHE_DIR"] = "off"
     import h5py
     import numpy as np
 
@@ -161,13 +165,18 @@ class PremadeImages:
 
 # ============================================================================ parent
 def measure(root: Path, rounds: int, tmp: Path, model_images: int, with_model: bool, label: str):
-    names = ["tutorial", "cnncodes"] + (["model-cnncodes", "model-tutorial"] if with_model else [])
+    names = ["tutorial", "cnncodes", "cnncodes-nocache"] + (["model-cnncodes", "model-tutorial"] if with_model else [])
     res = common.Rounds(names)
     info = {}
+    os.environ["CNNCODES_CACHE_DIR"] = str(tmp / "traces")  # the children's trace cache, filled here untimed
+    common.run_child(SCRIPT, ["cnncodes", str(root), str(tmp / "prime.npz"), "on"])
     for r in range(rounds):
         for name in common.order_for(r, names):
             if name.startswith("model-"):
                 out = common.run_child(SCRIPT, ["model", name.split("-", 1)[1], str(model_images)])
+            elif name.startswith("cnncodes"):
+                out = common.run_child(SCRIPT, ["cnncodes", str(root), str(tmp / f"{label}-{name}.npz"),
+                                                "off" if name == "cnncodes-nocache" else "on"])
             else:
                 out = common.run_child(SCRIPT, [name, str(root), str(tmp / f"{label}-{name}.npz")])
             rate = res.add(name, out["images"], out["seconds"])
@@ -184,6 +193,9 @@ def quality(tmp: Path, label: str, with_svm: bool) -> dict:
     paths, ca, cb = common.match_by_path(list(a["paths"]), a["codes"], list(b["paths"]), b["codes"])
     out = {"matched": len(paths), "tutorial_n": len(a["paths"]), "cnncodes_n": len(b["paths"]),
            "cosine": common.mean_cosine(ca, cb)}
+    c = np.load(tmp / f"{label}-cnncodes-nocache.npz")
+    out["cache_same_codes"] = bool((c["paths"] == b["paths"]).all() and np.allclose(c["codes"], b["codes"], rtol=1e-4,
+                                                                                     atol=1e-5, equal_nan=True))
     if with_svm and any(p.startswith("val/") for p in paths):
         out["svm_tutorial"] = common.svm_accuracy(paths, ca)
         out["svm_cnncodes"] = common.svm_accuracy(paths, cb)
@@ -195,26 +207,28 @@ def verdict(ok: bool) -> str:
 
 
 def report(title: str, res: common.Rounds, info: dict, q: dict, target_ratio: float, with_model: bool) -> None:
-    tut, cnn = res.median("tutorial"), res.median("cnncodes")
-    ratio = res.ratio("cnncodes", "tutorial")
     print(f"\n== {title}")
-    print(f"  tutorial loop   {tut:7.1f} images/s   (rounds: {res.spread('tutorial')}; "
+    print(f"  tutorial loop   {res.median('tutorial'):7.1f} images/s   (rounds: {res.spread('tutorial')}; "
           f"{info['tutorial'].get('threads')} torch threads, 4 workers, batch 4, fp32)")
     extra = ", ".join(f"{k} {info['cnncodes'][k]}" for k in ("device", "precision", "workers") if k in info["cnncodes"])
-    print(f"  cnncodes        {cnn:7.1f} images/s   (rounds: {res.spread('cnncodes')}; {extra})")
-    print(f"  ratio cnncodes / tutorial: {ratio:.2f}x   (target >= {target_ratio}: {verdict(ratio >= target_ratio)})")
+    for name, how in (("cnncodes", "trace cached by an earlier run"), ("cnncodes-nocache", "trace cache off")):
+        print(f"  {name:16s}{res.median(name):7.1f} images/s   (rounds: {res.spread(name)}; {how}; {extra})")
+    for name in ("cnncodes", "cnncodes-nocache"):
+        ratio = res.ratio(name, "tutorial")
+        print(f"  ratio {name} / tutorial: {ratio:.2f}x   (target >= {target_ratio}: {verdict(ratio >= target_ratio)})")
     if with_model:
-        alone = res.median("model-cnncodes")
-        frac = res.ratio("cnncodes", "model-cnncodes")
-        print(f"  model alone, cnncodes settings: {alone:7.1f} images/s ({info['model-cnncodes']['settings']}; "
-              f"rounds: {res.spread('model-cnncodes')})")
+        print(f"  model alone, cnncodes settings: {res.median('model-cnncodes'):7.1f} images/s "
+              f"({info['model-cnncodes']['settings']}; rounds: {res.spread('model-cnncodes')})")
         print(f"  model alone, tutorial settings: {res.median('model-tutorial'):7.1f} images/s "
               f"(rounds: {res.spread('model-tutorial')})")
-        print(f"  cnncodes end to end / its model alone: {frac:.0%}   "
-              f"(target >= {TARGET_FRACTION:.0%}: {verdict(frac >= TARGET_FRACTION)})")
+        for name in ("cnncodes", "cnncodes-nocache"):
+            frac = res.ratio(name, "model-cnncodes")
+            print(f"  {name} end to end / its model alone: {frac:.0%}   "
+                  f"(target >= {TARGET_FRACTION:.0%}: {verdict(frac >= TARGET_FRACTION)})")
     print(f"  images: tutorial {q['tutorial_n']}, cnncodes {q['cnncodes_n']}, matched by path {q['matched']}")
     print(f"  mean cosine similarity of the codes: {q['cosine']:.4f}   "
           f"(target >= {TARGET_COS}: {verdict(q['cosine'] >= TARGET_COS)})")
+    print(f"  codes with and without the trace cache agree (rtol 1e-4): {q['cache_same_codes']}")
     if "svm_tutorial" in q:
         d = abs(q["svm_tutorial"] - q["svm_cnncodes"])
         print(f"  LinearSVC held-out accuracy (train/ -> val/): tutorial codes {q['svm_tutorial']:.2f}%, "
@@ -236,7 +250,7 @@ def main(argv=None) -> int:
     if args.child:
         return common.serve_child(args.child, {
             "tutorial": lambda root, save: child_tutorial(Path(root), Path(save)),
-            "cnncodes": lambda root, save: child_cnncodes(Path(root), Path(save)),
+            "cnncodes": lambda root, save, cache: child_cnncodes(Path(root), Path(save), cache),
             "model": lambda which, n_images: child_model(which, int(n_images))})
 
     rounds = args.rounds or (1 if args.quick else 3)
