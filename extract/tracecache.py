@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,11 @@ def _path(key: str) -> Path | None:
 
 
 def _prune(folder: Path) -> None:
-    """Delete the least recently used entries while the cache holds more than ``MAX_BYTES``."""
+    """Delete the least recently used entries while the cache holds more than ``MAX_BYTES``, and
+    temporary files that a killed run left (older than an hour: a live writer needs well under a second)."""
+    for tmp in folder.glob(".*.tmp"):
+        if time.time() - tmp.stat().st_mtime > 3600:
+            tmp.unlink(missing_ok=True)
     entries = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
     total = 0
     for newest_first, entry in enumerate(entries):

@@ -81,13 +81,18 @@ def test_no_cache_when_turned_off_or_unwritable(image_tree, tmp_path, monkeypatc
     assert not list(tmp_path.rglob("*.pt"))
 
 
-def test_the_oldest_entries_go_beyond_the_size_limit(image_tree, tmp_path, monkeypatch):
+def test_oldest_entries_beyond_the_size_limit_and_stale_temporaries_are_deleted(image_tree, tmp_path, monkeypatch):
     extract_codes(image_tree, tmp_path / "a.h5", layers=("penultimate",), **SMALL)
     (old,) = entries()
     os.utime(old, (1, 1))
     monkeypatch.setattr(tracecache, "MAX_BYTES", old.stat().st_size + 1)
+    killed, writing = tracecache.cache_dir() / f".{old.name}.999.tmp", tracecache.cache_dir() / f".{old.name}.998.tmp"
+    killed.write_bytes(b"left by a run killed while it stored an entry")
+    writing.write_bytes(b"being written by a live run")
+    os.utime(killed, (1, 1))
     extract_codes(image_tree, tmp_path / "b.h5", layers=("block4",), **SMALL)
     assert len(entries()) == 1 and not old.exists()
+    assert writing.exists() and not killed.exists()
 
 
 def test_a_full_disk_while_storing_costs_nothing_but_the_entry(image_tree, tmp_path):
