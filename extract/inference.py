@@ -42,6 +42,7 @@ class Trace:
     function: Callable[[torch.Tensor], dict[str, torch.Tensor]]
     probe: torch.Tensor
     expected: dict[str, torch.Tensor]
+    weight_bytes: int = 0  # what the traced weights take, about the size of the saved trace
 
 
 class CodeComputer:
@@ -118,7 +119,7 @@ def _script(model: torch.nn.Module, example: torch.Tensor):
         expected = model(probe)
         try:
             trace = Trace(torch.jit.trace(lambda x: model(x), example, strict=False, check_trace=False),
-                          probe, expected)
+                          probe, expected, sum(t.nbytes for t in model.state_dict().values()))
             return _onednn_graph(trace), "torchscript-onednn-graph", trace
         except Exception:  # a graph that cannot be traced, or that oneDNN Graph cannot take
             pass

@@ -6,6 +6,9 @@ time for the same network, weights, taps and batch shape. That result, the uncom
 its taps, is kept here after the first run; later runs load it (0.02 s) and only compile it for
 the machine. An entry must reproduce the eager outputs stored with it or it is not used.
 
+Traces of big networks are not kept (over ``MAX_ENTRY_BYTES`` of weights: VGG16's 528 MB, AlexNet's
+fc layers): they would fill the cache, and their start-up is small next to their forward passes.
+
 The key covers everything the trace depends on: the backbone and its weights' SHA-256, the layers
 and pooling asked for, crop and batch size, the torch and torchvision versions and the source
 of the modules that build the trace. ``CNNCODES_CACHE_DIR`` moves the cache (``off`` turns it
@@ -34,6 +37,7 @@ from .taps import Tap
 
 ENV = "CNNCODES_CACHE_DIR"
 MAX_BYTES = 1 << 30
+MAX_ENTRY_BYTES = 128 << 20  # ResNet-50 (90 MiB up to its penultimate layer) fits, VGG16 does not
 FORMAT = 1
 _SOURCES = (backbones, fusion, inference, taps)  # what a trace is made by
 
@@ -78,13 +82,13 @@ def load(key: str) -> CachedTrace | None:
         os.utime(path)  # recently used: pruned last
     except Exception:  # truncated, from another version, unreadable: rebuilt and rewritten
         return None
-    return CachedTrace(Trace(function, check["probe"], check["expected"]), found)
+    return CachedTrace(Trace(function, check["probe"], check["expected"], path.stat().st_size), found)
 
 
 def store(key: str, entry: CachedTrace) -> None:
     """Write ``entry`` atomically under ``key`` and prune the cache; silently does nothing if it cannot."""
     path = _path(key)
-    if path is None:
+    if path is None or entry.trace.weight_bytes > MAX_ENTRY_BYTES:
         return
     check = io.BytesIO()
     torch.save({"probe": entry.trace.probe, "expected": entry.trace.expected}, check)

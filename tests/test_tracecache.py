@@ -107,3 +107,12 @@ def test_a_full_disk_while_storing_costs_nothing_but_the_entry(image_tree, tmp_p
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert list(tracecache.cache_dir().iterdir()) == []
+
+
+def test_traces_of_big_networks_are_not_kept(image_tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(tracecache, "MAX_ENTRY_BYTES", 512 << 10)  # MobileNetV2 up to block4: 0.8 MiB of weights
+    extract_codes(image_tree, tmp_path / "a.h5", layers=("block4",), **SMALL)
+    assert entries() == []
+    monkeypatch.setattr(tracecache, "MAX_ENTRY_BYTES", 1 << 20)
+    extract_codes(image_tree, tmp_path / "b.h5", layers=("block4",), **SMALL)
+    assert len(entries()) == 1
