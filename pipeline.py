@@ -13,6 +13,19 @@ from pathlib import Path
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_LISTED_FAILURES = 20
+ENVIRONMENT_HELP = """environment:
+  CNNCODES_OFFLINE=1        never download weights
+  CNNCODES_DOWNLOAD_BASE    a mirror to download torchvision checkpoints from
+  TORCH_HOME                where the torch hub cache of checkpoints is ($TORCH_HOME/hub/checkpoints)
+  CNNCODES_CACHE_DIR        where traced networks are kept between runs, so a rerun starts faster
+                            (default ~/.cache/cnncodes/traces; off: no cache; delete the folder to clear it)"""
+
+
+class _KeepsEnvironmentHelp(argparse.HelpFormatter):
+    """Wraps descriptions as usual, but prints the environment table as it is laid out."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return text if text == ENVIRONMENT_HELP else super()._fill_text(text, width, indent)
 
 
 def _add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -80,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("extract", help="images -> codes file (HDF5)",
+                       epilog=ENVIRONMENT_HELP, formatter_class=_KeepsEnvironmentHelp,
                        description="Run the backbone over a folder tree (root/CLASS/* or root/{train,val,test}/CLASS/*) "
                                    "or a CSV manifest (path,label[,split]) and write ReLU'd codes to an HDF5 file. "
                                    "A killed run resumes when the same command is run again.")
@@ -131,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("predict", help="label new images with a trained model",
+                       epilog=ENVIRONMENT_HELP, formatter_class=_KeepsEnvironmentHelp,
                        description="Extract new images with exactly the model's recipe and write a CSV: path, "
                                    "predicted, one score column per class, error. Unreadable images are listed, "
                                    "not fatal. IMAGES may also be a codes file of the same recipe.")
@@ -143,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("run", help="extract, then classify (or compare several layers)",
+                       epilog=ENVIRONMENT_HELP, formatter_class=_KeepsEnvironmentHelp,
                        description="Extract IMAGES into OUT/codes.h5, then classify into OUT/classify/ (one layer) "
                                    "or compare classifiers x layers into OUT/compare/ (several --layer).")
     p.add_argument("images", help="image folder or CSV manifest")

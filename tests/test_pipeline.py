@@ -106,3 +106,16 @@ def test_classify_errors_are_clear(tmp_path, capsys):
     assert "class" in capsys.readouterr().err
     assert pipeline.main(["classify", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "r")]) == 2
     assert "no such codes file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["extract", "predict", "run"])
+def test_help_lists_the_environment_variables_the_code_reads(command, capsys):
+    import re
+    from pathlib import Path
+
+    with pytest.raises(SystemExit):
+        pipeline.main([command, "--help"])
+    listed = re.findall(r"^  ([A-Z_]+)", capsys.readouterr().out.split("environment:")[1], re.M)
+    source = "".join(p.read_text() for p in (Path(pipeline.__file__).parent / "extract").glob("*.py"))
+    assert "CNNCODES_CACHE_DIR" in listed and "CNNCODES_OFFLINE" in listed
+    assert all(name in source for name in listed), listed
