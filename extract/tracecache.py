@@ -51,17 +51,24 @@ class CachedTrace:
 
 
 def cache_dir() -> Path | None:
-    """The cache folder, or None when ``CNNCODES_CACHE_DIR`` is ``off`` (or empty)."""
+    """The cache folder, or None when ``CNNCODES_CACHE_DIR`` is ``off`` (or empty) or there is no home folder."""
     value = os.environ.get(ENV)
-    if value is not None:
-        return None if value.strip().lower() in ("", "off", "0", "none") else Path(value).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    try:
+        if value is not None:
+            return None if value.strip().lower() in ("", "off", "0", "none") else Path(value).expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except RuntimeError:  # no home folder to expand ~ or find ~/.cache in
+        return None
     return Path(base) / "cnncodes" / "traces"
 
 
-def trace_key(**identity) -> str:
-    """A file-name-safe digest of ``identity`` (JSON-able), the library versions and the trace-building code."""
-    code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in _SOURCES)).hexdigest()
+def trace_key(**identity) -> str | None:
+    """A file-name-safe digest of ``identity`` (JSON-able), the library versions and the trace-building code;
+    None when that code cannot be read (an unusual installation): no caching then."""
+    try:
+        code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in _SOURCES)).hexdigest()
+    except (OSError, TypeError):
+        return None
     payload = {"format": FORMAT, "torch": torch.__version__, "torchvision": torchvision.__version__, "code": code,
                **identity}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:40]
@@ -70,10 +77,12 @@ def trace_key(**identity) -> str:
 def load(key: str) -> CachedTrace | None:
     """The entry for ``key``, or None when there is none or it cannot be read."""
     path = _path(key)
-    if path is None or not path.is_file():
+    if path is None:
         return None
     extra = {"taps.json": "", "check.pt": ""}
     try:
+        if not path.is_file():
+            return None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; see inference.py
             function = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)

@@ -116,3 +116,15 @@ def test_traces_of_big_networks_are_not_kept(image_tree, tmp_path, monkeypatch):
     monkeypatch.setattr(tracecache, "MAX_ENTRY_BYTES", 1 << 20)
     extract_codes(image_tree, tmp_path / "b.h5", layers=("block4",), **SMALL)
     assert len(entries()) == 1
+
+
+def test_no_home_folder_means_no_cache(image_tree, tmp_path, monkeypatch):
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("CNNCODES_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(tracecache.Path, "home", staticmethod(no_home))
+    assert tracecache.cache_dir() is None
+    extract_codes(image_tree, tmp_path / "a.h5", **SMALL)
+    assert open_codes(tmp_path / "a.h5").rows.ok.all()
