@@ -96,10 +96,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     listing = list_images(source)
     bb = get_backbone(backbone)
     prep = preprocess_config(bb, resize, crop)
-    dev = pick_device(device)
-    settings = Settings(dev, pick_precision(precision, dev), batch_size or default_batch_size(dev),
-                        workers if workers is not None else default_workers(dev), part_size or DEFAULT_PART_SIZE, progress)
-    settings.part_size = max(settings.batch_size, settings.part_size // settings.batch_size * settings.batch_size)
+    settings = _settings(device, precision, batch_size, workers, part_size, progress)
     with _gc_frozen():
         early = _early_decoder(out, listing, prep, settings, overwrite)
         try:
@@ -109,6 +106,16 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         finally:
             if early is not None:
                 early.stop()
+
+
+def _settings(device: str, precision: str, batch_size: int | None, workers: int | None, part_size: int | None,
+              progress: bool) -> Settings:
+    """The options, with the defaults of the device filled in; parts hold whole batches."""
+    dev = pick_device(device)
+    bs = batch_size or default_batch_size(dev)
+    part_size = max(bs, (part_size or DEFAULT_PART_SIZE) // bs * bs)
+    return Settings(dev, pick_precision(precision, dev), bs, workers if workers is not None else default_workers(dev),
+                    part_size, progress)
 
 
 @contextmanager
@@ -201,13 +208,6 @@ def _prepare_network(bb, winfo, layers, pool: str, prep: dict, max_dim: int, set
     model = build_model(bb, winfo)
     found = resolve_taps(bb, model, list(layers), pool, prep["crop"], max_dim)
     return found, lambda: from_model(model, found)
-
-
-def _load_taps(bb, weights: str | None, layers, pool: str, prep: dict, max_dim: int = MAX_UNPOOLED_DIM):
-    """Weights identity, model and resolved taps: with the backbone and preprocessing, what the recipe is made of."""
-    winfo = locate_weights(bb, weights)
-    model = build_model(bb, winfo)
-    return winfo, model, resolve_taps(bb, model, list(layers), pool, prep["crop"], max_dim)
 
 
 def _check_writable(out: Path) -> None:
@@ -467,12 +467,9 @@ def inference_setup(backbone: str = DEFAULT_BACKBONE, layers=("penultimate",), b
                     device: str = "auto", precision: str = "auto", weights: str | None = None):
     """The extraction's forward pass with its defaults, for benchmarks: (computer, batch size, description)."""
     bb = get_backbone(backbone)
-    prep = preprocess_config(bb)
-    _, model, taps = _load_taps(bb, weights, layers, "avg", prep)
-    dev = pick_device(device)
-    bs = batch_size or default_batch_size(dev)
-    workers = default_workers(dev)
-    computer = CodeComputer(model, taps, prep, dev, pick_precision(precision, dev), bs,
-                            threads=forward_threads(dev, workers))
-    how = f"{workers} single-threaded worker streams" if dev.type == "cpu" else f"{workers} decode workers"
-    return computer, bs, f"{computer.describe()}, batch {bs}, {how}"
+    settings = _settings(device, precision, batch_size, None, None, False)
+    _, make_computer = _prepare_network(bb, locate_weights(bb, weights), layers, "avg", preprocess_config(bb),
+                                        MAX_UNPOOLED_DIM, settings)
+    computer, workers = make_computer(), settings.workers
+    how = f"{workers} single-threaded worker streams" if computer.device.type == "cpu" else f"{workers} decode workers"
+    return computer, settings.batch_size, f"{computer.describe()}, batch {settings.batch_size}, {how}"
