@@ -39,6 +39,8 @@ import common  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 TARGET_RATIO, TARGET_FRACTION, TARGET_LARGE, TARGET_COS, TARGET_ACC = 2.5, 0.60, 8.0, 0.99, 0.5
+# the two cnncodes contenders: name -> (trace cache setting of the child, how the report describes it)
+CNNCODES_RUNS = {"cnncodes": ("on", "trace cached by an earlier run"), "cnncodes-nocache": ("off", "trace cache off")}
 
 
 # ============================================================================ children (fresh processes)
@@ -165,7 +167,7 @@ class PremadeImages:
 
 # ============================================================================ parent
 def measure(root: Path, rounds: int, tmp: Path, model_images: int, with_model: bool, label: str):
-    names = ["tutorial", "cnncodes", "cnncodes-nocache"] + (["model-cnncodes", "model-tutorial"] if with_model else [])
+    names = ["tutorial", *CNNCODES_RUNS] + (["model-cnncodes", "model-tutorial"] if with_model else [])
     res = common.Rounds(names)
     info = {}
     os.environ["CNNCODES_CACHE_DIR"] = str(tmp / "traces")  # the children's trace cache, filled here untimed
@@ -174,9 +176,9 @@ def measure(root: Path, rounds: int, tmp: Path, model_images: int, with_model: b
         for name in common.order_for(r, names):
             if name.startswith("model-"):
                 out = common.run_child(SCRIPT, ["model", name.split("-", 1)[1], str(model_images)])
-            elif name.startswith("cnncodes"):
+            elif name in CNNCODES_RUNS:
                 out = common.run_child(SCRIPT, ["cnncodes", str(root), str(tmp / f"{label}-{name}.npz"),
-                                                "off" if name == "cnncodes-nocache" else "on"])
+                                                CNNCODES_RUNS[name][0]])
             else:
                 out = common.run_child(SCRIPT, [name, str(root), str(tmp / f"{label}-{name}.npz")])
             rate = res.add(name, out["images"], out["seconds"])
@@ -211,9 +213,9 @@ def report(title: str, res: common.Rounds, info: dict, q: dict, target_ratio: fl
     print(f"  tutorial loop   {res.median('tutorial'):7.1f} images/s   (rounds: {res.spread('tutorial')}; "
           f"{info['tutorial'].get('threads')} torch threads, 4 workers, batch 4, fp32)")
     extra = ", ".join(f"{k} {info['cnncodes'][k]}" for k in ("device", "precision", "workers") if k in info["cnncodes"])
-    for name, how in (("cnncodes", "trace cached by an earlier run"), ("cnncodes-nocache", "trace cache off")):
+    for name, (_, how) in CNNCODES_RUNS.items():
         print(f"  {name:16s}{res.median(name):7.1f} images/s   (rounds: {res.spread(name)}; {how}; {extra})")
-    for name in ("cnncodes", "cnncodes-nocache"):
+    for name in CNNCODES_RUNS:
         ratio = res.ratio(name, "tutorial")
         print(f"  ratio {name} / tutorial: {ratio:.2f}x   (target >= {target_ratio}: {verdict(ratio >= target_ratio)})")
     if with_model:
@@ -221,7 +223,7 @@ def report(title: str, res: common.Rounds, info: dict, q: dict, target_ratio: fl
               f"({info['model-cnncodes']['settings']}; rounds: {res.spread('model-cnncodes')})")
         print(f"  model alone, tutorial settings: {res.median('model-tutorial'):7.1f} images/s "
               f"(rounds: {res.spread('model-tutorial')})")
-        for name in ("cnncodes", "cnncodes-nocache"):
+        for name in CNNCODES_RUNS:
             frac = res.ratio(name, "model-cnncodes")
             print(f"  {name} end to end / its model alone: {frac:.0%}   "
                   f"(target >= {TARGET_FRACTION:.0%}: {verdict(frac >= TARGET_FRACTION)})")
