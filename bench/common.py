@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -84,11 +85,12 @@ def repeated(root: Path, times: int) -> Path:
     split/class folders), to measure throughput where start-up matters less."""
     if times <= 1:
         return root
-    out = CACHE / f"{root.name}-x{times}"
+    out = CACHE / f"{root.parent.name}-{root.name}-x{times}"
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     stamp = out / ".complete"
     if stamp.exists() and stamp.read_text() == f"{root} {len(files)}":
         return out
+    shutil.rmtree(out, ignore_errors=True)  # links to another tree, or an unfinished one
     for path in files:
         rel = path.relative_to(root)
         for k in range(times):

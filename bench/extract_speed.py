@@ -246,7 +246,7 @@ def main(argv=None) -> int:
                     help="also run the 12-megapixel part (default: on, off with --quick)")
     ap.add_argument("--no-large", dest="large", action="store_false")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="use every standard image N times (symlinks), so start-up weighs less (default 1)")
+                    help="use every image N times (symlinks), so start-up weighs less (default 1)")
     ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -270,6 +270,8 @@ def main(argv=None) -> int:
         report(f"standard photos: {desc}", res, info, quality(tmp, "std", True), TARGET_RATIO, True)
         if large:
             lroot, ldesc = common.large_images(args.quick)
+            if args.repeat > 1:
+                lroot, ldesc = common.repeated(lroot, args.repeat), f"{ldesc}, every image {args.repeat} times"
             print(f"\nlarge photos: {ldesc}")
             res, info = measure(lroot, rounds, tmp, 0, False, "large")
             report(f"large photos: {ldesc}", res, info, quality(tmp, "large", False), TARGET_LARGE, False)
