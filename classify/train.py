@@ -91,12 +91,15 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
             if len(y_cv) < len(data.y_train):
                 notes.append(f"{spec.param} chosen by CV on a stratified sample of {len(y_cv)} of "
                              f"{len(data.y_train)} training rows; the final model is fitted on all of them")
-            log(f"{classifier}: {folds}-fold CV over {spec.param} in {list(grid.values())[0]} "
-                f"({len(y_cv)} training rows)")
+            values = list(grid.values())[0]
+            log(f"{classifier}: {folds}-fold CV over {spec.param} in {values} ({len(y_cv)} training rows, "
+                f"{folds * len(values)} fits)")
             search = GridSearchCV(pipe, grid, scoring=CV_SCORING, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
                                   n_jobs=n_jobs, error_score="raise", refit=False)
             search.fit(X_cv, y_cv)
             best, cv_score = search.best_params_["clf__" + spec.param], search.best_score_
+            log(f"{classifier}: CV chose {spec.param}={best} ({CV_SCORING} {cv_score:.4f}) in "
+                f"{time.perf_counter() - start:.1f} s; fitting on all {len(data.y_train)} training rows")
             model = clone(pipe).set_params(**search.best_params_).fit(data.X_train, data.y_train)
         else:
             best = C if C is not None else spec.default

@@ -352,3 +352,14 @@ def test_large_training_sets_choose_C_on_a_stratified_sample_then_fit_all_rows(c
     Xs, ys = classify.train.cv_subsample(X, y, 40, seed=0)
     assert len(ys) == 40 and np.bincount(ys).tolist() == [10, 10, 10, 10]
     assert np.all(np.diff(Xs[:, 0]) > 0)  # rows keep their order
+
+
+def test_progress_log_names_the_cv_plan_and_its_choice(codes, tmp_path, capsys):
+    report = classify_codes(codes, tmp_path / "logged", progress=True, cv=3)
+    err = capsys.readouterr().err
+    n_values = len(report["cv_grid"]["C"])
+    assert f"3-fold CV over C in {report['cv_grid']['C']}" in err
+    assert f"{3 * n_values} fits" in err
+    assert f"CV chose C={report['C']} (balanced_accuracy {report['cv_score']:.4f})" in err
+    assert f"fitting on all {report['n_train']} training rows" in err
+    assert err.index("CV chose") < err.index("evaluating on")
