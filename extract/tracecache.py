@@ -88,10 +88,11 @@ def load(key: str) -> CachedTrace | None:
             function = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         check = torch.load(io.BytesIO(extra["check.pt"]), map_location="cpu", weights_only=True)
         found = [Tap(**{**t, "shape": tuple(t["shape"])}) for t in json.loads(extra["taps.json"])]
+        size = path.stat().st_size
         os.utime(path)  # recently used: pruned last
-    except Exception:  # truncated, from another version, unreadable: rebuilt and rewritten
+    except Exception:  # truncated, from another version, unreadable, pruned by another run: rebuilt and rewritten
         return None
-    return CachedTrace(Trace(function, check["probe"], check["expected"], path.stat().st_size), found)
+    return CachedTrace(Trace(function, check["probe"], check["expected"], size), found)
 
 
 def store(key: str, entry: CachedTrace) -> None:
@@ -99,11 +100,11 @@ def store(key: str, entry: CachedTrace) -> None:
     path = _path(key)
     if path is None or entry.trace.weight_bytes > MAX_ENTRY_BYTES:
         return
-    check = io.BytesIO()
-    torch.save({"probe": entry.trace.probe, "expected": entry.trace.expected}, check)
     tap_list = [{k: v for k, v in t.as_dict().items() if k != "relu"} for t in entry.taps]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        check = io.BytesIO()
+        torch.save({"probe": entry.trace.probe, "expected": entry.trace.expected}, check)
         # Serialized in memory first: TorchScript's file writer aborts the process when the disk is full.
         buffer = io.BytesIO()
         with warnings.catch_warnings():

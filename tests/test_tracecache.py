@@ -128,3 +128,18 @@ def test_no_home_folder_means_no_cache(image_tree, tmp_path, monkeypatch):
     assert tracecache.cache_dir() is None
     extract_codes(image_tree, tmp_path / "a.h5", **SMALL)
     assert open_codes(tmp_path / "a.h5").rows.ok.all()
+
+
+def test_an_entry_deleted_while_it_is_loaded_is_still_used(image_tree, tmp_path, monkeypatch):
+    extract_codes(image_tree, tmp_path / "first.h5", **SMALL)
+    touch = tracecache.os.utime
+
+    def pruned_by_another_run(path, *args):  # a concurrent run's prune deletes the entry mid-load
+        touch(path, *args)
+        os.unlink(path)
+
+    monkeypatch.setattr(tracecache.os, "utime", pruned_by_another_run)
+    no_model_building(monkeypatch)  # what was read before the deletion is a whole entry
+    extract_codes(image_tree, tmp_path / "second.h5", **SMALL)
+    np.testing.assert_allclose(codes_of(tmp_path / "second.h5"), codes_of(tmp_path / "first.h5"), rtol=1e-5, atol=1e-6)
+    assert entries() == []
