@@ -80,16 +80,17 @@ def standard_images(quick: bool) -> tuple[Path, str]:
     return root, f"{n} generated 500x375 JPEGs ({root})"
 
 
-def repeated(root: Path, times: int) -> Path:
+def repeated(root: Path, desc: str, times: int) -> tuple[Path, str]:
     """A tree with every image of ``root`` ``times`` times (symlinks ``kN_<name>`` in the same
-    split/class folders), to measure throughput where start-up matters less."""
+    split/class folders), to measure throughput where start-up matters less; returns (root, description)."""
     if times <= 1:
-        return root
+        return root, desc
     out = CACHE / f"{root.parent.name}-{root.name}-x{times}"
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     stamp = out / ".complete"
+    desc = f"{desc}, every image {times} times"
     if stamp.exists() and stamp.read_text() == f"{root} {len(files)}":
-        return out
+        return out, desc
     shutil.rmtree(out, ignore_errors=True)  # links to another tree, or an unfinished one
     for path in files:
         rel = path.relative_to(root)
@@ -99,12 +100,12 @@ def repeated(root: Path, times: int) -> Path:
             if not link.is_symlink():
                 link.symlink_to(path.resolve())
     stamp.write_text(f"{root} {len(files)}")
-    return out
+    return out, desc
 
 
 def large_images(quick: bool) -> tuple[Path, str]:
     """Generated 12-megapixel (4000x3000) JPEGs, one folder per class, no splits."""
-    n = 8 if quick else 100  # enough that start-up (about 1.5 s) does not dominate the rate
+    n = 8 if quick else 100  # start-up (0.4-1 s) is still a fifth of a run here; --repeat makes it weigh less
     root = make_jpeg_tree(CACHE / f"photos-4000x3000-{n}", n, (4000, 3000), splits=("all",), quality=92)
     return root / "all", f"{n} generated 4000x3000 JPEGs ({root / 'all'})"
 

@@ -259,9 +259,7 @@ def main(argv=None) -> int:
     large = (not args.quick) if args.large is None else args.large
     if args.quick and not os.environ.get("CNNCODES_BENCH_FULL_SET"):
         os.environ.setdefault("CNNCODES_BENCH_SYNTHETIC", "1")
-    root, desc = common.standard_images(args.quick)
-    if args.repeat > 1:
-        root, desc = common.repeated(root, args.repeat), f"{desc}, every image {args.repeat} times"
+    root, desc = common.repeated(*common.standard_images(args.quick), args.repeat)
     print(f"extract speed: MobileNetV2 penultimate codes, {rounds} alternating round(s); {common.load_average()}")
     print(f"images: {desc}")
     with tempfile.TemporaryDirectory(prefix="cnncodes-bench-") as tmp:
@@ -269,9 +267,7 @@ def main(argv=None) -> int:
         res, info = measure(root, rounds, tmp, 64 if args.quick else 400, True, "std")
         report(f"standard photos: {desc}", res, info, quality(tmp, "std", True), TARGET_RATIO, True)
         if large:
-            lroot, ldesc = common.large_images(args.quick)
-            if args.repeat > 1:
-                lroot, ldesc = common.repeated(lroot, args.repeat), f"{ldesc}, every image {args.repeat} times"
+            lroot, ldesc = common.repeated(*common.large_images(args.quick), args.repeat)
             print(f"\nlarge photos: {ldesc}")
             res, info = measure(lroot, rounds, tmp, 0, False, "large")
             report(f"large photos: {ldesc}", res, info, quality(tmp, "large", False), TARGET_LARGE, False)
