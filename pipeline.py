@@ -129,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", default="svm", choices=("svm", "softmax", "knn", "rbf_svm", "forest"),
                    help="svm = linear SVM, softmax = multinomial logistic regression (default: %(default)s)")
     _add_classify_options(p)
+    p.add_argument("--calibrate", action="store_true",
+                   help="give svm / rbf_svm probabilities (prob_<class> columns in predict) by sigmoid calibration "
+                        "on folds of the training split; softmax, knn and forest have them already")
+    p.add_argument("--positive", metavar="CLASS",
+                   help="two classes: the positive class of sensitivity, ROC and precision-recall "
+                        "(default: the second class name)")
+    p.add_argument("--overwrite", action="store_true", help="replace the model already in RUN_DIR")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=cmd_classify)
 
@@ -154,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="CSV file to write")
     p.add_argument("--codes-out", help="keep the extracted codes in this file")
     p.add_argument("--weights", help="checkpoint file, when the model's weights are not found the usual way")
+    p.add_argument("--threshold", type=float, metavar="T",
+                   help="two-class models: predict the positive class when its probability (prob_<class>; else its "
+                        "decision score) is at least T, instead of the most likely class")
+    p.add_argument("--positive", metavar="CLASS", help="the class --threshold applies to (default: the second class)")
     _add_running_options(p)
     p.set_defaults(func=cmd_predict)
 
@@ -273,6 +284,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from classify import classify_codes, summarize
 
     report = classify_codes(args.codes, args.out, layers=args.layers, classifier=args.classifier,
+                            calibrate=args.calibrate, positive=args.positive, overwrite=args.overwrite,
                             **_classify_kwargs(args))
     _print_report(report, Path(args.out))
     print(summarize(report))
@@ -304,15 +316,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from classify.predict import predict_images
 
     result = predict_images(args.run_dir, args.images, args.out, codes_out=args.codes_out, weights=args.weights,
+                            threshold=args.threshold, positive=args.positive,
                             device=args.device, precision=args.precision, batch_size=args.batch_size,
                             workers=args.workers, progress=not args.quiet)
     counts = ", ".join(f"{name}: {n}" for name, n in sorted(result["predicted_counts"].items()))
     print(f"wrote {result['out_csv']}: {result['n_predicted']} of {result['n_rows']} images predicted ({counts})")
+    if result["threshold"]:
+        t = result["threshold"]
+        print(f"threshold: {t['positive_class']} where {t['on']} >= {t['threshold']:g}")
+    _print_evaluation(result["evaluation"])
     if result["n_failed"]:
         print(f"{result['n_failed']} image(s) could not be predicted (listed in the CSV's error column):")
         for path, reason in result.get("failures", [])[:MAX_LISTED_FAILURES]:
             print(f"  {path}: {reason}")
     return EXIT_OK
+
+
+def _print_evaluation(evaluation: dict | None) -> None:
+    """Accuracy of a prediction on labelled images (labels the model does not know are named, not scored)."""
+    if not evaluation:
+        return
+    unknown = ", ".join(f"{name} ({n})" for name, n in sorted(evaluation["unknown_labels"].items()))
+    if evaluation["n_evaluated"]:
+        print(f"against the true labels ({evaluation['n_evaluated']} labelled images of classes the model knows): "
+              f"accuracy {evaluation['accuracy']:.4f}, balanced accuracy {evaluation['balanced_accuracy']:.4f}")
+    if unknown:
+        print(f"labels the model does not know, not scored: {unknown}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

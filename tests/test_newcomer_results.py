@@ -1,0 +1,86 @@
+"""Issue 14 (a new user's findings): wrong or misleading results and dead ends, each pinned by a test."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from codes_fixtures import make_codes, write_codes_file
+
+import pipeline
+from classify import compare
+from conftest import FAST, make_tree
+
+
+def _two_layer_trap(path, n: int = 40, seed: int = 0):
+    """Layer "signal" separates the classes on train but is inverted on test; layer "noise" is noise.
+
+    Ranked by held-out score, "noise" wins; ranked by CV on the training split, "signal" does.
+    """
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n)
+    split = np.array(["train", "test"] * n, dtype=object)
+    signal = np.zeros((2 * n, 4))
+    shown = np.where(split == "train", y, 1 - y)  # the test rows carry the other class's pattern
+    signal[np.arange(2 * n), shown] = 1.0
+    signal += rng.uniform(0, 0.1, signal.shape)
+    noise = rng.uniform(0, 1, (2 * n, 4))
+    return write_codes_file(path, {"signal": signal, "noise": noise}, y, ["a", "b"], split=list(split))
+
+
+def test_compare_ranks_by_cv_on_training_split_not_held_out(tmp_path):
+    codes = _two_layer_trap(tmp_path / "codes.h5")
+    rows = compare(codes, tmp_path / "out", classifiers=("svm",), layers=["noise", "signal"], cv=3, progress=False)
+    assert [r["layers"] for r in rows] == ["signal", "noise"]
+    assert rows[0]["cv_score"] > rows[1]["cv_score"] and rows[0]["balanced_accuracy"] < rows[1]["balanced_accuracy"]
+    assert [r["rank"] for r in rows] == [1, 2]
+    header = (tmp_path / "out" / "compare.md").read_text().splitlines()[0]
+    assert "ranked by CV balanced accuracy on the training split" in header and "not used to choose" in header
+    with open(tmp_path / "out" / "compare.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert {"balanced_accuracy", "macro_f1", "accuracy", "cv_score", "rank"} <= set(table[0])
+
+
+def test_compare_without_cv_ranks_nothing(tmp_path):
+    codes = make_codes(tmp_path / "codes.h5")
+    rows = compare(codes, tmp_path / "out", classifiers=("svm", "softmax"), layers=["block4"], C=1.0, cv=0,
+                   progress=False)
+    assert [r["rank"] for r in rows] == [None, None] and [r["classifier"] for r in rows] == ["softmax", "svm"]
+    assert "not ranked" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_run_picks_by_cv_and_reports_held_out_estimate(tmp_path, capsys):
+    images = make_tree(tmp_path / "images", per_class=6, splits=("train", "test"))
+    out = tmp_path / "run"
+    assert pipeline.main(["run", str(images), "--out", str(out), *FAST, "--workers", "0", "--layer", "block4",
+                          "--layer", "penultimate", "--classifiers", "svm,softmax", "--cv", "2"]) == 0
+    printed = capsys.readouterr().out
+    with open(out / "compare" / "compare.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cv = [float(r["cv_score"]) for r in rows]
+    assert cv == sorted(cv, reverse=True)
+    assert "pick:" in printed and "best CV balanced accuracy on the training split" in printed
+    assert "honest estimate" in printed
+
+
+@pytest.mark.parametrize("counts,target", [((40, 160), 100), ((10, 50, 90), 50), ((7, 30, 31, 100), 30)])
+def test_hybrid_sampling_ends_every_class_at_the_median(counts, target):
+    from classify.models import make_samplers
+
+    y = np.repeat(np.arange(len(counts)), counts)
+    X = np.arange(len(y), dtype=float)[:, None]
+    (_, sampler), = make_samplers("hybrid", seed=0)
+    _, y_res = sampler.fit_resample(X, y)
+    assert np.bincount(y_res).tolist() == [target] * len(counts)
+
+
+def test_hybrid_report_counts_meet_at_the_median(tmp_path):
+    from classify import classify_codes
+
+    codes = make_codes(tmp_path / "codes.h5", n_per_class=(20, 80), class_names=("NORMAL", "PNEUMONIA"),
+                       with_split=False)
+    report = classify_codes(codes, tmp_path / "out", classifier="svm", sampling="hybrid", C=1.0, cv=0,
+                            test_fraction=0.5, progress=False)
+    assert report["train_class_counts"] == {"NORMAL": 10, "PNEUMONIA": 40}
+    assert report["resampled_class_counts"] == {"NORMAL": 25, "PNEUMONIA": 25}
