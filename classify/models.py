@@ -56,17 +56,45 @@ def make_normalizer(normalize: str):
     return steps[normalize]()
 
 
+def median_target(y) -> int:
+    """The median class size of ``y`` (rounded down): where ``hybrid`` sampling brings every class."""
+    return int(np.median(np.unique(y, return_counts=True)[1]))
+
+
+class MedianSampler(BaseEstimator):
+    """``hybrid`` resampling: classes below the median class size are over-sampled up to it, classes above
+    under-sampled down to it, so every class ends at the median.
+
+    The median is computed once, from the counts this sampler is given (a CV training fold, or the
+    whole training split), and both samplers get it: recomputing it after over-sampling would move it.
+    """
+
+    def __init__(self, random_state: int | None = None):
+        self.random_state = random_state
+
+    def fit_resample(self, X, y, **params):
+        target = median_target(y)
+        classes, counts = np.unique(y, return_counts=True)
+        up = {int(c): target for c, n in zip(classes, counts) if n < target}
+        down = {int(c): target for c, n in zip(classes, counts) if n > target}
+        if up:
+            X, y = RandomOverSampler(sampling_strategy=up, random_state=self.random_state).fit_resample(X, y)
+        if down:
+            X, y = RandomUnderSampler(sampling_strategy=down, random_state=self.random_state).fit_resample(X, y)
+        return X, y
+
+
 def median_up(y) -> dict:
-    """Over-sampling targets for ``hybrid``: every class below the median class size grows to it."""
-    classes, counts = np.unique(y, return_counts=True)
-    target = int(np.median(counts))
-    return {int(c): target for c, n in zip(classes, counts) if n < target}
+    """Kept so that models saved before MedianSampler still load; new pipelines use MedianSampler."""
+    target = median_target(y)
+    return {int(c): target for c, n in zip(*np.unique(y, return_counts=True)) if n < target}
 
 
 def median_down(y) -> dict:
-    """Under-sampling targets for ``hybrid``: every class above the median class size shrinks to it."""
+    """Kept so that models saved before MedianSampler still load; new pipelines use MedianSampler.
+    After ``median_up`` the smallest class is at the original median, so that is the target."""
     classes, counts = np.unique(y, return_counts=True)
-    target = int(np.median(counts))  # after median_up no class is below the median
+    target = int(counts.min())
     return {int(c): target for c, n in zip(classes, counts) if n > target}
 
 
@@ -86,8 +114,7 @@ def make_samplers(sampling: str, seed: int) -> list[tuple[str, object]]:
     if sampling == "under":
         return [("under", RandomUnderSampler(sampling_strategy="not minority", random_state=seed))]
     if sampling == "hybrid":
-        return [("over", RandomOverSampler(sampling_strategy=median_up, random_state=seed)),
-                ("under", RandomUnderSampler(sampling_strategy=median_down, random_state=seed))]
+        return [("hybrid", MedianSampler(random_state=seed))]
     raise ValueError(f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLING)}")
 
 
