@@ -30,10 +30,25 @@ def model_path(path_or_run_dir: str | os.PathLike) -> Path:
     return path / MODEL_NAME if path.is_dir() else path
 
 
+def refuse_existing_model(out_dir: str | os.PathLike, overwrite: bool) -> None:
+    """A run folder that already holds a model is only replaced when asked (``overwrite``)."""
+    existing = Path(out_dir) / MODEL_NAME
+    if existing.exists() and not overwrite:
+        raise ValueError(f"{out_dir} already holds a trained model ({MODEL_NAME}); choose another output folder "
+                         "or pass --overwrite (overwrite=True) to replace it")
+
+
 def load_model(path_or_run_dir: str | os.PathLike) -> dict:
     """Verify the SHA-256 sidecar, then unpickle the model bundle (ValueError if anything is off)."""
     path = model_path(path_or_run_dir)
+    if _is_hdf5(path):
+        raise ValueError(f"{path} is a codes file, not a model: the first argument is the run folder written by "
+                         "`cnncodes classify` (RUN_DIR), then the images or codes to predict")
     if not path.is_file():
+        runs = find_runs(path.parent) if path.name == MODEL_NAME and path.parent.is_dir() else []
+        if runs:
+            listed = ", ".join(str(r) for r in runs[:12]) + (f" and {len(runs) - 12} more" if len(runs) > 12 else "")
+            raise ValueError(f"{path.parent} holds no model itself but its subfolders do; pick one: {listed}")
         raise ValueError(f"{path}: no such model file")
     sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
     if not sidecar.is_file():
@@ -50,3 +65,20 @@ def load_model(path_or_run_dir: str | os.PathLike) -> dict:
     if not isinstance(bundle, dict) or "pipeline" not in bundle:
         raise ValueError(f"{path} is not a cnncodes model")
     return bundle
+
+
+def find_runs(folder: str | os.PathLike, depth: int = 2) -> list[Path]:
+    """Subfolders (``depth`` levels down) holding a model, e.g. the per-run folders of ``compare``."""
+    folder = Path(folder)
+    found = sorted(p.parent for p in folder.glob(f"*/{MODEL_NAME}"))
+    if depth > 1 and not found:
+        found = sorted(p.parent for p in folder.glob(f"*/*/{MODEL_NAME}"))
+    return found
+
+
+def _is_hdf5(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False

@@ -4,32 +4,41 @@ from __future__ import annotations
 import csv
 import io
 import os
+import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from extract.codesfile import check_recipe
 
-from .data import file_meta, layer_recipe, load, resolve_layers
+from .data import class_names_of, file_meta, file_taps, layer_recipe, load
 from .fileio import write_files
 from .model_io import load_model
 
 
-def predict_codes(run_dir: str | os.PathLike, codes_path: str | os.PathLike, out_csv: str | os.PathLike) -> dict:
-    """Write ``path, predicted, score_<class>..., error`` for every row of ``codes_path``.
+def predict_codes(run_dir: str | os.PathLike, codes_path: str | os.PathLike, out_csv: str | os.PathLike, *,
+                  threshold: float | None = None, positive: str | None = None) -> dict:
+    """Write ``path, predicted, [true,] score_<class>..., [prob_<class>...,] error`` for every row.
 
     The codes file must have been extracted with the model's recipe for the taps the model uses
     (RecipeMismatch names the difference otherwise). Scores are ``decision_function`` values where
-    the classifier has one (for two classes: minus / plus the decision value), else probabilities.
-    Rows whose image failed (or whose codes are not finite) get an empty prediction and their error.
+    the classifier has one (for two classes: minus / plus the decision value), else probabilities;
+    ``prob_`` columns come where the model gives probabilities (softmax, knn, forest, calibrated
+    svm). For two classes, ``threshold`` predicts ``positive`` (default: the second class) when its
+    probability (else its score) is at least the threshold. Rows labelled with classes the model
+    knows get a ``true`` column and are scored (accuracy, balanced accuracy). Rows whose image
+    failed (or whose codes are not finite) get an empty prediction and their error.
     """
     bundle = load_model(run_dir)
+    rule = threshold_rule(bundle, threshold, positive)
     layers = bundle["layers"]
+    _check_layers(codes_path, layers)
     meta, _ = file_meta(codes_path)
     check_recipe(layer_recipe(bundle["recipe"], layers), layer_recipe(meta.get("recipe", {}), layers),
                  f"codes file {codes_path}")
-    resolve_layers(codes_path, layers)  # clear error naming the available layers
     cf, X = load(codes_path, layers)
 
     pipe, names = bundle["pipeline"], bundle["class_names"]
@@ -39,23 +48,99 @@ def predict_codes(run_dir: str | os.PathLike, codes_path: str | os.PathLike, out
     finite = np.isfinite(X).all(axis=1)
     errors[ok & ~finite] = "codes contain NaN or infinite values"
     good = ok & finite
+    has_proba = hasattr(pipe, "predict_proba")
     predicted = np.full(len(X), "", dtype=object)
     scores = np.full((len(X), len(classes)), np.nan)
+    probs = np.full((len(X), len(classes)), np.nan)
     if good.any():
         predicted[good] = [names[int(c)] for c in pipe.predict(X[good])]
         scores[good] = _scores(pipe, X[good])
+        if has_proba:
+            probs[good] = pipe.predict_proba(X[good])
+    if rule is not None:
+        pos, neg, _ = rule
+        value = (probs if has_proba else scores)[:, classes.index(pos)]
+        predicted[good] = np.where(value[good] >= threshold, pos, neg)
 
+    true = true_labels(cf, classes)
+    known = np.isin(true, classes)
+    with_true = bool(known.any())
+    prob_header = [f"prob_{c}" for c in classes] if has_proba else []
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "predicted", *(f"score_{c}" for c in classes), "error"])
+    writer.writerow(["path", "predicted", *(["true"] if with_true else []), *(f"score_{c}" for c in classes),
+                     *prob_header, "error"])
     for i in range(len(X)):
-        row_scores = [f"{s:.6g}" for s in scores[i]] if good[i] else [""] * len(classes)
-        writer.writerow([cf.rows.paths[i], predicted[i], *row_scores, "" if good[i] else (errors[i] or "image failed")])
+        blank = [""] * len(classes)
+        row_scores = [f"{v:.6g}" for v in scores[i]] if good[i] else blank
+        row_probs = ([f"{v:.6g}" for v in probs[i]] if good[i] else blank) if has_proba else []
+        writer.writerow([cf.rows.paths[i], predicted[i], *([true[i]] if with_true else []), *row_scores, *row_probs,
+                         "" if good[i] else (errors[i] or "image failed")])
     out_csv = Path(out_csv)
     write_files(out_csv.parent if str(out_csv.parent) else ".", {out_csv.name: buf.getvalue()})
     return {"out_csv": str(out_csv), "n_rows": int(len(X)), "n_predicted": int(good.sum()),
             "n_failed": int((~good).sum()), "predicted_counts": dict(Counter(predicted[good].tolist())),
-            "score": "decision_function" if hasattr(pipe, "decision_function") else "predict_proba"}
+            "score": "decision_function" if hasattr(pipe, "decision_function") else "predict_proba",
+            "probabilities": has_proba,
+            "threshold": None if rule is None else {"positive_class": rule[0], "threshold": threshold,
+                                                    "on": f"{rule[2]}_{rule[0]}"},
+            "evaluation": evaluate_known(true, predicted, good, known, classes)}
+
+
+def threshold_rule(bundle: dict, threshold: float | None, positive: str | None) -> tuple[str, str, str] | None:
+    """(positive class, negative class, "prob" or "score") for a two-class threshold; None without one.
+
+    Checked before any extraction, so a bad option fails at once.
+    """
+    if threshold is None:
+        if positive is not None:
+            raise ValueError("--positive names the class a --threshold applies to; give a threshold too")
+        return None
+    pipe, names = bundle["pipeline"], bundle["class_names"]
+    classes = [names[int(c)] for c in pipe.classes_]
+    if len(classes) != 2:
+        raise ValueError(f"a decision threshold needs a two-class model; this one has {len(classes)} classes "
+                         f"({', '.join(classes)})")
+    pos = positive if positive is not None else classes[1]
+    if pos not in classes:
+        raise ValueError(f"positive class {pos!r} is not a class of the model; classes: {', '.join(classes)}")
+    on = "prob" if hasattr(pipe, "predict_proba") else "score"
+    if on == "prob" and not 0 <= threshold <= 1:
+        raise ValueError(f"the threshold applies to the probability prob_{pos}, so it must lie in [0, 1], "
+                         f"not {threshold}")
+    return pos, next(c for c in classes if c != pos), on
+
+
+def true_labels(cf, classes: list[str]) -> np.ndarray:
+    """Each row's label name from the codes file ("" when unlabeled)."""
+    file_names = class_names_of(cf)
+    return np.array([file_names[int(v)] if v >= 0 else "" for v in cf.rows.labels], dtype=object)
+
+
+def evaluate_known(true: np.ndarray, predicted: np.ndarray, good: np.ndarray, known: np.ndarray,
+                   classes: list[str]) -> dict | None:
+    """Accuracy and balanced accuracy over predicted rows whose label the model knows; None if none."""
+    unknown = Counter(true[(true != "") & ~known].tolist())
+    scored = good & known
+    if not scored.any():
+        return None if not unknown else {"n_evaluated": 0, "accuracy": None, "balanced_accuracy": None,
+                                         "unknown_labels": dict(unknown)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # predicted classes absent from the true labels are fine here
+        balanced = balanced_accuracy_score(true[scored].astype(str), predicted[scored].astype(str))
+    return {"n_evaluated": int(scored.sum()),
+            "accuracy": float(accuracy_score(true[scored].astype(str), predicted[scored].astype(str))),
+            "balanced_accuracy": float(balanced), "unknown_labels": dict(unknown)}
+
+
+def _check_layers(codes_path, layers: list[str]) -> None:
+    """The codes file must hold every layer the model was trained on; say which it has otherwise."""
+    available = file_taps(codes_path)
+    missing = [t for t in layers if t not in available]
+    if missing:
+        raise ValueError(f"the codes file {codes_path} has no {', '.join(missing)}; it has "
+                         f"{', '.join(available) or 'no codes'} (the model was trained on {'+'.join(layers)}: "
+                         "extract that layer, or predict from the images)")
 
 
 def _scores(pipe, X: np.ndarray) -> np.ndarray:
@@ -76,27 +161,42 @@ def extraction_settings(recipe: dict) -> dict:
             "weights": "random" if recipe.get("weights_sha256") == "random" else None}
 
 
-def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out_csv: str | os.PathLike, *,
-                   codes_out: str | os.PathLike | None = None, weights: str | None = None, **run_options) -> dict:
-    """Extract ``images`` (a folder or CSV manifest) with exactly the model's recipe, then predict.
+def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike | Sequence[str | os.PathLike],
+                   out_csv: str | os.PathLike, *, codes_out: str | os.PathLike | None = None,
+                   weights: str | None = None, threshold: float | None = None, positive: str | None = None,
+                   **run_options) -> dict:
+    """Extract ``images`` with exactly the model's recipe, then predict (see predict_codes).
 
-    ``images`` may also be a codes file, used as is. ``codes_out`` keeps the extracted codes
-    (default: a temporary file). ``run_options`` (device, precision, batch_size, workers, progress)
-    go to extract_codes; a checkpoint other than the model's is refused with the difference named.
+    ``images``: a folder, a CSV manifest, an image file, or a list of image files and folders
+    (extract.reader.list_images); a single codes file is used as is. ``codes_out`` keeps the
+    extracted codes (default: a temporary file). ``run_options`` (device, precision, batch_size,
+    workers, progress) go to extract_codes; a checkpoint other than the model's is refused with the
+    difference named.
     """
     import tempfile
 
     from extract import extract_codes
 
-    if Path(images).is_file() and Path(images).suffix.lower() in (".h5", ".hdf5"):
-        return predict_codes(run_dir, images, out_csv)
+    sources = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    codes_files = [s for s in sources if _is_codes_file(s)]
+    if codes_files:
+        if len(sources) > 1:
+            raise ValueError(f"{codes_files[0]} is a codes file: give it alone, not with other images")
+        return predict_codes(run_dir, sources[0], out_csv, threshold=threshold, positive=positive)
     bundle = load_model(run_dir)
+    threshold_rule(bundle, threshold, positive)
     recipe = bundle["layer_recipe"]
     settings = extraction_settings(recipe)
     if weights:
         settings["weights"] = weights
     with tempfile.TemporaryDirectory(prefix="cnncodes-predict-") as tmp:
         codes = Path(codes_out) if codes_out else Path(tmp) / "codes.h5"
-        extraction = extract_codes(images, codes, expected_recipe=recipe, **settings, **run_options)
-        result = predict_codes(run_dir, codes, out_csv)
+        extraction = extract_codes(sources[0] if len(sources) == 1 else sources, codes, expected_recipe=recipe,
+                                   **settings, **run_options)
+        result = predict_codes(run_dir, codes, out_csv, threshold=threshold, positive=positive)
     return {**result, "failures": extraction.failures, "codes": str(codes_out or "")}
+
+
+def _is_codes_file(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return path.is_file() and path.suffix.lower() in (".h5", ".hdf5")

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import (ConfusionMatrixDisplay, accuracy_score, balanced_accuracy_score,
-                             classification_report, confusion_matrix, f1_score)
+from sklearn.metrics import (ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay, accuracy_score,
+                             average_precision_score, balanced_accuracy_score, classification_report,
+                             confusion_matrix, f1_score, precision_recall_curve, roc_auc_score, roc_curve)
 
 
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
@@ -33,6 +34,48 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> 
     }
 
 
+def positive_scores(model, X: np.ndarray, positive: int) -> tuple[np.ndarray, str]:
+    """A score per row that grows with the positive class: the decision value where the model has one
+    (sign flipped when the positive class is the first), else the positive class probability."""
+    classes = [int(c) for c in model.classes_]
+    if hasattr(model, "decision_function"):
+        d = np.asarray(model.decision_function(X), dtype=np.float64)
+        return (d if positive == classes[1] else -d), "decision_function"
+    return model.predict_proba(X)[:, classes.index(positive)], "predict_proba"
+
+
+def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarray, positive: int,
+                   class_names: list[str], score_kind: str) -> dict:
+    """Sensitivity, specificity, ROC AUC, average precision and both curves for a two-class task.
+
+    ``scores`` rank the rows by how positive they look (positive_scores); the curves sweep a
+    threshold over them. Sensitivity is the positive class's recall, specificity the other's.
+    """
+    is_pos, said_pos = y_true == positive, y_pred == positive
+    out = {"positive_class": class_names[positive], "score": score_kind,
+           "sensitivity": _ratio(np.sum(is_pos & said_pos), np.sum(is_pos)),
+           "specificity": _ratio(np.sum(~is_pos & ~said_pos), np.sum(~is_pos)),
+           "roc_auc": None, "average_precision": None, "pr_curve": None, "roc_curve": None, "notes": []}
+    if is_pos.all() or not is_pos.any():
+        out["notes"].append("ROC AUC and average precision need both classes in the test split; not computed")
+        return out
+    precision, recall, pr_thresholds = precision_recall_curve(is_pos, scores)
+    fpr, tpr, roc_thresholds = roc_curve(is_pos, scores)
+    out.update(roc_auc=float(roc_auc_score(is_pos, scores)), average_precision=float(average_precision_score(is_pos, scores)),
+               pr_curve={"precision": _finite(precision), "recall": _finite(recall), "thresholds": _finite(pr_thresholds)},
+               roc_curve={"fpr": _finite(fpr), "tpr": _finite(tpr), "thresholds": _finite(roc_thresholds)})
+    return out
+
+
+def _ratio(num, den) -> float | None:
+    return float(num / den) if den else None
+
+
+def _finite(values: np.ndarray) -> list:
+    """Rounded floats for JSON; infinities (roc_curve's first threshold) become None."""
+    return [round(float(v), 6) if np.isfinite(v) else None for v in values]
+
+
 def summarize(report: dict) -> str:
     """One line for the command line: the headline numbers and the chosen hyper-parameter."""
     layers = "+".join(report["layers"])
@@ -47,12 +90,18 @@ def render_text(report: dict) -> str:
     lines = [f"codes file:        {report['codes']}",
              f"test data:         {report['split_source']}",
              f"layers:            {' + '.join(report['layers'])}",
-             f"classifier:        {report['classifier']} ({report['hyperparameter']}, chosen by "
-             f"{report['cv_folds'] or 'no'}-fold CV on {report['cv_scoring']})",
+             f"classifier:        {report['classifier']} ({report['hyperparameter']}, "
+             + (f"chosen by {report['cv_folds']}-fold CV on {report['cv_scoring']})" if report['cv_folds']
+                else "fixed, no cross-validation)")
+             + (", sigmoid-calibrated probabilities" if report.get("calibrated") else ""),
              f"normalize:         {report['normalize']}",
              f"class weight:      {report['class_weight']}",
              f"sampling:          {report['sampling']}",
              f"train / test rows: {report['n_train']} / {report['n_test']}",
+             f"train counts:      {_counts_text(report.get('train_class_counts'))}",
+             f"resampled counts:  {_counts_text(report.get('resampled_class_counts'))}"
+             + (" (no resampling)" if report.get("sampling") == "none" else " (what the classifier was fitted on)"),
+             f"test counts:       {_counts_text(report.get('test_class_counts'))}",
              f"excluded rows:     {report['n_failed_excluded']} failed, {report['n_unlabeled_excluded']} unlabeled",
              "",
              f"accuracy:          {report['accuracy']:.4f}",
@@ -60,11 +109,29 @@ def render_text(report: dict) -> str:
              f"macro F1:          {report['macro_f1']:.4f}"]
     if report.get("cv_score") is not None:
         lines.append(f"CV score:          {report['cv_score']:.4f}")
+    lines += _binary_lines(report.get("binary"))
     lines += ["", report["classification_report"].rstrip(), "", "confusion matrix (rows true, columns predicted):",
               confusion_text(np.array(report["confusion_matrix"]), report["labels"])]
     if report.get("notes"):
         lines += ["", "notes:"] + [f"  - {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _counts_text(counts: dict | None) -> str:
+    return ", ".join(f"{name} {n}" for name, n in (counts or {}).items()) or "-"
+
+
+def _binary_lines(binary: dict | None) -> list[str]:
+    if not binary:
+        return []
+    def fmt(v):
+        return "-" if v is None else f"{v:.4f}"
+    pos = binary["positive_class"]
+    return ["", f"positive class:    {pos} (sensitivity: recall of {pos}; specificity: recall of the other class)",
+            f"sensitivity:       {fmt(binary['sensitivity'])}",
+            f"specificity:       {fmt(binary['specificity'])}",
+            f"ROC AUC:           {fmt(binary['roc_auc'])} (from {binary['score']} on the test split)",
+            f"average precision: {fmt(binary['average_precision'])} (curves: pr_curve.png, roc.png)"]
 
 
 def confusion_text(cm: np.ndarray, names: list[str]) -> str:
@@ -107,14 +174,43 @@ def plot_confusion(cm: np.ndarray, names: list[str], path: Path, title: str = ""
     plt.close(fig)
 
 
+def plot_curve(binary: dict, kind: str, path: Path, title: str = "") -> None:
+    """The precision-recall (``pr``) or ROC (``roc``) curve of the positive class, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
+    name = f"{binary['positive_class']} vs rest"
+    if kind == "pr":
+        curve = binary["pr_curve"]
+        PrecisionRecallDisplay(precision=np.array(curve["precision"]), recall=np.array(curve["recall"]),
+                               average_precision=binary["average_precision"], name=name).plot(ax=ax)
+    else:
+        curve = binary["roc_curve"]
+        RocCurveDisplay(fpr=np.array(curve["fpr"]), tpr=np.array(curve["tpr"]), roc_auc=binary["roc_auc"],
+                        name=name).plot(ax=ax, plot_chance_level=True)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
 def report_files(report: dict) -> dict:
-    """Writers for report.json, report.txt, confusion.csv and confusion.png (for fileio.write_files)."""
+    """Writers for report.json, report.txt, confusion.csv, confusion.png and, for two classes,
+    pr_curve.png and roc.png (for fileio.write_files)."""
     cm, names = np.array(report["confusion_matrix"]), report["labels"]
     title = f"{report['classifier']} on {'+'.join(report['layers'])}: balanced accuracy {report['balanced_accuracy']:.3f}"
-    return {"report.json": json.dumps(report, indent=2, default=_json_default) + "\n",
-            "report.txt": render_text(report),
-            "confusion.csv": confusion_csv(cm, names),
-            "confusion.png": lambda path: plot_confusion(cm, names, path, title)}
+    files = {"report.json": json.dumps(report, indent=2, default=_json_default) + "\n",
+             "report.txt": render_text(report),
+             "confusion.csv": confusion_csv(cm, names),
+             "confusion.png": lambda path: plot_confusion(cm, names, path, title)}
+    binary = report.get("binary") or {}
+    if binary.get("pr_curve"):
+        short = f"{report['classifier']} on {'+'.join(report['layers'])} (test split)"
+        files["pr_curve.png"] = lambda path: plot_curve(binary, "pr", path, short)
+        files["roc.png"] = lambda path: plot_curve(binary, "roc", path, short)
+    return files
 
 
 def _json_default(value):

@@ -14,45 +14,55 @@ import imblearn
 import numpy as np
 import sklearn
 from sklearn.base import clone
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 from threadpoolctl import threadpool_limits
 
 from .data import Dataset, check_training_set, layer_recipe, load_dataset
 from .fileio import ensure_writable, write_files
-from .model_io import model_files
+from .model_io import model_files, refuse_existing_model
 from .models import (DEFAULT_NORMALIZE, NORMALIZE, SAMPLING, build_pipeline, classifier_spec, param_grid,
                      parse_class_weight)
-from .report import evaluate, report_files, summarize
+from .report import binary_metrics, evaluate, positive_scores, report_files, summarize
 
 CV_SCORING = "balanced_accuracy"
 # Above this many training rows, C is chosen on a stratified sample (the final fit still uses every row):
 # 25 cross-validation fits on 100,000 codes would take most of an hour on two cores.
 CV_MAX_ROWS = 20_000
+CALIBRATION_FOLDS = 3  # sigmoid calibration folds inside the training split (fewer when a class is smaller)
 
 
 def classify_codes(codes: str | os.PathLike, out_dir: str | os.PathLike, layers: str | Sequence[str] | None = None,
                    classifier: str = "svm", normalize: str = DEFAULT_NORMALIZE, C: float | None = None,
                    class_weight: str | dict | None = "balanced", sampling: str = "none",
                    test: str | os.PathLike | None = None, test_fraction: float | None = None, seed: int = 0,
-                   cv: int = 5, progress: bool = True, n_jobs: int | None = None) -> dict:
+                   cv: int = 5, progress: bool = True, n_jobs: int | None = None, calibrate: bool = False,
+                   max_iter: int | None = None, positive: str | None = None, overwrite: bool = False) -> dict:
     """Train ``classifier`` on the codes of ``layers`` and evaluate it on held-out codes.
 
     Splits: ``test`` (another codes file of the same recipe, classes matched by name; every labeled
     row of ``codes`` then trains) or ``test_fraction`` (stratified, ``seed``),
     else the file's split column (train fits; test evaluates, else val), else a stratified 0.25 test
     fraction. ``C`` is chosen by stratified ``cv``-fold cross-validation (balanced accuracy) on the
-    training split unless fixed; ``cv=0`` skips cross-validation. Writes report.json, report.txt,
-    confusion.csv, confusion.png and model.joblib (+ .sha256) into ``out_dir``; returns the report.
-    Raises ValueError with a readable message for unusable input.
+    training split unless fixed; ``cv=0`` skips cross-validation. ``calibrate`` wraps the chosen
+    classifier in sigmoid calibration (CalibratedClassifierCV, folds of the training split) so that
+    it gives probabilities; ``max_iter`` raises the solver's iteration limit; ``positive`` names the
+    positive class of a two-class task (default: the second class name). Writes report.json,
+    report.txt, confusion.csv, confusion.png (two classes: also pr_curve.png, roc.png) and
+    model.joblib (+ .sha256) into ``out_dir``, which must not hold a model yet unless ``overwrite``;
+    returns the report. Raises ValueError with a readable message for unusable input.
     """
     check_options(classifier, normalize, sampling)
+    check_max_iter(max_iter)
+    refuse_existing_model(out_dir, overwrite)
     out_dir = ensure_writable(out_dir)
     log = make_logger(progress)
     log(f"loading {codes}")
     data = load_dataset(codes, layers, test=test, test_fraction=test_fraction, seed=seed)
     return fit_and_report(data, out_dir, classifier=classifier, normalize=normalize, C=C, class_weight=class_weight,
-                          sampling=sampling, seed=seed, cv=cv, log=log, n_jobs=n_jobs)
+                          sampling=sampling, seed=seed, cv=cv, log=log, n_jobs=n_jobs, calibrate=calibrate,
+                          max_iter=max_iter, positive=positive)
 
 
 def check_options(classifier: str, normalize: str, sampling: str) -> None:
@@ -64,11 +74,19 @@ def check_options(classifier: str, normalize: str, sampling: str) -> None:
         raise ValueError(f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLING)}")
 
 
+def check_max_iter(max_iter: int | None) -> None:
+    if max_iter is not None and max_iter < 1:
+        raise ValueError(f"max_iter must be a positive number of iterations, got {max_iter}")
+
+
 def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: str, C: float | None,
-                   class_weight, sampling: str, seed: int, cv: int, log=None, n_jobs: int | None = None) -> dict:
+                   class_weight, sampling: str, seed: int, cv: int, log=None, n_jobs: int | None = None,
+                   calibrate: bool = False, max_iter: int | None = None, positive: str | None = None) -> dict:
     """Fit (with CV for the hyper-parameter), evaluate on the test split, write every output file."""
     log = log or make_logger(False)
+    check_max_iter(max_iter)
     names = data.class_names
+    positive_index = _positive_index(data.y_train, names, positive)
     weights = parse_class_weight(class_weight, names)
     folds, notes = check_training_set(data.y_train, names, cv)
     notes = list(data.notes) + notes
@@ -79,6 +97,7 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
     if weights is not None and not spec.takes_class_weight:
         notes.append(f"class weight ignored: {classifier} does not support it (use sampling instead)")
     pipe = build_pipeline(classifier, normalize, sampling, weights, seed)
+    notes += _set_max_iter(pipe, classifier, max_iter)
 
     start = time.perf_counter()
     # One BLAS/OpenMP thread per fit: these are small, many matrices, and oversubscribed threads made the
@@ -100,20 +119,26 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
             best, cv_score = search.best_params_["clf__" + spec.param], search.best_score_
             log(f"{classifier}: CV chose {spec.param}={best} ({CV_SCORING} {cv_score:.4f}) in "
                 f"{time.perf_counter() - start:.1f} s; fitting on all {len(data.y_train)} training rows")
-            model = clone(pipe).set_params(**search.best_params_).fit(data.X_train, data.y_train)
+            model = clone(pipe).set_params(**search.best_params_)
         else:
             best = C if C is not None else spec.default
             log(f"{classifier}: fitting with {spec.param}={best} (no cross-validation)")
-            model = pipe.set_params(**{"clf__" + spec.param: best}).fit(data.X_train, data.y_train)
+            model = pipe.set_params(**{"clf__" + spec.param: best})
             cv_score, grid = None, {}
+        if calibrate:
+            notes += _calibrate(model, classifier, data.y_train, names, seed)
+        model.fit(data.X_train, data.y_train)
     fit_time = time.perf_counter() - start
-    notes += sorted({f"{w.category.__name__}: {w.message}" for w in caught})
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    notes += _warning_notes(caught, classifier)
 
     log(f"evaluating on {len(data.y_test)} test rows")
     y_pred = model.predict(data.X_test)
     best = best.item() if isinstance(best, np.generic) else best
+    binary = None
+    if positive_index is not None:
+        scores, score_kind = positive_scores(model, data.X_test, positive_index)
+        binary = binary_metrics(data.y_test, y_pred, scores, positive_index, names, score_kind)
+        notes += binary.pop("notes")
     report = {
         "codes": data.codes_path, "test_codes": data.test_path, "split_source": data.split_source,
         "layers": data.layers, "classifier": classifier, "normalize": normalize,
@@ -129,8 +154,10 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
         "train_class_counts": _counts(data.y_train, names),
         "resampled_class_counts": _counts(resampled_labels(model, data.X_train, data.y_train), names),
         "test_class_counts": _counts(data.y_test, names),
-        "fit_time_s": round(fit_time, 4),
+        "fit_time_s": round(fit_time, 4), "max_iter": max_iter,
+        "calibrated": isinstance(model.named_steps["clf"], CalibratedClassifierCV),
         **evaluate(data.y_test, y_pred, names),
+        "binary": binary,
         "notes": notes,
         "recipe": data.recipe,
         "versions": {"scikit-learn": sklearn.__version__, "imbalanced-learn": imblearn.__version__},
@@ -139,12 +166,70 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
     bundle = {"pipeline": model, "class_names": names, "layers": data.layers, "recipe": data.recipe,
               "layer_recipe": layer_recipe(data.recipe, data.layers),
               "settings": {k: report[k] for k in ("classifier", "normalize", "class_weight", "sampling", "seed",
-                                                   "C", "best_params", "cv_score", "cv_folds", "codes")},
+                                                   "C", "best_params", "cv_score", "cv_folds", "codes",
+                                                   "calibrated", "max_iter")},
+                  "positive_class": binary["positive_class"] if binary else None,
               "versions": report["versions"]}
     log(f"writing {out_dir}")
     write_files(out_dir, {**report_files(report), **model_files(bundle)})
     log(summarize(report))
     return report
+
+
+def _positive_index(y_train: np.ndarray, names: list[str], positive: str | None) -> int | None:
+    """The positive class of a two-class training set (default: the second one); None otherwise."""
+    present = [int(c) for c in np.unique(y_train)]
+    if len(present) != 2:
+        if positive is not None:
+            raise ValueError(f"a positive class applies to two-class tasks; this training set has {len(present)} "
+                             "classes")
+        return None
+    if positive is None:
+        return present[1]
+    if positive not in [names[c] for c in present]:
+        raise ValueError(f"positive class {positive!r} is not a class here; classes: "
+                         f"{', '.join(names[c] for c in present)}")
+    return names.index(positive)
+
+
+def _set_max_iter(pipe, classifier: str, max_iter: int | None) -> list[str]:
+    """Raise the classifier's iteration limit (notes when it has none)."""
+    if max_iter is None:
+        return []
+    if "max_iter" not in pipe.named_steps["clf"].get_params():
+        return [f"max_iter ignored: {classifier} has no iteration limit"]
+    pipe.set_params(clf__max_iter=max_iter)
+    return []
+
+
+def _calibrate(model, classifier: str, y: np.ndarray, names: list[str], seed: int) -> list[str]:
+    """Replace the classifier step by its sigmoid-calibrated version (probabilities from training folds)."""
+    clf = model.named_steps["clf"]
+    if hasattr(clf, "predict_proba"):
+        return [f"calibration skipped: {classifier} gives probabilities itself"]
+    counts = np.bincount(y)
+    smallest = int(counts[counts > 0].min())
+    if smallest < 2:
+        who = names[int(np.flatnonzero(counts == smallest)[0])]
+        raise ValueError(f"calibration needs at least 2 training examples per class; {who!r} has {smallest}")
+    folds = min(CALIBRATION_FOLDS, smallest)
+    model.steps[-1] = ("clf", CalibratedClassifierCV(
+        clf, method="sigmoid", ensemble=False, cv=StratifiedKFold(folds, shuffle=True, random_state=seed)))
+    return [f"probabilities by sigmoid calibration ({folds}-fold, on the training split); predictions are the most "
+            "probable class"]
+
+
+def _warning_notes(caught: list, classifier: str) -> list[str]:
+    """Warnings raised while fitting, as report notes; one clean warning per kind instead of one per fit."""
+    notes = []
+    by_kind: dict[tuple[type, str], int] = Counter((w.category, " ".join(str(w.message).split())) for w in caught)
+    for (category, message), n in sorted(by_kind.items(), key=lambda item: item[0][1]):
+        times = f" ({n} fits)" if n > 1 else ""
+        hint = " Raise the iteration limit with --max-iter." if issubclass(category, ConvergenceWarning) else ""
+        note = f"{category.__name__} in {classifier}{times}: {message}{hint}"
+        notes.append(note)
+        warnings.warn(note, category, stacklevel=3)
+    return notes
 
 
 def cv_subsample(X: np.ndarray, y: np.ndarray, max_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -156,7 +156,7 @@ def test_predict_binary_scores_two_columns(tmp_path):
     classify_codes(train, tmp_path / "run", C=1.0, cv=0, test_fraction=0.3, progress=False)
     summary = predict_codes(tmp_path / "run", train, tmp_path / "pred.csv")
     rows = _read(tmp_path / "pred.csv")
-    assert list(rows[0]) == ["path", "predicted", "score_no", "score_yes", "error"]
+    assert list(rows[0]) == ["path", "predicted", "true", "score_no", "score_yes", "error"]  # a labelled file
     for r in rows:
         assert float(r["score_no"]) == pytest.approx(-float(r["score_yes"]))
         assert r["predicted"] == ("yes" if float(r["score_yes"]) > 0 else "no")
@@ -167,5 +167,5 @@ def test_predict_missing_layer_lists_available(trained, tmp_path):
     codes, _ = imbalanced_codes((6, 4, 2), seed=7)
     rec = recipe({"block4": 24, "penultimate": 16})
     path = write_codes_file(tmp_path / "b4.h5", {"block4": codes["block4"]}, np.full(12, -1), [], rec=rec)
-    with pytest.raises(ValueError, match="penultimate.*available layers: block4"):
+    with pytest.raises(ValueError, match="has no penultimate; it has block4"):
         predict_codes(trained, path, tmp_path / "pred.csv")

@@ -1,0 +1,181 @@
+"""Issue 14 (a new user's findings): probabilities and thresholds, predict on labelled data, single images
+and several paths, predict's messages, smaller surprises, report counts and the Python API."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from codes_fixtures import imbalanced_codes, make_codes, recipe, split_column, write_codes_file
+from conftest import FAST, make_tree, write_image
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
+
+import pipeline
+from classify import classify_codes, load_model, predict_codes
+
+NAMES = ["cat", "dog", "bird"]
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _binary(tmp_path, name="train.h5", n=(40, 20)):
+    codes, y = imbalanced_codes(n, sep=0.8)
+    return write_codes_file(tmp_path / name, codes, y, ["no", "yes"], split=split_column(y)), codes, y
+
+
+# --- 16: probabilities, calibration, thresholds, binary report ----------------------------------------
+
+def test_predict_writes_probability_columns_for_softmax(tmp_path):
+    train = make_codes(tmp_path / "train.h5")
+    classify_codes(train, tmp_path / "run", classifier="softmax", C=1.0, cv=0, progress=False)
+    new, _ = imbalanced_codes((6, 4, 2), seed=7)
+    path = write_codes_file(tmp_path / "new.h5", new, np.full(12, -1), [])
+    summary = predict_codes(tmp_path / "run", path, tmp_path / "pred.csv")
+    rows = _read(tmp_path / "pred.csv")
+    assert list(rows[0]) == ["path", "predicted", *(f"score_{c}" for c in NAMES), *(f"prob_{c}" for c in NAMES),
+                             "error"]
+    probs = np.array([[float(r[f"prob_{c}"]) for c in NAMES] for r in rows])
+    pipe = load_model(tmp_path / "run")["pipeline"]
+    assert probs == pytest.approx(pipe.predict_proba(new["block4"].astype(np.float32)), abs=1e-5)
+    assert probs.sum(axis=1) == pytest.approx(np.ones(12), abs=1e-5) and summary["probabilities"]
+
+
+def test_svm_has_no_probabilities_unless_calibrated(tmp_path):
+    train = make_codes(tmp_path / "train.h5")
+    classify_codes(train, tmp_path / "plain", C=1.0, cv=0, progress=False)
+    predict_codes(tmp_path / "plain", train, tmp_path / "plain.csv")
+    assert not any(k.startswith("prob_") for k in _read(tmp_path / "plain.csv")[0])
+
+    report = classify_codes(train, tmp_path / "cal", C=1.0, cv=0, calibrate=True, progress=False)
+    assert report["calibrated"] and any("sigmoid calibration" in n for n in report["notes"])
+    assert "sigmoid-calibrated" in (tmp_path / "cal" / "report.txt").read_text()
+    predict_codes(tmp_path / "cal", train, tmp_path / "cal.csv")
+    rows = _read(tmp_path / "cal.csv")
+    probs = np.array([[float(r[f"prob_{c}"]) for c in NAMES] for r in rows])
+    assert probs.sum(axis=1) == pytest.approx(np.ones(len(rows)), abs=1e-5)
+    assert [NAMES[i] for i in probs.argmax(axis=1)] == [r["predicted"] for r in rows]
+
+
+def test_threshold_on_positive_class_probability(tmp_path):
+    train, _, _ = _binary(tmp_path)
+    classify_codes(train, tmp_path / "run", classifier="softmax", C=1.0, cv=0, progress=False)
+    for threshold, positive in ((0.8, None), (0.2, None), (0.7, "no")):
+        out = tmp_path / f"p{threshold}{positive}.csv"
+        summary = predict_codes(tmp_path / "run", train, out, threshold=threshold, positive=positive)
+        pos = positive or "yes"
+        neg = "no" if pos == "yes" else "yes"
+        rows = _read(out)
+        assert [r["predicted"] for r in rows] == [pos if float(r[f"prob_{pos}"]) >= threshold else neg for r in rows]
+        assert summary["threshold"] == {"positive_class": pos, "threshold": threshold, "on": f"prob_{pos}"}
+    low = [r["predicted"] for r in _read(tmp_path / "p0.2None.csv")]
+    high = [r["predicted"] for r in _read(tmp_path / "p0.8None.csv")]
+    assert low.count("yes") > high.count("yes")
+
+
+def test_threshold_on_svm_score_and_bad_thresholds_refused(tmp_path):
+    train, _, _ = _binary(tmp_path)
+    classify_codes(train, tmp_path / "run", C=1.0, cv=0, progress=False)
+    summary = predict_codes(tmp_path / "run", train, tmp_path / "s.csv", threshold=-0.5)
+    rows = _read(tmp_path / "s.csv")
+    assert summary["threshold"]["on"] == "score_yes"
+    assert [r["predicted"] for r in rows] == ["yes" if float(r["score_yes"]) >= -0.5 else "no" for r in rows]
+    with pytest.raises(ValueError, match="not a class of the model"):
+        predict_codes(tmp_path / "run", train, tmp_path / "x.csv", threshold=0.0, positive="maybe")
+    with pytest.raises(ValueError, match="give a threshold"):
+        predict_codes(tmp_path / "run", train, tmp_path / "x.csv", positive="yes")
+    classify_codes(train, tmp_path / "soft", classifier="softmax", C=1.0, cv=0, progress=False)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        predict_codes(tmp_path / "soft", train, tmp_path / "x.csv", threshold=2.0)
+    three = make_codes(tmp_path / "three.h5")
+    classify_codes(three, tmp_path / "three", C=1.0, cv=0, progress=False)
+    with pytest.raises(ValueError, match="two-class model"):
+        predict_codes(tmp_path / "three", three, tmp_path / "x.csv", threshold=0.5)
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_binary_report_has_roc_pr_sensitivity_specificity(tmp_path):
+    train, codes, y = _binary(tmp_path)
+    report = classify_codes(train, tmp_path / "run", C=1.0, cv=0, progress=False)
+    binary = report["binary"]
+    pipe = load_model(tmp_path / "run")["pipeline"]
+    test = np.array(split_column(y)) == "test"
+    X, y_test = codes["block4"][test].astype(np.float32), y[test]
+    scores = pipe.decision_function(X)
+    assert binary["positive_class"] == "yes" and binary["score"] == "decision_function"
+    assert binary["roc_auc"] == pytest.approx(roc_auc_score(y_test, scores))
+    assert binary["average_precision"] == pytest.approx(average_precision_score(y_test, scores))
+    assert binary["sensitivity"] == pytest.approx(report["per_class"]["yes"]["recall"])
+    assert binary["specificity"] == pytest.approx(report["per_class"]["no"]["recall"])
+    assert len(binary["pr_curve"]["precision"]) == len(binary["pr_curve"]["recall"]) > 2
+    for name in ("pr_curve.png", "roc.png"):
+        assert (tmp_path / "run" / name).read_bytes()[:4] == b"\x89PNG"
+    text = (tmp_path / "run" / "report.txt").read_text()
+    assert f"sensitivity:       {binary['sensitivity']:.4f}" in text
+    assert f"specificity:       {binary['specificity']:.4f}" in text and "ROC AUC:" in text
+    json.loads((tmp_path / "run" / "report.json").read_text())  # strict JSON: no Infinity thresholds
+
+    flipped = classify_codes(train, tmp_path / "flip", C=1.0, cv=0, positive="no", progress=False)["binary"]
+    assert flipped["positive_class"] == "no" and flipped["sensitivity"] == pytest.approx(binary["specificity"])
+    assert flipped["roc_auc"] == pytest.approx(binary["roc_auc"])
+
+
+def test_multiclass_report_has_no_binary_section(tmp_path):
+    report = classify_codes(make_codes(tmp_path / "c.h5"), tmp_path / "run", C=1.0, cv=0, progress=False)
+    assert report["binary"] is None and not (tmp_path / "run" / "roc.png").exists()
+    with pytest.raises(ValueError, match="two-class"):
+        classify_codes(tmp_path / "c.h5", tmp_path / "run2", C=1.0, cv=0, positive="cat", progress=False)
+
+
+def test_cli_threshold_and_calibrate(tmp_path, capsys):
+    train, _, _ = _binary(tmp_path)
+    run = tmp_path / "run"
+    assert pipeline.main(["classify", str(train), "--out", str(run), "--calibrate", "--cv", "0", "--C", "1",
+                          "--quiet"]) == 0
+    assert "sensitivity:" in capsys.readouterr().out
+    out = tmp_path / "p.csv"
+    assert pipeline.main(["predict", str(run), str(train), "-o", str(out), "--threshold", "0.3"]) == 0
+    assert "threshold: yes where prob_yes >= 0.3" in capsys.readouterr().out
+    rows = _read(out)
+    assert [r["predicted"] for r in rows] == ["yes" if float(r["prob_yes"]) >= 0.3 else "no" for r in rows]
+
+
+# --- 18: predict on labelled data ---------------------------------------------------------------------
+
+def test_predict_on_labelled_codes_adds_true_column_and_scores_known_classes(tmp_path):
+    train = make_codes(tmp_path / "train.h5")
+    classify_codes(train, tmp_path / "run", C=1.0, cv=0, progress=False)
+    new, y = imbalanced_codes((6, 4, 2), seed=7)
+    y = y.copy()
+    y[:2] = 3  # a class the model never saw
+    y[2] = -1  # unlabeled
+    path = write_codes_file(tmp_path / "new.h5", new, y, ["cat", "dog", "bird", "fox"])
+    summary = predict_codes(tmp_path / "run", path, tmp_path / "pred.csv")
+    rows = _read(tmp_path / "pred.csv")
+    assert list(rows[0])[:3] == ["path", "predicted", "true"]
+    names = ["cat", "dog", "bird", "fox"]
+    assert [r["true"] for r in rows] == [names[v] if v >= 0 else "" for v in y]
+    scored = [r for r in rows if r["true"] in NAMES]
+    ev = summary["evaluation"]
+    assert ev["n_evaluated"] == len(scored) == 9 and ev["unknown_labels"] == {"fox": 2}
+    assert ev["accuracy"] == pytest.approx(np.mean([r["true"] == r["predicted"] for r in scored]))
+    assert ev["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score([r["true"] for r in scored], [r["predicted"] for r in scored]))
+
+
+def test_cli_predict_on_labelled_folder_prints_accuracy(tmp_path, capsys):
+    images = make_tree(tmp_path / "images", per_class=6, splits=("train", "test"))
+    run = tmp_path / "out"
+    assert pipeline.main(["run", str(images), "--out", str(run), *FAST, "--workers", "0", "--classifiers", "svm",
+                          "--cv", "0", "--C", "1"]) == 0
+    capsys.readouterr()
+    assert pipeline.main(["predict", str(run / "classify"), str(images / "test"), "-o", str(tmp_path / "p.csv"),
+                          "--workers", "0", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    rows = _read(tmp_path / "p.csv")
+    accuracy = np.mean([r["true"] == r["predicted"] for r in rows])
+    assert {r["true"] for r in rows} == {"cat", "dog"}
+    assert f"12 labelled images of classes the model knows): accuracy {accuracy:.4f}" in printed
