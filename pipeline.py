@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", help="where to write it, e.g. data/digits")
     p.add_argument("--test-fraction", type=float, default=0.3, help="share put under test/ (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty FOLDER whole (written aside, then swapped in); without it a non-empty "
+                        "folder is refused")
     p.set_defaults(func=cmd_dataset)
     return parser
 
@@ -381,7 +384,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_dataset(args: argparse.Namespace) -> int:
     from extract.datasets import write_digits
 
-    counts = write_digits(Path(args.folder), test_fraction=args.test_fraction, seed=args.seed)
+    counts = write_digits(Path(args.folder), test_fraction=args.test_fraction, seed=args.seed,
+                          overwrite=args.overwrite)
     print(f"wrote {sum(counts.values())} images to {args.folder} "
           f"({', '.join(f'{n} {split}' for split, n in counts.items())})")
     return EXIT_OK

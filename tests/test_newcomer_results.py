@@ -84,3 +84,30 @@ def test_hybrid_report_counts_meet_at_the_median(tmp_path):
                             test_fraction=0.5, progress=False)
     assert report["train_class_counts"] == {"NORMAL": 10, "PNEUMONIA": 40}
     assert report["resampled_class_counts"] == {"NORMAL": 25, "PNEUMONIA": 25}
+
+
+def _files(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def test_dataset_refuses_a_non_empty_folder(tmp_path, capsys):
+    target = make_tree(tmp_path / "images", per_class=1)
+    before = _files(target)
+    assert pipeline.main(["dataset", "digits", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnncodes dataset: error:") and "--overwrite" in err and "\n" not in err
+    assert _files(target) == before
+
+
+def test_dataset_overwrite_replaces_whole_folder_without_leakage(tmp_path):
+    from extract.datasets import write_digits
+
+    target = make_tree(tmp_path / "digits", per_class=1)  # stale files that must not survive
+    write_digits(target, test_fraction=0.3, per_class=10, overwrite=True)
+    write_digits(target, test_fraction=0.5, per_class=10, overwrite=True)
+    files = _files(target)
+    assert not any(f.startswith(("cat/", "dog/")) for f in files)
+    train = {f.split("/", 1)[1] for f in files if f.startswith("train/")}
+    test = {f.split("/", 1)[1] for f in files if f.startswith("test/")}
+    assert len(train) == len(test) == 50 and not train & test
+    assert [p.name for p in tmp_path.iterdir()] == ["digits"]  # no staging or old folder left beside it
