@@ -97,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the backbone over a folder tree (root/CLASS/* or root/{train,val,test}/CLASS/*) "
                                    "or a CSV manifest (path,label[,split]) and write ReLU'd codes to an HDF5 file. "
                                    "A killed run resumes when the same command is run again.")
-    p.add_argument("source", help="image folder or CSV manifest")
+    p.add_argument("source", nargs="+", metavar="SOURCE",
+                   help="image folder, CSV manifest (.csv, .tsv, .txt), or image files and folders (several: one "
+                        "collection under their common folder; each folder labelled as it would be alone, image "
+                        "files unlabeled)")
     p.add_argument("-o", "--out", required=True, help="codes file to write, e.g. codes.h5")
     _add_extract_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing codes file made otherwise")
@@ -156,10 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="label new images with a trained model",
                        epilog=ENVIRONMENT_HELP, formatter_class=_KeepsEnvironmentHelp,
                        description="Extract new images with exactly the model's recipe and write a CSV: path, "
-                                   "predicted, one score column per class, error. Unreadable images are listed, "
-                                   "not fatal. IMAGES may also be a codes file of the same recipe.")
+                                   "predicted, true (labelled images), one score_ column per class, prob_ columns "
+                                   "where the model gives probabilities, error. On labelled images it prints "
+                                   "accuracy and balanced accuracy. Unreadable images are listed, not fatal. "
+                                   "IMAGES may also be a codes file of the same recipe.")
     p.add_argument("run_dir", help="RUN_DIR written by `cnncodes classify` (or its model.joblib)")
-    p.add_argument("images", help="image folder, CSV manifest or codes file")
+    p.add_argument("images", nargs="+", metavar="IMAGES",
+                   help="image folder, CSV manifest, codes file, or image files and folders (several: one "
+                        "collection, as for extract)")
     p.add_argument("-o", "--out", required=True, help="CSV file to write")
     p.add_argument("--codes-out", help="keep the extracted codes in this file")
     p.add_argument("--weights", help="checkpoint file, when the model's weights are not found the usual way")
@@ -205,9 +212,14 @@ def _extract_kwargs(args: argparse.Namespace) -> dict:
 def cmd_extract(args: argparse.Namespace) -> int:
     from extract import extract_codes
 
-    result = extract_codes(args.source, args.out, overwrite=args.overwrite, update=args.update, **_extract_kwargs(args))
+    result = extract_codes(_one_or_list(args.source), args.out, overwrite=args.overwrite, update=args.update, **_extract_kwargs(args))
     _print_extract_summary(result)
     return EXIT_FAILURES if (args.strict and result.failures) else EXIT_OK
+
+
+def _one_or_list(paths: list[str]) -> str | list[str]:
+    """One path as is, several as the list list_images reads as one collection."""
+    return paths[0] if len(paths) == 1 else paths
 
 
 def _print_extract_summary(result) -> None:
@@ -320,7 +332,7 @@ def _split(text: str) -> list[str]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from classify.predict import predict_images
 
-    result = predict_images(args.run_dir, args.images, args.out, codes_out=args.codes_out, weights=args.weights,
+    result = predict_images(args.run_dir, _one_or_list(args.images), args.out, codes_out=args.codes_out, weights=args.weights,
                             threshold=args.threshold, positive=args.positive,
                             device=args.device, precision=args.precision, batch_size=args.batch_size,
                             workers=args.workers, progress=not args.quiet)

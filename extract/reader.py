@@ -1,8 +1,9 @@
 """List the images of a collection and decode them in DataLoader workers.
 
 A collection is a folder tree ``root/CLASS/*`` or ``root/{train,val,test}/CLASS/*`` (files directly
-under ``root`` are unlabeled), or a CSV manifest ``path,label[,split]`` whose relative paths are
-taken from the CSV's folder. Unreadable images become recorded failures, never crashes.
+under ``root`` are unlabeled), a CSV manifest ``path,label[,split]`` whose relative paths are
+taken from the CSV's folder, a single image file, or several image files and folders.
+Unreadable images become recorded failures, never crashes.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -39,16 +41,25 @@ class ImageList:
         return len(self.paths)
 
 
-def list_images(source: str | os.PathLike) -> ImageList:
-    """List a folder tree or a CSV manifest; raises ValueError with a clear message when empty or malformed."""
-    source = Path(source)
-    if not source.exists():
-        raise FileNotFoundError(f"{source}: no such folder or manifest")
-    if source.is_file():
-        entries, ignored, root = _read_manifest(source), [], source.parent
+MANIFEST_EXTENSIONS = (".csv", ".tsv", ".txt")
+
+
+def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> ImageList:
+    """List a folder tree, a CSV manifest, an image file, or a list of image files and folders.
+
+    A list becomes one collection rooted at the paths' common folder: each folder in it is listed
+    (and labelled) as it would be alone, image files given directly are unlabeled. Raises
+    ValueError with a clear message when empty or malformed.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        source = Path(source)
+        entries, ignored, root = _list_one(source)
+    elif len(source) == 1:
+        source = Path(source[0])
+        entries, ignored, root = _list_one(source)
     else:
-        entries, ignored = _walk_tree(source)
-        root = source
+        entries, ignored, root = _list_several([Path(s) for s in source])
+        source = root
     if not entries:
         raise ValueError(f"{source}: no images found (looked for {', '.join(sorted(_COMMON))} and other formats Pillow reads)")
     entries.sort(key=lambda e: e[0])
@@ -67,6 +78,51 @@ def list_images(source: str | os.PathLike) -> ImageList:
 
 
 _COMMON = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _list_one(source: Path) -> tuple[list[tuple[str, str, str]], list[str], Path]:
+    """(entries, ignored, root) of one folder, manifest or image file."""
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such folder, image or manifest")
+    if source.is_dir():
+        entries, ignored = _walk_tree(source)
+        return entries, ignored, source
+    if source.suffix.lower() in MANIFEST_EXTENSIONS:
+        return _read_manifest(source), [], source.parent
+    if _is_image_file(source):
+        return [(source.name, "", "")], [], source.parent
+    raise ValueError(f"{source} is neither an image Pillow reads nor a CSV manifest "
+                     f"({', '.join(MANIFEST_EXTENSIONS)})")
+
+
+def _is_image_file(path: Path) -> bool:
+    """An image by its extension (a broken one becomes a recorded failure), else by its content."""
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    try:
+        with Image.open(path):
+            return True
+    except Exception:  # Pillow raises several kinds for "not an image"
+        return False
+
+
+def _list_several(sources: list[Path]) -> tuple[list[tuple[str, str, str]], list[str], Path]:
+    """Image files and folders as one collection under their common folder (duplicates listed once)."""
+    manifests = [s for s in sources if s.is_file() and s.suffix.lower() in MANIFEST_EXTENSIONS]
+    if manifests:
+        raise ValueError(f"{manifests[0]} is a CSV manifest: give a manifest alone, not with other paths")
+    listed = [(_list_one(s)) for s in sources]
+    roots = [root.resolve() for _, _, root in listed]
+    common = Path(os.path.commonpath(roots))
+    entries: dict[str, tuple[str, str, str]] = {}
+    ignored: list[str] = []
+    for (items, skipped, _), root in zip(listed, roots):
+        prefix = root.relative_to(common).parts
+        for rel, label, split in items:
+            path = "/".join((*prefix, rel))
+            entries.setdefault(path, (path, label, split))
+        ignored += ["/".join((*prefix, rel)) for rel in skipped]
+    return list(entries.values()), ignored, common
 
 
 def _is_image_name(name: str) -> bool:

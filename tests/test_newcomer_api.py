@@ -179,3 +179,58 @@ def test_cli_predict_on_labelled_folder_prints_accuracy(tmp_path, capsys):
     accuracy = np.mean([r["true"] == r["predicted"] for r in rows])
     assert {r["true"] for r in rows} == {"cat", "dog"}
     assert f"12 labelled images of classes the model knows): accuracy {accuracy:.4f}" in printed
+
+
+# --- 7: single images and several paths -----------------------------------------------------------------
+
+def test_list_images_single_file_and_several_paths(tmp_path):
+    from extract.reader import list_images
+
+    images = make_tree(tmp_path / "images", per_class=2)
+    one = list_images(images / "cat" / "img_000.png")
+    assert one.paths == ["img_000.png"] and one.root == (images / "cat").resolve() and one.labels.tolist() == [-1]
+
+    odd = tmp_path / "photo.data"  # an image without an image extension is recognised by its content
+    write_image(odd, np.random.default_rng(1), fmt="PNG")
+    assert list_images(odd).paths == ["photo.data"]
+    (tmp_path / "notes.dat").write_text("path,label\n")
+    with pytest.raises(ValueError, match="neither an image"):
+        list_images(tmp_path / "notes.dat")
+
+    several = list_images([images / "dog", images / "cat" / "img_001.png", images / "cat" / "img_001.png"])
+    assert several.root == images.resolve()
+    assert several.paths == ["cat/img_001.png", "dog/img_000.png", "dog/img_001.png"]
+    assert several.labels.tolist() == [-1, -1, -1]  # dog/ alone has no class subfolders: unlabeled
+    labelled = list_images([images, tmp_path / "photo.data"])
+    assert labelled.root == tmp_path.resolve() and labelled.class_names == ["cat", "dog"]
+    assert dict(zip(labelled.paths, labelled.labels.tolist()))["images/dog/img_001.png"] == 1
+    assert dict(zip(labelled.paths, labelled.labels.tolist()))["photo.data"] == -1
+    manifest = images / "list.csv"
+    manifest.write_text("path,label\ncat/img_000.png,cat\n")
+    with pytest.raises(ValueError, match="manifest alone"):
+        list_images([manifest, images / "dog"])
+
+
+def test_cli_predict_and_extract_take_one_image_or_several(tmp_path, capsys):
+    images = make_tree(tmp_path / "images", per_class=6, splits=("train", "test"))
+    run = tmp_path / "out"
+    assert pipeline.main(["run", str(images), "--out", str(run), *FAST, "--workers", "0", "--classifiers", "svm",
+                          "--cv", "0", "--C", "1"]) == 0
+    photo = images / "test" / "dog" / "img_003.png"
+    assert pipeline.main(["predict", str(run / "classify"), str(photo), "-o", str(tmp_path / "one.csv"),
+                          "--workers", "0", "--quiet"]) == 0
+    rows = _read(tmp_path / "one.csv")
+    assert [r["path"] for r in rows] == ["img_003.png"] and rows[0]["predicted"] in ("cat", "dog")
+    assert pipeline.main(["predict", str(run / "classify"), str(photo), str(images / "test" / "cat"), "-o",
+                          str(tmp_path / "two.csv"), "--workers", "0", "--quiet"]) == 0
+    rows = _read(tmp_path / "two.csv")
+    assert len(rows) == 7 and "dog/img_003.png" in {r["path"] for r in rows}
+    capsys.readouterr()
+    out = tmp_path / "two.h5"
+    assert pipeline.main(["extract", str(photo), str(images / "train" / "cat" / "img_000.png"), "-o", str(out),
+                          *FAST, "--workers", "0"]) == 0
+    from extract import open_codes
+
+    cf = open_codes(out)
+    assert sorted(cf.rows.paths) == ["test/dog/img_003.png", "train/cat/img_000.png"]
+    assert cf.meta["image_root"] == str(images.resolve())
