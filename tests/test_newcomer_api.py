@@ -234,3 +234,33 @@ def test_cli_predict_and_extract_take_one_image_or_several(tmp_path, capsys):
     cf = open_codes(out)
     assert sorted(cf.rows.paths) == ["test/dog/img_003.png", "train/cat/img_000.png"]
     assert cf.meta["image_root"] == str(images.resolve())
+
+
+# --- 12: predict's messages ------------------------------------------------------------------------------
+
+def test_predict_messages_name_the_layer_the_swap_and_the_compare_runs(tmp_path, capsys):
+    codes = make_codes(tmp_path / "codes.h5")
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "b4"), "--layer", "block4", "--cv", "0",
+                          "--C", "1", "--quiet"]) == 0
+    new, _ = imbalanced_codes((6, 4, 2), seed=7)
+    only_pen = {**recipe({"block4": 24, "penultimate": 16})}
+    only_pen["taps"] = [t for t in only_pen["taps"] if t["name"] == "penultimate"]
+    pen = write_codes_file(tmp_path / "pen.h5", {"penultimate": new["penultimate"]}, np.full(12, -1), [],
+                           rec=only_pen)
+    capsys.readouterr()
+    assert pipeline.main(["predict", str(tmp_path / "b4"), str(pen), "-o", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "has no block4; it has penultimate" in err and "{" not in err
+
+    assert pipeline.main(["predict", str(codes), str(tmp_path), "-o", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "is a codes file, not a model" in err and "RUN_DIR" in err and "checksum" not in err
+
+    assert pipeline.main(["compare", str(codes), "--out", str(tmp_path / "cmp"), "--classifiers", "svm,softmax",
+                          "--layers", "block4", "--cv", "0", "--C", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    assert pipeline.main(["predict", str(tmp_path / "cmp"), str(codes), "-o", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "subfolders do; pick one" in err
+    assert str(tmp_path / "cmp" / "softmax__block4") in err and str(tmp_path / "cmp" / "svm__block4") in err
+    assert not (tmp_path / "p.csv").exists()
