@@ -103,7 +103,29 @@ def class_names_of(cf: CodesFile) -> list[str]:
 
 def load_dataset(codes: str | os.PathLike, layers: str | Sequence[str] | None = None, test=None,
                  test_fraction: float | None = None, seed: int = 0) -> Dataset:
-    """Load ``codes`` and split it: ``test`` file, else ``test_fraction``, else the split column."""
+    """Load ``codes`` and split it: ``test`` file, else ``test_fraction``, else the split column.
+
+    Classes missing from one side of the split are named in ``notes``.
+    """
+    data = _split_dataset(codes, layers, test, test_fraction, seed)
+    data.notes += coverage_notes(data.y_train, data.y_test, data.class_names)
+    return data
+
+
+def coverage_notes(y_train: np.ndarray, y_test: np.ndarray, names: list[str]) -> list[str]:
+    """Notes for classes with no training rows (never predicted) or no held-out rows (recall unmeasured)."""
+    train, test = set(np.unique(y_train).tolist()), set(np.unique(y_test).tolist())
+    notes = []
+    if test - train:
+        notes.append(f"class {', '.join(names[c] for c in sorted(test - train))} has no training rows (only "
+                     "held-out ones): the classifier cannot predict it, so its recall is 0")
+    if train - test:
+        notes.append(f"class {', '.join(names[c] for c in sorted(train - test))} has no held-out rows: its "
+                     "recall is not measured (its false positives still count against its precision)")
+    return notes
+
+
+def _split_dataset(codes, layers, test, test_fraction, seed) -> Dataset:
     if test is not None and test_fraction is not None:
         raise ValueError("give either a test codes file or a test fraction, not both")
     if test_fraction is not None and not 0 < test_fraction < 1:

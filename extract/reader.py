@@ -21,6 +21,10 @@ from torch.utils.data import Dataset
 from .images import ImageError, load_image
 
 SPLITS = ("train", "val", "test")
+# Split folder (and manifest split) names, case-insensitive, and the canonical split stored in the file.
+# valid/validation/dev are validation splits; classify evaluates on test, else on val.
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "dev": "val", "test": "test", "testing": "test"}
 IMAGE_EXTENSIONS = frozenset(ext.lower() for ext in Image.registered_extensions())
 
 
@@ -130,8 +134,7 @@ def _is_image_name(name: str) -> bool:
 
 
 def _walk_tree(root: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
-    subdirs = {d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
-    split_mode = bool(subdirs) and subdirs <= set(SPLITS)
+    split_mode = _has_split_folders(root)
     entries, ignored = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -146,9 +149,26 @@ def _walk_tree(root: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
     return entries, ignored
 
 
+def _has_split_folders(root: Path) -> bool:
+    """True for ``root/{train,val,test}/CLASS`` (any names of SPLIT_NAMES); ValueError when split folders
+    sit beside class folders, which would silently turn "train" or "valid" into classes."""
+    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    splits = [d for d in subdirs if d.lower() in SPLIT_NAMES]
+    if not splits:
+        return False
+    others = [d for d in subdirs if d.lower() not in SPLIT_NAMES]
+    if others:
+        raise ValueError(f"{root}: the folders {', '.join(splits)} look like splits but {', '.join(others[:5])}"
+                         f"{' ...' if len(others) > 5 else ''} do not; use root/CLASS/* or root/SPLIT/CLASS/* "
+                         f"(SPLIT: {', '.join(SPLIT_NAMES)}), not both")
+    return True
+
+
 def _split_and_label(rel_dir: tuple[str, ...], split_mode: bool) -> tuple[str, str]:
     if split_mode:
-        return rel_dir[0], (rel_dir[1] if len(rel_dir) > 1 else "")
+        if not rel_dir:  # a file beside the split folders: no split, no label
+            return "", ""
+        return SPLIT_NAMES[rel_dir[0].lower()], (rel_dir[1] if len(rel_dir) > 1 else "")
     return "", (rel_dir[0] if rel_dir else "")
 
 

@@ -111,3 +111,34 @@ def test_dataset_overwrite_replaces_whole_folder_without_leakage(tmp_path):
     test = {f.split("/", 1)[1] for f in files if f.startswith("test/")}
     assert len(train) == len(test) == 50 and not train & test
     assert [p.name for p in tmp_path.iterdir()] == ["digits"]  # no staging or old folder left beside it
+
+
+@pytest.mark.parametrize("folder", ["valid", "validation", "dev", "Val"])
+def test_split_folder_names_are_recognised(tmp_path, folder):
+    from extract.reader import list_images
+
+    root = make_tree(tmp_path / "images", per_class=2, splits=("train", folder))
+    listing = list_images(root)
+    assert listing.class_names == ["cat", "dog"]
+    assert sorted(set(listing.splits)) == ["train", "val"]
+
+
+def test_split_folders_mixed_with_class_folders_are_refused(tmp_path):
+    from extract.reader import list_images
+
+    root = make_tree(tmp_path / "images", per_class=1, splits=("train", "valid"))
+    make_tree(root, classes=("owl",), per_class=1)
+    with pytest.raises(ValueError, match=r"train, valid look like splits but owl do not"):
+        list_images(root)
+
+
+def test_class_missing_from_one_side_of_the_split_is_a_note(tmp_path):
+    from classify import classify_codes
+    from codes_fixtures import imbalanced_codes
+
+    codes, y = imbalanced_codes((30, 30, 10))
+    split = np.where(y == 2, "test", np.where(np.arange(len(y)) % 3 == 0, "test", "train"))
+    path = write_codes_file(tmp_path / "codes.h5", codes, y, ["a", "b", "c"], split=list(split))
+    report = classify_codes(path, tmp_path / "out", classifier="svm", C=1.0, cv=0, progress=False)
+    assert any("class c has no training rows" in n for n in report["notes"])
+    assert "class c has no training rows" in (tmp_path / "out" / "report.txt").read_text()
