@@ -172,20 +172,61 @@ def _split_and_label(rel_dir: tuple[str, ...], split_mode: bool) -> tuple[str, s
     return "", (rel_dir[0] if rel_dir else "")
 
 
+# Header names a manifest's columns may have (case-insensitive); without a header: path,label[,split].
+MANIFEST_COLUMNS = {"path": ("path", "file", "filename", "file_name", "filepath", "file_path", "image", "img",
+                             "image_path"),
+                    "label": ("label", "class", "target", "category", "class_name"),
+                    "split": ("split", "subset", "set")}
+
+
 def _read_manifest(path: Path) -> list[tuple[str, str, str]]:
+    """Entries of a CSV (a .tsv: tab-separated) manifest, by header names when the first row has them."""
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+        reader = csv.reader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        rows = [(n, r) for n, r in enumerate(reader, start=1) if r and any(c.strip() for c in r)]
+    if not rows:
+        return []
+    columns = _header_columns(rows[0][1])
+    if columns is not None:
         rows = rows[1:]
+    elif _looks_like_header(rows[0][1], path.parent):
+        raise ValueError(f"{path}: the first row ({','.join(rows[0][1])}) looks like a header, but names no known "
+                         f"columns; expected the header {_expected_header()}, or rows path,label[,split] without one")
     entries = []
-    for line, row in enumerate(rows, start=1):
-        if len(row) < 2 or len(row) > 3:
+    for line, row in rows:
+        if columns is None and not 2 <= len(row) <= 3:
             raise ValueError(f"{path}, row {line}: expected path,label[,split], got {len(row)} columns")
-        split = row[2].strip() if len(row) == 3 else ""
-        if split not in ("", *SPLITS):
-            raise ValueError(f"{path}, row {line}: split must be one of {', '.join(SPLITS)} or empty, not {split!r}")
-        entries.append((Path(row[0].strip()).as_posix(), row[1].strip(), split))
+        cells = dict(zip(("path", "label", "split"), row)) if columns is None else {
+            name: (row[i] if i < len(row) else "") for name, i in columns.items()}
+        split = cells.get("split", "").strip()
+        if split and split.lower() not in SPLIT_NAMES:
+            raise ValueError(f"{path}, row {line}: split must be one of {', '.join(SPLIT_NAMES)} or empty, "
+                             f"not {split!r}")
+        entries.append((Path(cells["path"].strip()).as_posix(), cells.get("label", "").strip(),
+                        SPLIT_NAMES[split.lower()] if split else ""))
     return entries
+
+
+def _header_columns(row: list[str]) -> dict[str, int] | None:
+    """{"path": i, "label": j, "split": k} when ``row`` is a header naming a path column, else None."""
+    cells = [c.strip().lower() for c in row]
+    columns = {}
+    for name, aliases in MANIFEST_COLUMNS.items():
+        found = [i for i, c in enumerate(cells) if c in aliases]
+        if found:
+            columns[name] = found[0]
+    return columns if "path" in columns else None
+
+
+def _looks_like_header(row: list[str], folder: Path) -> bool:
+    """A first row whose first cell is neither an image name nor an existing file is a header, not data."""
+    first = row[0].strip()
+    return not (_is_image_name(os.path.basename(first)) or (folder / first).is_file())
+
+
+def _expected_header() -> str:
+    other = "; ".join(f"{name}: {'|'.join(a[1:])}" for name, a in MANIFEST_COLUMNS.items())
+    return f"path,label[,split] (other names accepted: {other})"
 
 
 def stat_files(listing: ImageList) -> None:
