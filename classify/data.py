@@ -143,7 +143,8 @@ def _split_dataset(codes, layers, test, test_fraction, seed) -> Dataset:
                   n_unlabeled_excluded=n_unlabeled)
     y = cf.rows.labels
     if test is not None:
-        X_test, y_test, n_failed_test, n_unl_test = _load_test_file(test, layers, cf.recipe, names)
+        X_test, y_test, n_failed_test, n_unl_test = _load_test_file(test, layers, cf.recipe, names,
+                                                                    train=(cf, X, use))
         return Dataset(X[use], y[use], X_test, y_test, test_path=str(test),
                        split_source=f"test codes file {test}", n_failed_excluded=n_failed + n_failed_test,
                        **{**common, "n_unlabeled_excluded": n_unlabeled + n_unl_test})
@@ -173,8 +174,9 @@ def _split_dataset(codes, layers, test, test_fraction, seed) -> Dataset:
                    notes=notes, n_failed_excluded=n_failed, **common)
 
 
-def _load_test_file(test, layers, recipe, names):
-    """Codes of a second file, its recipe checked and its class names mapped onto ``names``."""
+def _load_test_file(test, layers, recipe, names, train):
+    """Codes of a second file, its recipe checked, its overlap with ``train`` (cf, X, rows used) refused and
+    its class names mapped onto ``names``."""
     meta, _ = file_meta(test)
     check_recipe(layer_recipe(recipe, layers), layer_recipe(meta.get("recipe", {}), layers), f"test codes file {test}")
     tf, X = load(test, resolve_layers(test, layers))
@@ -190,7 +192,35 @@ def _load_test_file(test, layers, recipe, names):
     n_unlabeled = int((tf.rows.ok.astype(bool) & (tf.rows.labels < 0)).sum())
     if len(y) == 0:
         raise ValueError(f"test codes file {test} has no labeled, readable rows to evaluate on")
+    refuse_overlap(*train, tf, X, use)
     return X[use], y, n_failed, n_unlabeled
+
+
+def refuse_overlap(train_cf: CodesFile, X_train: np.ndarray, train_use: np.ndarray,
+                   test_cf: CodesFile, X_test: np.ndarray, test_use: np.ndarray) -> None:
+    """ValueError when test rows are training images: identical codes, or the same file (image root, path and
+    size) with codes that agree to 1e-3 (the same image extracted on another device or precision)."""
+    def where(cf: CodesFile, i: int) -> tuple:
+        return (str(cf.meta.get("image_root")), cf.rows.paths[i], int(cf.rows.file_size[i]))
+
+    train_rows = np.flatnonzero(train_use)
+    by_hash = {hash(X_train[i].tobytes()): i for i in train_rows}  # hashes, not a copy of every row
+    by_file = {where(train_cf, i): i for i in train_rows}
+    shared = []
+    for j in np.flatnonzero(test_use):
+        i = by_hash.get(hash(X_test[j].tobytes()))
+        if i is not None and not np.array_equal(X_train[i], X_test[j]):
+            i = None
+        if i is None and (k := by_file.get(where(test_cf, j))) is not None:
+            i = k if np.allclose(X_train[k], X_test[j], rtol=1e-3, atol=1e-3) else None
+        if i is not None:
+            shared.append((i, j))
+    if shared:
+        i, j = shared[0]
+        raise ValueError(
+            f"test codes file {test_cf.path} holds {len(shared)} of the {len(train_rows)} training images of "
+            f"{train_cf.path} (first: {test_cf.rows.paths[j]} = {train_cf.rows.paths[i]}, same codes); evaluating "
+            "on training images overstates accuracy: remove them from one of the two image sets")
 
 
 def _check_stratifiable(y: np.ndarray, names: list[str]) -> None:

@@ -178,3 +178,30 @@ def test_manifest_without_header_still_reads_its_first_row(tmp_path):
     (tmp_path / "list.csv").write_text("images/cat/img_000.png,cat\nimages/dog/img_000.png,dog,test\n")
     listing = list_images(tmp_path / "list.csv")
     assert listing.class_names == ["cat", "dog"] and listing.splits == ["", "test"]
+
+
+def test_test_file_holding_training_images_is_refused(tmp_path, capsys):
+    from classify import classify_codes
+    from codes_fixtures import imbalanced_codes
+
+    codes, y = imbalanced_codes((20, 20))
+    train = write_codes_file(tmp_path / "train.h5", codes, y, ["a", "b"])
+    other, y_other = imbalanced_codes((10, 10), seed=3)
+    mixed = {tap: np.vstack([other[tap], codes[tap][:3]]) for tap in codes}  # 3 training images slipped in
+    test = write_codes_file(tmp_path / "test.h5", mixed, np.r_[y_other, y[:3]], ["a", "b"],
+                            paths=[f"new/{i}.png" for i in range(20)] + ["img/00000.png", "img/00001.png",
+                                                                         "img/00002.png"])
+    with pytest.raises(ValueError, match=r"holds 3 of the 40 training images .*first: img/00000.png"):
+        classify_codes(train, tmp_path / "out", test=test, C=1.0, cv=0, progress=False)
+    assert pipeline.main(["compare", str(train), "--out", str(tmp_path / "cmp"), "--test", str(test),
+                          "--classifiers", "svm", "--cv", "0", "--C", "1", "--quiet"]) == 2
+    assert "overstates accuracy" in capsys.readouterr().err
+
+
+def test_test_file_of_other_images_is_accepted(tmp_path):
+    from classify import classify_codes
+
+    train = make_codes(tmp_path / "train.h5", with_split=False)
+    test = make_codes(tmp_path / "test.h5", with_split=False, seed=5)  # same paths and sizes, other codes
+    report = classify_codes(train, tmp_path / "out", test=test, C=1.0, cv=0, progress=False)
+    assert report["n_test"] == 102
