@@ -73,6 +73,9 @@ def _add_classify_options(p: argparse.ArgumentParser) -> None:
                    help="code preprocessing: power = signed square root then L2 (default: %(default)s)")
     g.add_argument("--C", type=float, default=None, help="fix C instead of choosing it by cross-validation")
     g.add_argument("--cv", type=int, default=5, help="cross-validation folds; 0 fits once with --C (default: 5)")
+    g.add_argument("--max-iter", type=int, metavar="N",
+                   help="iteration limit of the svm / softmax / rbf_svm solver, when a fit reports that it did not "
+                        "converge (default: the classifier's, 10000 for svm, 5000 for softmax)")
     g.add_argument("--class-weight", default="balanced",
                    help="balanced, none, or CLASS=W,CLASS=W (cost-based imbalance handling) (default: %(default)s)")
     g.add_argument("--sampling", default="none", choices=("none", "over", "under", "hybrid"),
@@ -84,12 +87,30 @@ def _add_classify_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed for the split, folds and sampling (default: 0)")
 
 
+def package_version() -> str:
+    """The installed cnncodes version (without importing extract, which loads torch)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cnncodes")
+    except PackageNotFoundError:  # running from a source tree without installing
+        return "0.1.0"
+
+
+def _show_warning(command: str):
+    """Warnings as one line each, ``cnncodes CMD: warning: ...``, without source paths."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"cnncodes {command}: warning: {' '.join(str(message).split())}", file=file or sys.stderr, flush=True)
+    return show
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cnncodes",
         description="Transfer learning with CNN codes: extract ReLU'd activations of a frozen ImageNet ConvNet "
                     "once into an HDF5 codes file, then train, compare and evaluate linear SVM / softmax "
                     "classifiers on them.")
+    parser.add_argument("--version", action="version", version=f"cnncodes {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("extract", help="images -> codes file (HDF5)",
@@ -153,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: svm, softmax, knn, rbf_svm, forest (default: %(default)s)")
     p.add_argument("--layers", help="comma-separated taps, a+b to concatenate (default: every tap of the file)")
     _add_classify_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace the table and per-run models already in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compare)
 
@@ -294,7 +316,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 def _classify_kwargs(args: argparse.Namespace) -> dict:
     return dict(normalize=args.normalize, C=args.C, cv=args.cv, class_weight=args.class_weight, sampling=args.sampling,
-                test=args.test, test_fraction=args.test_fraction, seed=args.seed, progress=not args.quiet)
+                test=args.test, test_fraction=args.test_fraction, seed=args.seed, progress=not args.quiet,
+                max_iter=args.max_iter)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -319,7 +342,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from classify import compare
 
     layers = args.layers.split(",") if args.layers else None
-    compare(args.codes, args.out, classifiers=_split(args.classifiers), layers=layers, **_classify_kwargs(args))
+    compare(args.codes, args.out, classifiers=_split(args.classifiers), layers=layers, overwrite=args.overwrite,
+            **_classify_kwargs(args))
     print((Path(args.out) / "compare.md").read_text(encoding="utf-8"))
     print(f"table in {args.out}/compare.md and compare.csv; one report folder per run")
     return EXIT_OK
@@ -374,11 +398,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     classifiers = _split(args.classifiers)
     if len(layers) == 1 and len(classifiers) == 1:
         report = classify_codes(codes, out / "classify", layers=layers, classifier=classifiers[0],
-                                **_classify_kwargs(args))
+                                overwrite=True, **_classify_kwargs(args))  # a rerun of `run` retrains
         _print_report(report, out / "classify")
         print(summarize(report))
         return EXIT_OK
-    rows = compare(codes, out / "compare", classifiers=classifiers, layers=layers, **_classify_kwargs(args))
+    rows = compare(codes, out / "compare", classifiers=classifiers, layers=layers, overwrite=True,
+                   **_classify_kwargs(args))
     print((out / "compare" / "compare.md").read_text(encoding="utf-8"))
     pick = rows[0]
     if pick["rank"] is None:
@@ -406,6 +431,9 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cnncodes` console script."""
     args = build_parser().parse_args(argv)
+    import warnings
+
+    warnings.showwarning = _show_warning(args.command)
     from extract import ExtractionError, ExtractionInterrupted, WeightsNotFound
 
     try:

@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 from .data import file_taps, load_dataset
 from .fileio import ensure_writable, write_files
 from .models import DEFAULT_NORMALIZE
-from .train import make_logger, check_options, fit_and_report
+from .model_io import refuse_existing_runs
+from .train import check_max_iter, check_options, fit_and_report, make_logger
 
 DEFAULT_CLASSIFIERS = ("svm", "softmax", "knn", "rbf_svm")
 COLUMNS = ("rank", "classifier", "layers", "balanced_accuracy", "macro_f1", "accuracy", "cv_score",
@@ -22,7 +23,8 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
             layers: Sequence[str | Sequence[str]] | None = None, normalize: str = DEFAULT_NORMALIZE,
             C: float | None = None, class_weight: str | dict | None = "balanced", sampling: str = "none",
             test: str | os.PathLike | None = None, test_fraction: float | None = None, seed: int = 0, cv: int = 5,
-            progress: bool = True, n_jobs: int | None = None) -> list[dict]:
+            progress: bool = True, n_jobs: int | None = None, max_iter: int | None = None,
+            overwrite: bool = False) -> list[dict]:
     """Run ``classify_codes`` for each classifier on each layer (default: every tap, one at a time).
 
     A layer entry may be ``"a+b"`` or a list to concatenate taps. Every run uses the same split and
@@ -35,6 +37,8 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
     """
     for name in classifiers:
         check_options(name, normalize, sampling)
+    check_max_iter(max_iter)
+    refuse_existing_runs(out_dir, overwrite)  # per-run models and the table are replaced only when asked
     out_dir = ensure_writable(out_dir)
     layer_sets = [[t] for t in file_taps(codes)] if layers is None else [
         t.split("+") if isinstance(t, str) else list(t) for t in layers]
@@ -48,7 +52,7 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
             sub = out_dir / f"{name}__{'+'.join(layer_set)}"
             report = fit_and_report(data, ensure_writable(sub), classifier=name, normalize=normalize, C=C,
                                     class_weight=class_weight, sampling=sampling, seed=seed, cv=cv, log=log,
-                                    n_jobs=n_jobs)
+                                    n_jobs=n_jobs, max_iter=max_iter)
             rows.append({"classifier": name, "layers": "+".join(layer_set),
                          **{k: report[k] for k in ("balanced_accuracy", "macro_f1", "accuracy", "cv_score",
                                                    "fit_time_s", "hyperparameter", "n_train", "n_test")},

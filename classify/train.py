@@ -24,7 +24,7 @@ from .fileio import ensure_writable, write_files
 from .model_io import model_files, refuse_existing_model
 from .models import (DEFAULT_NORMALIZE, NORMALIZE, SAMPLING, build_pipeline, classifier_spec, param_grid,
                      parse_class_weight)
-from .report import binary_metrics, evaluate, positive_scores, report_files, summarize
+from .report import binary_metrics, evaluate, missing_test_classes, positive_scores, report_files, summarize
 
 CV_SCORING = "balanced_accuracy"
 # Above this many training rows, C is chosen on a stratified sample (the final fit still uses every row):
@@ -133,6 +133,7 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
 
     log(f"evaluating on {len(data.y_test)} test rows")
     y_pred = model.predict(data.X_test)
+    notes += missing_test_classes(data.y_test, y_pred, names)
     best = best.item() if isinstance(best, np.generic) else best
     binary = None
     if positive_index is not None:
@@ -225,7 +226,7 @@ def _warning_notes(caught: list, classifier: str) -> list[str]:
     by_kind: dict[tuple[type, str], int] = Counter((w.category, " ".join(str(w.message).split())) for w in caught)
     for (category, message), n in sorted(by_kind.items(), key=lambda item: item[0][1]):
         times = f" ({n} fits)" if n > 1 else ""
-        hint = " Raise the iteration limit with --max-iter." if issubclass(category, ConvergenceWarning) else ""
+        hint = " Raise max_iter (--max-iter)." if issubclass(category, ConvergenceWarning) else ""
         note = f"{category.__name__} in {classifier}{times}: {message}{hint}"
         notes.append(note)
         warnings.warn(note, category, stacklevel=3)

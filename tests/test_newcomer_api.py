@@ -264,3 +264,73 @@ def test_predict_messages_name_the_layer_the_swap_and_the_compare_runs(tmp_path,
     assert "subfolders do; pick one" in err
     assert str(tmp_path / "cmp" / "softmax__block4") in err and str(tmp_path / "cmp" / "svm__block4") in err
     assert not (tmp_path / "p.csv").exists()
+
+
+# --- 19: smaller surprises -------------------------------------------------------------------------------
+
+def test_convergence_warnings_become_one_clean_line_and_a_note(tmp_path, capsys):
+    codes = make_codes(tmp_path / "codes.h5")
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "r"), "--max-iter", "1", "--cv", "3",
+                          "--quiet"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "ConvergenceWarning" in line]
+    assert len(lines) == 1 and lines[0].startswith("cnncodes classify: warning: ConvergenceWarning in svm (")
+    assert "--max-iter" in lines[0] and ".py" not in err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["max_iter"] == 1 and any("ConvergenceWarning" in n for n in report["notes"])
+    assert load_model(tmp_path / "r")["pipeline"].named_steps["clf"].max_iter == 1
+    assert pipeline.main(["compare", str(codes), "--out", str(tmp_path / "c"), "--classifiers", "softmax",
+                          "--layers", "block4", "--max-iter", "7", "--cv", "0", "--quiet"]) == 0
+    assert load_model(tmp_path / "c" / "softmax__block4")["pipeline"].named_steps["clf"].max_iter == 7
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "r0"), "--max-iter", "0"]) == 2
+    assert "max_iter must be a positive" in capsys.readouterr().err
+
+
+def test_too_many_folds_is_one_clean_line_and_cv0_says_fixed(tmp_path, capsys):
+    codes = make_codes(tmp_path / "codes.h5")
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "r"), "--cv", "50", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "cnncodes classify: warning: cross-validation reduced from 50 to" in err and ".py" not in err
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "r0"), "--cv", "0", "--C", "1",
+                          "--quiet"]) == 0
+    text = (tmp_path / "r0" / "report.txt").read_text()
+    assert "(C=1, fixed, no cross-validation)" in text and "no-fold" not in text
+
+
+def test_classify_and_compare_refuse_to_replace_a_model_unless_overwrite(tmp_path, capsys):
+    codes = make_codes(tmp_path / "codes.h5")
+    run = tmp_path / "run"
+    args = ["classify", str(codes), "--out", str(run), "--cv", "0", "--C", "1", "--quiet"]
+    assert pipeline.main(args) == 0
+    before = (run / "model.joblib").read_bytes()
+    assert pipeline.main([*args, "--classifier", "softmax"]) == 2
+    assert "already holds a trained model" in capsys.readouterr().err
+    assert (run / "model.joblib").read_bytes() == before
+    assert pipeline.main([*args, "--classifier", "softmax", "--overwrite"]) == 0
+    assert load_model(run)["settings"]["classifier"] == "softmax"
+
+    cmp_args = ["compare", str(codes), "--out", str(tmp_path / "cmp"), "--classifiers", "svm", "--layers", "block4",
+                "--cv", "0", "--quiet"]
+    assert pipeline.main(cmp_args) == 0
+    assert pipeline.main(cmp_args) == 2
+    assert "already holds a comparison (svm__block4)" in capsys.readouterr().err
+    assert pipeline.main([*cmp_args, "--overwrite"]) == 0
+
+
+def test_run_twice_retrains_into_its_own_folders(tmp_path):
+    images = make_tree(tmp_path / "images", per_class=6, splits=("train", "test"))
+    args = ["run", str(images), "--out", str(tmp_path / "out"), *FAST, "--workers", "0", "--classifiers", "svm",
+            "--cv", "0", "--C", "1"]
+    assert pipeline.main(args) == 0
+    assert pipeline.main(args) == 0
+
+
+def test_version_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline\ntry:\n    pipeline.main(['--version'])\nexcept SystemExit:\n    pass\n"
+            "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=pipeline.__file__.rsplit("/", 1)[0], check=True)
+    assert done.stdout.splitlines() == [f"cnncodes {pipeline.package_version()}", "torch not loaded"]
