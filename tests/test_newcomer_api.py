@@ -334,3 +334,16 @@ def test_version_without_importing_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=pipeline.__file__.rsplit("/", 1)[0], check=True)
     assert done.stdout.splitlines() == [f"cnncodes {pipeline.package_version()}", "torch not loaded"]
+
+
+# --- 17: class counts in report.txt ----------------------------------------------------------------------
+
+def test_report_text_shows_training_and_resampled_counts(tmp_path):
+    report = classify_codes(make_codes(tmp_path / "c.h5"), tmp_path / "r", sampling="over", C=1.0, cv=0,
+                            progress=False)
+    text = (tmp_path / "r" / "report.txt").read_text()
+    train = ", ".join(f"{k} {v}" for k, v in report["train_class_counts"].items())
+    resampled = ", ".join(f"{k} {v}" for k, v in report["resampled_class_counts"].items())
+    assert f"train counts:      {train}\n" in text
+    assert f"resampled counts:  {resampled} (what the classifier was fitted on)" in text
+    assert len(set(report["resampled_class_counts"].values())) == 1 != len(set(report["train_class_counts"].values()))
