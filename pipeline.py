@@ -50,8 +50,9 @@ def _add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) ->
     if with_layer:
         g.add_argument("--layer", action="append", dest="layers", metavar="LAYER",
                        help="layer to tap: an alias (penultimate, fc6, fc7, block1..., see `cnncodes layers MODEL`) "
-                            "or a torchvision node name; repeat to tap several layers in one forward pass "
-                            "(default: penultimate)")
+                            "or a torchvision node name; repeat (or a,b) to tap several layers in one forward pass. "
+                            "In `run`, each --layer (or comma-separated entry) is one run and a+b concatenates "
+                            "taps (default: penultimate)")
     g.add_argument("--pool", default="avg", choices=("avg", "max", "none"),
                    help="how conv maps become vectors: global average, global max, or none (whole map, "
                         "guarded by --max-dim) (default: %(default)s)")
@@ -149,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("codes", help="codes file made by `cnncodes extract`")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for the model and reports")
     p.add_argument("--layer", action="append", dest="layers", metavar="LAYER",
-                   help="tap to train on (default: the file's first); repeat to concatenate taps")
+                   help="tap to train on (default: the file's first); a+b, or --layer repeated, concatenates "
+                        "taps into one code")
     p.add_argument("--classifier", default="svm", choices=("svm", "softmax", "knn", "rbf_svm", "forest"),
                    help="svm = linear SVM, softmax = multinomial logistic regression (default: %(default)s)")
     _add_classify_options(p)
@@ -172,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the table and one report per run")
     p.add_argument("--classifiers", default="svm,softmax,knn,rbf_svm",
                    help="comma-separated: svm, softmax, knn, rbf_svm, forest (default: %(default)s)")
-    p.add_argument("--layers", help="comma-separated taps, a+b to concatenate (default: every tap of the file)")
+    p.add_argument("--layers", help="runs separated by commas, a+b concatenates taps, spaces ignored, e.g. "
+                                    "\"block4, block4+penultimate\" (default: every tap of the file, one at a time)")
     _add_classify_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace the table and per-run models already in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -224,8 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _layer_runs(values: list[str] | None) -> list[list[str]]:
+    """--layer values as runs: commas separate runs, + concatenates taps (spaces ignored)."""
+    from classify.data import parse_layer_sets
+
+    return [run for value in (values or ["penultimate"]) for run in parse_layer_sets(value)]
+
+
+def _tap_names(values: list[str] | None) -> tuple[str, ...]:
+    """Every tap named in --layer values, once each, in order: what one forward pass must extract."""
+    return tuple(dict.fromkeys(t for run in _layer_runs(values) for t in run))
+
+
 def _extract_kwargs(args: argparse.Namespace) -> dict:
-    return dict(backbone=args.backbone, layers=tuple(args.layers or ("penultimate",)), pool=args.pool,
+    return dict(backbone=args.backbone, layers=_tap_names(args.layers), pool=args.pool,
                 weights=args.weights, device=args.device, precision=args.precision, batch_size=args.batch_size,
                 workers=args.workers, part_size=args.part_size, resize=args.resize, crop=args.crop, dtype=args.dtype,
                 progress=not args.quiet, max_dim=args.max_dim)
@@ -341,8 +356,7 @@ def _print_report(report: dict, out: Path) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from classify import compare
 
-    layers = args.layers.split(",") if args.layers else None
-    compare(args.codes, args.out, classifiers=_split(args.classifiers), layers=layers, overwrite=args.overwrite,
+    compare(args.codes, args.out, classifiers=_split(args.classifiers), layers=args.layers, overwrite=args.overwrite,
             **_classify_kwargs(args))
     print((Path(args.out) / "compare.md").read_text(encoding="utf-8"))
     print(f"table in {args.out}/compare.md and compare.csv; one report folder per run")
@@ -389,15 +403,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from classify import classify_codes, compare, summarize
     from extract import extract_codes
 
+    from classify.train import check_options
+
+    layers, classifiers = _layer_runs(args.layers), _split(args.classifiers)
+    if not classifiers:
+        raise ValueError("--classifiers names no classifier")
+    for name in classifiers:  # before the long extraction, not after it
+        check_options(name, args.normalize, args.sampling)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     codes = out / "codes.h5"
     result = extract_codes(args.images, codes, **_extract_kwargs(args))
     _print_extract_summary(result)
-    layers = list(args.layers or ["penultimate"])
-    classifiers = _split(args.classifiers)
     if len(layers) == 1 and len(classifiers) == 1:
-        report = classify_codes(codes, out / "classify", layers=layers, classifier=classifiers[0],
+        report = classify_codes(codes, out / "classify", layers=layers[0], classifier=classifiers[0],
                                 overwrite=True, **_classify_kwargs(args))  # a rerun of `run` retrains
         _print_report(report, out / "classify")
         print(summarize(report))

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from .data import file_taps, load_dataset
+from .data import file_taps, load_dataset, parse_layer_sets, resolve_layers
 from .fileio import ensure_writable, write_files
 from .models import DEFAULT_NORMALIZE
 from .model_io import refuse_existing_runs
@@ -20,28 +20,31 @@ COLUMNS = ("rank", "classifier", "layers", "balanced_accuracy", "macro_f1", "acc
 
 
 def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: Sequence[str] = DEFAULT_CLASSIFIERS,
-            layers: Sequence[str | Sequence[str]] | None = None, normalize: str = DEFAULT_NORMALIZE,
+            layers: str | Sequence[str | Sequence[str]] | None = None, normalize: str = DEFAULT_NORMALIZE,
             C: float | None = None, class_weight: str | dict | None = "balanced", sampling: str = "none",
             test: str | os.PathLike | None = None, test_fraction: float | None = None, seed: int = 0, cv: int = 5,
             progress: bool = True, n_jobs: int | None = None, max_iter: int | None = None,
             overwrite: bool = False) -> list[dict]:
     """Run ``classify_codes`` for each classifier on each layer (default: every tap, one at a time).
 
-    A layer entry may be ``"a+b"`` or a list to concatenate taps. Every run uses the same split and
-    options and writes its own report directory ``out_dir/<classifier>__<layers>/``. Rows are ranked
+    ``layers``: ``"a, b+c"`` (commas separate runs, ``+`` concatenates taps) or a list of runs, each
+    ``"a+b"`` or a list of taps; all are checked against the file before any training. Every run uses
+    the same split and options and writes its own report directory ``out_dir/<classifier>__<layers>/``.
+    Rows are ranked
     by their cross-validation score on the training split (ties: shorter fit time, then name), so the
     choice never looks at the held-out split; the held-out figures of every row are reported, and the
     top row's are the honest estimate of the pick. Rows without a CV score (``cv=0``) get no rank and
     follow in name order. The table goes to ``compare.md`` and ``compare.csv``; returns its rows in
     that order. ``fit_time_s`` includes cross-validation.
     """
+    if not classifiers:
+        raise ValueError("no classifier given")
     for name in classifiers:
         check_options(name, normalize, sampling)
     check_max_iter(max_iter)
+    layer_sets = check_layer_sets(codes, layers, test)
     refuse_existing_runs(out_dir, overwrite)  # per-run models and the table are replaced only when asked
     out_dir = ensure_writable(out_dir)
-    layer_sets = [[t] for t in file_taps(codes)] if layers is None else [
-        t.split("+") if isinstance(t, str) else list(t) for t in layers]
     log = make_logger(False)
     rows = []
     bar = tqdm(total=len(layer_sets) * len(classifiers), desc="compare", disable=not progress)
@@ -63,6 +66,16 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
     rows = [{k: row[k] for k in COLUMNS} for row in rows]
     write_files(out_dir, {"compare.csv": to_csv(rows), "compare.md": to_markdown(rows, codes)})
     return rows
+
+
+def check_layer_sets(codes, layers, test=None) -> list[list[str]]:
+    """Every run's taps, each checked against the codes file (and the test file) before any training."""
+    layer_sets = [[t] for t in file_taps(codes)] if layers is None else parse_layer_sets(layers)
+    for layer_set in layer_sets:
+        resolve_layers(codes, layer_set)
+        if test is not None:
+            resolve_layers(test, layer_set)
+    return layer_sets
 
 
 def rank_rows(rows: list[dict]) -> None:

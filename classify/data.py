@@ -53,14 +53,32 @@ def file_taps(path: str | os.PathLike) -> list[str]:
     return listed + [t for t in stored if t not in listed]
 
 
+def concatenated_taps(layers: str | Sequence[str]) -> list[str]:
+    """One concatenation of taps: ``"a+b"``, ``"a + b"`` or a list whose items may themselves be ``a+b``."""
+    items = [layers] if isinstance(layers, str) else [str(t) for t in layers]
+    return [t.strip() for item in items for t in item.split("+") if t.strip()]
+
+
+def parse_layer_sets(spec: str | Sequence[str | Sequence[str]]) -> list[list[str]]:
+    """The runs of ``compare``: commas separate runs, ``+`` concatenates taps, spaces are ignored.
+
+    ``"block4, block4+penultimate"`` -> ``[["block4"], ["block4", "penultimate"]]``; a list holds one run per item.
+    """
+    items = [t for t in spec.split(",")] if isinstance(spec, str) else list(spec)
+    runs = [concatenated_taps(item) for item in items]
+    if not runs or any(not run for run in runs):
+        raise ValueError(f"layers {spec!r}: an empty entry; write runs separated by commas, taps joined by +")
+    return runs
+
+
 def resolve_layers(path: str | os.PathLike, layers: str | Sequence[str] | None) -> list[str]:
-    """The requested taps (``"a+b"`` or a list means concatenated), default the file's first tap."""
+    """The requested taps, concatenated (``"a+b"``, or a list), default the file's first tap."""
     available = file_taps(path)
     if not available:
         raise ValueError(f"{path} holds no codes (no /codes datasets)")
     if layers is None:
         return available[:1]
-    wanted = layers.split("+") if isinstance(layers, str) else [str(t) for t in layers]
+    wanted = concatenated_taps(layers)
     unknown = [t for t in wanted if t not in available]
     if unknown or not wanted:
         raise ValueError(f"{path} has no layer {', '.join(unknown) or '(none given)'}; "

@@ -205,3 +205,44 @@ def test_test_file_of_other_images_is_accepted(tmp_path):
     test = make_codes(tmp_path / "test.h5", with_split=False, seed=5)  # same paths and sizes, other codes
     report = classify_codes(train, tmp_path / "out", test=test, C=1.0, cv=0, progress=False)
     assert report["n_test"] == 102
+
+
+def test_compare_checks_every_layer_before_training(tmp_path, capsys):
+    codes = make_codes(tmp_path / "codes.h5")
+    out = tmp_path / "out"
+    assert pipeline.main(["compare", str(codes), "--out", str(out), "--layers", "block4,fc7", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no layer fc7" in err and "available layers: block4, penultimate" in err
+    assert not out.exists()  # nothing trained, nothing written
+
+
+def test_run_checks_classifier_names_before_extracting(tmp_path, capsys):
+    images = make_tree(tmp_path / "images", per_class=2)
+    out = tmp_path / "run"
+    assert pipeline.main(["run", str(images), "--out", str(out), *FAST, "--classifiers", "svm,logreg"]) == 2
+    assert "unknown classifier 'logreg'" in capsys.readouterr().err
+    assert not (out / "codes.h5").exists()
+
+
+def test_one_layer_syntax_everywhere(tmp_path):
+    from classify import classify_codes
+
+    codes = make_codes(tmp_path / "codes.h5")
+    rows = compare(codes, tmp_path / "cmp", classifiers=("svm",), layers="block4, block4 + penultimate", C=1.0,
+                   cv=0, progress=False)
+    assert sorted(r["layers"] for r in rows) == ["block4", "block4+penultimate"]
+    for i, layers in enumerate(["block4+penultimate", ["block4", "penultimate"], ["block4+ penultimate"]]):
+        report = classify_codes(codes, tmp_path / f"c{i}", layers=layers, C=1.0, cv=0, progress=False)
+        assert report["layers"] == ["block4", "penultimate"]
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "cli"), "--layer", "block4+penultimate",
+                          "--C", "1", "--cv", "0", "--quiet"]) == 0
+    assert json.loads((tmp_path / "cli" / "report.json").read_text())["layers"] == ["block4", "penultimate"]
+
+
+def test_run_layer_values_are_runs_and_plus_concatenates(tmp_path):
+    images = make_tree(tmp_path / "images", per_class=4, splits=("train", "test"))
+    out = tmp_path / "run"
+    assert pipeline.main(["run", str(images), "--out", str(out), *FAST, "--workers", "0", "--layer",
+                          "block4, block4+penultimate", "--classifiers", "svm", "--cv", "2"]) == 0
+    with open(out / "compare" / "compare.csv", newline="") as fh:
+        assert sorted(r["layers"] for r in csv.DictReader(fh)) == ["block4", "block4+penultimate"]
