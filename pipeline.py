@@ -21,6 +21,27 @@ ENVIRONMENT_HELP = """environment:
                             (default ~/.cache/cnncodes/traces; off: no cache; delete the folder to clear it)"""
 
 
+def _number(kind: type, ok, what: str):
+    """An argparse ``type=`` that converts with ``kind`` and refuses values failing ``ok`` in one line."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+non_negative_int = _number(int, lambda v: v >= 0, "0 or a positive integer")
+positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
+fraction = _number(float, lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)")
+cv_folds = _number(int, lambda v: v == 0 or v >= 2, "0 (no cross-validation) or at least 2 folds")
+
+
 class _KeepsEnvironmentHelp(argparse.HelpFormatter):
     """Wraps descriptions as usual, but prints the environment table as it is laid out."""
 
@@ -33,8 +54,8 @@ def _add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
     r.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="compute precision; auto = fp32 on CPU, bf16/fp16 on GPU")
-    r.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 4 on CPU, where small batches are fastest; 64 on GPU)")
-    r.add_argument("--workers", type=int, default=None,
+    r.add_argument("--batch-size", type=positive_int, default=None, help="images per forward pass (default: 4 on CPU, where small batches are fastest; 64 on GPU)")
+    r.add_argument("--workers", type=non_negative_int, default=None,
                    help="worker processes. On the CPU each one decodes images and runs the network with one "
                         "thread (default: one per CPU, at most 16); on a GPU they only decode (default: CPUs - 1). "
                         "0: everything in the main process")
@@ -59,11 +80,11 @@ def _add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) ->
     g.add_argument("--weights", metavar="FILE|random",
                    help="checkpoint file to load (weights_only); 'random' for an untrained network (tests). Default: "
                         "the embedded checkpoint, then the torch hub cache, then a download")
-    g.add_argument("--resize", type=int, help="shorter side before the crop (default: the backbone's, 256)")
-    g.add_argument("--crop", type=int, help="center crop size (default: the backbone's, 224)")
-    g.add_argument("--max-dim", type=int, default=65536, help="largest code allowed with --pool none (default: %(default)s)")
+    g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, 256)")
+    g.add_argument("--crop", type=positive_int, help="center crop size (default: the backbone's, 224)")
+    g.add_argument("--max-dim", type=positive_int, default=65536, help="largest code allowed with --pool none (default: %(default)s)")
     r = _add_running_options(p)
-    r.add_argument("--part-size", type=int, default=None,
+    r.add_argument("--part-size", type=positive_int, default=None,
                    help="images per part file; a killed run recomputes at most one part (default: 512)")
     r.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored code type")
 
@@ -72,8 +93,10 @@ def _add_classify_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("classifier training")
     g.add_argument("--normalize", default="power", choices=("none", "standard", "l2", "power"),
                    help="code preprocessing: power = signed square root then L2 (default: %(default)s)")
-    g.add_argument("--C", type=float, default=None, help="fix C instead of choosing it by cross-validation")
-    g.add_argument("--cv", type=int, default=5, help="cross-validation folds; 0 fits once with --C (default: 5)")
+    g.add_argument("--C", type=positive_float, default=None, help="fix C instead of choosing it by cross-validation")
+    g.add_argument("--cv", type=cv_folds, default=5,
+                   help="cross-validation folds (at least 2); 0 fits once with --C, or without it with the "
+                        "classifier's default (C=1) (default: 5)")
     g.add_argument("--max-iter", type=int, metavar="N",
                    help="iteration limit of the svm / softmax / rbf_svm solver, when a fit reports that it did not "
                         "converge (default: the classifier's, 10000 for svm, 5000 for softmax)")
@@ -84,7 +107,7 @@ def _add_classify_options(p: argparse.ArgumentParser) -> None:
                         "the median class size (default: %(default)s)")
     s = p.add_argument_group("evaluation split")
     s.add_argument("--test", metavar="OTHER.h5", help="evaluate on another codes file of the same recipe")
-    s.add_argument("--test-fraction", type=float, help="hold out a stratified share of the labeled images")
+    s.add_argument("--test-fraction", type=fraction, help="hold out a stratified share of the labeled images")
     s.add_argument("--seed", type=int, default=0, help="seed for the split, folds and sampling (default: 0)")
 
 
@@ -140,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "outputs are non-negative (after a ReLU), which are valid CNN codes.")
     p.add_argument("model", help="backbone name, e.g. mobilenet_v2, alexnet, vgg16, resnet18, resnet50")
     p.add_argument("--all", action="store_true", help="list every graph node, including pre-activation ones")
-    p.add_argument("--crop", type=int, default=224, help="input size used to compute shapes (default: %(default)s)")
+    p.add_argument("--crop", type=positive_int, default=224, help="input size used to compute shapes (default: %(default)s)")
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("classify", help="codes file -> trained model and report",
@@ -218,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a real dataset that ships with scikit-learn as PNG files, offline.")
     p.add_argument("name", choices=("digits",), help="digits: 1,797 handwritten digit scans (8x8), 10 classes")
     p.add_argument("folder", help="where to write it, e.g. data/digits")
-    p.add_argument("--test-fraction", type=float, default=0.3, help="share put under test/ (default: %(default)s)")
+    p.add_argument("--test-fraction", type=fraction, default=0.3, help="share put under test/ (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty FOLDER whole (written aside, then swapped in); without it a non-empty "
@@ -246,8 +269,21 @@ def _extract_kwargs(args: argparse.Namespace) -> dict:
                 progress=not args.quiet, max_dim=args.max_dim)
 
 
+def _check_preprocess(args: argparse.Namespace) -> None:
+    """--resize below --crop (given, or the backbone's default) would not fit the crop: refuse it up front."""
+    from extract.backbones import get_backbone
+    from extract.recipe import preprocess_config
+
+    prep = preprocess_config(get_backbone(args.backbone), args.resize, args.crop)
+    if prep["resize"] < prep["crop"]:
+        raise ValueError(f"--resize {prep['resize']} is smaller than --crop {prep['crop']}: the center crop must "
+                         "fit in the resized image (use --resize >= --crop)")
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from extract import extract_codes
+
+    _check_preprocess(args)
 
     result = extract_codes(_one_or_list(args.source), args.out, overwrite=args.overwrite, update=args.update, **_extract_kwargs(args))
     _print_extract_summary(result)
@@ -410,6 +446,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError("--classifiers names no classifier")
     for name in classifiers:  # before the long extraction, not after it
         check_options(name, args.normalize, args.sampling)
+    _check_preprocess(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     codes = out / "codes.h5"

@@ -42,6 +42,10 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
     for name in classifiers:
         check_options(name, normalize, sampling)
     check_max_iter(max_iter)
+    if C is not None and not 0 < C < float("inf"):
+        raise ValueError(f"C must be a positive number, got {C}")
+    if not (cv == 0 or cv >= 2):
+        raise ValueError(f"cv must be 0 (no cross-validation) or at least 2 folds, got {cv}")
     layer_sets = check_layer_sets(codes, layers, test)
     refuse_existing_runs(out_dir, overwrite)  # per-run models and the table are replaced only when asked
     out_dir = ensure_writable(out_dir)

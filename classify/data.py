@@ -250,14 +250,17 @@ def _check_stratifiable(y: np.ndarray, names: list[str]) -> None:
 
 
 def check_training_set(y_train: np.ndarray, class_names: list[str], cv: int) -> tuple[int, list[str]]:
-    """Raise on unusable training labels; return the number of CV folds to use (and notes)."""
+    """Raise on unusable training labels or ``cv`` (0, or at least 2); return the CV folds to use, and notes."""
+    if not (cv == 0 or cv >= 2):
+        raise ValueError(f"cv must be 0 (no cross-validation) or at least 2 folds, got {cv}")
     counts = np.bincount(y_train, minlength=len(class_names))
     present = np.flatnonzero(counts)
     if len(present) < 2:
         only = class_names[present[0]] if len(present) else "none"
         raise ValueError(f"the training split holds only one class ({only}); a classifier needs at least two")
-    if cv < 2:
-        return 0, []
+    if cv == 0:
+        return 0, ["no cross-validation (cv=0): the hyper-parameter is the one given (C), else the "
+                   "classifier's default, and no CV score is computed"]
     single = [class_names[c] for c in present if counts[c] == 1]
     if single:
         raise ValueError(f"class {', '.join(map(repr, single))} has a single training example; "

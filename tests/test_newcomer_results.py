@@ -246,3 +246,48 @@ def test_run_layer_values_are_runs_and_plus_concatenates(tmp_path):
                           "block4, block4+penultimate", "--classifiers", "svm", "--cv", "2"]) == 0
     with open(out / "compare" / "compare.csv", newline="") as fh:
         assert sorted(r["layers"] for r in csv.DictReader(fh)) == ["block4", "block4+penultimate"]
+
+
+@pytest.mark.parametrize("command,option,value,message", [
+    ("extract", "--batch-size", "-3", "must be a positive integer, got -3"),
+    ("extract", "--batch-size", "0", "must be a positive integer, got 0"),
+    ("extract", "--crop", "0", "must be a positive integer, got 0"),
+    ("extract", "--resize", "0", "must be a positive integer, got 0"),
+    ("extract", "--part-size", "0", "must be a positive integer, got 0"),
+    ("extract", "--workers", "-1", "must be 0 or a positive integer, got -1"),
+    ("classify", "--C", "-1", "must be a positive number, got -1"),
+    ("classify", "--cv", "1", "must be 0 (no cross-validation) or at least 2 folds, got 1"),
+    ("classify", "--test-fraction", "1.5", "must be a fraction between 0 and 1 (exclusive), got 1.5"),
+    ("compare", "--cv", "-2", "or at least 2 folds, got -2"),
+    ("layers", "--crop", "0", "must be a positive integer, got 0"),
+    ("dataset", "--test-fraction", "0", "must be a fraction between 0 and 1"),
+])
+def test_out_of_range_numbers_get_one_clear_line(tmp_path, capsys, command, option, value, message):
+    first = {"extract": [str(tmp_path), "-o", str(tmp_path / "c.h5")], "classify": ["c.h5", "--out", "o"],
+             "compare": ["c.h5", "--out", "o"], "layers": ["resnet18"], "dataset": ["digits", str(tmp_path / "d")]}
+    with pytest.raises(SystemExit) as exit_info:
+        pipeline.main([command, *first[command], option, value])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"cnncodes {command}: error: argument {option}: {message}" or (
+        last.startswith(f"cnncodes {command}: error: argument {option}: ") and message in last)
+
+
+def test_resize_smaller_than_crop_is_refused_before_work(tmp_path, capsys):
+    images = make_tree(tmp_path / "images", per_class=1)
+    assert pipeline.main(["extract", str(images), "-o", str(tmp_path / "c.h5"), "--weights", "random",
+                          "--resize", "10", "--crop", "224", "--quiet"]) == 2
+    assert "--resize 10 is smaller than --crop 224" in capsys.readouterr().err
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_api_refuses_bad_cv_and_notes_no_cv(tmp_path):
+    from classify import classify_codes
+
+    codes = make_codes(tmp_path / "codes.h5")
+    with pytest.raises(ValueError, match="cv must be 0 .* got 1"):
+        classify_codes(codes, tmp_path / "a", cv=1, progress=False)
+    with pytest.raises(ValueError, match="C must be a positive number"):
+        compare(codes, tmp_path / "b", classifiers=("svm",), C=-1.0, cv=0, progress=False)
+    report = classify_codes(codes, tmp_path / "c", cv=0, progress=False)
+    assert any("no cross-validation (cv=0)" in n for n in report["notes"]) and report["hyperparameter"] == "C=1"
