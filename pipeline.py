@@ -284,10 +284,21 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from extract import extract_codes
 
     _check_preprocess(args)
-
     result = extract_codes(_one_or_list(args.source), args.out, overwrite=args.overwrite, update=args.update, **_extract_kwargs(args))
     _print_extract_summary(result)
+    if _none_usable(result, "extract"):
+        return EXIT_FAILURES
     return EXIT_FAILURES if (args.strict and result.failures) else EXIT_OK
+
+
+def _none_usable(result, command: str) -> bool:
+    """True, with one error line, when not a single image of the collection could be read."""
+    if not result.n_images or len(result.failures) < result.n_images:
+        return False
+    path, reason = result.failures[0]
+    print(f"cnncodes {command}: error: none of the {result.n_images} image(s) could be read (first: {path}: "
+          f"{reason}); {result.path} holds no usable codes", file=sys.stderr)
+    return True
 
 
 def _one_or_list(paths: list[str]) -> str | list[str]:
@@ -452,6 +463,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     codes = out / "codes.h5"
     result = extract_codes(args.images, codes, **_extract_kwargs(args))
     _print_extract_summary(result)
+    if _none_usable(result, "run"):
+        return EXIT_FAILURES
     if len(layers) == 1 and len(classifiers) == 1:
         report = classify_codes(codes, out / "classify", layers=layers[0], classifier=classifiers[0],
                                 overwrite=True, **_classify_kwargs(args))  # a rerun of `run` retrains

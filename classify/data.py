@@ -157,6 +157,9 @@ def _split_dataset(codes, layers, test, test_fraction, seed) -> Dataset:
     if not (cf.rows.labels >= 0).any():
         raise ValueError(f"{codes} has no labels (every row is unlabeled, -1); it can be used for predicting, "
                          "not for training")
+    if not use.any():
+        raise ValueError(f"{codes} has no readable, labeled rows to train on ({n_failed} of {len(use)} images "
+                         f"could not be read, {n_unlabeled} unlabeled); see `cnncodes info {codes}`")
     common = dict(class_names=names, layers=layers, recipe=cf.recipe, codes_path=str(codes),
                   n_unlabeled_excluded=n_unlabeled)
     y = cf.rows.labels

@@ -291,3 +291,18 @@ def test_api_refuses_bad_cv_and_notes_no_cv(tmp_path):
         compare(codes, tmp_path / "b", classifiers=("svm",), C=-1.0, cv=0, progress=False)
     report = classify_codes(codes, tmp_path / "c", cv=0, progress=False)
     assert any("no cross-validation (cv=0)" in n for n in report["notes"]) and report["hyperparameter"] == "C=1"
+
+
+def test_a_collection_with_no_readable_image_fails_in_one_line(tmp_path, capsys):
+    images = tmp_path / "images"
+    for cls in ("cat", "dog"):
+        (images / cls).mkdir(parents=True)
+        (images / cls / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    codes = tmp_path / "codes.h5"
+    assert pipeline.main(["extract", str(images), "-o", str(codes), *FAST, "--workers", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("cnncodes extract: error: none of the 2 image(s) could be read (first: cat/broken.png")
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "has no readable, labeled rows to train on (2 of 2 images could not be read" in err
+    assert "n_samples" not in err
