@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract_options(p)
     p.add_argument("--classifiers", default="svm,softmax",
                    help="classifier for one layer, comma-separated ones to compare (default: %(default)s)")
+    p.add_argument("--update", action="store_true",
+                   help="extract only new or modified images into OUT/codes.h5 (after images were added)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT/codes.h5 when it was made otherwise (another recipe or image set)")
     _add_classify_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -284,6 +288,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from extract import extract_codes
 
     _check_preprocess(args)
+    if Path(args.out).is_dir():
+        raise ValueError(f"-o {args.out} is a folder; -o names the codes file to write, e.g. -o codes.h5")
     result = extract_codes(_one_or_list(args.source), args.out, overwrite=args.overwrite, update=args.update, **_extract_kwargs(args))
     _print_extract_summary(result)
     if _none_usable(result, "extract"):
@@ -459,9 +465,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_options(name, args.normalize, args.sampling)
     _check_preprocess(args)
     out = Path(args.out)
+    _refuse_out_in_images(out, args.images)
     out.mkdir(parents=True, exist_ok=True)
     codes = out / "codes.h5"
-    result = extract_codes(args.images, codes, **_extract_kwargs(args))
+    result = extract_codes(args.images, codes, overwrite=args.overwrite, update=args.update,
+                           **_extract_kwargs(args))
     _print_extract_summary(result)
     if _none_usable(result, "run"):
         return EXIT_FAILURES
