@@ -297,6 +297,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return EXIT_FAILURES if (args.strict and result.failures) else EXIT_OK
 
 
+def _refuse_out_in_images(out: Path, images: str) -> None:
+    """run's --out must not be the image folder or inside it: its reports (confusion.png) would become images."""
+    images_dir = Path(images).resolve()
+    if images_dir.is_dir() and (out.resolve() == images_dir or images_dir in out.resolve().parents):
+        raise ValueError(f"--out {out} is inside the image folder {images}: its reports would be read as images "
+                         "on the next run; choose a folder outside it")
+
+
 def _none_usable(result, command: str) -> bool:
     """True, with one error line, when not a single image of the collection could be read."""
     if not result.n_images or len(result.failures) < result.n_images:

@@ -10,7 +10,7 @@ from codes_fixtures import make_codes, write_codes_file
 
 import pipeline
 from classify import compare
-from conftest import FAST, make_tree
+from conftest import FAST, make_tree, write_image
 
 
 def _two_layer_trap(path, n: int = 40, seed: int = 0):
@@ -306,3 +306,29 @@ def test_a_collection_with_no_readable_image_fails_in_one_line(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "has no readable, labeled rows to train on (2 of 2 images could not be read" in err
     assert "n_samples" not in err
+
+
+def test_run_has_the_update_and_overwrite_it_suggests(tmp_path, capsys):
+    images = make_tree(tmp_path / "images", per_class=4, splits=("train", "test"))
+    out = tmp_path / "run"
+    common = ["run", str(images), "--out", str(out), *FAST, "--workers", "0", "--classifiers", "svm", "--cv", "2"]
+    assert pipeline.main(common) == 0
+    write_image(images / "train" / "cat" / "new.png", np.random.default_rng(3))  # one more image
+    capsys.readouterr()
+    assert pipeline.main(common) == 2
+    err = capsys.readouterr().err
+    assert "--update" in err
+    assert pipeline.main([*common, "--update"]) == 0
+    assert "1 extracted" in capsys.readouterr().out
+    assert pipeline.main([*common, "--overwrite", "--layer", "block4"]) == 0
+    assert json.loads((out / "classify" / "report.json").read_text())["layers"] == ["block4"]
+
+
+def test_output_at_the_image_folder_is_refused(tmp_path, capsys):
+    images = make_tree(tmp_path / "images", per_class=1)
+    assert pipeline.main(["extract", str(images), "-o", str(images), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder; -o names the codes file to write" in err and "--overwrite" not in err
+    assert pipeline.main(["run", str(images), "--out", str(images / "run"), *FAST]) == 2
+    assert "inside the image folder" in capsys.readouterr().err
+    assert not (images / "run").exists()
