@@ -411,7 +411,8 @@ def _print_report(report: dict, out: Path) -> None:
     print((out / "report.txt").read_text(encoding="utf-8"))
     if report.get("n_failed_excluded"):
         print(f"{report['n_failed_excluded']} image(s) excluded because they could not be read")
-    print(f"reports and model in {out}/: report.json report.txt confusion.csv confusion.png model.joblib")
+    curves = " pr_curve.png roc.png" if (report.get("binary") or {}).get("pr_curve") else ""
+    print(f"reports and model in {out}/: report.json report.txt confusion.csv confusion.png{curves} model.joblib")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

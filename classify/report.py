@@ -63,7 +63,9 @@ def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarray, p
     threshold over them. Sensitivity is the positive class's recall, specificity the other's.
     """
     is_pos, said_pos = y_true == positive, y_pred == positive
-    out = {"positive_class": class_names[positive], "score": score_kind,
+    negative = next((c for c in np.unique(np.concatenate([y_true, y_pred])).tolist() if c != positive), None)
+    out = {"positive_class": class_names[positive],
+           "negative_class": class_names[negative] if negative is not None else None, "score": score_kind,
            "sensitivity": _ratio(np.sum(is_pos & said_pos), np.sum(is_pos)),
            "specificity": _ratio(np.sum(~is_pos & ~said_pos), np.sum(~is_pos)),
            "roc_auc": None, "average_precision": None, "pr_curve": None, "roc_curve": None, "notes": []}
@@ -138,7 +140,8 @@ def _binary_lines(binary: dict | None) -> list[str]:
     def fmt(v):
         return "-" if v is None else f"{v:.4f}"
     pos = binary["positive_class"]
-    return ["", f"positive class:    {pos} (sensitivity: recall of {pos}; specificity: recall of the other class)",
+    other = binary.get("negative_class") or "the other class"
+    return ["", f"positive class:    {pos} (sensitivity: recall of {pos}; specificity: recall of {other})",
             f"sensitivity:       {fmt(binary['sensitivity'])}",
             f"specificity:       {fmt(binary['specificity'])}",
             f"ROC AUC:           {fmt(binary['roc_auc'])} (from {binary['score']} on the test split)",
@@ -192,7 +195,7 @@ def plot_curve(binary: dict, kind: str, path: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
-    name = f"{binary['positive_class']} vs rest"
+    name = f"{binary['positive_class']} vs {binary.get('negative_class') or 'rest'}"
     if kind == "pr":
         curve = binary["pr_curve"]
         PrecisionRecallDisplay(precision=np.array(curve["precision"]), recall=np.array(curve["recall"]),

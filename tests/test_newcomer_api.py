@@ -105,7 +105,8 @@ def test_binary_report_has_roc_pr_sensitivity_specificity(tmp_path):
     test = np.array(split_column(y)) == "test"
     X, y_test = codes["block4"][test].astype(np.float32), y[test]
     scores = pipe.decision_function(X)
-    assert binary["positive_class"] == "yes" and binary["score"] == "decision_function"
+    assert binary["positive_class"] == "yes" and binary["negative_class"] == "no"
+    assert binary["score"] == "decision_function"
     assert binary["roc_auc"] == pytest.approx(roc_auc_score(y_test, scores))
     assert binary["average_precision"] == pytest.approx(average_precision_score(y_test, scores))
     assert binary["sensitivity"] == pytest.approx(report["per_class"]["yes"]["recall"])
