@@ -82,6 +82,11 @@ def resolve_taps(backbone: Backbone, model: nn.Module, layers: list[str], pool: 
                 f"{backbone.name} has no layer {name!r}. Aliases: {', '.join(backbone.aliases)}; "
                 f"node names: run `cnncodes layers {backbone.name} --all`"
             )
+        if canonical == known[-1]:
+            raise ValueError(
+                f"{name!r} is {backbone.name}'s output layer (the ImageNet logits, which go negative): a ReLU would "
+                f"cut them, so it is not a CNN code. Tap a non-negative layer (`cnncodes layers {backbone.name}`), "
+                "e.g. penultimate")
         resolved.append((name, canonical))
     shapes = probe_shapes(model, list(dict.fromkeys(n for _, n in resolved)), crop)
     taps = [_make_tap(name, node, pool, shapes[node]) for name, node in resolved]
@@ -118,8 +123,8 @@ def describe_layers(backbone: Backbone, model: nn.Module, crop: int, show_all: b
         torch.manual_seed(0)
         out = body(torch.randn(2, 3, crop, crop))
     aliases: dict[str, list[str]] = {}
-    for alias, node in backbone.aliases.items():
-        aliases.setdefault(node, []).append(alias)
+    for alias, node in backbone.aliases.items():  # a module name (layer4) lists at its last node, as it is tapped
+        aliases.setdefault(_canonical_node(node, nodes) or node, []).append(alias)
     rows = []
     for node in nodes:
         value = out[node]

@@ -332,3 +332,22 @@ def test_output_at_the_image_folder_is_refused(tmp_path, capsys):
     assert pipeline.main(["run", str(images), "--out", str(images / "run"), *FAST]) == 2
     assert "inside the image folder" in capsys.readouterr().err
     assert not (images / "run").exists()
+
+
+def test_layers_lists_every_alias_of_resnet18(capsys):
+    from extract.backbones import get_backbone
+
+    assert pipeline.main(["layers", "resnet18", "--crop", "64"]) == 0
+    listed = {a.strip() for line in capsys.readouterr().out.splitlines()[2:]
+              for a in line.split("  ")[-1].split(",") if a.strip()}
+    assert set(get_backbone("resnet18").aliases) <= listed
+
+
+@pytest.mark.parametrize("backbone,logits", [("mobilenet_v2", "classifier.1"), ("resnet18", "fc")])
+def test_tapping_the_imagenet_logits_is_refused(tmp_path, capsys, backbone, logits):
+    images = make_tree(tmp_path / "images", per_class=1)
+    assert pipeline.main(["extract", str(images), "-o", str(tmp_path / "c.h5"), "--backbone", backbone,
+                          "--layer", logits, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "output layer (the ImageNet logits" in err and f"cnncodes layers {backbone}" in err
+    assert not (tmp_path / "c.h5").exists()
