@@ -6,6 +6,7 @@ import io
 import os
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -40,7 +41,35 @@ def predict_codes(run_dir: str | os.PathLike, codes_path: str | os.PathLike, out
     check_recipe(layer_recipe(bundle["recipe"], layers), layer_recipe(meta.get("recipe", {}), layers),
                  f"codes file {codes_path}")
     cf, X = load(codes_path, layers)
+    pred = _predict(bundle, cf, X, rule, threshold)
+    true = true_labels(cf)
+    known = np.isin(true, pred.classes)
+    out_csv = Path(out_csv)
+    write_files(out_csv.parent if str(out_csv.parent) else ".",
+                {out_csv.name: _csv_text(cf.rows.paths, pred, true if known.any() else None)})
+    good = pred.good
+    return {"out_csv": str(out_csv), "n_rows": int(len(X)), "n_predicted": int(good.sum()),
+            "n_failed": int((~good).sum()), "predicted_counts": dict(Counter(pred.predicted[good].tolist())),
+            "score": "decision_function" if hasattr(bundle["pipeline"], "decision_function") else "predict_proba",
+            "probabilities": pred.probs is not None,
+            "threshold": None if rule is None else {"positive_class": rule[0], "threshold": threshold,
+                                                    "on": f"{rule[2]}_{rule[0]}"},
+            "evaluation": evaluate_known(true, pred.predicted, good, known)}
 
+
+@dataclass
+class Predictions:
+    """Per-row outputs; rows that are not ``good`` (failed image, non-finite codes) hold blanks/NaN."""
+
+    classes: list[str]
+    good: np.ndarray
+    errors: np.ndarray
+    predicted: np.ndarray
+    scores: np.ndarray
+    probs: np.ndarray | None  # None when the model gives no probabilities
+
+
+def _predict(bundle: dict, cf, X: np.ndarray, rule, threshold: float | None) -> Predictions:
     pipe, names = bundle["pipeline"], bundle["class_names"]
     classes = [names[int(c)] for c in pipe.classes_]
     errors = np.array(cf.rows.errors, dtype=object)
@@ -48,43 +77,36 @@ def predict_codes(run_dir: str | os.PathLike, codes_path: str | os.PathLike, out
     finite = np.isfinite(X).all(axis=1)
     errors[ok & ~finite] = "codes contain NaN or infinite values"
     good = ok & finite
-    has_proba = hasattr(pipe, "predict_proba")
+    errors[~good & (errors == "")] = "image failed"
     predicted = np.full(len(X), "", dtype=object)
     scores = np.full((len(X), len(classes)), np.nan)
-    probs = np.full((len(X), len(classes)), np.nan)
+    probs = np.full((len(X), len(classes)), np.nan) if hasattr(pipe, "predict_proba") else None
     if good.any():
         predicted[good] = [names[int(c)] for c in pipe.predict(X[good])]
         scores[good] = _scores(pipe, X[good])
-        if has_proba:
+        if probs is not None:
             probs[good] = pipe.predict_proba(X[good])
     if rule is not None:
         pos, neg, _ = rule
-        value = (probs if has_proba else scores)[:, classes.index(pos)]
+        value = (probs if probs is not None else scores)[:, classes.index(pos)]
         predicted[good] = np.where(value[good] >= threshold, pos, neg)
+    return Predictions(classes, good, errors, predicted, scores, probs)
 
-    true = true_labels(cf, classes)
-    known = np.isin(true, classes)
-    with_true = bool(known.any())
-    prob_header = [f"prob_{c}" for c in classes] if has_proba else []
+
+def _csv_text(paths, pred: Predictions, true: np.ndarray | None) -> str:
+    """``path, predicted, [true,] score_..., [prob_...,] error``: numbers blank where the row failed."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "predicted", *(["true"] if with_true else []), *(f"score_{c}" for c in classes),
-                     *prob_header, "error"])
-    for i in range(len(X)):
-        blank = [""] * len(classes)
-        row_scores = [f"{v:.6g}" for v in scores[i]] if good[i] else blank
-        row_probs = ([f"{v:.6g}" for v in probs[i]] if good[i] else blank) if has_proba else []
-        writer.writerow([cf.rows.paths[i], predicted[i], *([true[i]] if with_true else []), *row_scores, *row_probs,
-                         "" if good[i] else (errors[i] or "image failed")])
-    out_csv = Path(out_csv)
-    write_files(out_csv.parent if str(out_csv.parent) else ".", {out_csv.name: buf.getvalue()})
-    return {"out_csv": str(out_csv), "n_rows": int(len(X)), "n_predicted": int(good.sum()),
-            "n_failed": int((~good).sum()), "predicted_counts": dict(Counter(predicted[good].tolist())),
-            "score": "decision_function" if hasattr(pipe, "decision_function") else "predict_proba",
-            "probabilities": has_proba,
-            "threshold": None if rule is None else {"positive_class": rule[0], "threshold": threshold,
-                                                    "on": f"{rule[2]}_{rule[0]}"},
-            "evaluation": evaluate_known(true, predicted, good, known, classes)}
+    writer.writerow(["path", "predicted", *(["true"] if true is not None else []),
+                     *(f"score_{c}" for c in pred.classes),
+                     *((f"prob_{c}" for c in pred.classes) if pred.probs is not None else ()), "error"])
+    blank = [""] * len(pred.classes)
+    for i, good in enumerate(pred.good):
+        numbers = [pred.scores[i]] + ([pred.probs[i]] if pred.probs is not None else [])
+        cells = [c for row in numbers for c in ([f"{v:.6g}" for v in row] if good else blank)]
+        writer.writerow([paths[i], pred.predicted[i], *([true[i]] if true is not None else []), *cells,
+                         "" if good else pred.errors[i]])
+    return buf.getvalue()
 
 
 def threshold_rule(bundle: dict, threshold: float | None, positive: str | None) -> tuple[str, str, str] | None:
@@ -111,14 +133,13 @@ def threshold_rule(bundle: dict, threshold: float | None, positive: str | None) 
     return pos, next(c for c in classes if c != pos), on
 
 
-def true_labels(cf, classes: list[str]) -> np.ndarray:
+def true_labels(cf) -> np.ndarray:
     """Each row's label name from the codes file ("" when unlabeled)."""
     file_names = class_names_of(cf)
     return np.array([file_names[int(v)] if v >= 0 else "" for v in cf.rows.labels], dtype=object)
 
 
-def evaluate_known(true: np.ndarray, predicted: np.ndarray, good: np.ndarray, known: np.ndarray,
-                   classes: list[str]) -> dict | None:
+def evaluate_known(true: np.ndarray, predicted: np.ndarray, good: np.ndarray, known: np.ndarray) -> dict | None:
     """Accuracy and balanced accuracy over predicted rows whose label the model knows; None if none."""
     unknown = Counter(true[(true != "") & ~known].tolist())
     scored = good & known
