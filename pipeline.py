@@ -122,9 +122,11 @@ def package_version() -> str:
 
 
 def _show_warning(command: str):
-    """Warnings as one line each, ``cnncodes CMD: warning: ...``, without source paths."""
+    """Warnings as one line each, ``cnncodes CMD: warning: ...``, without source paths (above any progress bar)."""
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"cnncodes {command}: warning: {' '.join(str(message).split())}", file=file or sys.stderr, flush=True)
+        from tqdm import tqdm
+
+        tqdm.write(f"cnncodes {command}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
     return show
 
 
