@@ -89,7 +89,20 @@ def _add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) ->
     r.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored code type")
 
 
-def _add_classify_options(p: argparse.ArgumentParser) -> None:
+SAMPLINGS = ("none", "over", "under", "hybrid")
+
+
+def _sampling_list(text: str) -> str:
+    """--sampling of compare / run: one mode or several, comma-separated, to compare."""
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in SAMPLINGS]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"must be {', '.join(SAMPLINGS)} or several of them comma-separated, "
+                                         f"got {text!r}")
+    return ",".join(modes)
+
+
+def _add_classify_options(p: argparse.ArgumentParser, several_samplings: bool = False) -> None:
     g = p.add_argument_group("classifier training")
     g.add_argument("--normalize", default="power", choices=("none", "standard", "l2", "power"),
                    help="code preprocessing: power = signed square root then L2 (default: %(default)s)")
@@ -102,9 +115,13 @@ def _add_classify_options(p: argparse.ArgumentParser) -> None:
                         "converge (default: the classifier's, 10000 for svm, 5000 for softmax)")
     g.add_argument("--class-weight", default="balanced",
                    help="balanced, none, or CLASS=W,CLASS=W (cost-based imbalance handling) (default: %(default)s)")
-    g.add_argument("--sampling", default="none", choices=("none", "over", "under", "hybrid"),
-                   help="resample the training split: over / under to the largest / smallest class, hybrid to "
-                        "the median class size (default: %(default)s)")
+    sampling_help = ("resample the training split: over / under to the largest / smallest class, hybrid to "
+                     "the median class size")
+    if several_samplings:
+        g.add_argument("--sampling", default="none", type=_sampling_list, metavar="{none,over,under,hybrid}[,...]",
+                       help=sampling_help + "; several, comma-separated, are compared (default: %(default)s)")
+    else:
+        g.add_argument("--sampling", default="none", choices=SAMPLINGS, help=sampling_help + " (default: %(default)s)")
     s = p.add_argument_group("evaluation split")
     s.add_argument("--test", metavar="OTHER.h5", help="evaluate on another codes file of the same recipe")
     s.add_argument("--test-fraction", type=fraction, help="hold out a stratified share of the labeled images")
@@ -202,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: svm, softmax, knn, rbf_svm, forest (default: %(default)s)")
     p.add_argument("--layers", help="runs separated by commas, a+b concatenates taps, spaces ignored, e.g. "
                                     "\"block4, block4+penultimate\" (default: every tap of the file, one at a time)")
-    _add_classify_options(p)
+    _add_classify_options(p, several_samplings=True)
     p.add_argument("--overwrite", action="store_true", help="replace the table and per-run models already in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compare)
@@ -241,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extract only new or modified images into OUT/codes.h5 (after images were added)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT/codes.h5 when it was made otherwise (another recipe or image set)")
-    _add_classify_options(p)
+    _add_classify_options(p, several_samplings=True)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("dataset", help="write a built-in dataset as an image folder tree",
@@ -473,8 +490,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     layers, classifiers = _layer_runs(args.layers), _split(args.classifiers)
     if not classifiers:
         raise ValueError("--classifiers names no classifier")
+    samplings = args.sampling.split(",")
     for name in classifiers:  # before the long extraction, not after it
-        check_options(name, args.normalize, args.sampling)
+        for mode in samplings:
+            check_options(name, args.normalize, mode)
     _check_preprocess(args)
     out = Path(args.out)
     _refuse_out_in_images(out, args.images)
@@ -485,7 +504,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_extract_summary(result)
     if _none_usable(result, "run"):
         return EXIT_FAILURES
-    if len(layers) == 1 and len(classifiers) == 1:
+    if len(layers) == 1 and len(classifiers) == 1 and len(samplings) == 1:
         report = classify_codes(codes, out / "classify", layers=layers[0], classifier=classifiers[0],
                                 overwrite=True, **_classify_kwargs(args))  # a rerun of `run` retrains
         _print_report(report, out / "classify")
@@ -500,7 +519,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               "held-out split is not used to choose")
         return EXIT_OK
     pick_report = out / "compare" / pick["report_dir"] / "report.txt"
-    print(f"pick: {pick['classifier']} on {pick['layers']} (best CV balanced accuracy on the training split, "
+    sampled = f" with sampling {pick['sampling']}" if len(samplings) > 1 else ""
+    print(f"pick: {pick['classifier']} on {pick['layers']}{sampled} (best CV balanced accuracy on the training split, "
           f"{pick['cv_score']:.3f}); its held-out balanced accuracy, {pick['balanced_accuracy']:.3f}, is the "
           f"honest estimate. Its report, {pick_report}:\n")
     print(pick_report.read_text(encoding="utf-8"))

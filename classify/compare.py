@@ -16,31 +16,36 @@ from .train import check_max_iter, check_options, fit_and_report, make_logger
 
 DEFAULT_CLASSIFIERS = ("svm", "softmax", "knn", "rbf_svm")
 COLUMNS = ("rank", "classifier", "layers", "balanced_accuracy", "macro_f1", "accuracy", "cv_score",
-           "fit_time_s", "hyperparameter", "n_train", "n_test", "report_dir")
+           "fit_time_s", "hyperparameter", "n_train", "n_test", "report_dir",
+           "sampling", "minority_class", "minority_recall")  # added last, so older readers keep working
 
 
 def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: Sequence[str] = DEFAULT_CLASSIFIERS,
             layers: str | Sequence[str | Sequence[str]] | None = None, normalize: str = DEFAULT_NORMALIZE,
-            C: float | None = None, class_weight: str | dict | None = "balanced", sampling: str = "none",
-            test: str | os.PathLike | None = None, test_fraction: float | None = None, seed: int = 0, cv: int = 5,
-            progress: bool = True, n_jobs: int | None = None, max_iter: int | None = None,
-            overwrite: bool = False) -> list[dict]:
-    """Run ``classify_codes`` for each classifier on each layer (default: every tap, one at a time).
+            C: float | None = None, class_weight: str | dict | None = "balanced",
+            sampling: str | Sequence[str] = "none", test: str | os.PathLike | None = None,
+            test_fraction: float | None = None, seed: int = 0, cv: int = 5, progress: bool = True,
+            n_jobs: int | None = None, max_iter: int | None = None, overwrite: bool = False) -> list[dict]:
+    """Run ``classify_codes`` for each classifier on each layer (default: every tap, one at a time) and
+    each sampling mode (``"none,over,hybrid"`` or a list compares them; default one mode).
 
     ``layers``: ``"a, b+c"`` (commas separate runs, ``+`` concatenates taps) or a list of runs, each
     ``"a+b"`` or a list of taps; all are checked against the file before any training. Every run uses
-    the same split and options and writes its own report directory ``out_dir/<classifier>__<layers>/``.
-    Rows are ranked
-    by their cross-validation score on the training split (ties: shorter fit time, then name), so the
-    choice never looks at the held-out split; the held-out figures of every row are reported, and the
+    the same split and options and writes its own report directory ``out_dir/<classifier>__<layers>/``
+    (``__<sampling>`` appended when several modes are compared). Rows are ranked by their
+    cross-validation score on the training split (ties: shorter fit time, then name), so the choice
+    never looks at the held-out split; the held-out figures of every row are reported, and the
     top row's are the honest estimate of the pick. Rows without a CV score (``cv=0``) get no rank and
-    follow in name order. The table goes to ``compare.md`` and ``compare.csv``; returns its rows in
-    that order. ``fit_time_s`` includes cross-validation.
+    follow in name order. ``minority_recall`` is the held-out recall of ``minority_class``, the class
+    with the fewest training rows. The table goes to ``compare.md`` and ``compare.csv``; returns its
+    rows in that order. ``fit_time_s`` includes cross-validation.
     """
     if not classifiers:
         raise ValueError("no classifier given")
+    samplings = sampling_modes(sampling)
     for name in classifiers:
-        check_options(name, normalize, sampling)
+        for mode in samplings:
+            check_options(name, normalize, mode)
     check_max_iter(max_iter)
     if C is not None and not 0 < C < float("inf"):
         raise ValueError(f"C must be a positive number, got {C}")
@@ -51,25 +56,46 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
     out_dir = ensure_writable(out_dir)
     log = make_logger(False)
     rows = []
-    bar = tqdm(total=len(layer_sets) * len(classifiers), desc="compare", disable=not progress)
+    runs = [(name, mode) for name in classifiers for mode in samplings]
+    bar = tqdm(total=len(layer_sets) * len(runs), desc="compare", disable=not progress)
     for layer_set in layer_sets:
         data = load_dataset(codes, layer_set, test=test, test_fraction=test_fraction, seed=seed)
-        for name in classifiers:
-            bar.set_postfix_str(f"{name} on {'+'.join(layer_set)}")
-            sub = out_dir / f"{name}__{'+'.join(layer_set)}"
+        for name, mode in runs:
+            layers_name = "+".join(layer_set)
+            bar.set_postfix_str(f"{name} on {layers_name}" + (f", {mode}" if len(samplings) > 1 else ""))
+            sub = out_dir / (f"{name}__{layers_name}" + (f"__{mode}" if len(samplings) > 1 else ""))
             report = fit_and_report(data, ensure_writable(sub), classifier=name, normalize=normalize, C=C,
-                                    class_weight=class_weight, sampling=sampling, seed=seed, cv=cv, log=log,
+                                    class_weight=class_weight, sampling=mode, seed=seed, cv=cv, log=log,
                                     n_jobs=n_jobs, max_iter=max_iter)
-            rows.append({"classifier": name, "layers": "+".join(layer_set),
+            rows.append({"classifier": name, "layers": layers_name,
                          **{k: report[k] for k in ("balanced_accuracy", "macro_f1", "accuracy", "cv_score",
                                                    "fit_time_s", "hyperparameter", "n_train", "n_test")},
-                         "report_dir": sub.name})
+                         "report_dir": sub.name, "sampling": mode, **minority_recall(report)})
             bar.update()
     bar.close()
     rank_rows(rows)
     rows = [{k: row[k] for k in COLUMNS} for row in rows]
     write_files(out_dir, {"compare.csv": to_csv(rows), "compare.md": to_markdown(rows, codes)})
     return rows
+
+
+def sampling_modes(sampling: str | Sequence[str]) -> list[str]:
+    """``"none, over"`` or a list -> the sampling modes to compare, each once, in the given order."""
+    items = sampling.split(",") if isinstance(sampling, str) else list(sampling)
+    modes = list(dict.fromkeys(m.strip() for m in items if m.strip()))
+    if not modes:
+        raise ValueError(f"sampling {sampling!r} names no mode")
+    return modes
+
+
+def minority_recall(report: dict) -> dict:
+    """The class with the fewest training rows (first by index on a tie) and its held-out recall (None
+    when the held-out split has none of it)."""
+    counts = report["train_class_counts"]
+    minority = min(counts, key=lambda name: counts[name])  # dicts keep class-index order: ties go to the first
+    recall = report["per_class"].get(minority, {}).get("recall")
+    has_rows = report.get("test_class_counts", {}).get(minority, 0) > 0
+    return {"minority_class": minority, "minority_recall": recall if has_rows else None}
 
 
 def check_layer_sets(codes, layers, test=None) -> list[list[str]]:
@@ -104,18 +130,27 @@ def to_csv(rows: list[dict]) -> str:
 
 def to_markdown(rows: list[dict], codes) -> str:
     """A Markdown table in rank order, with a header saying what ranks and what is only reported."""
-    head = ["#", "classifier", "layers", "CV bal. acc. (train)", "held-out bal. acc.", "held-out macro-F1",
-            "held-out accuracy", "fit time (s)", "hyper-parameter"]
+    several = len({r["sampling"] for r in rows}) > 1
+    minority = rows[0]["minority_class"] if rows else ""
+    head = ["#", "classifier", "layers", *(["sampling"] if several else []), "CV bal. acc. (train)",
+            "held-out bal. acc.", "held-out macro-F1", "held-out accuracy", "minority recall", "fit time (s)",
+            "hyper-parameter"]
     lines = [f"Comparison on `{codes}`: ranked by CV balanced accuracy on the training split (ties: shorter fit "
              "time, then name); the held-out columns are reported, not used to choose, so the top row's "
-             "held-out figures are the honest estimate of the pick."]
+             "held-out figures are the honest estimate of the pick.",
+             f"Minority recall: held-out recall of {minority}, the class with the fewest training rows."]
     if any(r["rank"] is None for r in rows):
         lines.append("Rows without a CV score (cv=0) are not ranked (#: -) and follow in name order.")
-    lines += ["", "| " + " | ".join(head) + " |",
-              "|" + "|".join("---" if h in ("classifier", "layers", "hyper-parameter") else "---:" for h in head) + "|"]
+    text = ("classifier", "layers", "sampling", "hyper-parameter")
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "|".join("---" if h in text else "---:" for h in head) + "|"]
     for r in rows:
-        cv = "" if r["cv_score"] is None else f"{r['cv_score']:.4f}"
-        rank = "-" if r["rank"] is None else r["rank"]
-        lines.append(f"| {rank} | {r['classifier']} | {r['layers']} | {cv} | {r['balanced_accuracy']:.4f} | "
-                     f"{r['macro_f1']:.4f} | {r['accuracy']:.4f} | {r['fit_time_s']:.2f} | {r['hyperparameter']} |")
+        cells = ["-" if r["rank"] is None else r["rank"], r["classifier"], r["layers"],
+                 *([r["sampling"]] if several else []), _figure(r["cv_score"]), _figure(r["balanced_accuracy"]),
+                 _figure(r["macro_f1"]), _figure(r["accuracy"]), _figure(r["minority_recall"]),
+                 f"{r['fit_time_s']:.2f}", r["hyperparameter"]]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _figure(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"

@@ -351,3 +351,24 @@ def test_tapping_the_imagenet_logits_is_refused(tmp_path, capsys, backbone, logi
     err = capsys.readouterr().err
     assert "output layer (the ImageNet logits" in err and f"cnncodes layers {backbone}" in err
     assert not (tmp_path / "c.h5").exists()
+
+
+def test_compare_several_samplings_with_minority_recall(tmp_path, capsys):
+    codes = make_codes(tmp_path / "codes.h5")  # cat 60, dog 30, bird 12: bird is the minority
+    out = tmp_path / "out"
+    assert pipeline.main(["compare", str(codes), "--out", str(out), "--classifiers", "svm", "--layers", "block4",
+                          "--sampling", "none, over,hybrid", "--cv", "2", "--quiet"]) == 0
+    with open(out / "compare.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["sampling"] for r in rows) == ["hybrid", "none", "over"]
+    assert {r["report_dir"] for r in rows} == {f"svm__block4__{m}" for m in ("none", "over", "hybrid")}
+    for row in rows:
+        report = json.loads((out / row["report_dir"] / "report.json").read_text())
+        assert report["sampling"] == row["sampling"] and row["minority_class"] == "bird"
+        assert float(row["minority_recall"]) == pytest.approx(report["per_class"]["bird"]["recall"])
+    md = (out / "compare.md").read_text()
+    assert "Minority recall: held-out recall of bird, the class with the fewest training rows" in md
+    assert "| sampling |" in md
+    with pytest.raises(SystemExit):
+        pipeline.main(["compare", str(codes), "--out", str(tmp_path / "x"), "--sampling", "none,smote"])
+    assert "argument --sampling: must be none, over, under, hybrid" in capsys.readouterr().err
