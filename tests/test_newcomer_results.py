@@ -372,3 +372,11 @@ def test_compare_several_samplings_with_minority_recall(tmp_path, capsys):
     with pytest.raises(SystemExit):
         pipeline.main(["compare", str(codes), "--out", str(tmp_path / "x"), "--sampling", "none,smote"])
     assert "argument --sampling: must be none, over, under, hybrid" in capsys.readouterr().err
+
+
+def test_run_with_an_unknown_layer_fails_before_extracting(tmp_path, capsys):
+    images = make_tree(tmp_path / "images", per_class=2)
+    out = tmp_path / "run"
+    assert pipeline.main(["run", str(images), "--out", str(out), *FAST, "--layer", "fc7"]) == 2
+    assert "mobilenet_v2 has no layer 'fc7'" in capsys.readouterr().err
+    assert not (out / "codes.h5").exists()
