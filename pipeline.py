@@ -282,8 +282,10 @@ def _layer_runs(values: list[str] | None) -> list[list[str]]:
 
 
 def _tap_names(values: list[str] | None) -> tuple[str, ...]:
-    """Every tap named in --layer values, once each, in order: what one forward pass must extract."""
-    return tuple(dict.fromkeys(t for run in _layer_runs(values) for t in run))
+    """Every tap named in --layer values (a,b and a+b name two), once each, in order: what one forward pass
+    must extract. Split here rather than by classify.data, whose import would load scikit-learn for extract."""
+    names = (t.strip() for value in (values or ["penultimate"]) for t in value.replace("+", ",").split(","))
+    return tuple(dict.fromkeys(t for t in names if t))
 
 
 def _extract_kwargs(args: argparse.Namespace) -> dict:
