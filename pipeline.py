@@ -440,9 +440,10 @@ def _print_report(report: dict, out: Path) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from classify import compare
 
-    compare(args.codes, args.out, classifiers=_split(args.classifiers), layers=args.layers, overwrite=args.overwrite,
-            **_classify_kwargs(args))
+    rows = compare(args.codes, args.out, classifiers=_split(args.classifiers), layers=args.layers,
+                   overwrite=args.overwrite, **_classify_kwargs(args))
     print((Path(args.out) / "compare.md").read_text(encoding="utf-8"))
+    _print_pick(rows, Path(args.out))
     print(f"table in {args.out}/compare.md and compare.csv; one report folder per run")
     return EXIT_OK
 
@@ -515,18 +516,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     rows = compare(codes, out / "compare", classifiers=classifiers, layers=layers, overwrite=True,
                    **_classify_kwargs(args))
     print((out / "compare" / "compare.md").read_text(encoding="utf-8"))
+    pick_report = _print_pick(rows, out / "compare")
+    if pick_report is not None:
+        print(f"Its report, {pick_report}:\n")
+        print(pick_report.read_text(encoding="utf-8"))
+    return EXIT_OK
+
+
+def _print_pick(rows: list[dict], folder: Path) -> Path | None:
+    """Say which row compare's ranking picks (by CV on the training split) and its honest held-out figure;
+    return the pick's report.txt, None when nothing was ranked (--cv 0)."""
     pick = rows[0]
     if pick["rank"] is None:
         print("no pick: without cross-validation (--cv 0) no row has a score on the training split, and the "
               "held-out split is not used to choose")
-        return EXIT_OK
-    pick_report = out / "compare" / pick["report_dir"] / "report.txt"
-    sampled = f" with sampling {pick['sampling']}" if len(samplings) > 1 else ""
-    print(f"pick: {pick['classifier']} on {pick['layers']}{sampled} (best CV balanced accuracy on the training split, "
-          f"{pick['cv_score']:.3f}); its held-out balanced accuracy, {pick['balanced_accuracy']:.3f}, is the "
-          f"honest estimate. Its report, {pick_report}:\n")
-    print(pick_report.read_text(encoding="utf-8"))
-    return EXIT_OK
+        return None
+    sampled = f" with sampling {pick['sampling']}" if len({r["sampling"] for r in rows}) > 1 else ""
+    print(f"pick: {pick['classifier']} on {pick['layers']}{sampled} (best CV balanced accuracy on the training "
+          f"split, {pick['cv_score']:.3f}); its held-out balanced accuracy, {pick['balanced_accuracy']:.3f}, is the "
+          "honest estimate.")
+    return folder / pick["report_dir"] / "report.txt"
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:

@@ -369,6 +369,7 @@ def test_compare_several_samplings_with_minority_recall(tmp_path, capsys):
     md = (out / "compare.md").read_text()
     assert "Minority recall: held-out recall of bird, the class with the fewest training rows" in md
     assert "| sampling |" in md
+    assert "pick: svm on block4 with sampling" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         pipeline.main(["compare", str(codes), "--out", str(tmp_path / "x"), "--sampling", "none,smote"])
     assert "argument --sampling: must be none, over, under, hybrid" in capsys.readouterr().err
