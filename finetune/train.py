@@ -34,7 +34,7 @@ from extract.device import pick_device
 from extract.reader import list_images
 from extract.recipe import make_recipe, preprocess_config
 from extract.taps import resolve_taps
-from extract.weights import WeightsInfo, build_model, locate_weights
+from extract.weights import FINETUNED_BACKBONE, WeightsInfo, build_model, locate_weights
 
 from . import checkpoint
 from .data import (SAMPLING, CachedImages, choose_splits, decode, default_workers, epoch_sampler, normalize,
@@ -43,7 +43,7 @@ from .model import (Network, backbone_state, backbone_units, build_network, froz
                     set_trainable, train_mode)
 
 MODEL_FILE = "finetuned.pt"
-BACKBONE_FILE = "backbone.pth"
+BACKBONE_FILE = FINETUNED_BACKBONE  # torchvision key naming, loads with extract --weights
 EPOCH_LOG = "epochs.jsonl"
 CURVE = "learning_curve.png"
 OPTIMIZERS = ("sgd", "adamw")
