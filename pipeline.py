@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     _add_finetune_parser(sub)
+    _add_advise_parser(sub)
 
     p = sub.add_parser("dataset", help="write a built-in dataset as an image folder tree",
                        description="Write a real dataset that ships with scikit-learn as PNG files, offline.")
@@ -281,6 +282,59 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     print(f"written to {out}/: report.json report.txt confusion.csv confusion.png finetuned.pt backbone.pth "
           "epochs.jsonl learning_curve.png checkpoint.pt")
     print(summarize(report))
+    return EXIT_OK
+
+
+def _add_advise_parser(sub) -> None:
+    p = sub.add_parser(
+        "advise", help="which transfer-learning scenario (1-4) fits IMAGES, and the commands to run",
+        epilog=ENVIRONMENT_HELP, formatter_class=_KeepsEnvironmentHelp,
+        description="Measure the training images' size (images per class, imbalance) and similarity to ImageNet "
+                    "(one backbone pass over a stratified sample: the ImageNet head's entropy and LEEP on the "
+                    "labels, and cross-validated linear probes of the top and earlier layers), map them to the "
+                    "notes' scenario 1-4 (small/large x similar/different) and print the recommended commands "
+                    "with the figures behind them. Training data only: test/ and val/ are never read when "
+                    "train/ exists.")
+    p.add_argument("images", help="image folder or CSV manifest")
+    p.add_argument("--sample", type=int, default=500,
+                   help="training images for the similarity pass, stratified by class (default: %(default)s)")
+    p.add_argument("--try", dest="try_options", action="store_true",
+                   help="also score the most plausible options side by side: the linear probes, and a 2-epoch "
+                        "fine-tune on at most --sample images, validated on a share of the training images")
+    p.add_argument("--out", metavar="DIR", help="keep advice.json, advice.txt and the --try fine-tune here")
+    p.add_argument("--json", action="store_true", help="print the advice as JSON (for scripts)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the sample, folds and fine-tune (default: 0)")
+    g = p.add_argument_group("backbone")
+    g.add_argument("--backbone", "--model", default="mobilenet_v2",
+                   help="torchvision backbone: mobilenet_v2 (embedded), alexnet, vgg16, resnet18, resnet50 "
+                        "(default: %(default)s)")
+    g.add_argument("--weights", metavar="FILE|random", help="checkpoint (default: found as for extract)")
+    g.add_argument("--resize", type=int, help="shorter side before the crop (default: the backbone's, 256)")
+    g.add_argument("--crop", type=int, help="center crop size (default: the backbone's, 224)")
+    r = p.add_argument_group("running")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
+    r.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: extract's)")
+    r.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: extract's)")
+    r.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(func=cmd_advise)
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    import json
+
+    from advise import advise_images, format_advice
+    from classify.fileio import ensure_writable, write_files
+
+    if args.out:
+        ensure_writable(args.out)
+    advice = advise_images(args.images, backbone=args.backbone, weights=args.weights, sample=args.sample,
+                           seed=args.seed, resize=args.resize, crop=args.crop, device=args.device,
+                           batch_size=args.batch_size, workers=args.workers, try_options=args.try_options,
+                           out_dir=args.out, progress=not args.quiet)
+    text, as_json = format_advice(advice), json.dumps(advice, indent=2)
+    if args.out:
+        write_files(args.out, {"advice.json": as_json + "\n", "advice.txt": text + "\n"})
+    print(as_json if args.json else text)
     return EXIT_OK
 
 
