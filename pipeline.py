@@ -299,7 +299,7 @@ def _add_advise_parser(sub) -> None:
     p.add_argument("--sample", type=int, default=500,
                    help="training images for the similarity pass, stratified by class (default: %(default)s)")
     p.add_argument("--try", dest="try_options", action="store_true",
-                   help="also score the most plausible options side by side: the linear probes, and a 2-epoch "
+                   help="also score the most plausible options side by side: the linear probes, and a 3-epoch "
                         "fine-tune on at most --sample images, validated on a share of the training images")
     p.add_argument("--out", metavar="DIR", help="keep advice.json, advice.txt and the --try fine-tune here")
     p.add_argument("--json", action="store_true", help="print the advice as JSON (for scripts)")

@@ -212,3 +212,21 @@ def test_cli_try_scores_probes_and_a_short_finetune(tmp_path, capsys):
     assert [row["option"].split()[0] for row in tried] == ["codes", "codes", "finetune"]
     assert all(0 <= row["score"] <= 1 for row in tried)
     assert list((tmp_path / "adv").glob("try-finetune-*/report.json"))  # kept under --out
+
+
+def test_ctrl_c_during_the_pass_exits_130_and_leaves_no_temporary_files(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    from extract import ExtractionInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise ExtractionInterrupted("interrupted: 0 of 1 parts are saved; run the same command again to resume")
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(evidence, "extract_codes", interrupted)
+    root = make_tree(tmp_path / "imgs", classes=("a", "b"), per_class=5)
+    code, out, err = _advise(capsys, root, "--out", tmp_path / "adv", *FAST)
+    assert code == 130 and out == "" and "interrupted" in err and "resume" not in err
+    assert list(scratch.iterdir()) == [] and not (tmp_path / "adv" / "advice.json").exists()
