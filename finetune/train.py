@@ -204,6 +204,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best = {"epoch": 0, "score": None, "state": None}
         self.finished, self.stopped_early = False, False
+        self.used_lr: dict[str, float | None] = {}
 
     def _class_weights(self, y: np.ndarray) -> torch.Tensor | None:
         spec = parse_class_weight(self.opt["class_weight"], self.names)
@@ -277,7 +278,8 @@ class Trainer:
                             val=f"{score:.3f}")
         bar.close()
         row = {"epoch": epoch + 1, "phase": "lp" if lp else "ft", "train_loss": total_loss / max(seen, 1),
-               "val_balanced_accuracy": score, "lr_head": self._lr("head"), "lr_backbone": self._lr("backbone"),
+               "val_balanced_accuracy": score, "lr_head": self.used_lr.get("head"),
+               "lr_backbone": self.used_lr.get("backbone"),
                "images": seen, "train_seconds": round(train_seconds, 3),
                "seconds": round(time.perf_counter() - started, 3),
                "images_per_second": round(seen / max(train_seconds, 1e-9), 2)}
@@ -304,6 +306,7 @@ class Trainer:
         else:
             loss.backward()
             self.optimizer.step()
+        self.used_lr = {part: self._lr(part) for part in ("head", "backbone")}  # the log shows the lr last used
         self.scheduler.step()
         return float(loss.detach())
 
@@ -502,8 +505,8 @@ def build_report(trainer: Trainer, listing, splits, data: dict, options: dict, y
         notes.append(f"stopped early after epoch {len(trainer.history)}: no validation gain for "
                      f"{options['patience']} epoch(s)")
     frozen = net.frozen_units
-    hyper = (f"freeze={len(frozen)}/{len(net.units)} units, lr={options['lr']:g}, backbone x{options['backbone_lr_mult']:g}, "
-             f"epoch {best['epoch']}/{trainer.total_epochs}")
+    hyper = (f"freeze={len(frozen)}/{len(net.units)} units, lr={options['lr']:g}, "
+             f"backbone x{options['backbone_lr_mult']:g}, epoch {best['epoch']}/{trainer.total_epochs}")
     y_train, y_test = data["train_labels"], data["test_labels"]
     return {
         "codes": None, "test_codes": None, "split_source": splits.split_source,
@@ -575,7 +578,8 @@ def plot_curve(history: list[dict], path: Path, best_epoch: int) -> None:
     lp = [r["epoch"] for r in history if r["phase"] == "lp"]
     if lp:
         ax.axvspan(0.5, max(lp) + 0.5, color="grey", alpha=0.1, label="linear probe (head only)")
-    ax.legend(loc="upper right", fontsize="small")
+    handles = [h for a in fig.axes for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, loc="center right", fontsize="small")
     ax.set_title("fine-tuning learning curve")
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)

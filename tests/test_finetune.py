@@ -262,3 +262,33 @@ def test_mixed_precision_choice():
     assert mixed_precision(cpu, "bf16") == (torch.bfloat16, False)
     with pytest.raises(ValueError, match="fp16 is for GPUs"):
         mixed_precision(cpu, "fp16")
+
+
+def test_lp_epochs_train_the_head_alone_first(tree, start_weights, tmp_path):
+    start = _state(start_weights)
+    seen = {}
+
+    def after_epoch(row):
+        model = torch.load(tmp_path / "lp" / "checkpoint.pt", weights_only=True)["model"]
+        seen[row["epoch"]] = all(torch.equal(start[k], model[k]) for k in start if not k.startswith("classifier"))
+
+    report = finetune_images(tree, tmp_path / "lp", weights=str(start_weights), freeze=0, epochs=1, lp_epochs=1,
+                             on_epoch=after_epoch, **SMALL)
+    assert seen == {1: True, 2: False}  # backbone untouched by the probe epoch, trained by the next
+    assert [r["phase"] for r in report["finetune"]["history"]] == ["lp", "ft"]
+    assert report["finetune"]["history"][0]["lr_backbone"] == 0
+
+
+@pytest.mark.parametrize("sampling, per_class", [("none", None), ("over", 8), ("under", 2)])
+def test_epoch_sampler_balances_classes(sampling, per_class):
+    from finetune.data import epoch_sampler, resampled_counts
+
+    labels = np.array([0] * 8 + [1] * 2)
+    drawn = list(epoch_sampler(labels, sampling, seed=0, epoch=0))
+    assert drawn == list(epoch_sampler(labels, sampling, seed=0, epoch=0))  # seeded by (seed, epoch)
+    expected = resampled_counts(labels, sampling)
+    assert len(drawn) == sum(expected.values())
+    if per_class is None:
+        assert sorted(drawn) == list(range(10))
+    else:
+        assert expected == {0: per_class, 1: per_class}
