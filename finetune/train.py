@@ -496,6 +496,9 @@ def build_report(trainer: Trainer, listing, splits, data: dict, options: dict, y
     weights = parse_class_weight(options["class_weight"], names)
     n_failed = len(data["failures"])
     notes = list(splits.notes)
+    if listing.ignored:
+        notes.append(f"{len(listing.ignored)} file(s) skipped because they are not images by name "
+                     f"(first: {listing.ignored[0]})")
     if n_failed:
         notes.append(f"{n_failed} image(s) could not be read and were excluded (listed under finetune.failures)")
     notes.append(f"validation set (chooses the epoch): {splits.val_source}; the evaluation split chose nothing")
