@@ -293,7 +293,7 @@ def _add_advise_parser(sub) -> None:
                     "(one backbone pass over a stratified sample: the ImageNet head's entropy and LEEP on the "
                     "labels, and cross-validated linear probes of the top and earlier layers), map them to the "
                     "notes' scenario 1-4 (small/large x similar/different) and print the recommended commands "
-                    "with the figures behind them. Training data only: test/ and val/ are never read when "
+                    "with the figures behind them. Training data only: test/ and val/ are never used when "
                     "train/ exists.")
     p.add_argument("images", help="image folder or CSV manifest")
     p.add_argument("--sample", type=int, default=500,

@@ -69,6 +69,18 @@ def test_commands_per_scenario_name_the_layer_and_freeze():
     assert commands.carried_options("resnet18", None, None, None) == ["--backbone", "resnet18"]
 
 
+def test_notes_flag_imbalance_and_a_borderline_similarity():
+    from advise.report import notes_for
+
+    size = evidence.Size(n_images=40, n_classes=2, per_class={"a": 30, "b": 10}, min_per_class=10,
+                         median_per_class=20.0, max_per_class=30, imbalance_ratio=3.0, split="train")
+    notes = notes_for(size, scenario.SIMILAR_FROM + 0.01)
+    assert any("imbalanced (3.0x)" in n for n in notes) and any("borderline" in n for n in notes)
+    balanced = evidence.Size(n_images=20, n_classes=2, per_class={"a": 10, "b": 10}, min_per_class=10,
+                             median_per_class=10.0, max_per_class=10, imbalance_ratio=1.0, split="train")
+    assert notes_for(balanced, 0.9) == []
+
+
 # --- transferability scores on constructed probability matrices --------------------------------------------
 
 def test_entropy_is_zero_when_certain_and_one_when_uniform():
@@ -171,6 +183,7 @@ def test_cli_json_contract(tmp_path, capsys):
     assert advice["evidence"]["n_sampled"] == 12
     assert set(advice["evidence"]["probe"]) == {"penultimate", *evidence.EARLY_LAYERS["mobilenet_v2"]}
     assert advice["scenario"] == scenario.scenario_for(advice["size"]["median_per_class"], advice["similarity"])
+    assert advice["try"] is None
 
 
 def test_cli_text_and_out_files(tmp_path, capsys):
