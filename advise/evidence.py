@@ -11,7 +11,7 @@ import csv
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from classify.models import build_pipeline, param_grid
 from extract import extract_codes, get_backbone, open_codes
-from extract.reader import ImageList, list_images
+from extract.reader import ImageList
 from extract.weights import build_model, locate_weights
 
 from . import transferability as tr
@@ -189,7 +189,3 @@ def measure_similarity(listing: ImageList, rows: np.ndarray, *, backbone: str, w
                       nce=tr.nce(probs, y), label_entropy=tr.label_entropy(y), probe_folds=folds, probe=probe,
                       probe_dims=dims, seconds_extract=seconds_extract,
                       seconds_probe=time.perf_counter() - started)
-
-
-def as_dict(obj) -> dict:
-    return asdict(obj)
