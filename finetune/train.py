@@ -93,9 +93,10 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
         raise ValueError(f"{images}: fine-tuning needs labeled images of at least two classes "
                          f"(found {len(set(listing.labels[labeled].tolist()))})")
     parse_class_weight(class_weight, listing.class_names)  # names checked before any work
-    config = {**{k: v for k, v in options.items()}, "images": str(listing.root), "images_fingerprint":
-              _fingerprint(listing), "class_names": listing.class_names, "preprocess": prep}
-    state = _resume_state(out, config, overwrite, log)
+    config = {**options, "images": str(listing.root), "images_fingerprint": _fingerprint(listing),
+              "class_names": listing.class_names, "preprocess": prep}
+    state = _resume_state(out, config, overwrite)
+    winfo = locate_weights(bb, weights)  # a missing checkpoint fails here, before the images are decoded
 
     splits = choose_splits(listing, labeled, val_fraction, seed, test_fraction, max_train_images)
     n_workers = default_workers() if workers is None else workers
@@ -104,7 +105,6 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
             data = _decode_splits(listing, splits, prep, n_workers, progress, log)
         except KeyboardInterrupt:
             raise FinetuneInterrupted("interrupted while decoding images; nothing was trained yet") from None
-        winfo = locate_weights(bb, weights)
         _seed_everything(seed)  # the new head's initialization
         net = build_network(build_model(bb, winfo), bb, len(listing.class_names), freeze, freeze_until)
         net.model.to(dev)
@@ -410,7 +410,7 @@ def _decode_splits(listing, splits, prep: dict, workers: int, progress: bool, lo
     return data
 
 
-def _resume_state(out: Path, config: dict, overwrite: bool, log) -> dict | None:
+def _resume_state(out: Path, config: dict, overwrite: bool) -> dict | None:
     """The checkpoint to resume from, or None; refuses a checkpoint made with other options."""
     state = None if overwrite else checkpoint.load(out)
     if state is None:
