@@ -143,6 +143,10 @@ def test_killed_run_resumes_to_the_same_weights(tree, start_weights, tmp_path):
     a, b = _state(killed / "finetuned.pt"), _state(tmp_path / "straight" / "finetuned.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["balanced_accuracy"] == straight["balanced_accuracy"]
+    again = finetune_images(tree, killed, **options)  # a finished run: outputs rewritten, nothing retrained
+    assert again["finetune"]["history"] == resumed["finetune"]["history"]
+    c = _state(killed / "finetuned.pt")
+    assert all(torch.equal(a[k], c[k]) for k in a)
     with pytest.raises(ValueError, match="other options"):
         finetune_images(tree, killed, **{**options, "epochs": 4})
 
