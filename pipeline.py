@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "where the model gives probabilities, error. On labelled images it prints "
                                    "accuracy and balanced accuracy. Unreadable images are listed, not fatal. "
                                    "IMAGES may also be a codes file of the same recipe.")
-    p.add_argument("run_dir", help="RUN_DIR written by `cnncodes classify` (or its model.joblib)")
+    p.add_argument("run_dir", help="RUN_DIR written by `cnncodes classify` or `cnncodes finetune` (or its model file)")
     p.add_argument("images", nargs="+", metavar="IMAGES",
                    help="image folder, CSV manifest, codes file, or image files and folders (several: one "
                         "collection, as for extract)")
@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_classify_options(p, several_samplings=True)
     p.set_defaults(func=cmd_run)
 
+    _add_finetune_parser(sub)
+    _add_advise_parser(sub)
+
     p = sub.add_parser("dataset", help="write a built-in dataset as an image folder tree",
                        description="Write a real dataset that ships with scikit-learn as PNG files, offline.")
     p.add_argument("name", choices=("digits",), help="digits: 1,797 handwritten digit scans (8x8), 10 classes")
@@ -286,6 +289,162 @@ def _tap_names(values: list[str] | None) -> tuple[str, ...]:
     must extract. Split here rather than by classify.data, whose import would load scikit-learn for extract."""
     names = (t.strip() for value in (values or ["penultimate"]) for t in value.replace("+", ",").split(","))
     return tuple(dict.fromkeys(t for t in names if t))
+
+
+def _add_finetune_parser(sub) -> None:
+    p = sub.add_parser(
+        "finetune", help="fine-tune the backbone with a new head (images -> network + report)",
+        epilog=ENVIRONMENT_HELP, formatter_class=_KeepsEnvironmentHelp,
+        description="Train part or all of the backbone with a new linear head on IMAGES (a folder tree root/CLASS/* "
+                    "or root/{train,val,test}/CLASS/*, or a CSV manifest) and write into RUN_DIR the same reports "
+                    "as classify (report.json, report.txt, confusion.csv/.png), finetuned.pt (for `cnncodes predict "
+                    "RUN_DIR`), backbone.pth (for `cnncodes extract --weights RUN_DIR/backbone.pth`), epochs.jsonl "
+                    "and learning_curve.png. The test split (else val) is only evaluated; the epoch is chosen on a "
+                    "validation set (the val split when a test split exists too, else a stratified share of "
+                    "train). Each epoch is checkpointed: after Ctrl-C or a kill, the same command resumes.")
+    p.add_argument("images", help="image folder or CSV manifest")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for the network, reports and checkpoint")
+    g = p.add_argument_group("network")
+    g.add_argument("--backbone", "--model", default="mobilenet_v2",
+                   help="torchvision backbone: mobilenet_v2 (embedded), alexnet, vgg16, resnet18, resnet50 "
+                        "(default: %(default)s)")
+    g.add_argument("--weights", metavar="FILE|random", help="starting checkpoint (default: found as for extract)")
+    g.add_argument("--freeze", type=float, default=None, metavar="FRACTION",
+                   help="share of the backbone's blocks kept fixed, counted from the input in the model's own "
+                        "block order: 1 = linear probe (head only), 0 = train everything (default: 1/3, the first "
+                        "third, as the notes advise for small data)")
+    g.add_argument("--freeze-until", metavar="LAYER",
+                   help="freeze every block up to and including the one holding LAYER (an alias or node name of "
+                        "`cnncodes layers MODEL`), instead of --freeze")
+    g.add_argument("--train-bn", action="store_true",
+                   help="update BatchNorm statistics in the trained blocks. Off by default: the statistics of "
+                        "batches of 32 are noisy estimates, and replacing the ImageNet ones with them hurts small "
+                        "data sets; BatchNorm's scale and shift are still trained")
+    g.add_argument("--resize", type=int, help="shorter side before the crop (default: the backbone's, 256)")
+    g.add_argument("--crop", type=int, help="training and evaluation crop size (default: the backbone's, 224)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs (default: %(default)s)")
+    t.add_argument("--lp-epochs", type=int, default=0,
+                   help="LP-FT: epochs training the head alone before the fine-tuning epochs (default: 0)")
+    t.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=0.01,
+                   help="head learning rate (default: %(default)s for SGD; use about 0.001 with adamw)")
+    t.add_argument("--backbone-lr-mult", type=float, default=0.1,
+                   help="backbone learning rate = lr x this (default: %(default)s): pretrained weights move slowly")
+    t.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"), help="SGD with momentum or AdamW "
+                   "(default: %(default)s)")
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
+    t.add_argument("--weight-decay", type=float, default=1e-4,
+                   help="on weights, not on biases or BatchNorm (default: %(default)s)")
+    t.add_argument("--warmup-epochs", type=float, default=1.0,
+                   help="linear warm-up, then cosine decay to 0 (default: %(default)s)")
+    t.add_argument("--label-smoothing", type=float, default=0.1, help="(default: %(default)s)")
+    t.add_argument("--class-weight", default="balanced",
+                   help="loss weights: balanced, none, or CLASS=W,CLASS=W (default: %(default)s)")
+    t.add_argument("--sampling", default="none", choices=("none", "over", "under"),
+                   help="class-balanced draws per epoch: over to the largest class, under to the smallest "
+                        "(default: %(default)s)")
+    t.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random resized crop + flip (on by default)")
+    t.add_argument("--patience", type=int, help="stop when the validation score has not improved for this many "
+                   "epochs (default: run every epoch, keep the best)")
+    s = p.add_argument_group("data splits")
+    s.add_argument("--val-fraction", type=float, default=0.15,
+                   help="stratified share of train that chooses the epoch, when there is no val split besides a "
+                        "test split; 0 keeps the last epoch (default: %(default)s)")
+    s.add_argument("--test-fraction", type=float, help="hold out a stratified share for evaluation instead of the "
+                   "split folders (default: the test split, else val, else 0.25)")
+    s.add_argument("--max-train-images", type=int, help="train on a stratified sample of at most this many images")
+    s.add_argument("--seed", type=int, default=0, help="seed for splits, initialization, order and augmentation")
+    r = p.add_argument_group("running")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
+    r.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto = mixed precision on CUDA (bf16, else fp16 with loss scaling), fp32 on the CPU")
+    r.add_argument("--threads", type=int, help="training threads (default: every CPU)")
+    r.add_argument("--workers", type=int, help="decoding processes for the one-time image cache (default: every CPU)")
+    r.add_argument("--overwrite", action="store_true", help="start again instead of resuming RUN_DIR's checkpoint")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from classify.report import summarize
+    from finetune import FinetuneInterrupted, finetune_images
+
+    try:
+        report = finetune_images(
+            args.images, args.out, backbone=args.backbone, weights=args.weights,
+            freeze=1 / 3 if args.freeze is None and args.freeze_until is None else args.freeze,
+            freeze_until=args.freeze_until, epochs=args.epochs, lp_epochs=args.lp_epochs, batch_size=args.batch_size,
+            lr=args.lr, backbone_lr_mult=args.backbone_lr_mult, weight_decay=args.weight_decay,
+            warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, optimizer=args.optimizer,
+            momentum=args.momentum, class_weight=args.class_weight, sampling=args.sampling, train_bn=args.train_bn,
+            augment=args.augment, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+            patience=args.patience, seed=args.seed, device=args.device, precision=args.precision,
+            threads=args.threads, workers=args.workers, progress=not args.quiet, resize=args.resize, crop=args.crop,
+            max_train_images=args.max_train_images, overwrite=args.overwrite)
+    except FinetuneInterrupted as err:
+        print(f"\n{err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    out = Path(args.out)
+    print((out / "report.txt").read_text(encoding="utf-8"))
+    print(f"written to {out}/: report.json report.txt confusion.csv confusion.png finetuned.pt backbone.pth "
+          "epochs.jsonl learning_curve.png checkpoint.pt")
+    print(summarize(report))
+    return EXIT_OK
+
+
+def _add_advise_parser(sub) -> None:
+    p = sub.add_parser(
+        "advise", help="which transfer-learning scenario (1-4) fits IMAGES, and the commands to run",
+        epilog=ENVIRONMENT_HELP, formatter_class=_KeepsEnvironmentHelp,
+        description="Measure the training images' size (images per class, imbalance) and similarity to ImageNet "
+                    "(one backbone pass over a stratified sample: the ImageNet head's entropy and LEEP on the "
+                    "labels, and cross-validated linear probes of the top and earlier layers), map them to the "
+                    "notes' scenario 1-4 (small/large x similar/different) and print the recommended commands "
+                    "with the figures behind them. Training data only: test/ and val/ are never used when "
+                    "train/ exists.")
+    p.add_argument("images", help="image folder or CSV manifest")
+    p.add_argument("--sample", type=int, default=500,
+                   help="training images for the similarity pass, stratified by class (default: %(default)s)")
+    p.add_argument("--try", dest="try_options", action="store_true",
+                   help="also score the most plausible options side by side: the linear probes, and a 3-epoch "
+                        "fine-tune on at most --sample images, validated on a share of the training images")
+    p.add_argument("--out", metavar="DIR", help="keep advice.json, advice.txt and the --try fine-tune here")
+    p.add_argument("--json", action="store_true", help="print the advice as JSON (for scripts)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the sample, folds and fine-tune (default: 0)")
+    g = p.add_argument_group("backbone")
+    g.add_argument("--backbone", "--model", default="mobilenet_v2",
+                   help="torchvision backbone: mobilenet_v2 (embedded), alexnet, vgg16, resnet18, resnet50 "
+                        "(default: %(default)s)")
+    g.add_argument("--weights", metavar="FILE|random", help="checkpoint (default: found as for extract)")
+    g.add_argument("--resize", type=int, help="shorter side before the crop (default: the backbone's, 256)")
+    g.add_argument("--crop", type=int, help="center crop size (default: the backbone's, 224)")
+    r = p.add_argument_group("running")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
+    r.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: extract's)")
+    r.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: extract's)")
+    r.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(func=cmd_advise)
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    import json
+
+    from advise import advise_images, format_advice
+    from classify.fileio import ensure_writable, write_files
+
+    if args.out:
+        ensure_writable(args.out)
+    advice = advise_images(args.images, backbone=args.backbone, weights=args.weights, sample=args.sample,
+                           seed=args.seed, resize=args.resize, crop=args.crop, device=args.device,
+                           batch_size=args.batch_size, workers=args.workers, try_options=args.try_options,
+                           out_dir=args.out, progress=not args.quiet)
+    text, as_json = format_advice(advice), json.dumps(advice, indent=2)
+    if args.out:
+        write_files(args.out, {"advice.json": as_json + "\n", "advice.txt": text + "\n"})
+    print(as_json if args.json else text)
+    return EXIT_OK
 
 
 def _extract_kwargs(args: argparse.Namespace) -> dict:
@@ -454,14 +613,17 @@ def _split(text: str) -> list[str]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from classify.predict import predict_images
+    from finetune import is_finetuned_run
 
+    if is_finetuned_run(args.run_dir):  # a network from `cnncodes finetune`: no codes step (--codes-out unused)
+        from finetune import predict_images
     result = predict_images(args.run_dir, _one_or_list(args.images), args.out, codes_out=args.codes_out, weights=args.weights,
                             threshold=args.threshold, positive=args.positive,
                             device=args.device, precision=args.precision, batch_size=args.batch_size,
                             workers=args.workers, progress=not args.quiet)
     counts = ", ".join(f"{name}: {n}" for name, n in sorted(result["predicted_counts"].items()))
     print(f"wrote {result['out_csv']}: {result['n_predicted']} of {result['n_rows']} images predicted ({counts})")
-    if result["threshold"]:
+    if result.get("threshold"):
         t = result["threshold"]
         print(f"threshold: {t['positive_class']} where {t['on']} >= {t['threshold']:g}")
     _print_evaluation(result["evaluation"])

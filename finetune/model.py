@@ -1,0 +1,136 @@
+"""The network to fine-tune: a torchvision backbone with a new linear head, partly frozen.
+
+The backbone is cut into units in the model's own block order (each child of a top-level
+Sequential, e.g. MobileNetV2's ``features.0`` ... ``features.18`` or ResNet's ``layer1.0``; other
+top-level modules whole). ``--freeze F`` freezes the first round(F x units) of them, counted from
+the input; ``--freeze-until LAYER`` freezes every unit up to the one holding LAYER. The head is the
+model's last Linear layer, replaced by one with an output per class.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from extract.backbones import Backbone
+
+
+@dataclass
+class Network:
+    """The model, its head's module name, its backbone units and how many of them are frozen."""
+
+    model: nn.Module
+    head: str
+    units: list[str]
+    n_frozen: int
+    imagenet_head: dict  # the replaced head's own weights, put back into backbone.pth
+
+    @property
+    def frozen_units(self) -> list[str]:
+        return self.units[:self.n_frozen]
+
+
+def head_name(model: nn.Module) -> str:
+    """Qualified name of the last Linear layer (``classifier.1``, ``classifier.6``, ``fc``)."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no Linear layer to replace with a new head")
+    return linears[-1]
+
+
+def backbone_units(model: nn.Module, head: str) -> list[str]:
+    """Parameterized units in block order, the head excluded."""
+    units = []
+    for name, child in model.named_children():
+        parts = list(child.named_children()) if isinstance(child, nn.Sequential) else [("", child)]
+        for sub, module in parts:
+            unit = f"{name}.{sub}" if sub else name
+            if unit != head and any(True for _ in module.parameters()):
+                units.append(unit)
+    return units
+
+
+def frozen_count(units: list[str], freeze: float | None, freeze_until: str | None, backbone: Backbone) -> int:
+    """How many leading units to freeze, from a fraction or a layer name (alias or module/node name)."""
+    if freeze_until is None:
+        return int(round((freeze or 0.0) * len(units)))
+    _, node = backbone.resolve_layer(freeze_until)
+    hits = [i for i, u in enumerate(units) if node == u or node.startswith(u + ".") or u.startswith(node + ".")]
+    if not hits:
+        raise ValueError(f"--freeze-until {freeze_until}: {backbone.name} has no layer {node!r}. Aliases: "
+                         f"{', '.join(backbone.aliases)}; units: {', '.join(units)}; node names: "
+                         f"`cnncodes layers {backbone.name} --all`")
+    return max(hits) + 1
+
+
+def build_network(model: nn.Module, backbone: Backbone, n_classes: int, freeze: float | None,
+                  freeze_until: str | None) -> Network:
+    """Replace the head of ``model`` (an ImageNet torchvision model) and freeze its leading units."""
+    head = head_name(model)
+    units = backbone_units(model, head)
+    n_frozen = frozen_count(units, freeze, freeze_until, backbone)
+    old = model.get_submodule(head)
+    imagenet_head = {k: v.detach().clone() for k, v in old.state_dict().items()}
+    _set_submodule(model, head, nn.Linear(old.in_features, n_classes))
+    net = Network(model, head, units, n_frozen, imagenet_head)
+    set_trainable(net, backbone_too=True)
+    return net
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+def unit_of(net: Network, param_name: str) -> str | None:
+    """The unit a parameter or buffer belongs to (None for the head)."""
+    return next((u for u in net.units if param_name.startswith(u + ".")), None)
+
+
+def set_trainable(net: Network, backbone_too: bool) -> None:
+    """requires_grad for the head always, for unfrozen backbone units only when ``backbone_too``
+    (False during the linear-probe epochs of LP-FT)."""
+    frozen = set(net.frozen_units)
+    for name, p in net.model.named_parameters():
+        unit = unit_of(net, name)
+        p.requires_grad_(unit is None or (backbone_too and unit not in frozen))
+
+
+def train_mode(net: Network, train_bn: bool, backbone_too: bool = True) -> None:
+    """Training mode, except: frozen units (and, in a linear-probe phase, the whole backbone) stay
+    in eval mode, and so does every BatchNorm unless ``train_bn`` (its ImageNet statistics are kept)."""
+    net.model.train()
+    still = set(net.frozen_units) if backbone_too else set(net.units)
+    for name, module in net.model.named_modules():
+        unit = unit_of(net, name + ".") if name else None
+        if unit in still or (isinstance(module, nn.modules.batchnorm._BatchNorm) and not train_bn):
+            module.eval()
+
+
+def param_groups(net: Network, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
+    """Head at ``lr``, trainable backbone units at ``lr x backbone_lr_mult``; no weight decay on
+    biases and normalization weights (1-D tensors). Frozen units are left out."""
+    frozen = set(net.frozen_units)
+    groups: dict[tuple[str, bool], list] = {}
+    for name, p in net.model.named_parameters():
+        unit = unit_of(net, name)
+        if unit in frozen:
+            continue
+        key = ("head" if unit is None else "backbone", p.ndim > 1)
+        groups.setdefault(key, []).append(p)
+    out = []
+    for (part, decay), params in sorted(groups.items()):
+        out.append({"name": f"{part}{'' if decay else '_no_decay'}", "params": params,
+                    "lr": lr if part == "head" else lr * backbone_lr_mult,
+                    "weight_decay": weight_decay if decay else 0.0, "part": part})
+    return out
+
+
+def backbone_state(net: Network) -> dict[str, torch.Tensor]:
+    """The fine-tuned weights in torchvision's own key naming, with the replaced ImageNet head put
+    back, so the file loads strictly into the stock architecture (``extract --weights``)."""
+    state = {k: v.detach().cpu().clone() for k, v in net.model.state_dict().items()
+             if not k.startswith(net.head + ".")}
+    state.update({f"{net.head}.{k}": v for k, v in net.imagenet_head.items()})
+    return state

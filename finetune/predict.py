@@ -1,0 +1,89 @@
+"""Label new images with a fine-tuned network: ``path, predicted, [true,] prob_<class>..., error``."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from classify.fileio import write_files
+from classify.predict import evaluate_known
+from extract.backbones import get_backbone
+from extract.device import pick_device
+from extract.reader import list_images
+
+from .data import decode, default_workers
+from .train import MODEL_FILE, forward_probs, mixed_precision
+
+
+def is_finetuned_run(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` (or the file it names) is a fine-tuned network written by finetune."""
+    path = Path(run_dir)
+    return (path / MODEL_FILE).is_file() if path.is_dir() else path.name == MODEL_FILE and path.is_file()
+
+
+def load_network(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """The fine-tuned network in eval mode and its bundle (class names, preprocessing, recipe)."""
+    path = Path(run_dir)
+    path = path / MODEL_FILE if path.is_dir() else path
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable fine-tuned network ({type(err).__name__}: {err})") from err
+    model = get_backbone(bundle["backbone"]).build()
+    parent, _, leaf = bundle["head"].rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    setattr(owner, leaf, nn.Linear(getattr(owner, leaf).in_features, bundle["n_classes"]))
+    model.load_state_dict(bundle["state_dict"])
+    return model.eval(), bundle
+
+
+def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out_csv: str | os.PathLike, *,
+                   device: str = "auto", precision: str = "auto", batch_size: int | None = None,
+                   workers: int | None = None, progress: bool = True, threshold: float | None = None,
+                   **_ignored) -> dict:
+    """Preprocess ``images`` (folder tree, CSV manifest) as the run did for evaluation, and predict.
+
+    Unreadable images get an empty prediction and their error. Labeled images whose class the model
+    knows get a ``true`` column and are scored (accuracy, balanced accuracy).
+    """
+    if threshold is not None:
+        raise ValueError("--threshold applies to codes models (cnncodes classify); a fine-tuned run predicts the "
+                         "most probable class (its prob_ columns are in the CSV)")
+    model, bundle = load_network(run_dir)
+    dev = pick_device(device)
+    amp, _ = mixed_precision(dev, precision)
+    model.to(dev)
+    listing = list_images(images)
+    prep, names = bundle["preprocess"], bundle["class_names"]
+    rows = np.arange(len(listing))
+    decoded, failures = decode(listing, rows, prep["resize"], prep["crop"], prep["interpolation"],
+                               default_workers() if workers is None else workers, progress, "images")
+    good = np.array([im is not None for im in decoded], dtype=bool)
+    probs = np.full((len(rows), len(names)), np.nan)
+    if good.any():
+        probs[good] = forward_probs(model, [im for im in decoded if im is not None], prep["crop"], prep["mean"],
+                                    prep["std"], dev, amp, batch_size or 32)
+    predicted = np.array([names[int(np.argmax(p))] if ok else "" for p, ok in zip(probs, good)], dtype=object)
+    true = np.array([listing.class_names[int(v)] if v >= 0 else "" for v in listing.labels], dtype=object)
+    known = np.isin(true, names)
+    errors = dict(failures)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    with_true = bool(known.any())
+    writer.writerow(["path", "predicted", *(["true"] if with_true else []), *(f"prob_{c}" for c in names), "error"])
+    for i, path in enumerate(listing.paths):
+        values = [f"{v:.6g}" for v in probs[i]] if good[i] else [""] * len(names)
+        writer.writerow([path, predicted[i], *([true[i]] if with_true else []), *values,
+                         "" if good[i] else errors.get(path, "image failed")])
+    out_csv = Path(out_csv)
+    write_files(out_csv.parent if str(out_csv.parent) else ".", {out_csv.name: buf.getvalue()})
+    evaluation = evaluate_known(true, predicted, good, known)
+    return {"out_csv": str(out_csv), "n_rows": int(len(rows)), "n_predicted": int(good.sum()),
+            "n_failed": int((~good).sum()), "predicted_counts": dict(Counter(predicted[good].tolist())),
+            "score": "softmax", "probabilities": True, "failures": failures, "evaluation": evaluation}

@@ -1,0 +1,298 @@
+"""cnncodes finetune: freezing, learning-rate groups, resume after a kill, the report contract,
+predict and extract on a fine-tuned run, the evaluation split's role, option checks.
+
+Small MobileNetV2s at 32 px. A randomly initialized MobileNetV2 in eval-mode BatchNorm passes
+almost no signal (its statistics are the init's 0 and 1), so the networks here start from a
+checkpoint file whose BatchNorm statistics were measured on random images.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, make_tree
+from extract.backbones import get_backbone
+from extract.codesfile import RECIPE_KEYS, open_codes
+from extract.weights import RANDOM, WeightsInfo, build_model, sha256_of
+from finetune import finetune_images
+from finetune.data import choose_splits
+from finetune.model import build_network, param_groups
+from finetune.train import check_options, lr_lambda, mixed_precision
+from pipeline import main
+
+SMALL = dict(resize=36, crop=32, batch_size=4, workers=0, threads=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def start_weights(tmp_path_factory) -> Path:
+    """A MobileNetV2 checkpoint with BatchNorm statistics of random 32-px images (cumulative averages)."""
+    model = build_model(get_backbone("mobilenet_v2"), WeightsInfo(RANDOM, RANDOM, ""))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    model.train()
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        for _ in range(3):
+            model(torch.rand(8, 3, 32, 32) * 4 - 2)
+    path = tmp_path_factory.mktemp("weights") / "start.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    root = make_tree(tmp_path_factory.mktemp("ft") / "images", per_class=6, splits=("train", "test"))
+    (root / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tree, start_weights, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("run") / "ft"
+    return out, finetune_images(tree, out, weights=str(start_weights), epochs=2, **SMALL)
+
+
+def _state(path: Path) -> dict:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    return obj.get("state_dict", obj)
+
+
+def _unit(key: str, units: list[str]) -> str | None:
+    return next((u for u in units if key.startswith(u + ".")), None)
+
+
+@pytest.mark.parametrize("train_bn", [False, True])
+def test_frozen_units_keep_weights_and_batchnorm_statistics(tree, start_weights, tmp_path, train_bn):
+    report = finetune_images(tree, tmp_path / "ft", weights=str(start_weights), freeze=0.5, epochs=1,
+                             train_bn=train_bn, **SMALL)
+    before, after = _state(start_weights), _state(tmp_path / "ft" / "backbone.pth")
+    frozen, trained = report["finetune"]["frozen_units"], report["finetune"]["trained_units"]
+    assert len(frozen) == round(0.5 * (len(frozen) + len(trained))) and frozen[0] == "features.0"
+    for key, value in before.items():
+        unit = _unit(key, frozen)
+        if unit:
+            assert torch.equal(value, after[key]), f"frozen {key} changed"
+    changed_weights = {_unit(k, trained) for k in before if _unit(k, trained) and k.endswith("weight")
+                       and not torch.equal(before[k], after[k])}
+    assert changed_weights == set(trained)  # every trained unit moved
+    stats = [k for k in before if _unit(k, trained) and k.endswith("running_mean")]
+    moved = [k for k in stats if not torch.equal(before[k], after[k])]
+    assert (moved == stats) if train_bn else not moved
+
+
+def test_learning_rate_groups_and_schedule(start_weights):
+    bb = get_backbone("mobilenet_v2")
+    net = build_network(build_model(bb, WeightsInfo("file", "start.pth", "", str(start_weights))), bb, 3,
+                        freeze=1 / 3, freeze_until=None)
+    groups = {g["name"]: g for g in param_groups(net, lr=0.02, backbone_lr_mult=0.1, weight_decay=1e-4)}
+    assert set(groups) == {"head", "head_no_decay", "backbone", "backbone_no_decay"}
+    assert groups["head"]["lr"] == 0.02 and groups["backbone"]["lr"] == pytest.approx(0.002)
+    assert groups["backbone_no_decay"]["weight_decay"] == 0 and groups["backbone"]["weight_decay"] == 1e-4
+    head = net.model.get_submodule(net.head)
+    assert {id(p) for p in groups["head"]["params"] + groups["head_no_decay"]["params"]} == \
+        {id(p) for p in head.parameters()}
+    in_groups = {id(p) for g in groups.values() for p in g["params"]}
+    for name, p in net.model.named_parameters():
+        frozen = any(name.startswith(u + ".") for u in net.frozen_units)
+        assert (id(p) in in_groups) != frozen and p.requires_grad != frozen, name
+    assert net.frozen_units == [f"features.{i}" for i in range(6)]  # round(19 / 3)
+    warm = lr_lambda(warmup_steps=4, total_steps=20)
+    factors = [warm(s) for s in range(20)]
+    assert factors[:4] == sorted(factors[:4]) and max(factors) == factors[4] == 1.0 and factors[-1] < 0.01
+    after_probe = lr_lambda(warmup_steps=0, total_steps=10, start=5)
+    assert [after_probe(s) for s in range(5)] == [0.0] * 5 and after_probe(5) == 1.0
+
+
+KILLED_RUN = """
+import sys, time
+sys.path.insert(0, {root!r})
+from finetune import finetune_images
+def pause(row):
+    if row["epoch"] == 1:
+        print("EPOCH 1 SAVED", flush=True)
+        while True:
+            time.sleep(60)
+finetune_images({tree!r}, {out!r}, weights={weights!r}, epochs=3, lp_epochs=1, on_epoch=pause, **{small!r})
+"""
+
+
+def test_killed_run_resumes_to_the_same_weights(tree, start_weights, tmp_path):
+    options = dict(weights=str(start_weights), epochs=3, lp_epochs=1, **SMALL)
+    killed = tmp_path / "killed"
+    script = KILLED_RUN.format(root=str(ROOT), tree=str(tree), out=str(killed), weights=str(start_weights),
+                               small=SMALL)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "EPOCH 1 SAVED"  # blocks until the checkpoint is written
+    finally:
+        proc.kill()  # SIGKILL: nothing runs after this
+        proc.wait()
+    assert (killed / "checkpoint.pt").is_file() and not (killed / "finetuned.pt").exists()
+    resumed = finetune_images(tree, killed, **options)
+    straight = finetune_images(tree, tmp_path / "straight", **options)
+    assert [r["epoch"] for r in resumed["finetune"]["history"]] == [1, 2, 3, 4]
+    a, b = _state(killed / "finetuned.pt"), _state(tmp_path / "straight" / "finetuned.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["balanced_accuracy"] == straight["balanced_accuracy"]
+    again = finetune_images(tree, killed, **options)  # a finished run: outputs rewritten, nothing retrained
+    assert again["finetune"]["history"] == resumed["finetune"]["history"]
+    c = _state(killed / "finetuned.pt")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(ValueError, match="other options"):
+        finetune_images(tree, killed, **{**options, "epochs": 4})
+
+
+def test_report_has_classify_keys_and_files(run, tree, tmp_path):
+    from classify import classify_codes
+    from extract import extract_codes
+
+    out, report = run
+    extract_codes(tree, tmp_path / "codes.h5", weights="random", resize=36, crop=32, progress=False, workers=0)
+    codes_report = classify_codes(tmp_path / "codes.h5", tmp_path / "classify", cv=2, progress=False)
+    assert set(report) == set(codes_report) | {"val_balanced_accuracy", "finetune"}
+    saved = json.loads((out / "report.json").read_text())
+    assert set(saved) == set(report) and saved["classifier"] == "finetune"
+    for name in ("report.txt", "confusion.csv", "confusion.png", "learning_curve.png", "epochs.jsonl"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "confusion.csv").read_text().splitlines()[0] == \
+        (tmp_path / "classify" / "confusion.csv").read_text().splitlines()[0]
+    assert report["n_failed_excluded"] == 1 and report["finetune"]["failures"][0][0] == "train/cat/broken.jpg"
+    assert report["n_test"] == 12 and report["split_source"] == "split column (train / test)"
+    assert report["cv_score"] == report["val_balanced_accuracy"] == max(
+        r["val_balanced_accuracy"] for r in report["finetune"]["history"])
+    assert len((out / "epochs.jsonl").read_text().splitlines()) == 2
+
+
+def test_predict_cli_on_a_finetuned_run(run, tree, tmp_path, capsys):
+    out, _ = run
+    images = tmp_path / "new"
+    shutil.copytree(tree / "test", images)
+    (images / "dog" / "empty.png").write_bytes(b"")
+    assert main(["predict", str(out), str(images), "-o", str(tmp_path / "p.csv"), "--quiet"]) == 0
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert list(rows[0]) == ["path", "predicted", "true", "prob_cat", "prob_dog", "error"]
+    assert len(rows) == 13
+    bad = [r for r in rows if r["error"]]
+    assert [r["path"] for r in bad] == ["dog/empty.png"] and bad[0]["predicted"] == ""
+    for r in rows:
+        if not r["error"]:
+            assert r["predicted"] in ("cat", "dog")
+            assert float(r["prob_cat"]) + float(r["prob_dog"]) == pytest.approx(1, abs=1e-5)
+    assert "12 of 13 images predicted" in capsys.readouterr().out
+
+
+def test_extract_with_the_finetuned_backbone(run, tree, tmp_path):
+    out, report = run
+    for weights in (out / "backbone.pth", out):  # the file, or the run folder standing for it
+        codes = tmp_path / f"codes-{weights.name}.h5"
+        assert main(["extract", str(tree / "test"), "-o", str(codes), "--weights", str(weights),
+                     "--resize", "36", "--crop", "32", "--quiet"]) == 0
+        recipe = open_codes(codes).recipe
+        assert recipe["weights_sha256"] == sha256_of(out / "backbone.pth") == report["recipe"]["weights_sha256"]
+        assert {k: recipe[k] for k in RECIPE_KEYS} == {k: report["recipe"][k] for k in RECIPE_KEYS}
+
+
+def test_train_and_val_only_reports_on_val_and_validates_on_train(tmp_path, start_weights):
+    root = make_tree(tmp_path / "tv", per_class=6, splits=("train", "val"))
+    flipped = tmp_path / "tv_flipped"  # the same images with the val split's labels swapped
+    shutil.copytree(root / "train", flipped / "train")
+    shutil.copytree(root / "val" / "cat", flipped / "val" / "dog")
+    shutil.copytree(root / "val" / "dog", flipped / "val" / "cat")
+    a = finetune_images(root, tmp_path / "a", weights=str(start_weights), epochs=2, freeze=0.7, **SMALL)
+    b = finetune_images(flipped, tmp_path / "b", weights=str(start_weights), epochs=2, freeze=0.7, **SMALL)
+    assert a["split_source"] == "split column (train / val)" and a["n_test"] == 12
+    assert a["finetune"]["val_source"].endswith("of the training split (seed 0)")
+    assert a["n_train"] + a["finetune"]["n_val"] == 12
+    # the evaluation labels changed nothing that was chosen or trained; only the reported score moved
+    assert _untimed(a["finetune"]["history"]) == _untimed(b["finetune"]["history"])
+    wa, wb = _state(tmp_path / "a" / "finetuned.pt"), _state(tmp_path / "b" / "finetuned.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["balanced_accuracy"] == pytest.approx(1 - b["balanced_accuracy"])
+
+
+def _untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if "second" not in k} for row in history]
+
+
+def test_a_val_split_besides_test_validates(tmp_path):
+    from extract.reader import list_images
+
+    listing = list_images(make_tree(tmp_path / "tvt", per_class=3, splits=("train", "val", "test")))
+    splits = choose_splits(listing, listing.labels >= 0, val_fraction=0.15, seed=0)
+    split = np.asarray(listing.splits)
+    assert set(split[splits.val]) == {"val"} and set(split[splits.test]) == {"test"}
+    assert set(split[splits.train]) == {"train"} and len(splits.train) == 6 and splits.val_source == "the val split"
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--freeze", "1.5"], "--freeze must be between 0 and 1"),
+    (["--epochs", "0"], "--epochs must be a whole number >= 1"),
+    (["--freeze-until", "block99"], "--freeze-until block99: mobilenet_v2 has no layer"),
+    (["--lr", "-1"], "--lr must be positive"),
+])
+def test_bad_options_fail_in_one_line_before_any_work(tree, tmp_path, capsys, option, message):
+    out = tmp_path / "never"
+    assert main(["finetune", str(tree), "--out", str(out), "--quiet", *option]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cnncodes finetune: error: {message}") and "\n" not in err
+    assert not out.exists()
+
+
+def test_freeze_until_alias_counts_units():
+    check_options(backbone="mobilenet_v2", freeze=None, freeze_until="block3", epochs=1, lp_epochs=0, batch_size=1,
+                  lr=0.1, backbone_lr_mult=0.1, weight_decay=0, warmup_epochs=0, label_smoothing=0,
+                  optimizer="sgd", momentum=0.9, sampling="none", val_fraction=0.1, test_fraction=None,
+                  patience=None, resize=None, crop=None, max_train_images=None, precision="auto")
+    bb = get_backbone("mobilenet_v2")
+    net = build_network(build_model(bb, WeightsInfo(RANDOM, RANDOM, "")), bb, 2, None, "block3")
+    assert net.frozen_units[-1] == "features.6"  # block3 is features.6.conv.1
+
+
+def test_mixed_precision_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert mixed_precision(cpu) == (None, False)
+    assert mixed_precision(cuda, bf16_supported=True) == (torch.bfloat16, False)
+    assert mixed_precision(cuda, bf16_supported=False) == (torch.float16, True)
+    assert mixed_precision(cuda, "fp32") == (None, False)
+    assert mixed_precision(cpu, "bf16") == (torch.bfloat16, False)
+    with pytest.raises(ValueError, match="fp16 is for GPUs"):
+        mixed_precision(cpu, "fp16")
+
+
+def test_lp_epochs_train_the_head_alone_first(tree, start_weights, tmp_path):
+    start = _state(start_weights)
+    seen = {}
+
+    def after_epoch(row):
+        model = torch.load(tmp_path / "lp" / "checkpoint.pt", weights_only=True)["model"]
+        seen[row["epoch"]] = all(torch.equal(start[k], model[k]) for k in start if not k.startswith("classifier"))
+
+    report = finetune_images(tree, tmp_path / "lp", weights=str(start_weights), freeze=0, epochs=1, lp_epochs=1,
+                             on_epoch=after_epoch, **SMALL)
+    assert seen == {1: True, 2: False}  # backbone untouched by the probe epoch, trained by the next
+    assert [r["phase"] for r in report["finetune"]["history"]] == ["lp", "ft"]
+    assert report["finetune"]["history"][0]["lr_backbone"] == 0
+
+
+@pytest.mark.parametrize("sampling, per_class", [("none", None), ("over", 8), ("under", 2)])
+def test_epoch_sampler_balances_classes(sampling, per_class):
+    from finetune.data import epoch_sampler, resampled_counts
+
+    labels = np.array([0] * 8 + [1] * 2)
+    drawn = list(epoch_sampler(labels, sampling, seed=0, epoch=0))
+    assert drawn == list(epoch_sampler(labels, sampling, seed=0, epoch=0))  # seeded by (seed, epoch)
+    expected = resampled_counts(labels, sampling)
+    assert len(drawn) == sum(expected.values())
+    if per_class is None:
+        assert sorted(drawn) == list(range(10))
+    else:
+        assert expected == {0: per_class, 1: per_class}
