@@ -350,8 +350,8 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _process_settings() -> None:
-    """Settings of the whole process, made before torch loads. OpenMP threads sleep instead of spinning:
+def process_settings() -> None:
+    """Settings of the whole process, made before torch loads (the benchmarks' children make them too). OpenMP threads sleep instead of spinning:
     spinning threads collapsed throughput on a busy 2-core machine (decoders and the forward sharing cores)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -365,7 +365,7 @@ def _weights_errors() -> tuple[type[Exception], ...]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cnncodes` console script."""
     args = build_parser().parse_args(argv)
-    _process_settings()
+    process_settings()
     from extract.errors import ExtractionError, ExtractionInterrupted
 
     try:

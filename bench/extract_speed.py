@@ -90,6 +90,9 @@ def child_tutorial(root: Path, save: Path) -> dict:
 def child_cnncodes(root: Path, save: Path, precision: str, launched: str) -> dict:
     """``extract_codes`` with its defaults (``precision`` aside); ``launched``: the parent's clock when it
     started this process, for the fixed cost from process start to the first computed batch."""
+    import pipeline
+
+    pipeline.process_settings()  # what the command line sets before torch loads
     import h5py
     import numpy as np
 
@@ -135,7 +138,9 @@ def child_model(which: str, n_images: int) -> dict:
     and streams (``computer.map``), with its defaults. openvino: the tutorial's network converted and
     compiled by OpenVINO with its own throughput defaults, bf16 where the CPU has it, fed from an
     AsyncInferQueue. tutorial: the plain fp32 forward."""
-    import extract  # noqa: F401, I001  first, as in child_cnncodes
+    import pipeline
+
+    pipeline.process_settings()  # as in child_cnncodes, for every contender: the same OpenMP settings
     import torch
 
     torch.manual_seed(0)

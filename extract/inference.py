@@ -119,33 +119,55 @@ def make_computer(model: nn.Module, taps: list[Tap], preprocess: dict, device: t
                   batch_size: int, streams: int = 1, cache_key: dict | None = None) -> CodeComputer:
     """The fastest computer for ``device``: OpenVINO on the CPU (eager PyTorch when that fails), eager elsewhere.
     ``cache_key`` describes the network for the converted-model cache (None: no caching)."""
+    if device.type == "cpu":
+        key = openvino_model.cache_key(cache_key) if cache_key is not None and _has_openvino() else None
+        try:  # a network converted and checked by an earlier run: no eager model needed
+            ready = openvino_model.cached(key) if key else None
+            if ready is not None:
+                return _compiled(ready, taps, precision, batch_size, streams)
+        except Exception:
+            pass
     module = Normalized(_tap_model(model, taps), preprocess).eval().requires_grad_(False)
     if device.type != "cpu":
         return CodeComputer(module, device, precision, batch_size)
     try:
-        return _openvino(module, taps, preprocess, precision, batch_size, streams, cache_key)
+        return _converted(module, taps, preprocess, precision, batch_size, streams, key)
     except Exception as err:  # a network or tap that OpenVINO cannot take
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         return CodeComputer(module, device, precision, batch_size,
                             note=f"OpenVINO could not run this network ({reason}); using eager PyTorch (slower)")
 
 
-def _openvino(module: Normalized, taps: list[Tap], preprocess: dict, precision: str, batch_size: int,
-              streams: int, cache_key: dict | None) -> OpenVINOComputer:
+def _has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _converted(module: Normalized, taps: list[Tap], preprocess: dict, precision: str, batch_size: int,
+               streams: int, key: str | None) -> OpenVINOComputer:
+    """Convert ``module``, compile it, and check it against the eager model on a probe batch."""
+    crop = preprocess["crop"]
+    example = torch.zeros(batch_size, 3, crop, crop, dtype=torch.uint8)
+    probe = torch.randint(0, 256, (2, 3, crop, crop), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = module(probe)
+    try:
+        computer = _compiled(openvino_model.converted(module, example, key), taps, precision, batch_size, streams)
+        check_agreement(expected, computer(probe), AGREEMENT[precision])
+    except BaseException:
+        openvino_model.forget(key)  # never leave a conversion that failed its check for the next run
+        raise
+    return computer
+
+
+def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: int) -> OpenVINOComputer:
     import openvino as ov
 
-    crop = preprocess["crop"]
-    probe = torch.randint(0, 256, (2, 3, crop, crop), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    key = openvino_model.cache_key(cache_key) if cache_key is not None else None
-    model = openvino_model.converted(module, torch.zeros(batch_size, 3, crop, crop, dtype=torch.uint8), key)
     config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "NUM_STREAMS": streams,
               "INFERENCE_NUM_THREADS": streams, "PERFORMANCE_HINT": "THROUGHPUT"}
     compiled = ov.Core().compile_model(model, "CPU", config)
-    computer = OpenVINOComputer(compiled, [t.name for t in taps], precision, batch_size, streams)
-    with torch.inference_mode():
-        expected = module(probe)
-    check_agreement(expected, computer(probe), AGREEMENT[precision])
-    return computer
+    return OpenVINOComputer(compiled, [t.name for t in taps], precision, batch_size, streams)
 
 
 def check_agreement(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], min_cosine: float) -> None:

@@ -4,8 +4,9 @@ Conversion takes seconds (export, then ``openvino.convert_model``) and gives the
 time for the same network, weights, taps and input size, so its IR files (``ov.save_model``) are
 kept in a cache folder: ``$CNNCODES_CACHE_DIR`` (``off``: no cache), else
 ``$XDG_CACHE_HOME/cnncodes/openvino`` or ``~/.cache/cnncodes/openvino``; the oldest entries go
-beyond ``MAX_ENTRIES``. The caller checks every compiled model against the eager one, so a stale
-or damaged entry costs a conversion, never wrong codes.
+beyond ``MAX_ENTRIES``. The caller checks every conversion against the eager model before it is
+used; the key covers everything an entry depends on, so a later run trusts it, and a damaged
+entry costs a conversion.
 """
 from __future__ import annotations
 
@@ -42,27 +43,44 @@ def cache_key(description: dict) -> str:
     return hashlib.sha256(json.dumps([description, versions], sort_keys=True).encode()).hexdigest()[:32]
 
 
-def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None):
-    """``module`` as an ``openvino.Model`` with a free batch size: from the cache when it has ``key``,
-    else exported, converted and stored. Raises when the network cannot be exported or converted."""
+def cached(key: str | None):
+    """The converted model stored under ``key``, or None (no cache, no entry, or a damaged one, then deleted)."""
     import openvino as ov
 
     folder = cache_dir()
     entry = folder / key if folder and key else None
-    if entry is not None and (entry / "model.xml").is_file():
-        try:
-            model = ov.Core().read_model(entry / "model.xml")
-            os.utime(entry)
-            return model
-        except Exception:  # a damaged entry: convert again
-            shutil.rmtree(entry, ignore_errors=True)
+    if entry is None or not (entry / "model.xml").is_file():
+        return None
+    try:
+        model = ov.Core().read_model(entry / "model.xml")
+    except Exception:
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+    os.utime(entry)
+    return model
+
+
+def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None):
+    """``module`` exported and converted to an ``openvino.Model`` with a free batch size, then stored
+    under ``key`` and read back from there: the model later runs load, so their codes are the same to
+    the bit. Raises when the network cannot be exported or converted."""
+    import openvino as ov
+
     with torch.no_grad():
         program = torch.export.export(module, (example,))
     model = ov.convert_model(program)
     model.reshape({model.inputs[0]: ov.PartialShape([-1, *example.shape[1:]])})
-    if entry is not None and _store(model, entry):
-        return ov.Core().read_model(entry / "model.xml")  # what later runs compile: the same codes, to the bit
+    folder = cache_dir()
+    if folder and key and _store(model, folder / key):
+        return ov.Core().read_model(folder / key / "model.xml")
     return model
+
+
+def forget(key: str | None) -> None:
+    """Delete the entry of ``key`` (a conversion that did not pass its check)."""
+    folder = cache_dir()
+    if folder and key:
+        shutil.rmtree(folder / key, ignore_errors=True)
 
 
 def _store(model, entry: Path) -> bool:

@@ -159,9 +159,10 @@ def _computer(model, taps, prep: dict, settings: Settings, backbone: str, winfo,
 
 @contextmanager
 def _gc_frozen():
-    """Keep the objects that exist now (torch alone makes about 340,000) out of garbage collection while
-    extracting: each full collection would walk all of them; forked workers also stop copying the pages
-    that collections would touch. Left alone if the caller froze objects already."""
+    """Keep the objects that exist now (torch alone makes hundreds of thousands) out of garbage collection
+    while extracting: each full collection would walk all of them; forked workers also stop copying the
+    pages that collections would touch. Scoped to the call and undone after it; left alone if the caller
+    froze objects already."""
     if gc.get_freeze_count():
         yield
         return

@@ -297,6 +297,7 @@ def test_a_network_openvino_cannot_convert_runs_eagerly_with_one_note(monkeypatc
         raise RuntimeError("this graph cannot be converted")
 
     monkeypatch.setattr(openvino_model, "converted", fail)
+    monkeypatch.setattr(openvino_model, "cached", lambda key: None)  # not a network an earlier test converted
     out = tmp_path / "eager.h5"
     assert pipeline.main(["extract", str(image_tree), "-o", str(out), *FAST, "--device", "cpu", "--workers", "0",
                           "--precision", "fp32"]) == 0
@@ -328,3 +329,14 @@ def test_extraction_freezes_garbage_collection_only_while_it_runs(image_tree, tm
     assert gc.get_freeze_count() == 0
     extract_codes(image_tree, tmp_path / "a.h5", weights="random", resize=72, crop=64, workers=0, progress=False)
     assert seen[0] > 1000 and gc.get_freeze_count() == 0  # torch's objects frozen during the run, released after
+
+
+def test_a_moved_image_folder_is_refused_naming_only_what_differs(image_tree, tmp_path, capsys):
+    out = tmp_path / "codes.h5"
+    common = [*FAST, "--device", "cpu", "--workers", "0"]
+    assert pipeline.main(["extract", str(image_tree), "-o", str(out), *common]) == 0
+    moved = image_tree.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert pipeline.main(["extract", str(moved), "-o", str(out), *common]) == 2
+    err = capsys.readouterr().err
+    assert f"the images are now in {moved}" in err and "classes" not in err  # the same classes: not listed twice
