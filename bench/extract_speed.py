@@ -382,6 +382,9 @@ def main(argv=None) -> int:
     ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
+        # Every contender's OpenMP threads sleep while they wait, as the command line sets for cnncodes: on
+        # a shared machine spinning threads collapse the tutorial's multi-threaded forward 10x or more.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         return common.serve_child(args.child, {
             "tutorial": lambda root, save: child_tutorial(Path(root), Path(save)),
             "cnncodes": lambda root, save, precision, launched: child_cnncodes(Path(root), Path(save), precision,

@@ -94,25 +94,24 @@ class OpenVINOComputer(CodeComputer):
         return {name: torch.from_numpy(out[port].copy()) for name, port in zip(self.names, self.compiled.outputs)}
 
     def map(self, batches):
-        import openvino as ov
+        """Keeps every stream busy: a batch is started on a free inference request, and when none is free
+        the oldest one is waited for and its codes yielded, so they come out in order."""
+        free = [self.compiled.create_infer_request() for _ in range(2 * self.streams)]  # one waiting per stream
+        running: deque[tuple[object, np.ndarray, list[str]]] = deque()
+        for images, ok, errors in batches:
+            if not free:
+                yield self._finish(*running.popleft(), free)
+            request = free.pop()
+            request.start_async({0: np.asarray(images)})
+            running.append((request, np.asarray(ok), errors))
+        while running:
+            yield self._finish(*running.popleft(), free)
 
-        queue = ov.AsyncInferQueue(self.compiled, self.streams)
-        results: dict[int, dict[str, np.ndarray]] = {}
-
-        def done(request, key: int) -> None:
-            results[key] = {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(self.names)}
-
-        queue.set_callback(done)
-        pending: deque[tuple[int, np.ndarray, list[str]]] = deque()
-        for key, (images, ok, errors) in enumerate(batches):
-            queue.start_async({0: np.asarray(images)}, key)  # waits while every stream is busy
-            pending.append((key, np.asarray(ok), errors))
-            while pending and pending[0][0] in results:
-                first, ok_first, errors_first = pending.popleft()
-                yield results.pop(first), ok_first, errors_first
-        queue.wait_all()
-        for key, ok, errors in pending:
-            yield results.pop(key), ok, errors
+    def _finish(self, request, ok: np.ndarray, errors: list[str], free: list) -> Batch:
+        request.wait()
+        codes = {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(self.names)}
+        free.append(request)
+        return codes, ok, errors
 
 
 def make_computer(model: nn.Module, taps: list[Tap], preprocess: dict, device: torch.device, precision: str,
