@@ -351,8 +351,9 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def process_settings() -> None:
-    """Settings of the whole process, made before torch loads (the benchmarks' children make them too). OpenMP threads sleep instead of spinning:
-    spinning threads collapsed throughput on a busy 2-core machine (decoders and the forward sharing cores)."""
+    """Settings of the whole process, made before torch loads (the benchmarks' children make them too).
+    OpenMP threads sleep instead of spinning: spinning threads collapse throughput on a busy machine
+    where decoders and the forward pass share the cores (figures in bench/RESULTS.md)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

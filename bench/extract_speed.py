@@ -174,6 +174,46 @@ def child_model(which: str, n_images: int) -> dict:
     return {"images": done, "seconds": common.now() - t0, "settings": desc, "threads": torch.get_num_threads()}
 
 
+def child_agreement(root: Path, n_images: int) -> dict:
+    """Codes of the same decoded pixels (the first ``n_images`` of ``root``) from the eager tap model,
+    OpenVINO fp32 and OpenVINO bf16: mean and lowest per-image cosine, fp32 to eager and bf16 to fp32."""
+    import pipeline
+
+    pipeline.process_settings()
+    import numpy as np
+    import torch
+
+    from extract import inference, runner
+    from extract.backbones import get_backbone
+    from extract.batches import stack_images
+    from extract.reader import ImageDataset, list_images
+    from extract.recipe import preprocess_config
+    from extract.taps import resolve_taps
+    from extract.weights import build_model, locate_weights
+
+    bb = get_backbone("mobilenet_v2")
+    prep, listing = preprocess_config(bb), list_images(root)
+    model = build_model(bb, locate_weights(bb))
+    taps = resolve_taps(bb, model, ["penultimate"], "avg", prep["crop"])
+    images = ImageDataset(listing.root, listing.paths[:n_images], prep["resize"], prep["crop"], prep["interpolation"])
+    pixels, ok, _ = stack_images([images[i] for i in range(len(images))])
+    pixels = pixels[ok]
+    eager = inference.CodeComputer(inference.Normalized(inference._tap_model(model, taps), prep).eval(),
+                                   torch.device("cpu"), "fp32", 4)
+    codes = {"eager": eager(pixels)["penultimate"].numpy()}
+    for precision in ("fp32", "bf16"):
+        computer = runner.inference_setup(precision=precision, device="cpu")[0]
+        codes[precision] = np.concatenate([computer(pixels[i:i + 4])["penultimate"].numpy()
+                                           for i in range(0, len(pixels), 4)])
+
+    def cosines(a, b):
+        return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+    fp32, bf16 = cosines(codes["eager"], codes["fp32"]), cosines(codes["fp32"], codes["bf16"])
+    return {"images": int(len(pixels)), "fp32_eager": [float(fp32.mean()), float(fp32.min())],
+            "bf16_fp32": [float(bf16.mean()), float(bf16.min())]}
+
+
 def child_old(root: Path, save: Path, model_images: str) -> dict:
     """The previous release's own benchmark children, with its code first on the path: extraction, or model alone."""
     tree = Path(os.environ["CNNCODES_OLD_TREE"])
@@ -362,6 +402,13 @@ def report(title: str, res: common.Rounds, info: dict, q: dict, target_ratio: fl
           f"{q['cos_old_eager']:.5f}")
     print(f"  cosine, {auto.get('precision')} (auto) codes to fp32 ones: {q['cos_auto_fp32']:.5f}   (target >= "
           f"{TARGET_COS_BF16}: {verdict(q['cos_auto_fp32'] >= TARGET_COS_BF16)})")
+    if "agreement" in q:
+        a = q["agreement"]
+        print(f"  same pixels ({a['images']} images), OpenVINO fp32 to the eager tap model: cosine mean "
+              f"{a['fp32_eager'][0]:.6f}, lowest {a['fp32_eager'][1]:.6f} (target >= {TARGET_COS_FP32}: "
+              f"{verdict(a['fp32_eager'][1] >= TARGET_COS_FP32)}); bf16 to fp32: mean {a['bf16_fp32'][0]:.5f}, "
+              f"lowest {a['bf16_fp32'][1]:.5f} (target >= {TARGET_COS_BF16}: "
+              f"{verdict(a['bf16_fp32'][0] >= TARGET_COS_BF16)})")
     if "svm" in q:
         svm = q["svm"]
         d = abs(svm["fp32"] - svm["auto"])
@@ -390,6 +437,7 @@ def main(argv=None) -> int:
             "cnncodes": lambda root, save, precision, launched: child_cnncodes(Path(root), Path(save), precision,
                                                                               launched),
             "old": lambda root, save, model_images: child_old(Path(root), Path(save), model_images),
+            "agreement": lambda root, n_images: child_agreement(Path(root), int(n_images)),
             "model": lambda which, n_images: child_model(which, int(n_images))})
 
     rounds = args.rounds or (1 if args.quick else 3)
@@ -403,7 +451,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="cnncodes-bench-") as tmp:
         tmp = Path(tmp)
         res, info = measure(root, rounds, tmp, 64 if args.quick else 400, True, "std")
-        report(f"standard photos: {desc}", res, info, quality(tmp, "std", True), TARGET_RATIO, True)
+        q = quality(tmp, "std", True)
+        q["agreement"] = common.run_child(SCRIPT, ["agreement", str(root), "32" if args.quick else "128"])
+        report(f"standard photos: {desc}", res, info, q, TARGET_RATIO, True)
         if large:
             lroot, ldesc = common.repeated(*common.large_images(args.quick), args.repeat)
             print(f"\nlarge photos: {ldesc}")

@@ -198,7 +198,8 @@ def _openvino_version() -> dict:
 
 def inference_setup(backbone: str = DEFAULT_BACKBONE, layers=("penultimate",), batch_size: int | None = None,
                     device: str = "auto", precision: str = "auto", weights: str | None = None):
-    """The extraction's forward pass with its defaults, for benchmarks and tests: (computer, batch size, description)."""
+    """The extraction's forward pass with its defaults, for benchmarks and tests: (computer, batch size,
+    description)."""
     bb = get_backbone(backbone)
     settings = Settings.of(RunOptions(device, precision, batch_size, progress=False))
     prep, winfo = preprocess_config(bb), locate_weights(bb, weights)
