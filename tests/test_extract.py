@@ -312,10 +312,13 @@ def test_a_network_openvino_cannot_convert_runs_eagerly_with_one_note(monkeypatc
     np.testing.assert_allclose(open_codes(out).codes["penultimate"], expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_reading_codes_does_not_load_torch():
-    done = subprocess.run([sys.executable, "-c", "import classify, extract, sys; from extract import open_codes; "
-                           "assert 'torch' not in sys.modules, 'torch loaded'"], capture_output=True, text=True,
-                          cwd=ROOT)
+def test_reading_codes_and_info_do_not_load_torch(image_tree, tmp_path):
+    codes = tmp_path / "codes.h5"
+    assert pipeline.main(["extract", str(image_tree), "-o", str(codes), *FAST, "--workers", "0"]) == 0
+    script = ("import sys; import classify, extract, pipeline; "
+              "from extract import open_codes; open_codes(sys.argv[1]); assert pipeline.main(['info', sys.argv[1]]) == 0; "
+              "assert 'torch' not in sys.modules, 'torch loaded'")
+    done = subprocess.run([sys.executable, "-c", script, str(codes)], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
 
 
