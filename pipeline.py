@@ -4,10 +4,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-
-# Before torch loads: OpenMP threads that sleep instead of spinning. Spinning threads collapsed throughput
-# 10x on a busy 2-core machine (when decoding and a multi-threaded forward pass share the cores).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections import Counter
 from pathlib import Path
 
@@ -17,8 +13,9 @@ ENVIRONMENT_HELP = """environment:
   CNNCODES_OFFLINE=1        never download weights
   CNNCODES_DOWNLOAD_BASE    a mirror to download torchvision checkpoints from
   TORCH_HOME                where the torch hub cache of checkpoints is ($TORCH_HOME/hub/checkpoints)
-  CNNCODES_CACHE_DIR        where traced networks are kept between runs, so a rerun starts faster
-                            (default ~/.cache/cnncodes/traces; off: no cache; delete the folder to clear it)"""
+  CNNCODES_CACHE_DIR        where networks converted for OpenVINO are kept between runs, so a rerun
+                            starts faster (default ~/.cache/cnncodes/openvino; off: no cache; delete the
+                            folder to clear it)"""
 
 
 def _number(kind: type, ok, what: str):
@@ -53,12 +50,13 @@ def _add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
     r.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="compute precision; auto = fp32 on CPU, bf16/fp16 on GPU")
+                   help="compute precision, recorded in the codes file; auto = bf16 on CPUs with native bf16 "
+                        "(AMX, AVX512-BF16), else fp32; bf16/fp16 on GPUs")
     r.add_argument("--batch-size", type=positive_int, default=None, help="images per forward pass (default: 4 on CPU, where small batches are fastest; 64 on GPU)")
     r.add_argument("--workers", type=non_negative_int, default=None,
-                   help="worker processes. On the CPU each one decodes images and runs the network with one "
-                        "thread (default: one per CPU, at most 16); on a GPU they only decode (default: CPUs - 1). "
-                        "0: everything in the main process")
+                   help="image decoding processes; the main process runs the network (on the CPU: OpenVINO, "
+                        "one single-threaded stream per CPU) (default: one per CPU, at most 16; on a GPU CPUs - 1). "
+                        "0: decode in the main process")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return r
 
@@ -508,8 +506,9 @@ def _print_extract_summary(result) -> None:
         print(f"{result.path} is up to date: {result.n_images} images, nothing to extract")
     else:
         resumed = f", resumed from {result.resumed_parts} saved part(s)" if result.resumed_parts else ""
+        runtime = f", {result.runtime}" if result.runtime else ""
         print(f"wrote {result.path}: {result.n_images} images, {result.n_extracted} extracted in "
-              f"{result.seconds:.1f} s ({result.images_per_second:.1f} images/s){resumed}")
+              f"{result.seconds:.1f} s ({result.images_per_second:.1f} images/s{runtime}){resumed}")
     if result.failures:
         print(f"{len(result.failures)} image(s) could not be read (ok=false in the file, codes NaN):")
         for path, reason in result.failures[:MAX_LISTED_FAILURES]:
@@ -710,13 +709,27 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def process_settings() -> None:
+    """Settings of the whole process, made before torch loads (the benchmarks' children make them too).
+    OpenMP threads sleep instead of spinning: spinning threads collapse throughput on a busy machine
+    where decoders and the forward pass share the cores (figures in bench/RESULTS.md)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _weights_errors() -> tuple[type[Exception], ...]:
+    """WeightsNotFound, when the weights module is loaded (it imports torch; `info` never loads it)."""
+    weights = sys.modules.get("extract.weights")
+    return (weights.WeightsNotFound,) if weights else ()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cnncodes` console script."""
     args = build_parser().parse_args(argv)
+    process_settings()
     import warnings
 
     warnings.showwarning = _show_warning(args.command)
-    from extract import ExtractionError, ExtractionInterrupted, WeightsNotFound
+    from extract.errors import ExtractionError, ExtractionInterrupted
 
     try:
         return args.func(args)
@@ -729,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         sys.stdout = open(os.devnull, "w")
         return EXIT_OK
-    except (ExtractionError, WeightsNotFound, ValueError, KeyError, FileNotFoundError, PermissionError) as err:
+    except (ExtractionError, *_weights_errors(), ValueError, KeyError, FileNotFoundError, PermissionError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"cnncodes {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE

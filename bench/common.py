@@ -111,10 +111,11 @@ def large_images(quick: bool) -> tuple[Path, str]:
 
 
 # ------------------------------------------------------------------------------------------ children
-def run_child(script: Path, args: list[str], timeout: float = 3600) -> dict:
-    """Run ``script --child ...`` in a fresh interpreter; it prints one JSON line last on stdout."""
+def run_child(script: Path, args: list[str], timeout: float = 3600, env: dict | None = None) -> dict:
+    """Run ``script --child ...`` in a fresh interpreter (``env``: its environment); it prints one JSON
+    line last on stdout."""
     cmd = [sys.executable, str(script), "--child", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(REPO), env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"child {' '.join(args)} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -132,6 +133,23 @@ def serve_child(child_args: list[str], children: dict) -> int:
         raise SystemExit(f"unknown child {kind}")
     emit(children[kind](*rest))
     return 0
+
+
+def cpu_line() -> str:
+    """The CPU model, its core count and the flags that decide the fast paths (AVX2, AVX-512, bf16, AMX)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni")
+    shown = " ".join(f for f in wanted if f in flags) or "none of " + " ".join(wanted)
+    return f"{model}, {os.cpu_count()} CPUs, flags: {shown}"
 
 
 def load_average() -> str:

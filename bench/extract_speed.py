@@ -8,15 +8,19 @@ images with the same embedded ImageNet weights:
   Normalize(...)``, ``DataLoader(batch_size=4, num_workers=4)``, ``model.classifier = Identity()``
   and a plain fp32 forward under ``torch.no_grad()`` -- as in the tutorial, only ``shuffle=False``
   so that codes can be matched by path (shuffling does not change the speed).
-* cnncodes: ``extract.extract_codes(root, out.h5)`` with its defaults, the HDF5 file included,
-  twice: with its trace cache filled by an untimed run first (what every run after the first
-  one gets) and with the cache off (a first run, or ``CNNCODES_CACHE_DIR=off``).
+* cnncodes: ``extract.extract_codes(root, out.h5)`` with its defaults, the HDF5 file included:
+  ``--precision auto`` (bf16 where the CPU has native bf16, else fp32) and ``fp32`` forced; and
+  the previous release (``OLD_RELEASE``, TorchScript + oneDNN Graph, its trace cache filled), built
+  from git (``git archive``) and run with its own code, so old and new are measured side by side.
 
 Each timed run is a fresh child process; the two sides alternate (ABAB, then BABA) for
 ``--rounds`` rounds and the report gives medians and the median of per-round ratios, because the
 machine may be shared. Both are timed from "imports done" to "all codes computed" (model loading
 included on both sides). Model-alone throughput (pre-decoded uint8 batches through cnncodes'
-inference path and worker streams, with the same settings) is measured in the same rounds.
+inference path with the same settings, and the old release's) is measured in the same rounds,
+next to OpenVINO measured alone (the same network converted and compiled with OpenVINO's own
+throughput defaults, no cnncodes code in the loop). Each cnncodes child also reports its fixed
+cost: process start to the first computed batch, and the assembly of the file.
 
 Image sets: ../shared/datasets/hymenoptera when present (398 files: 397 JPEGs and one real GIF,
 train/ants/imageNotFound.gif, which ImageFolder skips -- .gif is not in its IMG_EXTENSIONS -- and
@@ -30,17 +34,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
-TARGET_RATIO, TARGET_FRACTION, TARGET_LARGE, TARGET_COS, TARGET_ACC = 2.5, 0.60, 8.0, 0.99, 0.5
-# the two cnncodes contenders: name -> (trace cache setting of the child, how the report describes it)
-CNNCODES_RUNS = {"cnncodes": ("on", "trace cached by an earlier run"), "cnncodes-nocache": ("off", "trace cache off")}
+TARGET_RATIO, TARGET_BF16_RATIO, TARGET_LARGE, TARGET_ACC = 2.5, 3.5, 8.0, 0.5
+TARGET_COS_FP32, TARGET_COS_BF16, TARGET_OPENVINO = 0.9999, 0.999, 0.90
+OLD_RELEASE = "24d56fc"  # the last release on TorchScript + oneDNN Graph
+# the cnncodes contenders: name -> (precision, how the report describes it)
+CNNCODES_RUNS = {"cnncodes": ("auto", "--precision auto"), "cnncodes-fp32": ("fp32", "--precision fp32")}
 
 
 # ============================================================================ children (fresh processes)
@@ -77,18 +87,37 @@ def child_tutorial(root: Path, save: Path) -> dict:
     return {"images": len(paths), "seconds": seconds, "threads": torch.get_num_threads()}
 
 
-def child_cnncodes(root: Path, save: Path, cache: str) -> dict:
-    if cache == "off":
-        os.environ["CNNCODES_CACHE_DIR"] = "off"
+def child_cnncodes(root: Path, save: Path, precision: str, launched: str) -> dict:
+    """``extract_codes`` with its defaults (``precision`` aside); ``launched``: the parent's clock when it
+    started this process, for the fixed cost from process start to the first computed batch."""
+    import pipeline
+
+    pipeline.process_settings()  # what the command line sets before torch loads
     import h5py
     import numpy as np
 
-    from extract import extract_codes, runner
+    from extract import extract_codes, runner, writer
 
+    marks = {}
+    write_parts, assemble = writer.write_parts, writer.assemble
+
+    def timed_parts(batches, *args, **kwargs):
+        def first_marked():
+            for batch in batches:
+                marks.setdefault("first_batch", time.time())
+                yield batch
+        return write_parts(first_marked(), *args, **kwargs)
+
+    def timed_assembly(*args, **kwargs):
+        t = common.now()
+        assemble(*args, **kwargs)
+        marks["assembly"] = common.now() - t
+
+    writer.write_parts, writer.assemble = timed_parts, timed_assembly
     out = save.with_suffix(".h5")
     t0 = common.now()
     result = extract_codes(root, out, backbone="mobilenet_v2", layers=("penultimate",), overwrite=True,
-                           progress=False)
+                           progress=False, precision=precision)
     seconds = common.now() - t0
     with h5py.File(out, "r") as h5:
         codes = h5["codes/penultimate"][()]
@@ -100,43 +129,39 @@ def child_cnncodes(root: Path, save: Path, cache: str) -> dict:
     import torch
 
     return {"images": int(len(paths)), "seconds": seconds, "failures": len(result.failures),
-            "workers": runner.default_workers(torch.device("cpu")), **attrs}
+            "workers": runner.default_workers(torch.device("cpu")), "runtime": result.runtime,
+            "to_first_batch": marks["first_batch"] - float(launched), "assembly": marks["assembly"], **attrs}
 
 
 def child_model(which: str, n_images: int) -> dict:
-    """Model alone: pre-made uint8 (cnncodes) or normalized float (tutorial) batches, no decoding.
+    """Model alone: pre-made batches, no decoding. cnncodes: uint8 batches through its own computer
+    and streams (``computer.map``), with its defaults. openvino: the tutorial's network converted and
+    compiled by OpenVINO with its own throughput defaults, bf16 where the CPU has it, fed from an
+    AsyncInferQueue. tutorial: the plain fp32 forward."""
+    import pipeline
 
-    cnncodes runs its forward pass the way extraction does with its defaults: the same number of
-    forked single-threaded streams, each taking whole batches, through ``extract.batches``.
-    """
-    import extract  # noqa: F401, I001  first, as in child_cnncodes: settings it makes before torch loads apply here too
+    pipeline.process_settings()  # as in child_cnncodes, for every contender: the same OpenMP settings
     import torch
 
     torch.manual_seed(0)
     if which == "cnncodes":
-        from extract import batches, runner
+        from extract import runner
 
         computer, bs, desc = runner.inference_setup(backbone="mobilenet_v2", layers=("penultimate",))
-        streams = runner.default_workers(computer.device)
-        premade = PremadeImages(n_images + 2 * bs * streams)
-        index = [list(range(i, i + bs)) for i in range(0, len(premade), bs)]
-        t0 = None
-        for k, _ in enumerate(batches.computed_batches(computer, premade, index, streams)):
-            if k == 2 * streams - 1:  # workers started and warm: time from here
+        premade = PremadeImages(n_images + 4 * bs)
+        warm = 4
+        stream = ((torch.stack([premade.image] * bs), torch.ones(bs, dtype=torch.bool), [""] * bs)
+                  for _ in range(len(premade) // bs))
+        for k, _ in enumerate(computer.map(stream)):
+            if k == warm - 1:
                 t0, done = common.now(), 0
-            elif t0 is not None:
+            elif k >= warm:
                 done += bs
-        return {"images": done, "seconds": common.now() - t0, "threads": 1, "settings": desc}
-    from torch import nn
-    from torchvision import models
-
-    from extract.weights import embedded_checkpoint
-
-    model = models.mobilenet_v2()
-    model.load_state_dict(torch.load(embedded_checkpoint("mobilenet_v2"), weights_only=True))
-    model.classifier = nn.Identity()
-    model.eval()
-    bs, desc = 4, "cpu fp32 batch 4 NCHW no_grad (tutorial)"
+        return {"images": done, "seconds": common.now() - t0, "settings": desc}
+    model, bs = _tutorial_model(), 4
+    if which == "openvino":
+        return _openvino_alone(model, bs, n_images)
+    desc = "cpu fp32 batch 4 NCHW no_grad (tutorial)"
     batch = torch.randn(bs, 3, 224, 224)
     for _ in range(2):
         with torch.no_grad():
@@ -147,6 +172,94 @@ def child_model(which: str, n_images: int) -> dict:
             model(batch)
         done += bs
     return {"images": done, "seconds": common.now() - t0, "settings": desc, "threads": torch.get_num_threads()}
+
+
+def child_agreement(root: Path, n_images: int) -> dict:
+    """Codes of the same decoded pixels (the first ``n_images`` of ``root``) from the eager tap model,
+    OpenVINO fp32 and OpenVINO bf16: mean and lowest per-image cosine, fp32 to eager and bf16 to fp32."""
+    import pipeline
+
+    pipeline.process_settings()
+    import numpy as np
+    import torch
+
+    from extract import inference, runner
+    from extract.backbones import get_backbone
+    from extract.batches import stack_images
+    from extract.reader import ImageDataset, list_images
+    from extract.recipe import preprocess_config
+    from extract.taps import resolve_taps
+    from extract.weights import build_model, locate_weights
+
+    bb = get_backbone("mobilenet_v2")
+    prep, listing = preprocess_config(bb), list_images(root)
+    model = build_model(bb, locate_weights(bb))
+    taps = resolve_taps(bb, model, ["penultimate"], "avg", prep["crop"])
+    images = ImageDataset(listing.root, listing.paths[:n_images], prep["resize"], prep["crop"], prep["interpolation"])
+    pixels, ok, _ = stack_images([images[i] for i in range(len(images))])
+    pixels = pixels[ok]
+    eager = inference.CodeComputer(inference.Normalized(inference._tap_model(model, taps), prep).eval(),
+                                   torch.device("cpu"), "fp32", 4)
+    codes = {"eager": eager(pixels)["penultimate"].numpy()}
+    for precision in ("fp32", "bf16"):
+        computer = runner.inference_setup(precision=precision, device="cpu")[0]
+        codes[precision] = np.concatenate([computer(pixels[i:i + 4])["penultimate"].numpy()
+                                           for i in range(0, len(pixels), 4)])
+
+    def cosines(a, b):
+        return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+    fp32, bf16 = cosines(codes["eager"], codes["fp32"]), cosines(codes["fp32"], codes["bf16"])
+    return {"images": int(len(pixels)), "fp32_eager": [float(fp32.mean()), float(fp32.min())],
+            "bf16_fp32": [float(bf16.mean()), float(bf16.min())]}
+
+
+def child_old(root: Path, save: Path, model_images: str) -> dict:
+    """The previous release's own benchmark children, with its code first on the path: extraction, or model alone."""
+    tree = Path(os.environ["CNNCODES_OLD_TREE"])
+    sys.path[:] = [str(tree / "bench"), str(tree), *(p for p in sys.path if p and Path(p).resolve() != common.REPO)]
+    old = __import__("extract_speed_old")
+    if model_images != "-":
+        return old.child_model("cnncodes", int(model_images))
+    return old.child_cnncodes(root, save, "on")
+
+
+def _tutorial_model():
+    import torch
+    from torch import nn
+    from torchvision import models
+
+    from extract.weights import embedded_checkpoint
+
+    model = models.mobilenet_v2()
+    model.load_state_dict(torch.load(embedded_checkpoint("mobilenet_v2"), weights_only=True))
+    model.classifier = nn.Identity()
+    return model.eval()
+
+
+def _openvino_alone(model, bs: int, n_images: int) -> dict:
+    import numpy as np
+    import openvino as ov
+    import torch
+
+    core = ov.Core()
+    precision = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+    converted = ov.convert_model(torch.export.export(model, (torch.zeros(bs, 3, 224, 224),)))
+    compiled = core.compile_model(converted, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT",
+                                                     "INFERENCE_PRECISION_HINT": precision})
+    requests = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+    queue = ov.AsyncInferQueue(compiled, requests)
+    batch = np.random.default_rng(0).standard_normal((bs, 3, 224, 224)).astype(np.float32)
+    for _ in range(2 * requests):
+        queue.start_async({0: batch})
+    queue.wait_all()
+    done, t0 = 0, common.now()
+    while done < n_images:
+        queue.start_async({0: batch})
+        done += bs
+    queue.wait_all()
+    return {"images": done, "seconds": common.now() - t0,
+            "settings": f"OpenVINO {ov.__version__} alone, {precision}, throughput hint, {requests} requests"}
 
 
 class PremadeImages:
@@ -166,41 +279,77 @@ class PremadeImages:
 
 
 # ============================================================================ parent
+def old_release(commit: str = OLD_RELEASE) -> Path:
+    """The previous release's source tree, unpacked from git once (``git archive``), with its
+    benchmark script importable as ``extract_speed_old``."""
+    tree = common.CACHE / f"cnncodes-{commit}"
+    if not (tree / ".complete").exists():
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(common.REPO), "archive", commit], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        shutil.copy(tree / "bench" / "extract_speed.py", tree / "bench" / "extract_speed_old.py")
+        (tree / ".complete").write_text(commit)
+    return tree
+
+
+def _old_env(tree: Path) -> dict:
+    return {**os.environ, "CNNCODES_OLD_TREE": str(tree), "CNNCODES_CACHE_DIR": os.environ["CNNCODES_OLD_CACHE_DIR"]}
+
+
 def measure(root: Path, rounds: int, tmp: Path, model_images: int, with_model: bool, label: str):
-    names = ["tutorial", *CNNCODES_RUNS] + (["model-cnncodes", "model-tutorial"] if with_model else [])
+    old = old_release()
+    names = ["tutorial", *CNNCODES_RUNS, "old"]
+    if with_model:
+        names += ["model-cnncodes", "model-openvino", "model-old", "model-tutorial"]
     res = common.Rounds(names)
-    info = {}
-    os.environ["CNNCODES_CACHE_DIR"] = str(tmp / "traces")  # the children's trace cache, filled here untimed
-    common.run_child(SCRIPT, ["cnncodes", str(root), str(tmp / "prime.npz"), "on"])
+    info: dict[str, list[dict]] = {n: [] for n in names}
+    os.environ["CNNCODES_CACHE_DIR"] = str(tmp / "openvino")  # converted models, filled by the untimed runs
+    os.environ["CNNCODES_OLD_CACHE_DIR"] = str(tmp / "traces")  # the old release's trace cache
+    for precision, _ in CNNCODES_RUNS.values():
+        common.run_child(SCRIPT, ["cnncodes", str(root), str(tmp / "prime.npz"), precision, str(time.time())])
+    common.run_child(SCRIPT, ["old", str(root), str(tmp / "prime.npz"), "-"], env=_old_env(old))
     for r in range(rounds):
         for name in common.order_for(r, names):
-            if name.startswith("model-"):
+            started = common.now()
+            if name == "model-old":
+                out = common.run_child(SCRIPT, ["old", "-", "-", str(model_images)], env=_old_env(old))
+            elif name.startswith("model-"):
                 out = common.run_child(SCRIPT, ["model", name.split("-", 1)[1], str(model_images)])
+            elif name == "old":
+                out = common.run_child(SCRIPT, ["old", str(root), str(tmp / f"{label}-old.npz"), "-"],
+                                       env=_old_env(old))
             elif name in CNNCODES_RUNS:
                 out = common.run_child(SCRIPT, ["cnncodes", str(root), str(tmp / f"{label}-{name}.npz"),
-                                                CNNCODES_RUNS[name][0]])
+                                                CNNCODES_RUNS[name][0], str(time.time())])
             else:
                 out = common.run_child(SCRIPT, [name, str(root), str(tmp / f"{label}-{name}.npz")])
+            out["process_seconds"] = common.now() - started
             rate = res.add(name, out["images"], out["seconds"])
-            info[name] = out
+            info[name].append(out)
             print(f"  round {r + 1}/{rounds}  {name:15s} {rate:7.1f} images/s  ({out['images']} images, "
-                  f"{out['seconds']:.1f} s; {common.load_average()})", flush=True)
+                  f"{out['seconds']:.1f} s, whole process {out['process_seconds']:.1f} s; {common.load_average()})",
+                  flush=True)
     return res, info
 
 
 def quality(tmp: Path, label: str, with_svm: bool) -> dict:
     import numpy as np
 
-    a, b = np.load(tmp / f"{label}-tutorial.npz"), np.load(tmp / f"{label}-cnncodes.npz")
-    paths, ca, cb = common.match_by_path(list(a["paths"]), a["codes"], list(b["paths"]), b["codes"])
-    out = {"matched": len(paths), "tutorial_n": len(a["paths"]), "cnncodes_n": len(b["paths"]),
-           "cosine": common.mean_cosine(ca, cb)}
-    c = np.load(tmp / f"{label}-cnncodes-nocache.npz")
-    out["cache_same_codes"] = bool((c["paths"] == b["paths"]).all() and np.allclose(c["codes"], b["codes"], rtol=1e-4,
-                                                                                     atol=1e-5, equal_nan=True))
+    sets = {n: np.load(tmp / f"{label}-{n}.npz") for n in ("tutorial", *CNNCODES_RUNS, "old")}
+
+    def matched(a: str, b: str):
+        return common.match_by_path(list(sets[a]["paths"]), sets[a]["codes"], list(sets[b]["paths"]), sets[b]["codes"])
+
+    paths, eager, fp32 = matched("tutorial", "cnncodes-fp32")
+    _, _, auto = matched("tutorial", "cnncodes")
+    out = {"matched": len(paths), "tutorial_n": len(sets["tutorial"]["paths"]),
+           "cnncodes_n": len(sets["cnncodes"]["paths"]), "cos_fp32_eager": common.mean_cosine(eager, fp32),
+           "cos_auto_fp32": common.mean_cosine(fp32, auto), "cos_old_eager": common.mean_cosine(eager, matched(
+               "tutorial", "old")[2])}
     if with_svm and any(p.startswith("val/") for p in paths):
-        out["svm_tutorial"] = common.svm_accuracy(paths, ca)
-        out["svm_cnncodes"] = common.svm_accuracy(paths, cb)
+        out["svm"] = {n: common.svm_accuracy(paths, c) for n, c in (("tutorial", eager), ("fp32", fp32),
+                                                                     ("auto", auto))}
     return out
 
 
@@ -208,33 +357,63 @@ def verdict(ok: bool) -> str:
     return "ok" if ok else "BELOW TARGET"
 
 
+def _median(info: dict, name: str, key: str) -> float:
+    return statistics.median(o[key] for o in info[name])
+
+
 def report(title: str, res: common.Rounds, info: dict, q: dict, target_ratio: float, with_model: bool) -> None:
+    auto = info["cnncodes"][0]
     print(f"\n== {title}")
     print(f"  tutorial loop   {res.median('tutorial'):7.1f} images/s   (rounds: {res.spread('tutorial')}; "
-          f"{info['tutorial'].get('threads')} torch threads, 4 workers, batch 4, fp32)")
-    extra = ", ".join(f"{k} {info['cnncodes'][k]}" for k in ("device", "precision", "workers") if k in info["cnncodes"])
+          f"{info['tutorial'][0].get('threads')} torch threads, 4 workers, batch 4, fp32)")
     for name, (_, how) in CNNCODES_RUNS.items():
-        print(f"  {name:16s}{res.median(name):7.1f} images/s   (rounds: {res.spread(name)}; {how}; {extra})")
-    for name in CNNCODES_RUNS:
+        print(f"  {name:16s}{res.median(name):7.1f} images/s   (rounds: {res.spread(name)}; {how}: "
+              f"{info[name][0]['runtime']}, {info[name][0]['workers']} decode workers)")
+    print(f"  old {OLD_RELEASE}     {res.median('old'):7.1f} images/s   (rounds: {res.spread('old')}; TorchScript + "
+          f"oneDNN Graph fp32, trace cache filled)")
+    for name in (*CNNCODES_RUNS, "old"):
         ratio = res.ratio(name, "tutorial")
-        print(f"  ratio {name} / tutorial: {ratio:.2f}x   (target >= {target_ratio}: {verdict(ratio >= target_ratio)})")
+        whole = statistics.median(t["process_seconds"] / c["process_seconds"] for t, c in zip(info["tutorial"],
+                                                                                               info[name]))
+        print(f"  ratio {name} / tutorial: {ratio:.2f}x, whole process {whole:.2f}x")
+    new_old = res.ratio("cnncodes-fp32", "old")
+    print(f"  fp32 end to end, new / old: {new_old:.2f}x   (target >= 1: {verdict(new_old >= 1)})")
+    if auto.get("precision") == "bf16":
+        whole = statistics.median(t["process_seconds"] / c["process_seconds"] for t, c in zip(info["tutorial"],
+                                                                                               info["cnncodes"]))
+        print(f"  bf16 whole process / tutorial whole process: {whole:.2f}x   (target >= {TARGET_BF16_RATIO}: "
+              f"{verdict(whole >= TARGET_BF16_RATIO)})")
+    for name in CNNCODES_RUNS:
+        print(f"  fixed cost of {name}: process start to first batch {_median(info, name, 'to_first_batch'):.2f} s, "
+              f"assembly {_median(info, name, 'assembly'):.3f} s (medians)")
     if with_model:
-        print(f"  model alone, cnncodes settings: {res.median('model-cnncodes'):7.1f} images/s "
-              f"({info['model-cnncodes']['settings']}; rounds: {res.spread('model-cnncodes')})")
-        print(f"  model alone, tutorial settings: {res.median('model-tutorial'):7.1f} images/s "
-              f"(rounds: {res.spread('model-tutorial')})")
-        for name in CNNCODES_RUNS:
-            frac = res.ratio(name, "model-cnncodes")
-            print(f"  {name} end to end / its model alone: {frac:.0%}   "
-                  f"(target >= {TARGET_FRACTION:.0%}: {verdict(frac >= TARGET_FRACTION)})")
+        for name in ("model-cnncodes", "model-openvino", "model-old", "model-tutorial"):
+            print(f"  {name:16s}{res.median(name):7.1f} images/s   ({info[name][0]['settings']}; "
+                  f"rounds: {res.spread(name)})")
+        frac = res.ratio("model-cnncodes", "model-openvino")
+        print(f"  model alone, cnncodes / OpenVINO alone: {frac:.0%}   (target >= {TARGET_OPENVINO:.0%}: "
+              f"{verdict(frac >= TARGET_OPENVINO)})")
+        for name in (*CNNCODES_RUNS, "old"):
+            base = "model-old" if name == "old" else "model-cnncodes"
+            print(f"  {name} end to end / its model alone: {res.ratio(name, base):.0%}")
     print(f"  images: tutorial {q['tutorial_n']}, cnncodes {q['cnncodes_n']}, matched by path {q['matched']}")
-    print(f"  mean cosine similarity of the codes: {q['cosine']:.4f}   "
-          f"(target >= {TARGET_COS}: {verdict(q['cosine'] >= TARGET_COS)})")
-    print(f"  codes with and without the trace cache agree (rtol 1e-4): {q['cache_same_codes']}")
-    if "svm_tutorial" in q:
-        d = abs(q["svm_tutorial"] - q["svm_cnncodes"])
-        print(f"  LinearSVC held-out accuracy (train/ -> val/): tutorial codes {q['svm_tutorial']:.2f}%, "
-              f"cnncodes codes {q['svm_cnncodes']:.2f}%, difference {d:.2f} points "
+    print(f"  cosine, fp32 codes to the tutorial's eager ones: {q['cos_fp32_eager']:.5f}   (target >= "
+          f"{TARGET_COS_FP32}: {verdict(q['cos_fp32_eager'] >= TARGET_COS_FP32)}); old release's: "
+          f"{q['cos_old_eager']:.5f}")
+    print(f"  cosine, {auto.get('precision')} (auto) codes to fp32 ones: {q['cos_auto_fp32']:.5f}   (target >= "
+          f"{TARGET_COS_BF16}: {verdict(q['cos_auto_fp32'] >= TARGET_COS_BF16)})")
+    if "agreement" in q:
+        a = q["agreement"]
+        print(f"  same pixels ({a['images']} images), OpenVINO fp32 to the eager tap model: cosine mean "
+              f"{a['fp32_eager'][0]:.6f}, lowest {a['fp32_eager'][1]:.6f} (target >= {TARGET_COS_FP32}: "
+              f"{verdict(a['fp32_eager'][1] >= TARGET_COS_FP32)}); bf16 to fp32: mean {a['bf16_fp32'][0]:.5f}, "
+              f"lowest {a['bf16_fp32'][1]:.5f} (target >= {TARGET_COS_BF16}: "
+              f"{verdict(a['bf16_fp32'][0] >= TARGET_COS_BF16)})")
+    if "svm" in q:
+        svm = q["svm"]
+        d = abs(svm["fp32"] - svm["auto"])
+        print(f"  LinearSVC held-out accuracy (train/ -> val/): tutorial codes {svm['tutorial']:.2f}%, fp32 "
+              f"{svm['fp32']:.2f}%, {auto.get('precision')} {svm['auto']:.2f}%; between precisions {d:.2f} points "
               f"(target <= {TARGET_ACC}: {verdict(d <= TARGET_ACC)})")
 
 
@@ -250,9 +429,15 @@ def main(argv=None) -> int:
     ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
+        # Every contender's OpenMP threads sleep while they wait, as the command line sets for cnncodes: on
+        # a shared machine spinning threads collapse the tutorial's multi-threaded forward 10x or more.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         return common.serve_child(args.child, {
             "tutorial": lambda root, save: child_tutorial(Path(root), Path(save)),
-            "cnncodes": lambda root, save, cache: child_cnncodes(Path(root), Path(save), cache),
+            "cnncodes": lambda root, save, precision, launched: child_cnncodes(Path(root), Path(save), precision,
+                                                                              launched),
+            "old": lambda root, save, model_images: child_old(Path(root), Path(save), model_images),
+            "agreement": lambda root, n_images: child_agreement(Path(root), int(n_images)),
             "model": lambda which, n_images: child_model(which, int(n_images))})
 
     rounds = args.rounds or (1 if args.quick else 3)
@@ -261,11 +446,14 @@ def main(argv=None) -> int:
         os.environ.setdefault("CNNCODES_BENCH_SYNTHETIC", "1")
     root, desc = common.repeated(*common.standard_images(args.quick), args.repeat)
     print(f"extract speed: MobileNetV2 penultimate codes, {rounds} alternating round(s); {common.load_average()}")
+    print(f"cpu: {common.cpu_line()}")
     print(f"images: {desc}")
     with tempfile.TemporaryDirectory(prefix="cnncodes-bench-") as tmp:
         tmp = Path(tmp)
         res, info = measure(root, rounds, tmp, 64 if args.quick else 400, True, "std")
-        report(f"standard photos: {desc}", res, info, quality(tmp, "std", True), TARGET_RATIO, True)
+        q = quality(tmp, "std", True)
+        q["agreement"] = common.run_child(SCRIPT, ["agreement", str(root), "32" if args.quick else "128"])
+        report(f"standard photos: {desc}", res, info, q, TARGET_RATIO, True)
         if large:
             lroot, ldesc = common.repeated(*common.large_images(args.quick), args.repeat)
             print(f"\nlarge photos: {ldesc}")

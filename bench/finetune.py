@@ -27,25 +27,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(BENCH)]
 SCRIPT = Path(__file__).resolve()
 
 
-def cpu_description() -> str:
-    """CPU model, usable cores and the flags that matter for training speed (AVX-512, bf16, AMX)."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"]
-    shown = [f for f in wanted if f in flags] or ["none of " + ", ".join(wanted)]
-    import os
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} usable cores, flags: {' '.join(shown)}"
-
-
 def child_codes(images: str, out: str) -> dict:
+    import pipeline
+
+    pipeline.process_settings()  # what the command line sets before torch loads
     from classify import classify_codes
     from extract import extract_codes
 
@@ -59,6 +44,9 @@ def child_codes(images: str, out: str) -> dict:
 
 
 def child_finetune(images: str, out: str, freeze: str, epochs: str, lp_epochs: str) -> dict:
+    import pipeline
+
+    pipeline.process_settings()  # sleeping OpenMP threads: spinning ones made training 3-10x slower here
     from finetune import finetune_images
 
     start = time.perf_counter()
@@ -101,7 +89,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         return common.serve_child(args.child, {"codes": child_codes, "finetune": child_finetune})
-    print(f"# {cpu_description()}; {common.load_average()} at start", flush=True)
+    print(f"# {common.cpu_line()}; {common.load_average()} at start", flush=True)
     work = common.CACHE / "finetune-runs"
     shutil.rmtree(work, ignore_errors=True)
     rows = []

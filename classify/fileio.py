@@ -1,12 +1,12 @@
-"""Output files that are either fully written or not there at all (temp name, then rename)."""
+"""Output files that are either fully written or not there at all (see extract/atomic.py)."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Mapping, Union
+from typing import Mapping
 
-Content = Union[bytes, str, Callable[[Path], None]]
+from extract.atomic import Content, publish, temporary_name, write_content
 
 
 def ensure_writable(out_dir: str | os.PathLike) -> Path:
@@ -32,18 +32,13 @@ def write_files(out_dir: str | os.PathLike, files: Mapping[str, Content]) -> lis
     try:
         for name, content in files.items():
             target = out_dir / name
-            tmp = out_dir / f".{name}.tmp-{os.getpid()}"
+            tmp = temporary_name(target)
             temps.append((tmp, target))
-            if callable(content):
-                content(tmp)
-            elif isinstance(content, str):
-                tmp.write_text(content, encoding="utf-8")
-            else:
-                tmp.write_bytes(content)
+            write_content(tmp, content)
     except BaseException:
         for tmp, _ in temps:
             tmp.unlink(missing_ok=True)
         raise
     for tmp, target in temps:
-        os.replace(tmp, target)
+        publish(tmp, target)
     return [target for _, target in temps]

@@ -1,21 +1,26 @@
-"""Extract stage: images -> ReLU'd CNN codes in a self-describing HDF5 file."""
-import os
-from importlib.metadata import PackageNotFoundError, version
+"""Extract stage: images -> ReLU'd CNN codes in a self-describing HDF5 file.
 
-# Before torch loads (see pipeline.py): OpenMP threads sleep instead of spinning while they wait.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+Names are imported when first used (PEP 562), so that reading codes files (``extract.codesfile``,
+``open_codes``) never loads torch.
+"""
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 
 try:
     __version__ = version("cnncodes")
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.1.0"
 
-from .backbones import BACKBONES, DEFAULT_BACKBONE, get_backbone  # noqa: E402
-from .codesfile import CodesFile, RecipeMismatch, open_codes  # noqa: E402
-from .runner import ExtractionError, ExtractionInterrupted, ExtractResult, extract_codes  # noqa: E402
-from .weights import WeightsNotFound  # noqa: E402
+_WHERE = {
+    "BACKBONES": "backbones", "DEFAULT_BACKBONE": "backbones", "get_backbone": "backbones",
+    "CodesFile": "codesfile", "RecipeMismatch": "codesfile", "open_codes": "codesfile",
+    "ExtractionError": "errors", "ExtractionInterrupted": "errors",
+    "ExtractResult": "runner", "extract_codes": "runner", "WeightsNotFound": "weights",
+}
+__all__ = list(_WHERE)
 
-__all__ = [
-    "BACKBONES", "DEFAULT_BACKBONE", "get_backbone", "CodesFile", "RecipeMismatch", "open_codes",
-    "ExtractionError", "ExtractionInterrupted", "ExtractResult", "extract_codes", "WeightsNotFound",
-]
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'extract' has no attribute {name!r}")
+    return getattr(import_module(f".{_WHERE[name]}", __name__), name)

@@ -28,7 +28,9 @@ FORMAT_VERSION = 1
 ROW_FIELDS = ("labels", "paths", "split", "ok", "errors", "file_size", "file_mtime_ns")
 _STR = h5py.string_dtype("utf-8")
 # The parts of a recipe that change the codes: two files agree when these agree.
-RECIPE_KEYS = ("backbone", "weights_sha256", "taps", "preprocess")
+RECIPE_KEYS = ("backbone", "weights_sha256", "taps", "preprocess", "precision")
+# Keys that files and models made before they were recorded lack: compared only when both sides have them.
+_LATER_KEYS = ("precision",)
 
 
 class RecipeMismatch(ValueError):
@@ -40,6 +42,8 @@ def recipe_difference(expected: Mapping, found: Mapping) -> list[str]:
     out = []
     for key in RECIPE_KEYS:
         a, b = expected.get(key), found.get(key)
+        if key in _LATER_KEYS and (a is None or b is None):
+            continue
         if key == "taps":
             a = [{k: t[k] for k in ("name", "node", "pool")} for t in a or []]
             b = [{k: t[k] for k in ("name", "node", "pool")} for t in b or []]

@@ -1,6 +1,8 @@
 """Choose the compute device and precision."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -18,8 +20,19 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def pick_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 (or fp16) on GPUs, fp32 on CPUs, where bf16 is only emulated without AMX/AVX512-BF16."""
+def cpu_capabilities() -> list[str]:
+    """What OpenVINO says this CPU computes natively (``BF16`` where it has AMX or AVX512-BF16); [] without it."""
+    try:
+        import openvino
+    except ImportError:
+        return []
+    return list(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def pick_precision(precision: str, device: torch.device,
+                   capabilities: Callable[[], list[str]] | None = None) -> str:
+    """``auto``: bf16 (or fp16) on GPUs; on CPUs bf16 where ``capabilities()`` reports native BF16
+    (elsewhere it is emulated and slower than fp32), else fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision != "auto":
@@ -28,4 +41,4 @@ def pick_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    return "bf16" if "BF16" in (capabilities or cpu_capabilities)() else "fp32"

@@ -1,166 +1,191 @@
-"""The forward pass that turns uint8 image batches into codes, made as fast as the device allows.
+"""The mapper: uint8 image batches -> {tap name: float32 codes}, on the device's best runtime.
 
-On the CPU (fp32): BatchNorm folded into convolutions, channels_last, then a TorchScript trace
-fused by oneDNN Graph (single-threaded MobileNetV2: 1.25x over a frozen module with
-``optimize_for_inference``, which is the fallback, itself about 1.25x over eager), small batches
-padded to the traced size so the compiled kernels are never rebuilt for a short last batch.
-oneDNN Graph gets a traced *function*: its weights become graph constants, as freezing would
-make them, without scripting each of the model's ~200 submodules (0.11 s instead of 0.7 s).
-The kernels are compiled for the thread count the forward will run with: a forked worker must
-not run kernels its parent compiled for several threads (GNU OpenMP deadlocks there).
-On CUDA: autocast to bf16/fp16, pinned host memory and non-blocking copies. The codes are the same
-up to float rounding (tests compare them with a hand-written eager forward).
+On the CPU the tap model (BatchNorm folded, normalization included) runs on OpenVINO, converted
+through ``torch.export``: fp32, or bf16 where asked (``--precision auto`` picks it where the CPU
+has native bf16). Several OpenVINO streams of one thread each take the batches in turn while the
+caller decodes the next ones. A network that cannot be converted, or whose converted outputs do
+not match the eager model's on a probe batch, runs in eager PyTorch instead, and ``note`` says so.
+On CUDA: eager PyTorch with autocast to bf16/fp16, pinned host memory and non-blocking copies.
 """
 from __future__ import annotations
 
 import copy
-import warnings
-from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterable, Iterator
 
+import numpy as np
 import torch
+from torch import nn
 
+from . import openvino_model
 from .device import DTYPES
 from .fusion import fold_batchnorm
 from .taps import Tap, TapModel
 
-# Small batches are fastest for CPU inference here (cache-resident activations); GPUs want large ones.
+# Small batches are fastest for CPU inference (cache-resident activations); GPUs want large ones.
 DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 64}
+# How close (cosine over a probe batch, per tap) a converted model must come to the eager fp32 one.
+AGREEMENT = {"fp32": 0.9999, "bf16": 0.99}
+OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+# codes per tap [B, dim], ok flags [B], error messages
+Batch = tuple[dict[str, np.ndarray], np.ndarray, list[str]]
 
 
 def default_batch_size(device: torch.device) -> int:
     return DEFAULT_BATCH_SIZE.get(device.type, 32)
 
 
-@dataclass
-class Trace:
-    """A tap model traced for one batch shape (BatchNorm folded, channels_last), with a probe batch
-    and the eager model's outputs on it, which any compiled form must reproduce. What the trace
-    cache keeps."""
+class Normalized(nn.Module):
+    """uint8 images [B, 3, H, W] -> the tap model's outputs on ImageNet-normalized floats."""
 
-    function: Callable[[torch.Tensor], dict[str, torch.Tensor]]
-    probe: torch.Tensor
-    expected: dict[str, torch.Tensor]
-    weight_bytes: int = 0  # what the traced weights take, about the size of the saved trace
+    def __init__(self, tap_model: TapModel, preprocess: dict):
+        super().__init__()
+        self.tap_model = tap_model
+        self.register_buffer("mean", torch.tensor(preprocess["mean"]).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(preprocess["std"]).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.tap_model((images.float() - self.mean) / self.std)
 
 
 class CodeComputer:
-    """Callable: uint8 images [B, 3, H, W] -> {tap name: float32 CPU codes [B, dim]}."""
+    """Eager PyTorch: callable uint8 images -> {tap: float32 CPU codes}; ``map`` runs a stream of batches."""
 
-    def __init__(self, model: torch.nn.Module, taps: list[Tap], preprocess: dict, device: torch.device,
-                 precision: str, batch_size: int, threads: int | None = None):
-        """``threads``: how many threads the forward will run with (default: this process's)."""
-        self._normalization(preprocess, device, precision, batch_size)
-        tap_model = _tap_model(model, taps).to(device).eval().to(memory_format=torch.channels_last)
-        tap_model.requires_grad_(False)  # a private copy; weights without grad can be traced as constants
-        self.model, self.compiled, self.trace = tap_model, "", None
-        if device.type == "cpu" and precision == "fp32":
-            example = torch.zeros(batch_size, 3, preprocess["crop"], preprocess["crop"])
-            with _num_threads(threads):
-                self.model, self.compiled, self.trace = _script(
-                    tap_model, example.contiguous(memory_format=torch.channels_last))
+    runtime = "eager"
 
-    @classmethod
-    def from_trace(cls, trace: Trace, preprocess: dict, batch_size: int,
-                   threads: int | None = None) -> CodeComputer | None:
-        """A CPU fp32 computer fused by oneDNN Graph from an earlier ``trace`` (see ``.trace``), or None
-        when that fails or no longer reproduces the trace's expected outputs."""
-        self = cls.__new__(cls)
-        self._normalization(preprocess, torch.device("cpu"), "fp32", batch_size)
-        with _num_threads(threads), warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            try:
-                self.model = _onednn_graph(trace)
-            except Exception:
-                return None
-        self.compiled, self.trace = "torchscript-onednn-graph", trace
-        return self
-
-    def _normalization(self, preprocess: dict, device: torch.device, precision: str, batch_size: int) -> None:
-        self.device, self.precision, self.batch_size = device, precision, batch_size
-        self.mean = torch.tensor(preprocess["mean"], device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(preprocess["std"], device=device).view(1, 3, 1, 1) * 255
+    def __init__(self, module: Normalized, device: torch.device, precision: str, batch_size: int, note: str = ""):
+        self.device, self.precision, self.batch_size, self.note = device, precision, batch_size, note
+        self.module = module.to(device).eval().to(memory_format=torch.channels_last)
 
     def describe(self) -> str:
-        return f"{self.device.type} {self.precision} channels_last {self.compiled or 'eager'}"
+        return f"{self.device.type} {self.precision} {self.runtime}"
 
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = len(images)
-        if self.compiled and n < self.batch_size:  # the traced shape: no kernel rebuild for a short batch
-            images = torch.cat([images, images.new_zeros((self.batch_size - n, *images.shape[1:]))])
-        x = images.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
-        x = x.contiguous(memory_format=torch.channels_last)
-        reduced = self.precision in DTYPES
+    def __call__(self, images: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
+        images = torch.as_tensor(images)
+        if self.device.type == "cuda":
+            images = images.pin_memory()
+        x = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=DTYPES.get(self.precision),
-                                                     enabled=reduced):
-            out = self.model(x)
-        return {name: value[:n].float().cpu() for name, value in out.items()}
+                                                     enabled=self.precision in DTYPES):
+            out = self.module(x)
+        return {name: value.float().cpu() for name, value in out.items()}
+
+    def map(self, batches: Iterable[tuple[np.ndarray, np.ndarray, list[str]]]) -> Iterator[Batch]:
+        """(uint8 images, ok, errors) batches -> (codes, ok, errors), in order."""
+        for images, ok, errors in batches:
+            yield {k: v.numpy() for k, v in self(images).items()}, np.asarray(ok), errors
 
 
-def _tap_model(model: torch.nn.Module, taps: list[Tap]) -> TapModel:
+class OpenVINOComputer(CodeComputer):
+    """The same on OpenVINO: ``streams`` inference requests of one thread each run batches concurrently."""
+
+    runtime = "openvino"
+
+    def __init__(self, compiled, names: list[str], precision: str, batch_size: int, streams: int):
+        self.device, self.precision, self.batch_size, self.note = torch.device("cpu"), precision, batch_size, ""
+        self.compiled, self.names, self.streams = compiled, names, streams
+
+    def describe(self) -> str:
+        return f"cpu {self.precision} openvino, {self.streams} stream(s)"
+
+    def __call__(self, images: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
+        out = self.compiled([np.asarray(images)])
+        return {name: torch.from_numpy(out[port].copy()) for name, port in zip(self.names, self.compiled.outputs)}
+
+    def map(self, batches):
+        """Keeps every stream busy: a batch is started on a free inference request, and when none is free
+        the oldest one is waited for and its codes yielded, so they come out in order."""
+        free = [self.compiled.create_infer_request() for _ in range(2 * self.streams)]  # one waiting per stream
+        running: deque[tuple[object, np.ndarray, list[str]]] = deque()
+        for images, ok, errors in batches:
+            if not free:
+                yield self._finish(*running.popleft(), free)
+            request = free.pop()
+            request.start_async({0: np.asarray(images)})
+            running.append((request, np.asarray(ok), errors))
+        while running:
+            yield self._finish(*running.popleft(), free)
+
+    def _finish(self, request, ok: np.ndarray, errors: list[str], free: list) -> Batch:
+        request.wait()
+        codes = {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(self.names)}
+        free.append(request)
+        return codes, ok, errors
+
+
+def make_computer(model: nn.Module, taps: list[Tap], preprocess: dict, device: torch.device, precision: str,
+                  batch_size: int, streams: int = 1, cache_key: dict | None = None) -> CodeComputer:
+    """The fastest computer for ``device``: OpenVINO on the CPU (eager PyTorch when that fails), eager elsewhere.
+    ``cache_key`` describes the network for the converted-model cache (None: no caching)."""
+    if device.type == "cpu":
+        key = openvino_model.cache_key(cache_key) if cache_key is not None and _has_openvino() else None
+        try:  # a network converted and checked by an earlier run: no eager model needed
+            ready = openvino_model.cached(key) if key else None
+            if ready is not None:
+                return _compiled(ready, taps, precision, batch_size, streams)
+        except Exception:
+            pass
+    module = Normalized(_tap_model(model, taps), preprocess).eval().requires_grad_(False)
+    if device.type != "cpu":
+        return CodeComputer(module, device, precision, batch_size)
+    try:
+        return _converted(module, taps, preprocess, precision, batch_size, streams, key)
+    except Exception as err:  # a network or tap that OpenVINO cannot take
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        return CodeComputer(module, device, precision, batch_size,
+                            note=f"OpenVINO could not run this network ({reason}); using eager PyTorch (slower)")
+
+
+def _has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _converted(module: Normalized, taps: list[Tap], preprocess: dict, precision: str, batch_size: int,
+               streams: int, key: str | None) -> OpenVINOComputer:
+    """Convert ``module``, compile it, and check it against the eager model on a probe batch."""
+    crop = preprocess["crop"]
+    example = torch.zeros(batch_size, 3, crop, crop, dtype=torch.uint8)
+    probe = torch.randint(0, 256, (2, 3, crop, crop), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = module(probe)
+    try:
+        computer = _compiled(openvino_model.converted(module, example, key), taps, precision, batch_size, streams)
+        check_agreement(expected, computer(probe), AGREEMENT[precision])
+    except BaseException:
+        openvino_model.forget(key)  # never leave a conversion that failed its check for the next run
+        raise
+    return computer
+
+
+def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: int) -> OpenVINOComputer:
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "NUM_STREAMS": streams,
+              "INFERENCE_NUM_THREADS": streams, "PERFORMANCE_HINT": "THROUGHPUT"}
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    return OpenVINOComputer(compiled, [t.name for t in taps], precision, batch_size, streams)
+
+
+def check_agreement(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], min_cosine: float) -> None:
+    """Raise unless every tap of ``got`` is within ``min_cosine`` of ``expected`` (and of the same shape)."""
+    for name, want in expected.items():
+        have = got[name].float()
+        if have.shape != want.shape:
+            raise ValueError(f"converted {name} has shape {tuple(have.shape)}, not {tuple(want.shape)}")
+        a, b = want.flatten().double(), have.flatten().double()
+        cosine = float(a @ b / max(float(a.norm() * b.norm()), 1e-30)) if a.norm() > 0 else float(b.norm() == 0)
+        if cosine < min_cosine:
+            raise ValueError(f"converted {name} differs from the eager model (cosine {cosine:.5f})")
+
+
+def _tap_model(model: nn.Module, taps: list[Tap]) -> TapModel:
     """A tap model on a copy of ``model``, with BatchNorm folded into convolutions unless that hides a tapped node."""
-    fused = copy.deepcopy(model)
+    fused = copy.deepcopy(model).eval()
     fold_batchnorm(fused)
     try:
         return TapModel(fused, taps)
     except ValueError:  # a tapped node was a BatchNorm, which folding removed
-        return TapModel(copy.deepcopy(model), taps)
-
-
-def _script(model: torch.nn.Module, example: torch.Tensor):
-    """``model`` compiled for CPU inference: traced and fused by oneDNN Graph, or else traced, frozen
-    and passed through ``optimize_for_inference``; each candidate must match the eager model.
-    Returns (module, how it was compiled: "" for the eager model when both fail, the Trace when
-    oneDNN Graph took it)."""
-    probe = torch.rand_like(example) * 4 - 2
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer and deprecation warnings; the outputs are checked
-        expected = model(probe)
-        try:
-            trace = Trace(torch.jit.trace(lambda x: model(x), example, strict=False, check_trace=False),
-                          probe, expected, sum(t.nbytes for t in model.state_dict().values()))
-            return _onednn_graph(trace), "torchscript-onednn-graph", trace
-        except Exception:  # a graph that cannot be traced, or that oneDNN Graph cannot take
-            pass
-        try:
-            frozen = _frozen(model, example)
-            _check(expected, frozen(probe))
-            return frozen, "torchscript-frozen", None
-        except Exception:
-            pass
-    return model, "", None
-
-
-def _onednn_graph(trace: Trace) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    """``trace.function``, fused and compiled by oneDNN Graph; raises unless it reproduces ``trace.expected``."""
-    was_enabled = torch._C._jit_llga_enabled()
-    torch.jit.enable_onednn_fusion(True)
-    try:  # the profiling executor records shapes on the first call, then fuses, compiles and runs
-        trace.function(trace.probe)  # the fused graph on the second; the flag is only read then
-        got = trace.function(trace.probe)
-    finally:
-        torch.jit.enable_onednn_fusion(was_enabled)
-    _check(trace.expected, got)
-    return trace.function
-
-
-def _frozen(model: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    traced = torch.jit.trace(model, example, strict=False, check_trace=False)
-    return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-
-
-def _check(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
-    for name, value in expected.items():
-        if not torch.allclose(value, got[name], rtol=1e-3, atol=1e-4):
-            raise ValueError(f"compiled outputs of {name} differ from the eager model's")
-
-
-@contextmanager
-def _num_threads(threads: int | None):
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+        return TapModel(copy.deepcopy(model).eval(), taps)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import write_file, writing
 
 JOB_FILE = "job.json"
 CODES_PREFIX = "codes:"
@@ -64,32 +65,18 @@ def open_job(parts_dir: Path, digest: str, n_parts: int) -> tuple[set[int], bool
             discarded = True
     parts_dir.mkdir(parents=True, exist_ok=True)
     if not job_file.exists():
-        _atomic_write_text(job_file, json.dumps({"digest": digest, "n_parts": n_parts}))
+        write_file(job_file, json.dumps({"digest": digest, "n_parts": n_parts}))
     for stale in parts_dir.glob("*.tmp"):
         stale.unlink()  # a part that was being written when the run was killed
     done = {int(p.stem.split("-")[1]) for p in parts_dir.glob("part-*.npz")}
     return {p for p in done if p < n_parts}, discarded
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_part(path: Path, codes: dict[str, np.ndarray], ok: np.ndarray, errors: list[str]) -> None:
-    """Write one finished part atomically (temporary name, fsync, rename). Parts are plain .npz files."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            arrays = {f"{CODES_PREFIX}{tap}": values for tap, values in codes.items()}
-            np.savez(fh, ok=ok, errors=np.array(errors, dtype=str), **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write one finished part atomically (see atomic.py). Parts are plain .npz files."""
+    arrays = {f"{CODES_PREFIX}{tap}": values for tap, values in codes.items()}
+    with writing(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, ok=ok, errors=np.array(errors, dtype=str), **arrays)
 
 
 def read_part_rows(path: Path) -> tuple[np.ndarray, list[str]]:

@@ -1,9 +1,46 @@
-"""The extraction recipe: everything that determines the codes an image gets."""
+"""What defines the codes (``Recipe``: stored in the file, compared on resume) and how a run goes (``RunOptions``)."""
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass
 
 from .backbones import Backbone
 from .taps import Tap
 from .weights import WeightsInfo
+
+DEFAULT_PART_SIZE = 512
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the codes an image gets; see codesfile.RECIPE_KEYS for what must match."""
+
+    backbone: str
+    weights_sha256: str
+    weights_name: str
+    taps: list[dict]
+    preprocess: dict
+    precision: str
+
+    @classmethod
+    def make(cls, backbone: Backbone, weights: WeightsInfo, taps: list[Tap], preprocess: dict,
+             precision: str) -> Recipe:
+        return cls(backbone.name, weights.sha256 or "random", weights.name, [t.as_dict() for t in taps], preprocess,
+                   precision)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How fast and where (the codes do not depend on these, except precision, which goes into the Recipe)."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | None = None
+    workers: int | None = None
+    part_size: int | None = None
+    progress: bool = True
 
 
 def preprocess_config(backbone: Backbone, resize: int | None = None, crop: int | None = None) -> dict:
@@ -18,12 +55,7 @@ def preprocess_config(backbone: Backbone, resize: int | None = None, crop: int |
     }
 
 
-def make_recipe(backbone: Backbone, weights: WeightsInfo, taps: list[Tap], preprocess: dict) -> dict:
-    """The recipe recorded in codes files and models; see codesfile.RECIPE_KEYS for what must match."""
-    return {
-        "backbone": backbone.name,
-        "weights_sha256": weights.sha256 or "random",
-        "weights_name": weights.name,
-        "taps": [t.as_dict() for t in taps],
-        "preprocess": preprocess,
-    }
+def make_recipe(backbone: Backbone, weights: WeightsInfo, taps: list[Tap], preprocess: dict,
+                precision: str = "fp32") -> dict:
+    """The recipe as the dict stored in codes files and models."""
+    return Recipe.make(backbone, weights, taps, preprocess, precision).as_dict()

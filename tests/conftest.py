@@ -14,7 +14,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 # Small inputs and an untrained network keep extraction tests fast; every test names these explicitly.
-FAST = ["--weights", "random", "--resize", "72", "--crop", "64", "--quiet"]
+# fp32: codes comparable with a hand-written eager forward on any CPU (bf16 is tested on its own).
+FAST = ["--weights", "random", "--resize", "72", "--crop", "64", "--precision", "fp32", "--quiet"]
 
 
 def write_image(path: Path, rng: np.random.Generator, size=(80, 60), fmt: str | None = None, cls: int = 0) -> None:
@@ -49,11 +50,17 @@ def split_tree(tmp_path: Path) -> Path:
     return make_tree(tmp_path / "split_images", per_class=5, splits=("train", "test"))
 
 
+@pytest.fixture(scope="session")
+def _session_model_cache(tmp_path_factory) -> Path:
+    """One converted-model cache for the whole session: each network is converted for OpenVINO once."""
+    return tmp_path_factory.mktemp("openvino")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_torch_home(tmp_path_factory, monkeypatch):
-    """Tests never read or write the user's torch hub cache or trace cache, and never download."""
+def _isolated_torch_home(tmp_path_factory, monkeypatch, _session_model_cache):
+    """Tests never read or write the user's torch hub cache or model cache, and never download."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
-    monkeypatch.setenv("CNNCODES_CACHE_DIR", str(tmp_path_factory.mktemp("traces")))
+    monkeypatch.setenv("CNNCODES_CACHE_DIR", str(_session_model_cache))
     monkeypatch.setenv("CNNCODES_OFFLINE", "1")
     monkeypatch.delenv("CNNCODES_DOWNLOAD_BASE", raising=False)
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 import torch
 
 import pipeline
-from conftest import FAST
+from conftest import FAST, ROOT
 from extract import extract_codes, open_codes
 from extract.backbones import BACKBONES, get_backbone
 from extract.images import load_image
@@ -227,40 +229,97 @@ def test_a_batchnorm_node_can_still_be_tapped(image_tree, tmp_path):
     np.testing.assert_allclose(open_codes(out).codes["features.2.conv.3"], expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_cpu_inference_is_torchscript_compiled_and_matches_eager():
+def _eager_penultimate(images: torch.Tensor) -> torch.Tensor:
+    x = (images.float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        return torch.relu(random_model("mobilenet_v2").features(x)).mean((2, 3))
+
+
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1)
+
+
+def test_cpu_inference_runs_on_openvino_and_matches_eager():
     from extract.runner import inference_setup
 
     computer, batch_size, description = inference_setup(layers=("block4", "penultimate"), weights="random",
                                                         device="cpu", precision="fp32")
-    assert computer.compiled.startswith("torchscript") and computer.compiled in description and batch_size == 4
-    images = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8)  # another batch size than traced
-    model = random_model("mobilenet_v2")
-    x = (images.float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    with torch.inference_mode():
-        expected = torch.relu(model.features(x)).mean((2, 3))
-    torch.testing.assert_close(computer(images)["penultimate"], expected, rtol=1e-4, atol=1e-4)
+    assert computer.runtime == "openvino" and "fp32 openvino" in description and batch_size == 4
+    images = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8)  # another batch size than exported
+    got = computer(images)
+    assert set(got) == {"block4", "penultimate"} and got["block4"].shape == (3, 384)
+    torch.testing.assert_close(got["penultimate"], _eager_penultimate(images), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("failing, expected", [(("_onednn_graph",), "torchscript-frozen"),
-                                               (("_onednn_graph", "_frozen"), "")])
-def test_cpu_inference_falls_back_when_a_compiler_fails(monkeypatch, failing, expected):
-    from extract import inference
+def test_cpu_bf16_inference_is_close_to_fp32_whatever_the_cpu():
     from extract.runner import inference_setup
 
-    def fail(*args):
-        raise RuntimeError("this graph cannot be compiled")
+    computer, _, description = inference_setup(weights="random", device="cpu", precision="bf16")
+    assert computer.runtime == "openvino" and computer.precision == "bf16" and "bf16" in description
+    images = torch.randint(0, 256, (4, 3, 224, 224), dtype=torch.uint8)
+    assert _cosines(computer(images)["penultimate"], _eager_penultimate(images)).min() > 0.99
 
-    for name in failing:
-        monkeypatch.setattr(inference, name, fail)
-    computer, _, description = inference_setup(weights="random", device="cpu", precision="fp32")
-    assert computer.compiled == expected and (expected or "eager") in description
-    images = torch.randint(0, 256, (5, 3, 224, 224), dtype=torch.uint8)
-    x = (images.float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+@pytest.mark.parametrize("capabilities, expected", [(["FP32", "BF16", "INT8"], "bf16"), (["FP32", "INT8"], "fp32")])
+def test_auto_precision_on_the_cpu_is_bf16_only_where_the_cpu_reports_native_bf16(monkeypatch, tmp_path,
+                                                                                  image_tree, capabilities, expected):
+    from extract import device
+
+    cpu = torch.device("cpu")
+    assert device.pick_precision("auto", cpu, lambda: capabilities) == expected
+    monkeypatch.setattr(device, "cpu_capabilities", lambda: capabilities)
+    out = tmp_path / "auto.h5"
+    assert pipeline.main(["extract", str(image_tree), "-o", str(out), *FAST, "--device", "cpu", "--workers", "0",
+                          "--precision", "auto"]) == 0
+    cf = open_codes(out)
+    assert cf.recipe["precision"] == expected and cf.meta["precision"] == expected
+
+
+def test_a_file_never_mixes_precisions(image_tree, tmp_path, capsys):
+    out = tmp_path / "codes.h5"
+    common = ["extract", str(image_tree), "-o", str(out), *FAST, "--device", "cpu", "--workers", "0"]
+    assert pipeline.main([*common, "--precision", "fp32"]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert pipeline.main([*common, "--precision", "bf16"]) == 2
+    assert "precision: fp32 in the file, bf16 asked for" in capsys.readouterr().err
+    assert pipeline.main([*common, "--precision", "bf16", "--update"]) == 2
+    assert out.read_bytes() == before
+    assert pipeline.main([*common, "--precision", "fp32"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_a_network_openvino_cannot_convert_runs_eagerly_with_one_note(monkeypatch, image_tree, tmp_path, capsys):
+    from extract import openvino_model
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("this graph cannot be converted")
+
+    monkeypatch.setattr(openvino_model, "converted", fail)
+    monkeypatch.setattr(openvino_model, "cached", lambda key: None)  # not a network an earlier test converted
+    out = tmp_path / "eager.h5"
+    assert pipeline.main(["extract", str(image_tree), "-o", str(out), *FAST, "--device", "cpu", "--workers", "0",
+                          "--precision", "fp32"]) == 0
+    printed = capsys.readouterr().out
+    notes = [line for line in printed.splitlines() if "OpenVINO" in line]
+    assert len(notes) == 1 and "this graph cannot be converted" in notes[0] and "eager PyTorch" in notes[0]
+    assert "cpu fp32 eager" in printed
+    model = random_model("mobilenet_v2")
+    x = batch_of(image_tree, open_codes(out).rows.paths)
     with torch.inference_mode():
-        want = torch.relu(random_model("mobilenet_v2").features(x)).mean((2, 3))
-    torch.testing.assert_close(computer(images)["penultimate"], want, rtol=1e-4, atol=1e-4)
+        expected = torch.relu(model.features(x)).mean((2, 3))
+    np.testing.assert_allclose(open_codes(out).codes["penultimate"], expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_reading_codes_and_info_do_not_load_torch(image_tree, tmp_path):
+    codes = tmp_path / "codes.h5"
+    assert pipeline.main(["extract", str(image_tree), "-o", str(codes), *FAST, "--workers", "0"]) == 0
+    script = ("import sys; import classify, extract, pipeline; "
+              "from extract import open_codes; open_codes(sys.argv[1]); assert pipeline.main(['info', sys.argv[1]]) == 0; "
+              "assert 'torch' not in sys.modules, 'torch loaded'")
+    done = subprocess.run([sys.executable, "-c", script, str(codes)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
 
 
 def test_extraction_freezes_garbage_collection_only_while_it_runs(image_tree, tmp_path, monkeypatch):
@@ -268,8 +327,19 @@ def test_extraction_freezes_garbage_collection_only_while_it_runs(image_tree, tm
 
     from extract import runner
 
-    seen, original = [], runner._extract
-    monkeypatch.setattr(runner, "_extract", lambda *a, **k: seen.append(gc.get_freeze_count()) or original(*a, **k))
+    seen, original = [], runner.plan_job
+    monkeypatch.setattr(runner, "plan_job", lambda *a, **k: seen.append(gc.get_freeze_count()) or original(*a, **k))
     assert gc.get_freeze_count() == 0
     extract_codes(image_tree, tmp_path / "a.h5", weights="random", resize=72, crop=64, workers=0, progress=False)
     assert seen[0] > 1000 and gc.get_freeze_count() == 0  # torch's objects frozen during the run, released after
+
+
+def test_a_moved_image_folder_is_refused_naming_only_what_differs(image_tree, tmp_path, capsys):
+    out = tmp_path / "codes.h5"
+    common = [*FAST, "--device", "cpu", "--workers", "0"]
+    assert pipeline.main(["extract", str(image_tree), "-o", str(out), *common]) == 0
+    moved = image_tree.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert pipeline.main(["extract", str(moved), "-o", str(out), *common]) == 2
+    err = capsys.readouterr().err
+    assert f"the images are now in {moved}" in err and "classes" not in err  # the same classes: not listed twice

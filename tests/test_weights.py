@@ -59,7 +59,7 @@ def test_weights_file_is_loaded_and_hashed(image_tree, tmp_path):
     torch.save(model.state_dict(), ckpt)
     out = tmp_path / "codes.h5"
     args = ["extract", str(image_tree), "-o", str(out), "--weights", str(ckpt), "--quiet", "--workers", "0",
-            "--resize", "72", "--crop", "64"]
+            "--resize", "72", "--crop", "64", "--precision", "fp32"]
     assert pipeline.main(args) == 0
     with h5py.File(out, "r") as h5:
         info = json.loads(h5.attrs["weights"])

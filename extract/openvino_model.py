@@ -1,0 +1,107 @@
+"""Convert a tap model to OpenVINO through ``torch.export``, and keep the converted model between runs.
+
+Conversion takes seconds (export, then ``openvino.convert_model``) and gives the same model every
+time for the same network, weights, taps and input size, so its IR files (``ov.save_model``) are
+kept in a cache folder: ``$CNNCODES_CACHE_DIR`` (``off``: no cache), else
+``$XDG_CACHE_HOME/cnncodes/openvino`` or ``~/.cache/cnncodes/openvino``; the oldest entries go
+beyond ``MAX_ENTRIES``. The caller checks every conversion against the eager model before it is
+used; the key covers everything an entry depends on, so a later run trusts it, and a damaged
+entry costs a conversion.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+MAX_ENTRIES = 8
+_SOURCES = ("taps.py", "inference.py", "fusion.py", "openvino_model.py")
+
+
+def cache_dir() -> Path | None:
+    setting = os.environ.get("CNNCODES_CACHE_DIR", "")
+    if setting.lower() == "off":
+        return None
+    if setting:
+        return Path(setting)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnncodes" / "openvino"
+
+
+def cache_key(description: dict) -> str:
+    """A digest of what the converted model depends on: ``description`` (network, weights, taps,
+    input size, normalization) and the versions of torch, torchvision, openvino and of this code."""
+    import openvino
+    import torchvision
+
+    here = Path(__file__).parent
+    code = hashlib.sha256(b"".join((here / name).read_bytes() for name in _SOURCES)).hexdigest()
+    versions = [torch.__version__, torchvision.__version__, openvino.__version__, code]
+    return hashlib.sha256(json.dumps([description, versions], sort_keys=True).encode()).hexdigest()[:32]
+
+
+def cached(key: str | None):
+    """The converted model stored under ``key``, or None (no cache, no entry, or a damaged one, then deleted)."""
+    import openvino as ov
+
+    folder = cache_dir()
+    entry = folder / key if folder and key else None
+    if entry is None or not (entry / "model.xml").is_file():
+        return None
+    try:
+        model = ov.Core().read_model(entry / "model.xml")
+    except Exception:
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+    os.utime(entry)
+    return model
+
+
+def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None):
+    """``module`` exported and converted to an ``openvino.Model`` with a free batch size, then stored
+    under ``key`` and read back from there: the model later runs load, so their codes are the same to
+    the bit. Raises when the network cannot be exported or converted."""
+    import openvino as ov
+
+    with torch.no_grad():
+        program = torch.export.export(module, (example,))
+    model = ov.convert_model(program)
+    model.reshape({model.inputs[0]: ov.PartialShape([-1, *example.shape[1:]])})
+    folder = cache_dir()
+    if folder and key and _store(model, folder / key):
+        return ov.Core().read_model(folder / key / "model.xml")
+    return model
+
+
+def forget(key: str | None) -> None:
+    """Delete the entry of ``key`` (a conversion that did not pass its check)."""
+    folder = cache_dir()
+    if folder and key:
+        shutil.rmtree(folder / key, ignore_errors=True)
+
+
+def _store(model, entry: Path) -> bool:
+    """Save the IR files into a temporary folder, then rename it into place; False when the cache cannot be written."""
+    import openvino as ov
+
+    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)
+        os.replace(tmp, entry)
+        _prune(entry.parent)
+        return True
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _prune(folder: Path) -> None:
+    entries = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[MAX_ENTRIES:]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,172 @@
+"""The writer: computed batches -> part files -> the final HDF5 codes file, each complete or absent.
+
+Parts hold whole batches; each is written when its last batch arrives (see parts.py). Assembly
+reads the parts one by one (bounded memory), adds the rows kept from an earlier file (``--update``),
+writes everything under a temporary name, and renames it over the output (see atomic.py).
+"""
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import codesfile, parts
+from .atomic import writing
+from .errors import ExtractionError, ExtractionInterrupted
+from .inference import Batch
+from .reader import ImageList
+
+
+class PartBuffer:
+    """Accumulates the batches of one part."""
+
+    def __init__(self):
+        self.codes: dict[str, list[np.ndarray]] = {}
+        self.ok: list[np.ndarray] = []
+        self.errors: list[str] = []
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.errors)
+
+    def add(self, codes: dict[str, np.ndarray], ok: np.ndarray, errors: list[str], dtype: str) -> None:
+        for name, value in codes.items():
+            array = value.astype(dtype, copy=True)
+            array[~ok] = np.nan  # a failed image has no codes; NaN makes that impossible to miss
+            self.codes.setdefault(name, []).append(array)
+        self.ok.append(ok)
+        self.errors.extend(errors)
+
+    def finish(self):
+        return {k: np.concatenate(v) for k, v in self.codes.items()}, np.concatenate(self.ok), self.errors
+
+
+def write_parts(batches: Iterable[Batch], plan: parts.PartPlan, todo: list[int], parts_dir: Path, dtype: str,
+                progress: bool) -> None:
+    """Write the parts ``todo`` from ``batches`` (their batches in order, never crossing a part boundary)."""
+    bar = tqdm(total=sum(len(plan.rows(p)) for p in todo), unit="img", desc="extract", disable=not progress,
+               dynamic_ncols=True)
+    pending = iter(todo)
+    part, buffer, n_failed = next(pending), PartBuffer(), 0
+    try:
+        for codes, ok, errors in batches:
+            buffer.add(codes, ok, errors, dtype)
+            n_failed += int((~ok).sum())
+            bar.update(len(errors))
+            if n_failed:
+                bar.set_postfix(failed=n_failed, refresh=False)
+            if buffer.n_rows == len(plan.rows(part)):
+                parts.write_part(parts.part_path(parts_dir, part), *buffer.finish())
+                part, buffer = next(pending, None), PartBuffer()
+    except KeyboardInterrupt:
+        finished = len(list(parts_dir.glob("part-*.npz")))
+        raise ExtractionInterrupted(
+            f"interrupted: {finished} of {plan.n_parts} parts are saved in {parts_dir}; "
+            f"run the same command again to resume") from None
+    finally:
+        bar.close()
+
+
+def assemble(out: Path, listing: ImageList, meta: dict, taps, dtype: str, job_rows: list[int],
+             plan: parts.PartPlan, parts_dir: Path, kept: dict[int, int] | None) -> None:
+    """Write the final codes file from the parts (and kept old rows), then delete the parts."""
+    n = len(listing)
+    ok = np.zeros(n, dtype=bool)
+    errors = np.array([""] * n, dtype=object)
+    job_rows_arr = np.asarray(job_rows, dtype=np.int64)
+    for part in range(plan.n_parts):
+        part_ok, part_errors = parts.read_part_rows(parts.part_path(parts_dir, part))
+        dest = job_rows_arr[plan.rows(part).start:plan.rows(part).stop]
+        ok[dest], errors[dest] = part_ok, part_errors
+    if kept:
+        with h5py.File(out, "r") as h5:
+            old = codesfile.read_rows(h5)
+        src, dest = np.fromiter(kept.values(), dtype=np.int64), np.fromiter(kept.keys(), dtype=np.int64)
+        ok[dest], errors[dest] = old.ok[src], old.errors[src]
+    rows = codesfile.Rows(labels=listing.labels, paths=np.array(listing.paths, dtype=object),
+                          split=np.array(listing.splits, dtype=object), ok=ok, errors=errors,
+                          file_size=listing.file_size, file_mtime_ns=listing.file_mtime_ns)
+    with writing(out) as tmp, h5py.File(tmp, "w") as h5:
+        codesfile.write_attrs(h5, {**meta, "complete": False})
+        codesfile.write_rows(h5, rows)
+        for tap in taps:
+            ds = codesfile.create_codes_dataset(h5, tap.name, n, tap.dim, dtype)
+            for part in range(plan.n_parts):
+                rows_of = plan.rows(part)
+                _write_rows(ds, job_rows_arr[rows_of.start:rows_of.stop],
+                            parts.read_part_codes(parts.part_path(parts_dir, part), tap.name))
+            if kept:
+                _copy_kept_codes(ds, out, tap.name, kept, plan.part_size)
+        h5.attrs["complete"] = True
+    shutil.rmtree(parts_dir, ignore_errors=True)
+
+
+def _copy_kept_codes(ds: h5py.Dataset, old_path: Path, tap: str, kept: dict[int, int], block: int) -> None:
+    dest_all = np.fromiter(kept.keys(), dtype=np.int64)
+    src_all = np.fromiter(kept.values(), dtype=np.int64)
+    with h5py.File(old_path, "r") as old:
+        source = old[f"codes/{tap}"]
+        for start in range(0, len(dest_all), block):
+            src, dest = src_all[start:start + block], dest_all[start:start + block]
+            _write_rows(ds, dest, source[src[0]:src[-1] + 1][src - src[0]])
+
+
+def _write_rows(ds: h5py.Dataset, dest: np.ndarray, values: np.ndarray) -> None:
+    if len(dest) and dest[-1] - dest[0] + 1 == len(dest):
+        ds[int(dest[0]):int(dest[-1]) + 1] = values  # contiguous: one slice write
+    else:
+        for i, row in zip(dest, values):
+            ds[int(i)] = row
+
+
+def failures_of(out: Path) -> list[tuple[str, str]]:
+    with h5py.File(out, "r") as h5:
+        rows = codesfile.read_rows(h5)
+    return [(p, e) for p, e, ok in zip(rows.paths, rows.errors, rows.ok) if not ok]
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any work when the output folder cannot take the file."""
+    folder = out.parent
+    probe = folder / f".{out.name}.{os.getpid()}.probe"
+    try:
+        if not folder.is_dir():
+            raise ExtractionError(f"cannot write {out}: the folder {folder} does not exist")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ExtractionError(f"cannot write {out}: {err.strerror or err} in {folder}") from None
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete half-assembled files (``.OUT.<pid>.tmp``) left by runs that were killed (the output lock is held)."""
+    for tmp in out.parent.glob(f".{out.name}.*.tmp"):
+        pid = tmp.name[len(out.name) + 2:-4]
+        if pid.isdigit() and int(pid) != os.getpid():
+            tmp.unlink(missing_ok=True)
+
+
+def bytes_needed(n_rows: int, taps, dtype: str) -> int:
+    """Size of the codes of ``n_rows`` images, plus room for paths and HDF5 overhead."""
+    return n_rows * (sum(t.dim for t in taps) * np.dtype(dtype).itemsize + 512) + (1 << 20)
+
+
+def check_space(out: Path, disk_need: int, file_need: int, what: str) -> None:
+    """Refuse to start writing what cannot fit: free disk space, and the process's largest-file limit."""
+    free = shutil.disk_usage(out.parent).free
+    largest, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if largest != resource.RLIM_INFINITY and file_need > largest:
+        need, room = file_need, largest
+    elif disk_need > free:
+        need, room = disk_need, free
+    else:
+        return
+    raise ExtractionError(
+        f"not enough space for {what} of {out}: about {need / 2**20:,.1f} MiB needed, "
+        f"{room / 2**20:,.1f} MiB available; free some space or write elsewhere (nothing was overwritten)")
