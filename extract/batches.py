@@ -32,6 +32,11 @@ def decoder_init(_worker_id: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def fork_context() -> str | None:
+    """"fork" where the platform has it (workers start at once, sharing the parent's memory), else None."""
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+
+
 def stack_images(batch: list[tuple[torch.Tensor, bool, str]]) -> Decoded:
     """Collate ``ImageDataset`` items: uint8 images [B, 3, H, W], ok flags [B], error messages."""
     images, ok, errors = zip(*batch)
@@ -42,8 +47,7 @@ def decoded_batches(dataset: ImageDataset, batches: list[list[int]], workers: in
     """The rows of ``batches`` (non-empty) decoded, in order; with ``workers`` > 0 decoding starts now."""
     if workers == 0:
         return (stack_images([dataset[i] for i in rows]) for rows in batches)
-    context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=stack_images,
                         prefetch_factor=max(2, PREFETCH_IMAGES // len(batches[0])), worker_init_fn=decoder_init,
-                        multiprocessing_context=context)
+                        multiprocessing_context=fork_context())
     return iter(loader)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from extract.batches import can_fork, single_threaded_child
+from extract.batches import decoder_init, fork_context
 from extract.reader import ImageDataset, ImageList
 
 DEFAULT_TEST_FRACTION = 0.25  # as classify, when there is no split column
@@ -92,10 +92,10 @@ def decode(listing: ImageList, rows: np.ndarray, resize: int, crop: int, interpo
            progress: bool, what: str) -> tuple[list[torch.Tensor | None], list[tuple[str, str]]]:
     """Decode ``rows`` once to uint8 [3, crop, crop] tensors (None where unreadable) and the failures."""
     dataset = ImageDataset(listing.root, [listing.paths[i] for i in rows], resize, crop, interpolation)
-    workers = workers if can_fork() else 0
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers,
-                        multiprocessing_context="fork" if workers else None,
-                        worker_init_fn=single_threaded_child if workers else None)
+    context = fork_context()
+    workers = workers if context else 0
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, multiprocessing_context=context if workers else None,
+                        worker_init_fn=decoder_init if workers else None)
     images, failures = [], []
     for k, (image, ok, reason) in enumerate(tqdm(loader, total=len(dataset), desc=f"decoding {what}",
                                                  unit="img", disable=not progress, leave=False)):
