@@ -418,11 +418,7 @@ def _add_advise_parser(sub) -> None:
     g.add_argument("--weights", metavar="FILE|random", help="checkpoint (default: found as for extract)")
     g.add_argument("--resize", type=int, help="shorter side before the crop (default: the backbone's, 256)")
     g.add_argument("--crop", type=int, help="center crop size (default: the backbone's, 224)")
-    r = p.add_argument_group("running")
-    r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
-    r.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: extract's)")
-    r.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: extract's)")
-    r.add_argument("--quiet", action="store_true", help="no progress messages")
+    _add_running_options(p)
     p.set_defaults(func=cmd_advise)
 
 
@@ -436,7 +432,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
         ensure_writable(args.out)
     advice = advise_images(args.images, backbone=args.backbone, weights=args.weights, sample=args.sample,
                            seed=args.seed, resize=args.resize, crop=args.crop, device=args.device,
-                           batch_size=args.batch_size, workers=args.workers, try_options=args.try_options,
+                           precision=args.precision, batch_size=args.batch_size, workers=args.workers, try_options=args.try_options,
                            out_dir=args.out, progress=not args.quiet)
     text, as_json = format_advice(advice), json.dumps(advice, indent=2)
     if args.out:

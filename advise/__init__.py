@@ -21,7 +21,8 @@ __all__ = ["advise_images", "format_advice", "MIN_SAMPLE"]
 
 def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", weights: str | None = None,
                   sample: int = evidence.DEFAULT_SAMPLE, seed: int = 0, resize: int | None = None,
-                  crop: int | None = None, device: str = "auto", batch_size: int | None = None,
+                  crop: int | None = None, device: str = "auto", precision: str = "auto",
+                  batch_size: int | None = None,
                   workers: int | None = None, try_options: bool = False, out_dir: str | os.PathLike | None = None,
                   progress: bool = True) -> dict:
     """Advise on ``images`` (folder tree or CSV manifest): returns the advice dict (see report.build_advice).
@@ -49,7 +50,8 @@ def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", 
     try:
         similarity = evidence.measure_similarity(
             listing, rows, backbone=backbone, weights=weights, sample=sample, seed=seed, log=log, resize=resize,
-            crop=crop, device=device, batch_size=batch_size, workers=workers, progress=progress)
+            crop=crop, device=device, precision=precision, batch_size=batch_size, workers=workers,
+            progress=progress)
     except ExtractionInterrupted:
         raise KeyboardInterrupt from None  # the sample's temporary codes are gone: nothing to resume
     has_early = len(similarity.probe) > 1

@@ -195,8 +195,8 @@ def test_extract_with_the_finetuned_backbone(run, tree, tmp_path):
     for weights in (out / "backbone.pth", out):  # the file, or the run folder standing for it
         codes = tmp_path / f"codes-{weights.name}.h5"
         assert main(["extract", str(tree / "test"), "-o", str(codes), "--weights", str(weights),
-                     "--resize", "36", "--crop", "32", "--quiet"]) == 0
-        recipe = open_codes(codes).recipe
+                     "--resize", "36", "--crop", "32", "--precision", "fp32", "--quiet"]) == 0
+        recipe = open_codes(codes).recipe  # the report's recipe describes fp32 codes of the tuned backbone
         assert recipe["weights_sha256"] == sha256_of(out / "backbone.pth") == report["recipe"]["weights_sha256"]
         assert {k: recipe[k] for k in RECIPE_KEYS} == {k: report["recipe"][k] for k in RECIPE_KEYS}
 
