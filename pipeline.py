@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", default="svm", choices=("svm", "softmax", "knn", "rbf_svm", "forest"),
                    help="svm = linear SVM, softmax = multinomial logistic regression (default: %(default)s)")
     _add_classify_options(p)
+    p.add_argument("--max-memory", metavar="SIZE", help="memory budget, e.g. 2G or 512M; codes over it are streamed "
+                   "from the file and fitted by SGD (svm, softmax) (default: a quarter of RAM)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=cmd_classify)
 
@@ -273,7 +275,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from classify import classify_codes, summarize
 
     report = classify_codes(args.codes, args.out, layers=args.layers, classifier=args.classifier,
-                            **_classify_kwargs(args))
+                            max_memory=args.max_memory, **_classify_kwargs(args))
     _print_report(report, Path(args.out))
     print(summarize(report))
     return EXIT_OK

@@ -24,6 +24,7 @@ from .model_io import model_files
 from .models import (DEFAULT_NORMALIZE, NORMALIZE, SAMPLING, build_pipeline, classifier_spec, param_grid,
                      parse_class_weight)
 from .report import evaluate, report_files, summarize
+from .stream import classify_streamed, should_stream
 
 CV_SCORING = "balanced_accuracy"
 # Above this many training rows, C is chosen on a stratified sample (the final fit still uses every row):
@@ -35,7 +36,8 @@ def classify_codes(codes: str | os.PathLike, out_dir: str | os.PathLike, layers:
                    classifier: str = "svm", normalize: str = DEFAULT_NORMALIZE, C: float | None = None,
                    class_weight: str | dict | None = "balanced", sampling: str = "none",
                    test: str | os.PathLike | None = None, test_fraction: float | None = None, seed: int = 0,
-                   cv: int = 5, progress: bool = True, n_jobs: int | None = None) -> dict:
+                   cv: int = 5, progress: bool = True, n_jobs: int | None = None,
+                   max_memory: str | int | None = None) -> dict:
     """Train ``classifier`` on the codes of ``layers`` and evaluate it on held-out codes.
 
     Splits: ``test`` (another codes file of the same recipe, classes matched by name; every labeled
@@ -44,11 +46,16 @@ def classify_codes(codes: str | os.PathLike, out_dir: str | os.PathLike, layers:
     fraction. ``C`` is chosen by stratified ``cv``-fold cross-validation (balanced accuracy) on the
     training split unless fixed; ``cv=0`` skips cross-validation. Writes report.json, report.txt,
     confusion.csv, confusion.png and model.joblib (+ .sha256) into ``out_dir``; returns the report.
-    Raises ValueError with a readable message for unusable input.
+    Raises ValueError with a readable message for unusable input. Codes over ``max_memory`` (``"2G"``,
+    default a quarter of RAM) are streamed from the file by SGD instead: see classify/stream.py.
     """
     check_options(classifier, normalize, sampling)
     out_dir = ensure_writable(out_dir)
     log = make_logger(progress)
+    if should_stream(codes, layers, max_memory):
+        return classify_streamed(codes, out_dir, layers=layers, classifier=classifier, normalize=normalize, C=C,
+                                 class_weight=class_weight, sampling=sampling, test=test, test_fraction=test_fraction,
+                                 seed=seed, cv=cv, max_memory=max_memory, log=log)
     log(f"loading {codes}")
     data = load_dataset(codes, layers, test=test, test_fraction=test_fraction, seed=seed)
     return fit_and_report(data, out_dir, classifier=classifier, normalize=normalize, C=C, class_weight=class_weight,
