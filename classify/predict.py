@@ -14,6 +14,7 @@ from extract.codesfile import check_recipe
 from .data import file_meta, layer_recipe, load, resolve_layers
 from .fileio import write_files
 from .model_io import load_model
+from .stream import PREDICT_MEMORY_FACTOR, predict_streamed, should_stream
 
 
 def predict_codes(run_dir: str | os.PathLike, codes_path: str | os.PathLike, out_csv: str | os.PathLike) -> dict:
@@ -30,6 +31,8 @@ def predict_codes(run_dir: str | os.PathLike, codes_path: str | os.PathLike, out
     check_recipe(layer_recipe(bundle["recipe"], layers), layer_recipe(meta.get("recipe", {}), layers),
                  f"codes file {codes_path}")
     resolve_layers(codes_path, layers)  # clear error naming the available layers
+    if should_stream(codes_path, layers, None, factor=PREDICT_MEMORY_FACTOR):  # over a quarter of RAM
+        return predict_streamed(run_dir, codes_path, out_csv)
     cf, X = load(codes_path, layers)
 
     pipe, names = bundle["pipeline"], bundle["class_names"]

@@ -13,6 +13,7 @@ from codes_fixtures import imbalanced_codes, make_codes, split_column, write_cod
 from sklearn.svm import LinearSVC
 
 from classify import classify_codes, load_model, models, predict_codes, stream
+from classify.stream import Blocks
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(progress=False, cv=3)
@@ -109,6 +110,16 @@ def test_streamed_predict_writes_the_in_memory_csv(tmp_path, runs):
         assert got == {**expected, "out_csv": str(tmp_path / f"{how}-stream.csv")}
         assert (tmp_path / f"{how}-stream.csv").read_text() == (tmp_path / f"{how}-mem.csv").read_text()
     assert got["n_failed"] == 2
+
+
+def test_predict_codes_streams_codes_over_the_default_budget(tmp_path, runs, monkeypatch):
+    new = make_codes(tmp_path / "new.h5")
+    expected = predict_codes(runs["memory"][0], new, tmp_path / "mem.csv")
+    calls = []
+    monkeypatch.setattr(stream, "default_budget", lambda: 1024)
+    monkeypatch.setattr(stream, "Blocks", lambda *a: calls.append(a) or Blocks(*a))
+    assert predict_codes(runs["memory"][0], new, tmp_path / "stream.csv")["n_rows"] == expected["n_rows"]
+    assert calls and (tmp_path / "stream.csv").read_text() == (tmp_path / "mem.csv").read_text()
 
 
 def test_cli_max_memory(codes, tmp_path, capsys):
