@@ -2,8 +2,8 @@
 
 A linear SVM (hinge loss) or softmax (log loss, one-vs-rest) is trained by ``SGDClassifier.partial_fit``,
 several epochs over the training rows with the blocks in a seeded random order; class weights come from
-the label counts; the normalization is stateless (power, l2) or fitted in one streaming pass
-(standard: ``StandardScaler.partial_fit``); alpha is chosen by stratified cross-validation on an
+the label counts; the normalization (power and l2 are stateless) and a StandardScaler after it are
+fitted in one streaming pass (``StandardScaler.partial_fit``); alpha is chosen by stratified cross-validation on an
 in-memory sample of the training rows. Evaluation and predict read block by block too. The reports
 and model files are those of ``classify_codes`` (same report.json keys, same model bundle).
 """
@@ -28,7 +28,7 @@ from imblearn.pipeline import Pipeline
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
 from threadpoolctl import threadpool_limits
 
@@ -45,7 +45,7 @@ from .report import evaluate, report_files, summarize
 # the loaded file, the selected rows, the normalized copy and the solver's own copy.
 TRAIN_MEMORY_FACTOR = 4
 PREDICT_MEMORY_FACTOR = 2
-SAMPLE_MEMORY_FACTOR = 3  # the CV sample, its normalized copy and the fold being fitted
+SAMPLE_MEMORY_FACTOR = 5  # the CV sample, its copy while normalized, the fold being fitted, the row columns
 BLOCK_SHARE = 8  # one block of rows takes at most 1/BLOCK_SHARE of the budget (its copies fit beside it)
 MIN_EPOCHS, MAX_EPOCHS = 5, 100
 MIN_ROW_UPDATES = 100_000  # small training sets get more epochs: SGD needs about this many steps to settle
@@ -308,7 +308,7 @@ def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | Non
             for pos, X in blocks.shuffled_batches(plan.train, rng):
                 check_finite(X, plan.train[pos], plan.paths, codes)
                 clf.partial_fit(normalizer.transform(X), plan.y_train[pos], classes=classes)
-        model = Pipeline([("normalize", normalizer), ("clf", clf)])
+        model = Pipeline([*normalizer.steps, ("clf", clf)])
     fit_time = time.perf_counter() - start
     notes += sorted({f"{w.category.__name__}: {w.message}" for w in caught})
 
@@ -344,20 +344,24 @@ def _class_weights(weights, y: np.ndarray) -> dict | None:
     return {int(c): float(w) for c, w in zip(classes, compute_class_weight("balanced", classes=classes, y=y))}
 
 
-def _fit_normalizer(normalize: str, blocks: Blocks, plan: Plan, codes, log):
-    """Stateless normalizations are fitted on one block; ``standard`` by one streaming pass."""
+def _fit_normalizer(normalize: str, blocks: Blocks, plan: Plan, codes, log) -> Pipeline:
+    """The normalization, then a StandardScaler for SGD (which needs features of comparable scale: on
+    power-normalized codes its accuracy fell far behind liblinear's without it), both fitted in one
+    streaming pass; ``standard`` is that scaler alone."""
     step = make_normalizer(normalize)
-    if step == "passthrough":
-        from sklearn.preprocessing import FunctionTransformer
-        return FunctionTransformer().fit(np.zeros((1, 1)))
-    if isinstance(step, StandardScaler):
-        log(f"standard normalization: one pass over {len(plan.train):,} training rows")
-        for pos, X in blocks.select(plan.train):
-            check_finite(X, plan.train[pos], plan.paths, codes)
-            step.partial_fit(X)
-        return step
-    first = next(blocks.select(plan.train))[1]
-    return step.fit(first[:1])
+    steps = [] if isinstance(step, StandardScaler) else [("normalize", step)]
+    steps.append(("normalize" if not steps else "scale", StandardScaler()))
+    prep = Pipeline(steps)
+    log(f"{normalize} normalization and feature scaling: one pass over {len(plan.train):,} training rows")
+    first = True
+    for pos, X in blocks.select(plan.train):
+        check_finite(X, plan.train[pos], plan.paths, codes)
+        if first and len(steps) == 2:
+            steps[0] = ("normalize", FunctionTransformer() if step == "passthrough" else step.fit(X[:1]))
+            prep = Pipeline(steps)
+        first = False
+        prep.steps[-1][1].partial_fit(prep[:-1].transform(X) if len(steps) == 2 else X)
+    return prep
 
 
 def _choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds, budget, dim, seed, log):

@@ -17,12 +17,12 @@ from classify.stream import Blocks
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(progress=False, cv=3)
-TINY = "16K"  # far below the fixture's in-memory estimate (about 40 KB), so it streams
+TINY = "64K"  # below the fixture's in-memory estimate (about 143 KiB), so it streams
 
 
 @pytest.fixture(scope="module")
 def codes(tmp_path_factory):
-    return make_codes(tmp_path_factory.mktemp("codes") / "codes.h5")
+    return make_codes(tmp_path_factory.mktemp("codes") / "codes.h5", n_per_class=(200, 120, 60))  # 380 rows
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,8 @@ def test_default_budget_is_a_quarter_of_ram():
 
 def test_dispatch_decision_from_file_shapes(codes):
     need = stream.in_memory_bytes(codes, ["block4"])
-    assert need == stream.TRAIN_MEMORY_FACTOR * 102 * 24 * 4  # rows x dims x float32, from the shapes
-    assert stream.in_memory_bytes(codes, ["block4", "penultimate"]) == stream.TRAIN_MEMORY_FACTOR * 102 * 40 * 4
+    assert need == stream.TRAIN_MEMORY_FACTOR * 380 * 24 * 4  # rows x dims x float32, from the shapes
+    assert stream.in_memory_bytes(codes, ["block4", "penultimate"]) == stream.TRAIN_MEMORY_FACTOR * 380 * 40 * 4
     assert stream.should_stream(codes, "block4", need - 1)
     assert not stream.should_stream(codes, "block4", need)
     assert not stream.should_stream(codes, None, "1G")  # None: the file's first tap
