@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="two classes: the positive class of sensitivity, ROC and precision-recall "
                         "(default: the second class name)")
     p.add_argument("--overwrite", action="store_true", help="replace the model already in RUN_DIR")
+    p.add_argument("--max-memory", metavar="SIZE", help="memory budget, e.g. 2G or 512M; codes over it are streamed "
+                   "from the file and fitted by SGD (svm, softmax) (default: a quarter of RAM)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=cmd_classify)
 
@@ -577,7 +579,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     report = classify_codes(args.codes, args.out, layers=args.layers, classifier=args.classifier,
                             calibrate=args.calibrate, positive=args.positive, overwrite=args.overwrite,
-                            **_classify_kwargs(args))
+                            max_memory=args.max_memory, **_classify_kwargs(args))
     _print_report(report, Path(args.out))
     print(summarize(report))
     return EXIT_OK
@@ -621,7 +623,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if result.get("threshold"):
         t = result["threshold"]
         print(f"threshold: {t['positive_class']} where {t['on']} >= {t['threshold']:g}")
-    _print_evaluation(result["evaluation"])
+    _print_evaluation(result.get("evaluation"))
     if result["n_failed"]:
         print(f"{result['n_failed']} image(s) could not be predicted (listed in the CSV's error column):")
         for path, reason in result.get("failures", [])[:MAX_LISTED_FAILURES]:

@@ -18,6 +18,7 @@ from extract.codesfile import check_recipe
 from .data import class_names_of, file_meta, file_taps, layer_recipe, load
 from .fileio import write_files
 from .model_io import load_model
+from .stream import PREDICT_MEMORY_FACTOR, predict_streamed, should_stream
 
 
 def predict_codes(run_dir: str | os.PathLike, codes_path: str | os.PathLike, out_csv: str | os.PathLike, *,
@@ -40,6 +41,11 @@ def predict_codes(run_dir: str | os.PathLike, codes_path: str | os.PathLike, out
     meta, _ = file_meta(codes_path)
     check_recipe(layer_recipe(bundle["recipe"], layers), layer_recipe(meta.get("recipe", {}), layers),
                  f"codes file {codes_path}")
+    if should_stream(codes_path, layers, None, factor=PREDICT_MEMORY_FACTOR):  # over a quarter of RAM
+        if threshold is not None:
+            raise ValueError(f"{codes_path} is streamed (its codes are over a quarter of RAM); --threshold needs "
+                             "them in memory: predict on a smaller file")
+        return predict_streamed(run_dir, codes_path, out_csv)
     cf, X = load(codes_path, layers)
     pred = _predict(bundle, cf, X, rule, threshold)
     true = true_labels(cf)

@@ -25,6 +25,7 @@ from .model_io import model_files, refuse_existing_model
 from .models import (DEFAULT_NORMALIZE, NORMALIZE, SAMPLING, build_pipeline, classifier_spec, param_grid,
                      parse_class_weight)
 from .report import binary_metrics, evaluate, missing_test_classes, positive_scores, report_files, summarize
+from .stream import classify_streamed, should_stream
 
 CV_SCORING = "balanced_accuracy"
 # Above this many training rows, C is chosen on a stratified sample (the final fit still uses every row):
@@ -38,7 +39,8 @@ def classify_codes(codes: str | os.PathLike, out_dir: str | os.PathLike, layers:
                    class_weight: str | dict | None = "balanced", sampling: str = "none",
                    test: str | os.PathLike | None = None, test_fraction: float | None = None, seed: int = 0,
                    cv: int = 5, progress: bool = True, n_jobs: int | None = None, calibrate: bool = False,
-                   max_iter: int | None = None, positive: str | None = None, overwrite: bool = False) -> dict:
+                   max_iter: int | None = None, positive: str | None = None, overwrite: bool = False,
+                   max_memory: str | int | None = None) -> dict:
     """Train ``classifier`` on the codes of ``layers`` and evaluate it on held-out codes.
 
     Splits: ``test`` (another codes file of the same recipe, classes matched by name; every labeled
@@ -51,13 +53,22 @@ def classify_codes(codes: str | os.PathLike, out_dir: str | os.PathLike, layers:
     positive class of a two-class task (default: the second class name). Writes report.json,
     report.txt, confusion.csv, confusion.png (two classes: also pr_curve.png, roc.png) and
     model.joblib (+ .sha256) into ``out_dir``, which must not hold a model yet unless ``overwrite``;
-    returns the report. Raises ValueError with a readable message for unusable input.
+    returns the report. Raises ValueError with a readable message for unusable input. Codes over
+    ``max_memory`` (``"2G"``, default a quarter of RAM) are streamed from the file by SGD instead:
+    see classify/stream.py.
     """
     check_options(classifier, normalize, sampling)
     check_max_iter(max_iter)
     refuse_existing_model(out_dir, overwrite)
     out_dir = ensure_writable(out_dir)
     log = make_logger(progress)
+    if should_stream(codes, layers, max_memory):
+        if calibrate:
+            raise ValueError("--calibrate needs every code in memory; these codes are streamed (over --max-memory): "
+                             "use softmax for probabilities, or raise --max-memory")
+        return classify_streamed(codes, out_dir, layers=layers, classifier=classifier, normalize=normalize, C=C,
+                                 class_weight=class_weight, sampling=sampling, test=test, test_fraction=test_fraction,
+                                 seed=seed, cv=cv, max_memory=max_memory, log=log)
     log(f"loading {codes}")
     data = load_dataset(codes, layers, test=test, test_fraction=test_fraction, seed=seed)
     return fit_and_report(data, out_dir, classifier=classifier, normalize=normalize, C=C, class_weight=class_weight,

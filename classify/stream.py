@@ -1,0 +1,482 @@
+"""Out-of-core classify: codes over the memory budget are read from HDF5 in row blocks, never all at once.
+
+A linear SVM (hinge loss) or softmax (log loss, one-vs-rest) is trained by ``SGDClassifier.partial_fit``,
+several epochs over the training rows with the blocks in a seeded random order; class weights come from
+the label counts; the normalization (power and l2 are stateless) and a StandardScaler after it are
+fitted in one streaming pass (``StandardScaler.partial_fit``); alpha is chosen by stratified cross-validation on an
+in-memory sample of the training rows. Evaluation and predict read block by block too. The reports
+and model files are those of ``classify_codes`` (same report.json keys, same model bundle).
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import os
+import re
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import imblearn
+import numpy as np
+import sklearn
+from imblearn.pipeline import Pipeline
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import SGDClassifier
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.utils.class_weight import compute_class_weight
+from threadpoolctl import threadpool_limits
+
+from extract.codesfile import check_recipe, read_meta, read_rows
+
+from .data import (DEFAULT_TEST_FRACTION, _check_stratifiable, check_training_set, class_names_of, file_meta,
+                   layer_recipe, resolve_layers)
+from .fileio import write_files
+from .model_io import load_model, model_files
+from .models import make_normalizer, parse_class_weight
+from .report import evaluate, report_files, summarize
+
+# In-memory classify peaks at about this many times the float32 codes it loads (bench/RESULTS.md):
+# the loaded file, the selected rows, the normalized copy and the solver's own copy.
+TRAIN_MEMORY_FACTOR = 4
+PREDICT_MEMORY_FACTOR = 2
+SAMPLE_MEMORY_FACTOR = 5  # the CV sample, its copy while normalized, the fold being fitted, the row columns
+BLOCK_SHARE = 8  # one block of rows takes at most 1/BLOCK_SHARE of the budget (its copies fit beside it)
+MIN_EPOCHS, MAX_EPOCHS = 5, 100
+MIN_ROW_UPDATES = 100_000  # small training sets get more epochs: SGD needs about this many steps to settle
+PIECES_PER_BATCH = 32  # a batch mixes this many pieces from random places: files are often sorted by class
+ALPHA_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+DEFAULT_ALPHA = 1e-4  # scikit-learn's default, used when cross-validation is off
+LOSSES = {"svm": "hinge", "softmax": "log_loss"}
+CV_SCORING = "balanced_accuracy"
+CV_MAX_ROWS = 20_000
+_UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+# ------------------------------------------------------------------------------------------- budget
+def parse_size(text: str | int) -> int:
+    """``2G``, ``512M``, ``1.5GiB``, ``300k`` or plain bytes -> bytes (binary units); ValueError otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
+    if not match or not float(match[1]) > 0:
+        raise ValueError(f"memory size must look like 2G, 512M or 1000000 (bytes), got {text!r}")
+    return int(float(match[1]) * _UNITS[match[2].upper()])
+
+
+def default_budget() -> int:
+    """A quarter of the machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+def budget_bytes(max_memory: str | int | None) -> int:
+    return default_budget() if max_memory is None else parse_size(max_memory)
+
+
+def codes_shape(path: str | os.PathLike, layers: Sequence[str]) -> tuple[int, int]:
+    """(rows, summed code dimension) of ``layers``, from the dataset shapes alone (no codes read)."""
+    with h5py.File(path, "r") as h5:
+        shapes = [h5["codes"][t].shape for t in layers]
+    return shapes[0][0], sum(s[1] for s in shapes)
+
+
+def in_memory_bytes(path: str | os.PathLike, layers: Sequence[str], factor: int = TRAIN_MEMORY_FACTOR) -> int:
+    """About what the in-memory path needs for ``layers`` of ``path`` (float32 codes times ``factor``)."""
+    rows, dim = codes_shape(path, layers)
+    return factor * rows * dim * 4
+
+
+def should_stream(path: str | os.PathLike, layers: str | Sequence[str] | None, max_memory: str | int | None,
+                  factor: int = TRAIN_MEMORY_FACTOR) -> bool:
+    """True when the in-memory path would exceed the budget (``max_memory``, default a quarter of RAM)."""
+    budget = budget_bytes(max_memory)  # a bad size fails before anything is read
+    return in_memory_bytes(path, resolve_layers(path, layers), factor) > budget
+
+
+def human(n: int) -> str:
+    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MiB"
+
+
+# ------------------------------------------------------------------------------------------- reading
+class Blocks:
+    """Row blocks of the codes of ``layers`` in an open file, side by side as float32, aligned to HDF5 chunks."""
+
+    def __init__(self, h5: h5py.File, layers: Sequence[str], budget: int):
+        self.datasets = [h5["codes"][t] for t in layers]
+        self.n_rows = self.datasets[0].shape[0]
+        dim = sum(d.shape[1] for d in self.datasets)
+        chunk = max((d.chunks or (self.n_rows,))[0] for d in self.datasets)
+        rows = max(1, budget // (BLOCK_SHARE * 4 * dim))
+        self.rows = max(chunk, rows // chunk * chunk) if rows >= chunk else rows
+        self.bounds = [(s, min(s + self.rows, self.n_rows)) for s in range(0, self.n_rows, self.rows)]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        parts = [d[start:stop] for d in self.datasets]
+        return parts[0].astype(np.float32, copy=False) if len(parts) == 1 else np.hstack(parts, dtype=np.float32)
+
+    def select(self, index: np.ndarray, order: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(positions in ``index``, codes) per block, for the sorted row numbers ``index``."""
+        for b in range(len(self.bounds)) if order is None else order:
+            start, stop = self.bounds[b]
+            lo, hi = np.searchsorted(index, [start, stop])
+            if hi > lo:
+                yield np.arange(lo, hi), self.read(start, stop)[index[lo:hi] - start]
+
+    def shuffled_batches(self, index: np.ndarray, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(positions in ``index``, codes) in batches of about one block, each made of pieces of consecutive
+        rows drawn from random places and shuffled together (files sorted by class would otherwise feed
+        SGD one class at a time)."""
+        piece = max(1, min(self.rows // PIECES_PER_BATCH, 4096))
+        pieces = [np.arange(s, min(s + piece, len(index))) for s in range(0, len(index), piece)]
+        per_batch = max(1, self.rows // piece)
+        order = rng.permutation(len(pieces))
+        for g in range(0, len(order), per_batch):
+            parts = [(pieces[k], self.read(index[pieces[k][0]], index[pieces[k][-1]] + 1)
+                      [index[pieces[k]] - index[pieces[k][0]]]) for k in order[g:g + per_batch]]
+            pos = np.concatenate([pos for pos, _ in parts])
+            mix = rng.permutation(len(pos))
+            yield pos[mix], np.concatenate([X for _, X in parts])[mix]
+
+    def gather(self, index: np.ndarray) -> np.ndarray:
+        """The codes of the sorted row numbers ``index``, in memory."""
+        out = np.empty((len(index), sum(d.shape[1] for d in self.datasets)), np.float32)
+        for pos, X in self.select(index):
+            out[pos] = X
+        return out
+
+
+def check_finite(X: np.ndarray, rows: np.ndarray, paths: np.ndarray, path) -> None:
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{path}: row(s) marked ok have NaN or infinite codes (first: {paths[rows[bad][0]]}); "
+                         "re-extract them")
+
+
+# ------------------------------------------------------------------------------------------- splits
+@dataclass
+class Plan:
+    """Which rows train and which evaluate, as sorted row numbers (the test rows may be in another file)."""
+
+    train: np.ndarray
+    y_train: np.ndarray
+    test: np.ndarray
+    y_test: np.ndarray
+    test_path: str
+    test_layers: list[str]
+    class_names: list[str]
+    recipe: dict
+    split_source: str
+    n_failed_excluded: int
+    n_unlabeled_excluded: int
+    paths: np.ndarray
+    test_paths: np.ndarray
+    codes_path: str
+    test_codes: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_split(codes, layers: list[str], test=None, test_fraction: float | None = None, seed: int = 0) -> Plan:
+    """The rows ``load_dataset`` would use, chosen from the row columns alone (same rules, same seed)."""
+    if test is not None and test_fraction is not None:
+        raise ValueError("give either a test codes file or a test fraction, not both")
+    if test_fraction is not None and not 0 < test_fraction < 1:
+        raise ValueError(f"test fraction must be between 0 and 1, got {test_fraction}")
+    meta, rows = _meta_rows(codes)
+    names = class_names_of(_Named(meta, rows))
+    ok, y = rows.ok.astype(bool), rows.labels
+    use = ok & (y >= 0)
+    if not (y >= 0).any():
+        raise ValueError(f"{codes} has no labels (every row is unlabeled, -1); it can be used for predicting, "
+                         "not for training")
+    common = dict(class_names=names, recipe=dict(meta.get("recipe", {})), paths=rows.paths, codes_path=str(codes),
+                  n_failed_excluded=int((~ok).sum()), n_unlabeled_excluded=int((ok & (y < 0)).sum()))
+    if test is not None:
+        return _with_test_file(codes, test, layers, use, y, common)
+    split = np.asarray(rows.split).astype(str)
+    train, notes = use & (split == "train"), []
+    if test_fraction is None:
+        for held_name in ("test", "val"):
+            held = use & (split == held_name)
+            if train.any() and held.any():
+                unused = int((use & ~train & ~held).sum())
+                notes += [f"{unused} row(s) in other splits were not used"] if unused else []
+                i_train, i_test = np.flatnonzero(train), np.flatnonzero(held)
+                return Plan(i_train, y[i_train], i_test, y[i_test], str(codes), layers, test_paths=rows.paths,
+                            split_source=f"split column (train / {held_name})", notes=notes, **common)
+        test_fraction = DEFAULT_TEST_FRACTION
+        source = (f"stratified {test_fraction:g} test fraction (seed {seed}): the file has no usable "
+                  "train/test split column and no test option was given")
+        notes.append(source)
+    else:
+        source = f"stratified {test_fraction:g} test fraction (seed {seed})"
+    idx = np.flatnonzero(use)
+    _check_stratifiable(y[idx], names)
+    i_train, i_test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=y[idx])
+    i_train.sort(), i_test.sort()
+    return Plan(i_train, y[i_train], i_test, y[i_test], str(codes), layers, test_paths=rows.paths,
+                split_source=source, notes=notes, **common)
+
+
+@dataclass
+class _Named:  # what class_names_of needs
+    meta: dict
+    rows: object
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.get("class_names", []))
+
+
+def _meta_rows(path):
+    file_meta(path)  # readable errors for a missing or non-HDF5 file
+    with h5py.File(path, "r") as h5:
+        meta = read_meta(h5)
+        if not meta.get("complete", False):
+            raise ValueError(f"{path} is incomplete (an extraction was interrupted); rerun the extract command")
+        return meta, read_rows(h5)
+
+
+def _with_test_file(codes, test, layers, use, y, common) -> Plan:
+    """Every usable row of ``codes`` trains; the usable rows of ``test`` evaluate, classes matched by name."""
+    meta, rows = _meta_rows(test)
+    check_recipe(layer_recipe(common["recipe"], layers), layer_recipe(meta.get("recipe", {}), layers),
+                 f"test codes file {test}")
+    test_layers = resolve_layers(test, layers)
+    names, test_names = common["class_names"], class_names_of(_Named(meta, rows))
+    t_use = rows.ok.astype(bool) & (rows.labels >= 0)
+    unknown = [test_names[i] for i in sorted({int(v) for v in rows.labels[t_use]}) if test_names[i] not in names]
+    if unknown:
+        raise ValueError(f"test codes file {test} has classes the training file does not: {', '.join(unknown)}")
+    mapping = np.array([names.index(n) if n in names else -1 for n in test_names], dtype=np.int64)
+    i_test = np.flatnonzero(t_use)
+    if not len(i_test):
+        raise ValueError(f"test codes file {test} has no labeled, readable rows to evaluate on")
+    i_train = np.flatnonzero(use)
+    common = {**common, "n_failed_excluded": common["n_failed_excluded"] + int((~rows.ok.astype(bool)).sum()),
+              "n_unlabeled_excluded": common["n_unlabeled_excluded"]
+              + int((rows.ok.astype(bool) & (rows.labels < 0)).sum())}
+    return Plan(i_train, y[i_train], i_test, mapping[rows.labels[i_test]], str(test), test_layers,
+                test_paths=rows.paths, split_source=f"test codes file {test}", test_codes=str(test), **common)
+
+
+# ------------------------------------------------------------------------------------------- training
+def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | None, classifier: str, normalize: str,
+                      C: float | None, class_weight, sampling: str, test, test_fraction: float | None, seed: int,
+                      cv: int, max_memory: str | int | None, log) -> dict:
+    """classify_codes for codes over the memory budget: SGD over row blocks (see the module docstring)."""
+    if classifier not in LOSSES:
+        raise ValueError(f"classifier {classifier} needs every code in memory; when codes are streamed "
+                         f"(over --max-memory) choose {' or '.join(LOSSES)}, or raise --max-memory")
+    if sampling != "none":
+        raise ValueError(f"sampling {sampling!r} needs every code in memory; streamed training balances classes by "
+                         "class weights (--class-weight balanced, the default), or raise --max-memory")
+    layers = resolve_layers(codes, layers)
+    budget = budget_bytes(max_memory)
+    plan = plan_split(codes, layers, test, test_fraction, seed)
+    names = plan.class_names
+    folds, fold_notes = check_training_set(plan.y_train, names, cv)
+    weights = _class_weights(parse_class_weight(class_weight, names), plan.y_train)
+    rows, dim = codes_shape(codes, layers)
+    start = time.perf_counter()
+    with h5py.File(codes, "r") as h5, threadpool_limits(limits=1), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        blocks = Blocks(h5, layers, budget)
+        epochs = epochs_for(len(plan.train))
+        notes = [f"streamed solver: the in-memory path would need about "
+                 f"{human(in_memory_bytes(codes, layers))} ({TRAIN_MEMORY_FACTOR} x the {rows:,} x {dim:,} float32 "
+                 f"codes), over the memory budget of {human(budget)} (--max-memory); SGDClassifier(loss="
+                 f"{LOSSES[classifier]!r}).partial_fit over {len(blocks.bounds)} block(s) of up to {blocks.rows:,} "
+                 f"rows, {epochs} epochs over shuffled batches (seeded), averaged weights, class weights from "
+                 "the label counts",
+                 *plan.notes, *fold_notes]
+        if classifier == "softmax":
+            notes.append("streamed softmax is one-vs-rest logistic regression (SGD, log loss), not the "
+                         "in-memory multinomial model")
+        normalizer = _fit_normalizer(normalize, blocks, plan, codes, log)
+        alpha, cv_score, grid, cv_notes = _choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds,
+                                                        budget, dim, seed, log)
+        notes += cv_notes
+        clf = make_sgd(classifier, weights, seed).set_params(alpha=alpha)
+        classes = np.unique(plan.y_train)
+        rng = np.random.default_rng(seed)
+        for epoch in range(epochs):
+            log(f"{classifier}: epoch {epoch + 1}/{epochs} over {len(plan.train):,} training rows")
+            for pos, X in blocks.shuffled_batches(plan.train, rng):
+                check_finite(X, plan.train[pos], plan.paths, codes)
+                clf.partial_fit(normalizer.transform(X), plan.y_train[pos], classes=classes)
+        model = Pipeline([*normalizer.steps, ("clf", clf)])
+    fit_time = time.perf_counter() - start
+    notes += sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+
+    log(f"evaluating on {len(plan.test):,} test rows (streamed)")
+    y_pred = _predict_rows(model, plan.test_path, plan.test_layers, plan.test, budget, plan.test_paths)
+    report = _report(plan, layers, classifier, normalize, class_weight, weights, sampling, seed, alpha, cv_score,
+                     folds, grid, fit_time, y_pred, notes)
+    bundle = {"pipeline": model, "class_names": names, "layers": layers, "recipe": plan.recipe,
+              "layer_recipe": layer_recipe(plan.recipe, layers),
+              "settings": {k: report[k] for k in ("classifier", "normalize", "class_weight", "sampling", "seed",
+                                                   "C", "best_params", "cv_score", "cv_folds", "codes")},
+              "versions": report["versions"]}
+    log(f"writing {out_dir}")
+    write_files(out_dir, {**report_files(report), **model_files(bundle)})
+    log(summarize(report))
+    return report
+
+
+def make_sgd(classifier: str, weights, seed: int) -> SGDClassifier:
+    """Hinge (svm) or log loss (softmax), averaged SGD: averaging makes the last epochs' noise cancel out."""
+    return SGDClassifier(loss=LOSSES[classifier], class_weight=weights, average=True, random_state=seed)
+
+
+def epochs_for(n_train: int) -> int:
+    return int(np.clip(np.ceil(MIN_ROW_UPDATES / max(n_train, 1)), MIN_EPOCHS, MAX_EPOCHS))
+
+
+def _class_weights(weights, y: np.ndarray) -> dict | None:
+    """``balanced`` as explicit weights from the label counts (partial_fit cannot compute them itself)."""
+    if weights != "balanced":
+        return weights
+    classes = np.unique(y)
+    return {int(c): float(w) for c, w in zip(classes, compute_class_weight("balanced", classes=classes, y=y))}
+
+
+def _fit_normalizer(normalize: str, blocks: Blocks, plan: Plan, codes, log) -> Pipeline:
+    """The normalization, then a StandardScaler for SGD (which needs features of comparable scale: on
+    power-normalized codes its accuracy fell far behind liblinear's without it), both fitted in one
+    streaming pass; ``standard`` is that scaler alone."""
+    step = make_normalizer(normalize)
+    steps = [] if isinstance(step, StandardScaler) else [("normalize", step)]
+    steps.append(("normalize" if not steps else "scale", StandardScaler()))
+    prep = Pipeline(steps)
+    log(f"{normalize} normalization and feature scaling: one pass over {len(plan.train):,} training rows")
+    first = True
+    for pos, X in blocks.select(plan.train):
+        check_finite(X, plan.train[pos], plan.paths, codes)
+        if first and len(steps) == 2:
+            steps[0] = ("normalize", FunctionTransformer() if step == "passthrough" else step.fit(X[:1]))
+            prep = Pipeline(steps)
+        first = False
+        prep.steps[-1][1].partial_fit(prep[:-1].transform(X) if len(steps) == 2 else X)
+    return prep
+
+
+def _choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds, budget, dim, seed, log):
+    """(alpha, CV score, grid, notes): CV on a stratified in-memory sample, or a fixed value."""
+    n = len(plan.y_train)
+    if C is not None:
+        if not C > 0:
+            raise ValueError(f"C must be positive, got {C}")
+        alpha = 1.0 / (C * n)
+        return alpha, None, {}, [f"C={C:g} fixed: alpha = 1 / (C x {n:,} training rows) = {alpha:.3g}"]
+    if not folds:
+        return DEFAULT_ALPHA, None, {}, []
+    limit = max(folds * 2, min(CV_MAX_ROWS, budget // (SAMPLE_MEMORY_FACTOR * 4 * dim)))
+    sample = np.arange(n)
+    if n > limit:
+        sample, _ = train_test_split(sample, train_size=limit, stratify=plan.y_train, random_state=seed)
+        sample.sort()
+    X, y = normalizer.transform(blocks.gather(plan.train[sample])), plan.y_train[sample]
+    check_finite(X, plan.train[sample], plan.paths, plan.test_path)
+    folds = min(folds, int(np.bincount(y)[np.unique(y)].min()))
+    log(f"{classifier}: {folds}-fold CV over alpha in {list(ALPHA_GRID)} on a stratified sample of {len(y):,} of "
+        f"{n:,} training rows")
+    grid = {"alpha": list(ALPHA_GRID)}
+    search = GridSearchCV(make_sgd(classifier, weights, seed), grid,
+                          scoring=CV_SCORING, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                          error_score="raise", refit=False).fit(X, y)
+    alpha = float(search.best_params_["alpha"])
+    return alpha, float(search.best_score_), grid, [
+        f"alpha chosen by {folds}-fold CV on a stratified in-memory sample of {len(y):,} of {n:,} training rows; "
+        "the final model is trained on all of them"]
+
+
+def _predict_rows(model, path, layers, index: np.ndarray, budget: int, paths) -> np.ndarray:
+    out = np.empty(len(index), dtype=np.int64)
+    with h5py.File(path, "r") as h5:
+        for pos, X in Blocks(h5, layers, budget).select(index):
+            check_finite(X, index[pos], paths, path)
+            out[pos] = model.predict(X)
+    return out
+
+
+def _report(plan: Plan, layers, classifier, normalize, class_weight, weights, sampling, seed, alpha, cv_score,
+            folds, grid, fit_time, y_pred, notes) -> dict:
+    """The report of classify_codes (same keys), alpha being the hyper-parameter."""
+    names = plan.class_names
+    counts = _counts(plan.y_train, names)
+    return {
+        "codes": plan.codes_path, "test_codes": plan.test_codes,
+        "split_source": plan.split_source, "layers": layers, "classifier": classifier, "normalize": normalize,
+        "class_weight": class_weight if isinstance(class_weight, (str, type(None))) else dict(class_weight),
+        "class_weight_applied": None if weights is None else {names[k]: v for k, v in weights.items()},
+        "sampling": sampling, "seed": seed, "C": None, "best_params": {"alpha": alpha},
+        "hyperparameter": f"alpha={alpha:g}, streamed SGD",
+        "cv_score": cv_score, "cv_folds": folds if grid else 0, "cv_scoring": CV_SCORING, "cv_grid": grid,
+        "n_train": int(len(plan.y_train)), "n_test": int(len(plan.y_test)),
+        "n_failed_excluded": plan.n_failed_excluded, "n_unlabeled_excluded": plan.n_unlabeled_excluded,
+        "train_class_counts": counts, "resampled_class_counts": counts,
+        "test_class_counts": _counts(plan.y_test, names),
+        "fit_time_s": round(fit_time, 4), "max_iter": None, "calibrated": False,
+        **evaluate(plan.y_test, y_pred, names),
+        "binary": None,
+        "notes": notes,
+        "recipe": plan.recipe,
+        "versions": {"scikit-learn": sklearn.__version__, "imbalanced-learn": imblearn.__version__},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _counts(y: np.ndarray, names: list[str]) -> dict[str, int]:
+    counts = Counter(int(v) for v in y)
+    return {names[i]: counts[i] for i in sorted(counts)}
+
+
+# ------------------------------------------------------------------------------------------- predict
+def predict_streamed(run_dir, codes_path, out_csv, max_memory: str | int | None = None) -> dict:
+    """predict_codes, reading the codes block by block and writing the CSV as it goes (same columns)."""
+    from .predict import _scores
+
+    bundle = load_model(run_dir)
+    layers = bundle["layers"]
+    meta, _ = file_meta(codes_path)
+    check_recipe(layer_recipe(bundle["recipe"], layers), layer_recipe(meta.get("recipe", {}), layers),
+                 f"codes file {codes_path}")
+    resolve_layers(codes_path, layers)
+    pipe, names = bundle["pipeline"], bundle["class_names"]
+    classes = [names[int(c)] for c in pipe.classes_]
+    budget = budget_bytes(max_memory)
+    meta, rows = _meta_rows(codes_path)
+    predicted: Counter = Counter()
+    n_good = 0
+
+    def write(path: Path) -> None:
+        nonlocal n_good
+        with h5py.File(codes_path, "r") as h5, open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["path", "predicted", *(f"score_{c}" for c in classes), "error"])
+            blocks = Blocks(h5, layers, budget)
+            for start, stop in blocks.bounds:
+                X = blocks.read(start, stop)
+                good = rows.ok[start:stop].astype(bool) & np.isfinite(X).all(axis=1)
+                labels, scores = np.full(len(X), "", dtype=object), np.full((len(X), len(classes)), np.nan)
+                if good.any():
+                    labels[good] = [names[int(c)] for c in pipe.predict(X[good])]
+                    scores[good] = _scores(pipe, X[good])
+                predicted.update(labels[good].tolist())
+                n_good += int(good.sum())
+                for i in range(len(X)):
+                    row = start + i
+                    error = "" if good[i] else ("codes contain NaN or infinite values" if rows.ok[row]
+                                                else rows.errors[row] or "image failed")
+                    cells = [f"{v:.6g}" for v in scores[i]] if good[i] else [""] * len(classes)
+                    writer.writerow([rows.paths[row], labels[i], *cells, error])
+
+    out_csv = Path(out_csv)
+    write_files(out_csv.parent if str(out_csv.parent) else ".", {out_csv.name: write})
+    return {"out_csv": str(out_csv), "n_rows": int(len(rows)), "n_predicted": n_good,
+            "n_failed": int(len(rows) - n_good), "predicted_counts": dict(predicted),
+            "score": "decision_function" if hasattr(pipe, "decision_function") else "predict_proba"}

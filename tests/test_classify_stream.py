@@ -1,0 +1,152 @@
+"""Out-of-core classify (classify/stream.py) on real HDF5 codes files, and the linear SVM solver settings."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from codes_fixtures import imbalanced_codes, make_codes, split_column, write_codes_file
+from sklearn.svm import LinearSVC
+
+from classify import classify_codes, load_model, models, predict_codes, stream
+from classify.stream import Blocks
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = dict(progress=False, cv=3)
+TINY = "64K"  # below the fixture's in-memory estimate (about 143 KiB), so it streams
+
+
+@pytest.fixture(scope="module")
+def codes(tmp_path_factory):
+    return make_codes(tmp_path_factory.mktemp("codes") / "codes.h5", n_per_class=(200, 120, 60))  # 380 rows
+
+
+@pytest.fixture(scope="module")
+def runs(codes, tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    return {how: (base / how, classify_codes(codes, base / how, max_memory=budget, **FAST))
+            for how, budget in (("memory", None), ("streamed", TINY))}
+
+
+@pytest.mark.parametrize("text, expected", [("2G", 2 * 2 ** 30), ("512M", 512 * 2 ** 20), ("1.5GiB", 3 * 2 ** 29),
+                                            ("300k", 300 * 1024), ("1000000", 1_000_000), (" 4 mb ", 4 * 2 ** 20)])
+def test_parse_size(text, expected):
+    assert stream.parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["lots", "", "0", "-1G", "2X", "1e9", "G"])
+def test_parse_size_refuses_bad_values(bad):
+    with pytest.raises(ValueError, match="memory size must look like 2G, 512M"):
+        stream.parse_size(bad)
+
+
+def test_default_budget_is_a_quarter_of_ram():
+    import os
+    assert stream.default_budget() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+def test_dispatch_decision_from_file_shapes(codes):
+    need = stream.in_memory_bytes(codes, ["block4"])
+    assert need == stream.TRAIN_MEMORY_FACTOR * 380 * 24 * 4  # rows x dims x float32, from the shapes
+    assert stream.in_memory_bytes(codes, ["block4", "penultimate"]) == stream.TRAIN_MEMORY_FACTOR * 380 * 40 * 4
+    assert stream.should_stream(codes, "block4", need - 1)
+    assert not stream.should_stream(codes, "block4", need)
+    assert not stream.should_stream(codes, None, "1G")  # None: the file's first tap
+    with pytest.raises(ValueError, match="memory size must look like"):
+        stream.should_stream(codes, None, "much")
+
+
+def test_streamed_report_has_the_in_memory_keys_and_a_close_score(runs):
+    (_, mem), (out, streamed) = runs["memory"][:2], runs["streamed"]
+    assert set(streamed) == set(mem)
+    assert json.loads((out / "report.json").read_text()).keys() == mem.keys()
+    for f in ("report.txt", "confusion.csv", "confusion.png", "model.joblib", "model.joblib.sha256"):
+        assert (out / f).is_file()
+    for key in ("n_train", "n_test", "train_class_counts", "test_class_counts", "split_source", "layers", "labels"):
+        assert streamed[key] == mem[key], key
+    assert abs(streamed["balanced_accuracy"] - mem["balanced_accuracy"]) <= 0.1
+    assert streamed["notes"][0].startswith("streamed solver:") and "over the memory budget" in streamed["notes"][0]
+    assert "SGD" in streamed["hyperparameter"] and streamed["cv_grid"] == {"alpha": list(stream.ALPHA_GRID)}
+    assert sum(sum(row) for row in streamed["confusion_matrix"]) == streamed["n_test"]
+
+
+def test_streamed_model_predicts_like_its_report(codes, runs):
+    import h5py
+    out, report = runs["streamed"]
+    with h5py.File(codes, "r") as h5:
+        test = h5["split"].asstr()[()] == "test"
+        X, y = h5["codes/block4"][()][test], h5["labels"][()][test]
+    pred = load_model(out)["pipeline"].predict(X)
+    assert report["accuracy"] == pytest.approx(float(np.mean(pred == y)))
+
+
+def test_streamed_standard_normalization_and_test_fraction(codes, tmp_path):
+    mem = classify_codes(codes, tmp_path / "m", normalize="standard", test_fraction=0.3, **FAST)
+    streamed = classify_codes(codes, tmp_path / "s", normalize="standard", test_fraction=0.3, max_memory=TINY, **FAST)
+    assert streamed["train_class_counts"] == mem["train_class_counts"]  # the same split, from the row columns
+    scaler = load_model(tmp_path / "s")["pipeline"].named_steps["normalize"]
+    assert scaler.n_samples_seen_ == streamed["n_train"]  # one streaming pass over every training row
+
+
+def test_streamed_refuses_what_needs_every_code_in_memory(codes, tmp_path):
+    with pytest.raises(ValueError, match="knn needs every code in memory"):
+        classify_codes(codes, tmp_path, classifier="knn", max_memory=TINY, **FAST)
+    with pytest.raises(ValueError, match="sampling 'over' needs every code in memory"):
+        classify_codes(codes, tmp_path, sampling="over", max_memory=TINY, **FAST)
+
+
+def test_streamed_predict_writes_the_in_memory_csv(tmp_path, runs):
+    failed = np.zeros(102, bool)
+    failed[[3, 50]] = True
+    new = make_codes(tmp_path / "new.h5", ok=~failed)
+    for how in ("memory", "streamed"):
+        run_dir = runs[how][0]
+        expected = predict_codes(run_dir, new, tmp_path / f"{how}-mem.csv")
+        got = stream.predict_streamed(run_dir, new, tmp_path / f"{how}-stream.csv", max_memory=TINY)
+        assert got == {**expected, "out_csv": str(tmp_path / f"{how}-stream.csv")}
+        assert (tmp_path / f"{how}-stream.csv").read_text() == (tmp_path / f"{how}-mem.csv").read_text()
+    assert got["n_failed"] == 2
+
+
+def test_predict_codes_streams_codes_over_the_default_budget(tmp_path, runs, monkeypatch):
+    new = make_codes(tmp_path / "new.h5")
+    expected = predict_codes(runs["memory"][0], new, tmp_path / "mem.csv")
+    calls = []
+    monkeypatch.setattr(stream, "default_budget", lambda: 1024)
+    monkeypatch.setattr(stream, "Blocks", lambda *a: calls.append(a) or Blocks(*a))
+    assert predict_codes(runs["memory"][0], new, tmp_path / "stream.csv")["n_rows"] == expected["n_rows"]
+    assert calls and (tmp_path / "stream.csv").read_text() == (tmp_path / "mem.csv").read_text()
+
+
+def test_cli_max_memory(codes, tmp_path, capsys):
+    cmd = [sys.executable, str(REPO / "pipeline.py"), "classify", str(codes), "--out", str(tmp_path / "run"),
+           "--cv", "3", "--quiet"]
+    bad = subprocess.run(cmd + ["--max-memory", "lots"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "cnncodes classify: error: memory size must look like 2G, 512M or 1000000 (bytes), got 'lots'"]
+
+    import pipeline
+    assert pipeline.main(cmd[2:-1] + ["--max-memory", TINY]) == 0
+    out = capsys.readouterr().out
+    assert "streamed solver:" in out and "streamed SGD" in out.splitlines()[-1]  # report notes and summary
+
+
+def test_svm_solver_change_keeps_accuracy(tmp_path, monkeypatch):
+    # fewer training rows (63) than features (block4: 120), where the previous dual="auto" ran the dual solver
+    X, y = imbalanced_codes((40, 30, 20), n_features=120, sep=1.0)
+    codes = write_codes_file(tmp_path / "wide.h5", X, y, ["cat", "dog", "bird"], split=split_column(y))
+    now = {layer: classify_codes(codes, tmp_path / f"now-{layer}", layers=layer, **FAST)
+           for layer in ("block4", "penultimate")}
+    previous = replace(models.CLASSIFIERS["svm"], build=lambda cw, seed: LinearSVC(
+        class_weight=cw, dual="auto", max_iter=10000, random_state=seed))
+    monkeypatch.setitem(models.CLASSIFIERS, "svm", previous)
+    for layer, report in now.items():
+        before = classify_codes(codes, tmp_path / f"before-{layer}", layers=layer, **FAST)
+        assert report["C"] == before["C"]
+        assert report["balanced_accuracy"] == pytest.approx(before["balanced_accuracy"], abs=0.02)
+        assert report["cv_score"] == pytest.approx(before["cv_score"], abs=0.02)
