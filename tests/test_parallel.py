@@ -1,6 +1,7 @@
 """The parallel paths of extraction give the codes of the serial one: decode workers, inference streams."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,6 @@ import numpy as np
 import pipeline
 from conftest import FAST, ROOT, make_tree
 from extract import open_codes
-from extract.reader import ImageDataset, list_images
 
 
 def test_decode_workers_and_inference_streams_give_the_main_process_codes_in_order(tmp_path):
@@ -33,19 +33,37 @@ def test_decode_workers_and_inference_streams_give_the_main_process_codes_in_ord
 
 
 def test_batches_come_back_in_order_from_concurrent_streams(tmp_path):
-    """OpenVINO's streams finish batches out of order; the computer yields them in order, short last batch included."""
-    from extract import batches, runner
+    """OpenVINO's streams finish batches out of order; the computer yields them in order, short last batch included.
 
+    Runs in a fresh process, as an extraction from the command line does: in the pytest process, after the
+    advise tests, forking the decode workers here crashed the parent (SIGSEGV, not yet diagnosed)."""
     tree = make_tree(tmp_path / "images", per_class=4)
-    listing = list_images(tree)
-    images = ImageDataset(listing.root, listing.paths, 256, 224)  # inference_setup's preprocessing
-    computer, _, _ = runner.inference_setup(layers=("block4",), weights="random", device="cpu", batch_size=3)
-    assert computer.runtime == "openvino"
-    computer.streams = 3
-    rows = [[0, 1, 2], [3, 4, 5], [6, 7]]
-    serial = [computer(images_)["block4"].numpy() for images_, _, _ in batches.decoded_batches(images, rows, 0)]
-    mapped = list(computer.map(batches.decoded_batches(images, rows, workers=2)))
-    assert [len(c["block4"]) for c, _, _ in mapped] == [3, 3, 2]
-    for want, (codes, ok, errors) in zip(serial, mapped):
-        np.testing.assert_allclose(codes["block4"], want, rtol=1e-5, atol=1e-6)
-        assert ok.all() and errors == [""] * len(want)
+    script = tmp_path / "streams_in_order.py"
+    script.write_text(STREAMS_IN_ORDER.format(tree=str(tree)), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "in order: [3, 3, 2]"
+
+
+STREAMS_IN_ORDER = """
+import numpy as np
+import pipeline
+
+pipeline.process_settings()
+from extract import batches, runner
+from extract.reader import ImageDataset, list_images
+
+listing = list_images({tree!r})
+images = ImageDataset(listing.root, listing.paths, 256, 224)  # inference_setup's preprocessing
+computer, _, _ = runner.inference_setup(layers=("block4",), weights="random", device="cpu", batch_size=3)
+assert computer.runtime == "openvino", computer.runtime
+computer.streams = 3
+rows = [[0, 1, 2], [3, 4, 5], [6, 7]]
+serial = [computer(images_)["block4"].numpy() for images_, _, _ in batches.decoded_batches(images, rows, 0)]
+mapped = list(computer.map(batches.decoded_batches(images, rows, workers=2)))
+for want, (codes, ok, errors) in zip(serial, mapped):
+    np.testing.assert_allclose(codes["block4"], want, rtol=1e-5, atol=1e-6)
+    assert ok.all() and errors == [""] * len(want)
+print("in order:", [len(c["block4"]) for c, _, _ in mapped])
+"""
