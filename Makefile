@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(VENV)/bin/cnncodes dataset digits data/digits
+	test -d data/digits || $(VENV)/bin/cnncodes dataset digits data/digits
 	$(VENV)/bin/cnncodes run data/digits --out runs/demo --layer block4 --layer penultimate
 
 test: setup

@@ -99,13 +99,14 @@ def _predict(bundle: dict, cf, X: np.ndarray, rule, threshold: float | None) -> 
     return Predictions(classes, good, errors, predicted, scores, probs)
 
 
-def _csv_text(paths, pred: Predictions, true: np.ndarray | None) -> str:
+def _csv_text(paths, pred: Predictions, true: np.ndarray | None, header: bool = True) -> str:
     """``path, predicted, [true,] score_..., [prob_...,] error``: numbers blank where the row failed."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "predicted", *(["true"] if true is not None else []),
-                     *(f"score_{c}" for c in pred.classes),
-                     *((f"prob_{c}" for c in pred.classes) if pred.probs is not None else ()), "error"])
+    if header:
+        writer.writerow(["path", "predicted", *(["true"] if true is not None else []),
+                         *(f"score_{c}" for c in pred.classes),
+                         *((f"prob_{c}" for c in pred.classes) if pred.probs is not None else ()), "error"])
     blank = [""] * len(pred.classes)
     for i, good in enumerate(pred.good):
         numbers = [pred.scores[i]] + ([pred.probs[i]] if pred.probs is not None else [])

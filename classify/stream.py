@@ -9,7 +9,6 @@ and model files are those of ``classify_codes`` (same report.json keys, same mod
 """
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import os
 import re
@@ -437,8 +436,11 @@ def _counts(y: np.ndarray, names: list[str]) -> dict[str, int]:
 
 # ------------------------------------------------------------------------------------------- predict
 def predict_streamed(run_dir, codes_path, out_csv, max_memory: str | int | None = None) -> dict:
-    """predict_codes, reading the codes block by block and writing the CSV as it goes (same columns)."""
-    from .predict import _scores
+    """predict_codes, reading the codes block by block and writing the CSV as it goes (the same rows,
+    columns and result keys: predict's own per-block prediction and CSV writer)."""
+    from types import SimpleNamespace
+
+    from .predict import _csv_text, _predict, evaluate_known, true_labels
 
     bundle = load_model(run_dir)
     layers = bundle["layers"]
@@ -450,33 +452,23 @@ def predict_streamed(run_dir, codes_path, out_csv, max_memory: str | int | None 
     classes = [names[int(c)] for c in pipe.classes_]
     budget = budget_bytes(max_memory)
     meta, rows = _meta_rows(codes_path)
-    predicted: Counter = Counter()
-    n_good = 0
+    true = true_labels(SimpleNamespace(rows=rows, class_names=list(meta.get("class_names", []))))
+    known = np.isin(true, classes)
+    predicted, good = np.full(len(rows), "", dtype=object), np.zeros(len(rows), dtype=bool)
 
     def write(path: Path) -> None:
-        nonlocal n_good
         with h5py.File(codes_path, "r") as h5, open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["path", "predicted", *(f"score_{c}" for c in classes), "error"])
             blocks = Blocks(h5, layers, budget)
             for start, stop in blocks.bounds:
-                X = blocks.read(start, stop)
-                good = rows.ok[start:stop].astype(bool) & np.isfinite(X).all(axis=1)
-                labels, scores = np.full(len(X), "", dtype=object), np.full((len(X), len(classes)), np.nan)
-                if good.any():
-                    labels[good] = [names[int(c)] for c in pipe.predict(X[good])]
-                    scores[good] = _scores(pipe, X[good])
-                predicted.update(labels[good].tolist())
-                n_good += int(good.sum())
-                for i in range(len(X)):
-                    row = start + i
-                    error = "" if good[i] else ("codes contain NaN or infinite values" if rows.ok[row]
-                                                else rows.errors[row] or "image failed")
-                    cells = [f"{v:.6g}" for v in scores[i]] if good[i] else [""] * len(classes)
-                    writer.writerow([rows.paths[row], labels[i], *cells, error])
+                block = slice(start, stop)
+                pred = _predict(bundle, SimpleNamespace(rows=rows.take(block)), blocks.read(start, stop), None, None)
+                predicted[block], good[block] = pred.predicted, pred.good
+                f.write(_csv_text(rows.paths[block], pred, true[block] if known.any() else None, header=start == 0))
 
     out_csv = Path(out_csv)
     write_files(out_csv.parent if str(out_csv.parent) else ".", {out_csv.name: write})
-    return {"out_csv": str(out_csv), "n_rows": int(len(rows)), "n_predicted": n_good,
-            "n_failed": int(len(rows) - n_good), "predicted_counts": dict(predicted),
-            "score": "decision_function" if hasattr(pipe, "decision_function") else "predict_proba"}
+    return {"out_csv": str(out_csv), "n_rows": int(len(rows)), "n_predicted": int(good.sum()),
+            "n_failed": int((~good).sum()), "predicted_counts": dict(Counter(predicted[good].tolist())),
+            "score": "decision_function" if hasattr(pipe, "decision_function") else "predict_proba",
+            "probabilities": hasattr(pipe, "predict_proba"), "threshold": None,
+            "evaluation": evaluate_known(true, predicted, good, known)}
