@@ -169,9 +169,20 @@ def _split_dataset(codes, layers, test, test_fraction, seed) -> Dataset:
         return Dataset(X[use], y[use], X_test, y_test, test_path=str(test),
                        split_source=f"test codes file {test}", n_failed_excluded=n_failed + n_failed_test,
                        **{**common, "n_unlabeled_excluded": n_unlabeled + n_unl_test})
-    split = np.asarray(cf.rows.split).astype(str)
-    train = use & (split == "train")
-    notes = []
+    i_train, i_test, source, notes = split_rows(np.asarray(cf.rows.split).astype(str), use, y, names,
+                                                test_fraction, seed)
+    return Dataset(X[i_train], y[i_train], X[i_test], y[i_test], test_path=None, split_source=source,
+                   notes=notes, n_failed_excluded=n_failed, **common)
+
+
+def split_rows(split: np.ndarray, use: np.ndarray, y: np.ndarray, names: list[str], test_fraction: float | None,
+               seed: int) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
+    """Row numbers that train and that evaluate, where they came from, and notes.
+
+    The split column when no fraction is given (train fits; test, else val, evaluates), else a stratified
+    ``test_fraction`` (default 0.25 when the column has no usable train/held-out pair) of the usable rows.
+    """
+    train, notes = use & (split == "train"), []
     if test_fraction is None:
         for evaluate in ("test", "val"):
             held = use & (split == evaluate)
@@ -179,9 +190,7 @@ def _split_dataset(codes, layers, test, test_fraction, seed) -> Dataset:
                 unused = int((use & ~train & ~held).sum())
                 if unused:
                     notes.append(f"{unused} row(s) in other splits were not used")
-                return Dataset(X[train], y[train], X[held], y[held], test_path=None,
-                               split_source=f"split column (train / {evaluate})", notes=notes,
-                               n_failed_excluded=n_failed, **common)
+                return np.flatnonzero(train), np.flatnonzero(held), f"split column (train / {evaluate})", notes
         test_fraction = DEFAULT_TEST_FRACTION
         source = (f"stratified {test_fraction:g} test fraction (seed {seed}): the file has no usable "
                   "train/test split column and no test option was given")
@@ -191,8 +200,7 @@ def _split_dataset(codes, layers, test, test_fraction, seed) -> Dataset:
     idx = np.flatnonzero(use)
     _check_stratifiable(y[idx], names)
     i_train, i_test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=y[idx])
-    return Dataset(X[i_train], y[i_train], X[i_test], y[i_test], test_path=None, split_source=source,
-                   notes=notes, n_failed_excluded=n_failed, **common)
+    return i_train, i_test, source, notes
 
 
 def _load_test_file(test, layers, recipe, names, train):

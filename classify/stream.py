@@ -33,8 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from extract.codesfile import check_recipe, read_meta, read_rows
 
-from .data import (DEFAULT_TEST_FRACTION, _check_stratifiable, check_training_set, class_names_of, file_meta,
-                   layer_recipe, resolve_layers)
+from .data import check_training_set, class_names_of, file_meta, layer_recipe, resolve_layers, split_rows
 from .fileio import write_files
 from .model_io import load_model, model_files
 from .models import make_normalizer, parse_class_weight
@@ -194,27 +193,9 @@ def plan_split(codes, layers: list[str], test=None, test_fraction: float | None 
                   n_failed_excluded=int((~ok).sum()), n_unlabeled_excluded=int((ok & (y < 0)).sum()))
     if test is not None:
         return _with_test_file(codes, test, layers, use, y, common)
-    split = np.asarray(rows.split).astype(str)
-    train, notes = use & (split == "train"), []
-    if test_fraction is None:
-        for held_name in ("test", "val"):
-            held = use & (split == held_name)
-            if train.any() and held.any():
-                unused = int((use & ~train & ~held).sum())
-                notes += [f"{unused} row(s) in other splits were not used"] if unused else []
-                i_train, i_test = np.flatnonzero(train), np.flatnonzero(held)
-                return Plan(i_train, y[i_train], i_test, y[i_test], str(codes), layers, test_paths=rows.paths,
-                            split_source=f"split column (train / {held_name})", notes=notes, **common)
-        test_fraction = DEFAULT_TEST_FRACTION
-        source = (f"stratified {test_fraction:g} test fraction (seed {seed}): the file has no usable "
-                  "train/test split column and no test option was given")
-        notes.append(source)
-    else:
-        source = f"stratified {test_fraction:g} test fraction (seed {seed})"
-    idx = np.flatnonzero(use)
-    _check_stratifiable(y[idx], names)
-    i_train, i_test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=y[idx])
-    i_train.sort(), i_test.sort()
+    i_train, i_test, source, notes = split_rows(np.asarray(rows.split).astype(str), use, y, names, test_fraction,
+                                                seed)
+    i_train, i_test = np.sort(i_train), np.sort(i_test)
     return Plan(i_train, y[i_train], i_test, y[i_test], str(codes), layers, test_paths=rows.paths,
                 split_source=source, notes=notes, **common)
 
