@@ -47,23 +47,35 @@ def test_batches_come_back_in_order_from_concurrent_streams(tmp_path):
 
 
 STREAMS_IN_ORDER = """
+import copy
+
 import numpy as np
 import pipeline
 
-pipeline.process_settings()
 from extract import batches, runner
 from extract.reader import ImageDataset, list_images
 
-listing = list_images({tree!r})
-images = ImageDataset(listing.root, listing.paths, 256, 224)  # inference_setup's preprocessing
-computer, _, _ = runner.inference_setup(layers=("block4",), weights="random", device="cpu", batch_size=3)
-assert computer.runtime == "openvino", computer.runtime
-computer.streams = 3
-rows = [[0, 1, 2], [3, 4, 5], [6, 7]]
-serial = [computer(images_)["block4"].numpy() for images_, _, _ in batches.decoded_batches(images, rows, 0)]
-mapped = list(computer.map(batches.decoded_batches(images, rows, workers=2)))
-for want, (codes, ok, errors) in zip(serial, mapped):
-    np.testing.assert_allclose(codes["block4"], want, rtol=1e-5, atol=1e-6)
-    assert ok.all() and errors == [""] * len(want)
-print("in order:", [len(c["block4"]) for c, _, _ in mapped])
+
+def main():
+    listing = list_images({tree!r})
+    images = ImageDataset(listing.root, listing.paths, 256, 224)  # inference_setup's preprocessing
+    computer, _, _ = runner.inference_setup(layers=("block4",), weights="random", device="cpu", batch_size=3)
+    assert computer.runtime == "openvino", computer.runtime
+    computer.streams = 3
+    rows = [[0, 1, 2], [3, 4, 5], [6, 7]]
+    # the reference: one stream, images decoded in this process (not computer(): mixing the compiled model's
+    # own call with explicit inference requests in one process corrupted the heap now and then, issue 12)
+    one = copy.copy(computer)
+    one.streams = 1
+    serial = [codes["block4"] for codes, _, _ in one.map(batches.decoded_batches(images, rows, 0))]
+    mapped = list(computer.map(batches.decoded_batches(images, rows, workers=2)))
+    for want, (codes, ok, errors) in zip(serial, mapped):
+        np.testing.assert_allclose(codes["block4"], want, rtol=1e-5, atol=1e-6)
+        assert ok.all() and errors == [""] * len(want)
+    print("in order:", [len(c["block4"]) for c, _, _ in mapped])
+
+
+if __name__ == "__main__":  # decode workers may start by forkserver, which imports this file
+    pipeline.process_settings()
+    main()
 """
