@@ -320,13 +320,13 @@ def _add_finetune_parser(sub) -> None:
                    help="update BatchNorm statistics in the trained blocks. Off by default: the statistics of "
                         "batches of 32 are noisy estimates, and replacing the ImageNet ones with them hurts small "
                         "data sets; BatchNorm's scale and shift are still trained")
-    g.add_argument("--resize", type=int, help="shorter side before the crop (default: the backbone's, 256)")
-    g.add_argument("--crop", type=int, help="training and evaluation crop size (default: the backbone's, 224)")
+    g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, 256)")
+    g.add_argument("--crop", type=positive_int, help="training and evaluation crop size (default: the backbone's, 224)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs (default: %(default)s)")
     t.add_argument("--lp-epochs", type=int, default=0,
                    help="LP-FT: epochs training the head alone before the fine-tuning epochs (default: 0)")
-    t.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
+    t.add_argument("--batch-size", type=positive_int, default=32, help="images per step (default: %(default)s)")
     t.add_argument("--lr", type=float, default=0.01,
                    help="head learning rate (default: %(default)s for SGD; use about 0.001 with adamw)")
     t.add_argument("--backbone-lr-mult", type=float, default=0.1,
@@ -360,8 +360,8 @@ def _add_finetune_parser(sub) -> None:
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
     r.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto = mixed precision on CUDA (bf16, else fp16 with loss scaling), fp32 on the CPU")
-    r.add_argument("--threads", type=int, help="training threads (default: every CPU)")
-    r.add_argument("--workers", type=int, help="decoding processes for the one-time image cache (default: every CPU)")
+    r.add_argument("--threads", type=positive_int, help="training threads (default: every CPU)")
+    r.add_argument("--workers", type=non_negative_int, help="decoding processes for the one-time image cache (default: every CPU)")
     r.add_argument("--overwrite", action="store_true", help="start again instead of resuming RUN_DIR's checkpoint")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_finetune)
@@ -418,8 +418,8 @@ def _add_advise_parser(sub) -> None:
                    help="torchvision backbone: mobilenet_v2 (embedded), alexnet, vgg16, resnet18, resnet50 "
                         "(default: %(default)s)")
     g.add_argument("--weights", metavar="FILE|random", help="checkpoint (default: found as for extract)")
-    g.add_argument("--resize", type=int, help="shorter side before the crop (default: the backbone's, 256)")
-    g.add_argument("--crop", type=int, help="center crop size (default: the backbone's, 224)")
+    g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, 256)")
+    g.add_argument("--crop", type=positive_int, help="center crop size (default: the backbone's, 224)")
     _add_running_options(p)
     p.set_defaults(func=cmd_advise)
 

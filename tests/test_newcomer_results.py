@@ -381,3 +381,16 @@ def test_run_with_an_unknown_layer_fails_before_extracting(tmp_path, capsys):
     assert pipeline.main(["run", str(images), "--out", str(out), *FAST, "--layer", "fc7"]) == 2
     assert "mobilenet_v2 has no layer 'fc7'" in capsys.readouterr().err
     assert not (out / "codes.h5").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["advise", "IMAGES", "--crop", "0"], "argument --crop: must be a positive integer, got 0"),
+    (["finetune", "IMAGES", "--out", "OUT", "--workers", "-1"], "argument --workers: must be 0 or a positive integer"),
+    (["finetune", "IMAGES", "--out", "OUT", "--resize", "0"], "argument --resize: must be a positive integer, got 0"),
+])
+def test_finetune_and_advise_numbers_get_the_same_one_line_checks(argv, message, tmp_path, capsys):
+    images = make_tree(tmp_path / "images")
+    argv = [str(images) if a == "IMAGES" else str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        pipeline.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
