@@ -90,7 +90,9 @@ class OpenVINOComputer(CodeComputer):
         return f"cpu {self.precision} openvino, {self.streams} stream(s)"
 
     def __call__(self, images: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
-        out = self.compiled([np.asarray(images)])
+        # copied in: the compiled model's own request shares its input by default and keeps pointing at it
+        # after the call; once the array was freed, the next inference requests corrupted the heap
+        out = self.compiled([np.asarray(images)], share_inputs=False)
         return {name: torch.from_numpy(out[port].copy()) for name, port in zip(self.names, self.compiled.outputs)}
 
     def map(self, batches):
