@@ -5,6 +5,8 @@ through ``torch.export``: fp32, or bf16 where asked (``--precision auto`` picks 
 has native bf16). Several OpenVINO streams of one thread each take the batches in turn while the
 caller decodes the next ones. A network that cannot be converted, or whose converted outputs do
 not match the eager model's on a probe batch, runs in eager PyTorch instead, and ``note`` says so.
+bf16 asked for on a CPU without native bf16 runs in eager PyTorch as well: OpenVINO would run it in
+fp32 there, and the codes file must record the precision that made its codes.
 On CUDA: eager PyTorch with autocast to bf16/fp16, pinned host memory and non-blocking copies.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import device as devices
 from . import openvino_model
 from .device import DTYPES
 from .fusion import fold_batchnorm
@@ -27,6 +30,8 @@ DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 64}
 # How close (cosine over a probe batch, per tap) a converted model must come to the eager fp32 one.
 AGREEMENT = {"fp32": 0.9999, "bf16": 0.99}
 OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+NO_NATIVE_BF16 = ("this CPU has no native bf16, where OpenVINO runs fp32: bf16 runs emulated in eager PyTorch "
+                  "(slow; --precision auto picks fp32 here)")
 
 # codes per tap [B, dim], ok flags [B], error messages
 Batch = tuple[dict[str, np.ndarray], np.ndarray, list[str]]
@@ -120,6 +125,8 @@ def make_computer(model: nn.Module, taps: list[Tap], preprocess: dict, device: t
                   batch_size: int, streams: int = 1, cache_key: dict | None = None) -> CodeComputer:
     """The fastest computer for ``device``: OpenVINO on the CPU (eager PyTorch when that fails), eager elsewhere.
     ``cache_key`` describes the network for the converted-model cache (None: no caching)."""
+    if device.type == "cpu" and precision == "bf16" and "BF16" not in devices.cpu_capabilities():
+        return CodeComputer(_eager(model, taps, preprocess), device, precision, batch_size, note=NO_NATIVE_BF16)
     if device.type == "cpu":
         key = openvino_model.cache_key(cache_key) if cache_key is not None and _has_openvino() else None
         try:  # a network converted and checked by an earlier run: no eager model needed
@@ -128,7 +135,7 @@ def make_computer(model: nn.Module, taps: list[Tap], preprocess: dict, device: t
                 return _compiled(ready, taps, precision, batch_size, streams)
         except Exception:
             pass
-    module = Normalized(_tap_model(model, taps), preprocess).eval().requires_grad_(False)
+    module = _eager(model, taps, preprocess)
     if device.type != "cpu":
         return CodeComputer(module, device, precision, batch_size)
     try:
@@ -137,6 +144,10 @@ def make_computer(model: nn.Module, taps: list[Tap], preprocess: dict, device: t
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         return CodeComputer(module, device, precision, batch_size,
                             note=f"OpenVINO could not run this network ({reason}); using eager PyTorch (slower)")
+
+
+def _eager(model: nn.Module, taps: list[Tap], preprocess: dict) -> Normalized:
+    return Normalized(_tap_model(model, taps), preprocess).eval().requires_grad_(False)
 
 
 def _has_openvino() -> bool:
@@ -168,6 +179,9 @@ def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: 
     config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "NUM_STREAMS": streams,
               "INFERENCE_NUM_THREADS": streams, "PERFORMANCE_HINT": "THROUGHPUT"}
     compiled = ov.Core().compile_model(model, "CPU", config)
+    runs = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    if runs != OPENVINO_PRECISION[precision]:  # the codes file records what made its codes
+        raise ValueError(f"OpenVINO runs {runs} here, not {precision}")
     return OpenVINOComputer(compiled, [t.name for t in taps], precision, batch_size, streams)
 
 

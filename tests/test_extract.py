@@ -276,6 +276,25 @@ def test_auto_precision_on_the_cpu_is_bf16_only_where_the_cpu_reports_native_bf1
     assert cf.recipe["precision"] == expected and cf.meta["precision"] == expected
 
 
+def test_bf16_on_a_cpu_without_native_bf16_runs_eagerly_and_records_bf16(monkeypatch, image_tree, tmp_path, capsys):
+    """OpenVINO runs fp32 where the CPU has no native bf16: the codes come from eager bf16 autocast instead,
+    so the recipe's bf16 is what made them, and the summary says why it is slow."""
+    from extract import device
+
+    monkeypatch.setattr(device, "cpu_capabilities", lambda: ["FP32", "INT8"])
+    out, fp32 = tmp_path / "bf16.h5", tmp_path / "fp32.h5"
+    common = ["extract", str(image_tree), *FAST, "--device", "cpu", "--workers", "0"]
+    assert pipeline.main([*common, "-o", str(out), "--precision", "bf16"]) == 0
+    printed = capsys.readouterr().out
+    assert "cpu bf16 eager" in printed and "no native bf16" in printed and "--precision auto picks fp32" in printed
+    assert pipeline.main([*common, "-o", str(fp32), "--precision", "fp32"]) == 0
+    assert "fp32 openvino" in capsys.readouterr().out
+    a, b = open_codes(out), open_codes(fp32)
+    assert a.recipe["precision"] == "bf16" and b.recipe["precision"] == "fp32"
+    cosines = _cosines(torch.from_numpy(a.codes["penultimate"]), torch.from_numpy(b.codes["penultimate"]))
+    assert cosines.min() > 0.99 and not np.array_equal(a.codes["penultimate"], b.codes["penultimate"])
+
+
 def test_a_file_never_mixes_precisions(image_tree, tmp_path, capsys):
     out = tmp_path / "codes.h5"
     common = ["extract", str(image_tree), "-o", str(out), *FAST, "--device", "cpu", "--workers", "0"]
