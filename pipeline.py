@@ -495,8 +495,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
                            shard=resolve(args.shard, os.environ), **_extract_kwargs(args))
     _print_extract_summary(result)
     if result.missing_parts:
-        print(f"shard {result.shard} done: its {result.shard_parts} of the {result.n_parts} parts are saved, "
-              f"{len(result.missing_parts)} parts of other shards are missing; {result.path} is assembled when the "
+        earlier = f" ({result.resumed_parts} by an earlier run)" if result.resumed_parts else ""
+        print(f"shard {result.shard} done: its {result.shard_parts} of the {result.n_parts} parts are saved{earlier}; "
+              f"{len(result.missing_parts)} part(s) of other shards are missing: {result.path} is assembled when the "
               f"last shard finishes, or by `cnncodes assemble {result.path}`")
         return EXIT_OK
     if _none_usable(result, "extract"):
@@ -544,8 +545,12 @@ def _print_extract_summary(result) -> None:
     else:
         resumed = f", resumed from {result.resumed_parts} saved part(s)" if result.resumed_parts else ""
         runtime = f", {result.runtime}" if result.runtime else ""
-        print(f"wrote {result.path}: {result.n_images} images, {result.n_extracted} extracted in "
-              f"{result.seconds:.1f} s ({result.images_per_second:.1f} images/s{runtime}){resumed}")
+        done = (f"{result.n_extracted} extracted{f' by shard {result.shard}' if result.shard else ''} in "
+                f"{result.seconds:.1f} s ({result.images_per_second:.1f} images/s{runtime}){resumed}")
+        if result.shard and not result.assembled:
+            print(f"shard {result.shard} done: {done}; {result.path} was assembled by another shard")
+        else:
+            print(f"wrote {result.path}: {result.n_images} images, {done}")
     if result.failures:
         print(f"{len(result.failures)} image(s) could not be read (ok=false in the file, codes NaN):")
         for path, reason in result.failures[:MAX_LISTED_FAILURES]:

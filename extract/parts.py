@@ -111,8 +111,17 @@ def missing_parts(parts_dir: Path, n_parts: int) -> list[int]:
 
 
 def _difference(asked: dict, found: dict) -> list[str]:
-    said = [f"{key}: {_short(found.get(key))} in the parts, {_short(asked.get(key))} asked for"
-            for key in asked if asked.get(key) != found.get(key)]
+    """What differs, in words: 'preprocess crop: 32 in the parts, 36 asked for'."""
+    said = []
+    for key in asked:
+        a, b = asked.get(key), found.get(key)
+        if key == "taps":  # what was asked for, not the shapes that follow from it
+            a, b = ([{k: t[k] for k in ("name", "node", "pool")} for t in v or []] for v in (a, b))
+        if isinstance(a, dict) and isinstance(b, dict):
+            said += [f"{key} {k}: {_short(b.get(k))} in the parts, {_short(a.get(k))} asked for"
+                     for k in a if a.get(k) != b.get(k)]
+        elif a != b:
+            said.append(f"{key}: {_short(b)} in the parts, {_short(a)} asked for")
     return said or ["the images: names, sizes or modification times"]
 
 

@@ -44,7 +44,8 @@ class ExtractResult:
     shard: str = ""  # "r/n" when this process extracted one shard of the job
     missing_parts: list[int] = field(default_factory=list)  # a shard's run: parts other shards still owe
     n_parts: int = 0
-    shard_parts: int = 0
+    shard_parts: int = 0  # of them, this shard's
+    assembled: bool = False  # by this process
 
     @property
     def images_per_second(self) -> float:
@@ -164,7 +165,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
             result.runtime = computer.describe()
             result.notes.extend([computer.note] if computer.note else [])
             writer.write_parts(computer.map(decoded), part_plan, todo, parts_dir, dtype, settings.progress)
-        _, result.missing_parts = shards.assemble_when_complete(out, held)
+        result.assembled, result.missing_parts = shards.assemble_when_complete(out, held)
         result.seconds = time.perf_counter() - started
         result.failures = [] if result.missing_parts else writer.failures_of(out)
         return result
