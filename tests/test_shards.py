@@ -214,3 +214,19 @@ def test_the_same_shard_twice_is_refused_while_other_shards_run_beside_it(images
     assert first.returncode == 0, err
     assert f"wrote {out}" in said
     assert_same_rows(reference, out)
+
+
+def test_update_with_shards_extracts_only_the_new_images(tmp_path, capsys):
+    source = make_images(tmp_path / "images", 6)
+    out, reference = tmp_path / "codes.h5", tmp_path / "reference.h5"
+    assert extract(source, out) == 0
+    make_images(tmp_path / "more", 12, seed=1)
+    for new in sorted((tmp_path / "more").rglob("img_000[6-9].png")) + sorted((tmp_path / "more").rglob("img_001*.png")):
+        os.replace(new, source / new.parent.name / new.name)  # six new images
+    assert extract(source, reference) == 0
+    capsys.readouterr()
+    assert extract(source, out, "--update", "--shard", "0/2") == 0
+    assert extract(source, out, "--update", "--shard", "1/2") == 0
+    said = capsys.readouterr().out
+    assert "update: 6 new, 0 removed, 0 modified" in said and f"wrote {out}: 12 images" in said
+    assert_same_rows(reference, out)
