@@ -16,6 +16,8 @@ import pytest
 import pipeline
 from conftest import ROOT
 from extract import codesfile, lock, parts
+from extract.recipe import RunOptions
+from extract.runner import Settings
 from extract.shards import Shard, resolve
 from fault_injection import make_images
 
@@ -85,6 +87,8 @@ def test_ranks_on_one_machine_take_their_own_gpu_and_share_the_cpus():
     assert Shard().device("auto", 8) == "auto"  # one process (a Slurm task sees its own GPUs)
     cpus = len(os.sched_getaffinity(0))
     assert two.cpus() == max(1, cpus // 2) and Shard(0, 64, 0, 64).cpus() == max(1, cpus // 64)
+    settings = Settings.of(RunOptions("cpu", "fp32"), two)  # what the rank's decoders and OpenVINO streams get
+    assert settings.workers == settings.streams == min(16, max(1, cpus // 2))
 
 
 @pytest.mark.parametrize("shard", ["2/2", "-1/2", "1", "a/b", "0/0"])
