@@ -145,12 +145,8 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
                 return result
             part_plan = parts.PartPlan(len(plan.job_rows), settings.part_size)
             mine = rank.parts(part_plan.n_parts)
-            job = parts.Job(_job_digest(recipe, settings, dtype, listing, plan.job_rows), part_plan.n_parts,
-                            settings.part_size, _file_meta(recipe, winfo, listing, settings, dtype), rank.count)
-            done, discarded = parts.open_job(parts_dir, job, listing, plan.job_rows, plan.kept, mine,
-                                             replace=not rank.sharded)
-        if discarded:
-            result.notes.append("discarded the parts of an earlier interrupted run made with other settings")
+            done = _open_job(parts_dir, part_plan, plan, mine, rank, result, _file_meta(
+                recipe, winfo, listing, settings, dtype), listing)
         todo = [p for p in mine if p not in done]
         result.resumed_parts, result.n_parts, result.shard_parts = len(mine) - len(todo), part_plan.n_parts, len(mine)
         result.n_extracted = sum(len(part_plan.rows(p)) for p in mine)
@@ -171,11 +167,18 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         return result
 
 
-def _job_digest(recipe: dict, settings: Settings, dtype: str, listing, job_rows: list[int]) -> str:
-    """The same for every rank of a job: what the parts hold, never who computes them."""
-    return parts.job_digest({
-        "recipe": recipe, "part_size": settings.part_size, "dtype": dtype, "root": str(listing.root),
-        "rows": [[listing.paths[i], int(listing.file_size[i]), int(listing.file_mtime_ns[i])] for i in job_rows]})
+def _open_job(parts_dir: Path, part_plan: parts.PartPlan, plan, mine: list[int], rank: shards.Shard,
+              result: ExtractResult, meta: dict, listing) -> set[int]:
+    """Open the parts folder for this job (its digest is the same for every rank: what the parts
+    hold, never who computes them); the parts finished already."""
+    digest = parts.job_digest({
+        "recipe": meta["recipe"], "part_size": part_plan.part_size, "dtype": meta["dtype"], "root": str(listing.root),
+        "rows": [[listing.paths[i], int(listing.file_size[i]), int(listing.file_mtime_ns[i])] for i in plan.job_rows]})
+    job = parts.Job(digest, part_plan.n_parts, part_plan.part_size, meta, rank.count)
+    done, discarded = parts.open_job(parts_dir, job, listing, plan.job_rows, plan.kept, mine, replace=not rank.sharded)
+    if discarded:
+        result.notes.append("discarded the parts of an earlier interrupted run made with other settings")
+    return done
 
 
 def _computer(model, taps, prep: dict, settings: Settings, backbone: str, winfo, max_dim: int) -> CodeComputer:
