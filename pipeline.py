@@ -39,6 +39,18 @@ fraction = _number(float, lambda v: 0 < v < 1, "a fraction between 0 and 1 (excl
 cv_folds = _number(int, lambda v: v == 0 or v >= 2, "0 (no cross-validation) or at least 2 folds")
 
 
+def shard_of(text: str) -> tuple[int, int]:
+    """--shard R/N -> (R, N), refused in one line unless 0 <= R < N."""
+    rank, sep, count = text.partition("/")
+    try:
+        r, n = int(rank), int(count)
+    except ValueError:
+        r, n = -1, 0
+    if not sep or not 0 <= r < n:
+        raise argparse.ArgumentTypeError(f"must be R/N with 0 <= R < N (shard R of N), got {text!r}")
+    return r, n
+
+
 class _KeepsEnvironmentHelp(argparse.HelpFormatter):
     """Wraps descriptions as usual, but prints the environment table as it is laid out."""
 
@@ -169,7 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing codes file made otherwise")
     p.add_argument("--update", action="store_true", help="extract only new or modified images into an existing file")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any image could not be read")
+    p.add_argument("--shard", type=shard_of, metavar="R/N",
+                   help="extract only shard R of N (0 <= R < N) into OUT's shared parts folder, e.g. one Slurm array "
+                        "task each; the last shard to finish assembles OUT (or `cnncodes assemble OUT`). Under "
+                        "torchrun the shard comes from RANK / WORLD_SIZE, and each rank uses the GPU of its LOCAL_RANK")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("assemble", help="write a sharded extraction's codes file from its parts",
+                       description="Assemble OUT from the parts that the shards of `cnncodes extract --shard` (or "
+                                   "torchrun) saved in OUT.parts: only needed when the last shard did not (it "
+                                   "was killed); names the missing shards when some parts are missing.")
+    p.add_argument("out", metavar="OUT", help="the codes file the shards were extracting, e.g. codes.h5")
+    p.set_defaults(func=cmd_assemble)
 
     p = sub.add_parser("info", help="describe a codes file", description="Print a codes file's recipe, counts per "
                        "class and split, and its failed images.")
@@ -463,15 +486,30 @@ def _check_preprocess(args: argparse.Namespace) -> None:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from extract import extract_codes
+    from extract.shards import resolve
 
     _check_preprocess(args)
     if Path(args.out).is_dir():
         raise ValueError(f"-o {args.out} is a folder; -o names the codes file to write, e.g. -o codes.h5")
-    result = extract_codes(_one_or_list(args.source), args.out, overwrite=args.overwrite, update=args.update, **_extract_kwargs(args))
+    result = extract_codes(_one_or_list(args.source), args.out, overwrite=args.overwrite, update=args.update,
+                           shard=resolve(args.shard, os.environ), **_extract_kwargs(args))
     _print_extract_summary(result)
+    if result.missing_parts:
+        earlier = f" ({result.resumed_parts} by an earlier run)" if result.resumed_parts else ""
+        print(f"shard {result.shard} done: its {result.shard_parts} of the {result.n_parts} parts are saved{earlier}; "
+              f"{len(result.missing_parts)} part(s) of other shards are missing: {result.path} is assembled when the "
+              f"last shard finishes, or by `cnncodes assemble {result.path}`")
+        return EXIT_OK
     if _none_usable(result, "extract"):
         return EXIT_FAILURES
     return EXIT_FAILURES if (args.strict and result.failures) else EXIT_OK
+
+
+def cmd_assemble(args: argparse.Namespace) -> int:
+    from extract.shards import assemble_codes
+
+    print(f"wrote {args.out}" if assemble_codes(args.out) else f"{args.out} is complete: nothing to assemble")
+    return EXIT_OK
 
 
 def _refuse_out_in_images(out: Path, images: str) -> None:
@@ -502,11 +540,17 @@ def _print_extract_summary(result) -> None:
         print(f"note: {note}")
     if result.up_to_date:
         print(f"{result.path} is up to date: {result.n_images} images, nothing to extract")
+    elif result.missing_parts:
+        pass  # a shard whose file is assembled by another: cmd_extract says so
     else:
         resumed = f", resumed from {result.resumed_parts} saved part(s)" if result.resumed_parts else ""
         runtime = f", {result.runtime}" if result.runtime else ""
-        print(f"wrote {result.path}: {result.n_images} images, {result.n_extracted} extracted in "
-              f"{result.seconds:.1f} s ({result.images_per_second:.1f} images/s{runtime}){resumed}")
+        done = (f"{result.n_extracted} extracted{f' by shard {result.shard}' if result.shard else ''} in "
+                f"{result.seconds:.1f} s ({result.images_per_second:.1f} images/s{runtime}){resumed}")
+        if result.shard and not result.assembled:
+            print(f"shard {result.shard} done: {done}; {result.path} was assembled by another shard")
+        else:
+            print(f"wrote {result.path}: {result.n_images} images, {done}")
     if result.failures:
         print(f"{len(result.failures)} image(s) could not be read (ok=false in the file, codes NaN):")
         for path, reason in result.failures[:MAX_LISTED_FAILURES]:

@@ -2,22 +2,30 @@
 
 The job's images are cut into parts of ``part_size`` rows. Each finished part is written to a
 temporary name and renamed, so a part file that exists is complete. ``job.json`` in the parts
-folder identifies the job; a rerun of the same job skips the parts that exist. The final file is
-assembled part by part (bounded memory) into a temporary name, then renamed over the target.
+folder identifies the job and carries the codes file's attributes, ``rows.h5`` its rows (listing,
+kept rows of ``--update``), so that any process can assemble it (see shards.py); a rerun of the
+same job skips the parts that exist. The final file is assembled part by part (bounded memory)
+into a temporary name, then renamed over the target.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
+from . import codesfile
 from .atomic import write_file, writing
+from .errors import ExtractionError
+from .reader import ImageList
+from .taps import Tap
 
 JOB_FILE = "job.json"
+ROWS_FILE = "rows.h5"
 CODES_PREFIX = "codes:"
 
 
@@ -51,25 +59,105 @@ def part_path(parts_dir: Path, part: int) -> Path:
     return parts_dir / f"part-{part:06d}.npz"
 
 
-def open_job(parts_dir: Path, digest: str, n_parts: int) -> tuple[set[int], bool]:
-    """Prepare ``parts_dir`` for job ``digest``; return (finished parts, whether stale parts were discarded)."""
-    job_file = parts_dir / JOB_FILE
-    discarded = False
-    if parts_dir.exists():
-        try:
-            same = json.loads(job_file.read_text()).get("digest") == digest
-        except (OSError, ValueError):
-            same = False
-        if not same:
+@dataclass
+class Job:
+    """What ``job.json`` says: the job's identity, its parts, and the codes file's attributes (``meta``)."""
+
+    digest: str
+    n_parts: int
+    part_size: int
+    meta: dict
+    shards: int = 1  # the shard count of the run that opened the job (for the messages)
+
+    def about(self) -> dict:
+        return {**self.meta["recipe"], "part size": self.part_size, "dtype": self.meta["dtype"],
+                "image root": self.meta["image_root"]}
+
+
+def read_job(parts_dir: Path) -> Job | None:
+    """The job of ``parts_dir``; None when there is none (or one written by an older version)."""
+    try:
+        return Job(**json.loads((parts_dir / JOB_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def open_job(parts_dir: Path, job: Job, listing: ImageList, job_rows: list[int], kept: dict[int, int] | None,
+             mine: list[int], replace: bool) -> tuple[set[int], bool]:
+    """Prepare ``parts_dir`` for ``job`` (under the job's step lock: ranks starting together meet here);
+    return (finished parts, whether the parts of another job were discarded). A job differing from
+    the one found is refused naming the difference unless ``replace`` (a single run: nobody else's)."""
+    found, discarded = read_job(parts_dir), False
+    if found is None or found.digest != job.digest:
+        if found is not None and not replace:
+            raise ExtractionError(f"{parts_dir} holds the parts of an extraction made otherwise ("
+                                  + "; ".join(_difference(job.about(), found.about())) + "): every shard must "
+                                  f"use the same options; delete {parts_dir} to start over")
+        if parts_dir.exists():
             shutil.rmtree(parts_dir)
-            discarded = True
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    if not job_file.exists():
-        write_file(job_file, json.dumps({"digest": digest, "n_parts": n_parts}))
-    for stale in parts_dir.glob("*.tmp"):
-        stale.unlink()  # a part that was being written when the run was killed
+            discarded = found is not None
+        parts_dir.mkdir(parents=True)
+        _write_job_rows(parts_dir, listing, job_rows, kept)
+        write_file(parts_dir / JOB_FILE, json.dumps(asdict(job)))  # last: a job.json names a whole job
+    for part in mine:
+        for stale in parts_dir.glob(f".{part_path(parts_dir, part).name}.*.tmp"):
+            stale.unlink()  # a part that was being written when this shard's earlier run was killed
     done = {int(p.stem.split("-")[1]) for p in parts_dir.glob("part-*.npz")}
-    return {p for p in done if p < n_parts}, discarded
+    return {p for p in done if p < job.n_parts}, discarded
+
+
+def missing_parts(parts_dir: Path, n_parts: int) -> list[int]:
+    return [p for p in range(n_parts) if not part_path(parts_dir, p).exists()]
+
+
+def _difference(asked: dict, found: dict) -> list[str]:
+    """What differs, in words: 'preprocess crop: 32 in the parts, 36 asked for'."""
+    said = []
+    for key in asked:
+        a, b = asked.get(key), found.get(key)
+        if key == "taps":  # what was asked for, not the shapes that follow from it
+            a, b = ([{k: t[k] for k in ("name", "node", "pool")} for t in v or []] for v in (a, b))
+        if isinstance(a, dict) and isinstance(b, dict):
+            said += [f"{key} {k}: {_short(b.get(k))} in the parts, {_short(a.get(k))} asked for"
+                     for k in a if a.get(k) != b.get(k)]
+        elif a != b:
+            said.append(f"{key}: {_short(b)} in the parts, {_short(a)} asked for")
+    return said or ["the images: names, sizes or modification times"]
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _write_job_rows(parts_dir: Path, listing: ImageList, job_rows: list[int], kept: dict[int, int] | None) -> None:
+    """The listing, the job's rows and the rows kept from an earlier file (--update): what assembly needs."""
+    rows = codesfile.Rows(labels=listing.labels, paths=np.array(listing.paths, dtype=object),
+                          split=np.array(listing.splits, dtype=object), ok=np.zeros(len(listing), bool),
+                          errors=np.array([""] * len(listing), dtype=object), file_size=listing.file_size,
+                          file_mtime_ns=listing.file_mtime_ns)
+
+    def write(path: Path) -> None:
+        with h5py.File(path, "w") as h5:
+            codesfile.write_rows(h5, rows)
+            h5.create_dataset("job_rows", data=np.asarray(job_rows, dtype=np.int64))
+            if kept is not None:
+                h5.create_dataset("kept_new", data=np.fromiter(kept.keys(), dtype=np.int64, count=len(kept)))
+                h5.create_dataset("kept_old", data=np.fromiter(kept.values(), dtype=np.int64, count=len(kept)))
+    write_file(parts_dir / ROWS_FILE, write)
+
+
+def read_job_rows(parts_dir: Path, job: Job) -> tuple[ImageList, list[Tap], list[int], dict[int, int] | None]:
+    """(listing, taps, job rows, kept rows) of the job, as the run that opened it saw them."""
+    with h5py.File(parts_dir / ROWS_FILE, "r") as h5:
+        rows = codesfile.read_rows(h5)
+        job_rows = h5["job_rows"][()].tolist()
+        kept = dict(zip(h5["kept_new"][()].tolist(), h5["kept_old"][()].tolist())) if "kept_new" in h5 else None
+    meta = job.meta
+    listing = ImageList(Path(meta["image_root"]), list(rows.paths), rows.labels, list(rows.split),
+                        meta["class_names"], rows.file_size, rows.file_mtime_ns)
+    taps = [Tap(t["name"], t["node"], t["pool"], t["dim"], tuple(t["shape"])) for t in meta["recipe"]["taps"]]
+    return listing, taps, job_rows, kept
 
 
 def write_part(path: Path, codes: dict[str, np.ndarray], ok: np.ndarray, errors: list[str]) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import parts, writer
+from . import parts, shards, writer
 from .backbones import DEFAULT_BACKBONE, get_backbone
 from .batches import decoded_batches
 from .device import pick_device, pick_precision
@@ -41,6 +41,11 @@ class ExtractResult:
     resumed_parts: int = 0
     notes: list[str] = field(default_factory=list)
     runtime: str = ""  # what computed the codes, e.g. "cpu bf16 openvino, 2 stream(s)"
+    shard: str = ""  # "r/n" when this process extracted one shard of the job
+    missing_parts: list[int] = field(default_factory=list)  # a shard's run: parts other shards still owe
+    n_parts: int = 0
+    shard_parts: int = 0  # of them, this shard's
+    assembled: bool = False  # by this process
 
     @property
     def images_per_second(self) -> float:
@@ -57,26 +62,35 @@ class Settings:
     workers: int
     part_size: int
     progress: bool
+    streams: int = 1
 
     @classmethod
-    def of(cls, options: RunOptions) -> Settings:
-        dev = pick_device(options.device)
+    def of(cls, options: RunOptions, shard: shards.Shard = shards.Shard()) -> Settings:
+        """Ranks sharing a machine share its CPUs, and each takes its own GPU (see shards.Shard)."""
+        cuda_count = torch.cuda.device_count() if options.device in ("auto", "cuda") and shard.local_count > 1 else 0
+        dev = pick_device(shard.device(options.device, cuda_count))
         bs = options.batch_size or default_batch_size(dev)
         part_size = max(bs, (options.part_size or DEFAULT_PART_SIZE) // bs * bs)
-        workers = options.workers if options.workers is not None else default_workers(dev)
-        return cls(dev, pick_precision(options.precision, dev), bs, workers, part_size, options.progress)
+        cpus = shard.cpus()
+        workers = options.workers if options.workers is not None else default_workers(dev, cpus)
+        return cls(dev, pick_precision(options.precision, dev), bs, workers, part_size, options.progress,
+                   forward_streams(dev, cpus))
 
 
-def default_workers(device: torch.device) -> int:
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+
+
+def default_workers(device: torch.device, cpus: int | None = None) -> int:
     """Decode worker processes: one per CPU (at most 16) on the CPU, where they sleep while the network
-    runs; on a GPU one fewer than the CPUs (at least one, at most eight)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    runs; on a GPU one fewer than the CPUs (at least one, at most eight). ``cpus``: this process's share."""
+    cpus = cpus or _cpus()
     return min(16, cpus) if device.type == "cpu" else max(1, min(8, cpus - 1))
 
 
-def forward_streams(device: torch.device) -> int:
+def forward_streams(device: torch.device, cpus: int | None = None) -> int:
     """Concurrent inference streams on the CPU: one single-threaded stream per CPU (at most 16)."""
-    return default_workers(device) if device.type == "cpu" else 1
+    return default_workers(device, cpus) if device.type == "cpu" else 1
 
 
 def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone: str = DEFAULT_BACKBONE,
@@ -85,26 +99,34 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
                   workers: int | None = None, part_size: int | None = None, resize: int | None = None,
                   crop: int | None = None, dtype: str = "float32", overwrite: bool = False, update: bool = False,
                   progress: bool = True, max_dim: int = MAX_UNPOOLED_DIM, expected_recipe: dict | None = None,
-                  ) -> ExtractResult:
+                  shard: shards.Shard | tuple[int, int] | None = None) -> ExtractResult:
     """Extract ReLU'd codes of ``layers`` for every image under ``source`` into the HDF5 file ``out``.
 
     A killed run resumes from its finished parts when the same command is run again. An existing
     ``out`` is reused when its recipe and image set match, refused otherwise (``overwrite`` redoes
     it, ``update`` extracts only new and modified images). ``expected_recipe`` (from a trained model)
     makes a recipe that differs an error. A second extraction into the same ``out`` is refused.
+    ``shard`` (r, n), or a ``shards.Shard`` (``shards.resolve`` reads torchrun's environment), extracts
+    only the parts of rank r of n; the last rank to finish assembles the file (see shards.py).
     """
     out = Path(out)
     writer.check_writable(out)
     if dtype not in ("float32", "float16"):
         raise ValueError(f"--dtype must be float32 or float16, not {dtype!r}")
+    rank = shard if isinstance(shard, shards.Shard) else shards.resolve(shard, {})
+    if rank.sharded and overwrite:
+        raise ValueError(f"--overwrite cannot be used by shards (this is shard {rank}, from {rank.source}): a "
+                         f"shard starting late would redo the others' work; delete {out} first instead")
     listing = list_images(source)
     bb = get_backbone(backbone)
     prep = preprocess_config(bb, resize, crop)
     if precision == "auto" and expected_recipe and expected_recipe.get("precision"):
         precision = expected_recipe["precision"]  # predict: the model's codes were made in this precision
-    settings = Settings.of(RunOptions(device, precision, batch_size, workers, part_size, progress))
+    settings = Settings.of(RunOptions(device, precision, batch_size, workers, part_size, progress), rank)
+    if settings.device.type == "cuda":
+        torch.cuda.set_device(settings.device)  # pinned memory and autocast on this rank's GPU, not GPU 0
     winfo = locate_weights(bb, weights)
-    with output_lock(out), _gc_frozen():
+    with output_lock(out, rank.rank if rank.sharded else None) as held, _gc_frozen():
         model = build_model(bb, winfo)
         taps = resolve_taps(bb, model, list(layers), pool, prep["crop"], max_dim)
         recipe = Recipe.make(bb, winfo, taps, prep, settings.precision).as_dict()
@@ -112,25 +134,24 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
             from .codesfile import check_recipe
 
             check_recipe(expected_recipe, recipe, "the model")
-        plan = plan_job(out, listing, recipe, overwrite, update)
-        result = ExtractResult(out, len(listing), len(plan.job_rows), notes=plan.notes + ignored_note(listing))
-        if plan.up_to_date:
-            result.up_to_date, result.failures = True, writer.failures_of(out)
-            return result
         started = time.perf_counter()
-        writer.remove_stale_temporaries(out)
         parts_dir = parts.parts_dir_for(out)
-        part_plan = parts.PartPlan(len(plan.job_rows), settings.part_size)
-        identity = {"recipe": recipe, "part_size": settings.part_size, "dtype": dtype, "root": str(listing.root),
-                    "rows": [[listing.paths[i], int(listing.file_size[i]), int(listing.file_mtime_ns[i])]
-                             for i in plan.job_rows]}
-        done, discarded = parts.open_job(parts_dir, parts.job_digest(identity), part_plan.n_parts)
-        if discarded:
-            result.notes.append("discarded the parts of an earlier interrupted run made with other settings")
-        result.resumed_parts = len(done)
+        with held.step():  # ranks plan and open the job one at a time, never during an assembly
+            plan = plan_job(out, listing, recipe, overwrite, update)
+            result = ExtractResult(out, len(listing), len(plan.job_rows), notes=plan.notes + ignored_note(listing),
+                                   shard=str(rank) if rank.sharded else "")
+            if plan.up_to_date:
+                result.up_to_date, result.failures = True, writer.failures_of(out)
+                return result
+            part_plan = parts.PartPlan(len(plan.job_rows), settings.part_size)
+            mine = rank.parts(part_plan.n_parts)
+            done = _open_job(parts_dir, part_plan, plan, mine, rank, result, _file_meta(
+                recipe, winfo, listing, settings, dtype), listing)
+        todo = [p for p in mine if p not in done]
+        result.resumed_parts, result.n_parts, result.shard_parts = len(mine) - len(todo), part_plan.n_parts, len(mine)
+        result.n_extracted = sum(len(part_plan.rows(p)) for p in mine)
         need = writer.bytes_needed(len(listing), taps, dtype)
         writer.check_space(out, 2 * need, need, "the parts and the codes file")
-        todo = [p for p in range(part_plan.n_parts) if p not in done]
         if todo:
             dataset = ImageDataset(listing.root, [listing.paths[i] for i in plan.job_rows], prep["resize"],
                                    prep["crop"], prep["interpolation"])
@@ -140,12 +161,24 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
             result.runtime = computer.describe()
             result.notes.extend([computer.note] if computer.note else [])
             writer.write_parts(computer.map(decoded), part_plan, todo, parts_dir, dtype, settings.progress)
-        writer.check_space(out, need, need, "the codes file")
-        meta = _file_meta(recipe, winfo, listing, settings, dtype)
-        writer.assemble(out, listing, meta, taps, dtype, plan.job_rows, part_plan, parts_dir, plan.kept)
+        result.assembled, result.missing_parts = shards.assemble_when_complete(out, held)
         result.seconds = time.perf_counter() - started
-        result.failures = writer.failures_of(out)
+        result.failures = [] if result.missing_parts else writer.failures_of(out)
         return result
+
+
+def _open_job(parts_dir: Path, part_plan: parts.PartPlan, plan, mine: list[int], rank: shards.Shard,
+              result: ExtractResult, meta: dict, listing) -> set[int]:
+    """Open the parts folder for this job (its digest is the same for every rank: what the parts
+    hold, never who computes them); the parts finished already."""
+    digest = parts.job_digest({
+        "recipe": meta["recipe"], "part_size": part_plan.part_size, "dtype": meta["dtype"], "root": str(listing.root),
+        "rows": [[listing.paths[i], int(listing.file_size[i]), int(listing.file_mtime_ns[i])] for i in plan.job_rows]})
+    job = parts.Job(digest, part_plan.n_parts, part_plan.part_size, meta, rank.count)
+    done, discarded = parts.open_job(parts_dir, job, listing, plan.job_rows, plan.kept, mine, replace=not rank.sharded)
+    if discarded:
+        result.notes.append("discarded the parts of an earlier interrupted run made with other settings")
+    return done
 
 
 def _computer(model, taps, prep: dict, settings: Settings, backbone: str, winfo, max_dim: int) -> CodeComputer:
@@ -154,7 +187,7 @@ def _computer(model, taps, prep: dict, settings: Settings, backbone: str, winfo,
            "mean": prep["mean"], "std": prep["std"], "max_dim": max_dim,
            "taps": [[t.name, t.node, t.pool] for t in taps]}
     return make_computer(model, taps, prep, settings.device, settings.precision, settings.batch_size,
-                         forward_streams(settings.device), key)
+                         settings.streams, key)
 
 
 @contextmanager

@@ -145,7 +145,8 @@ def check_writable(out: Path) -> None:
 
 
 def remove_stale_temporaries(out: Path) -> None:
-    """Delete half-assembled files (``.OUT.<pid>.tmp``) left by runs that were killed (the output lock is held)."""
+    """Delete half-assembled files (``.OUT.<pid>.tmp``) left by runs that were killed (called holding the
+    job's step lock, so no other process is assembling)."""
     for tmp in out.parent.glob(f".{out.name}.*.tmp"):
         pid = tmp.name[len(out.name) + 2:-4]
         if pid.isdigit() and int(pid) != os.getpid():
