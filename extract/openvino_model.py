@@ -71,8 +71,8 @@ def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None):
     model = ov.convert_model(program)
     model.reshape({model.inputs[0]: ov.PartialShape([-1, *example.shape[1:]])})
     folder = cache_dir()
-    if folder and key and _store(model, folder / key):
-        return ov.Core().read_model(folder / key / "model.xml")
+    if folder and key and (_store(model, folder / key) or (folder / key / "model.xml").is_file()):
+        return ov.Core().read_model(folder / key / "model.xml")  # ours, or a concurrent rank's identical one
     return model
 
 
