@@ -45,14 +45,12 @@ def cache_key(description: dict) -> str:
 
 def cached(key: str | None):
     """The converted model stored under ``key``, or None (no cache, no entry, or a damaged one, then deleted)."""
-    import openvino as ov
-
     folder = cache_dir()
     entry = folder / key if folder and key else None
     if entry is None or not (entry / "model.xml").is_file():
         return None
     try:
-        model = ov.Core().read_model(entry / "model.xml")
+        model = _read(entry / "model.xml")
     except Exception:
         shutil.rmtree(entry, ignore_errors=True)
         return None
@@ -72,8 +70,17 @@ def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None):
     model.reshape({model.inputs[0]: ov.PartialShape([-1, *example.shape[1:]])})
     folder = cache_dir()
     if folder and key and (_store(model, folder / key) or (folder / key / "model.xml").is_file()):
-        return ov.Core().read_model(folder / key / "model.xml")  # ours, or a concurrent rank's identical one
+        return _read(folder / key / "model.xml")  # ours, or a concurrent rank's identical one
     return model
+
+
+def _read(xml: Path):
+    """The IR files at ``xml``, read by OpenVINO's IR frontend alone: ``Core.read_model`` tries every frontend
+    on a file the IR one refuses, and the TensorFlow one, with its own protobuf, left the heap corrupted."""
+    from openvino.frontend import FrontEndManager
+
+    frontend = FrontEndManager().load_by_framework("ir")
+    return frontend.convert(frontend.load(str(xml)))
 
 
 def forget(key: str | None) -> None:
