@@ -142,7 +142,7 @@ def test_svm_solver_change_keeps_accuracy(tmp_path, monkeypatch):
     codes = write_codes_file(tmp_path / "wide.h5", X, y, ["cat", "dog", "bird"], split=split_column(y))
     now = {layer: classify_codes(codes, tmp_path / f"now-{layer}", layers=layer, **FAST)
            for layer in ("block4", "penultimate")}
-    previous = replace(models.CLASSIFIERS["svm"], build=lambda cw, seed: LinearSVC(
+    previous = replace(models.CLASSIFIERS["svm"], warm_path=False, build=lambda cw, seed: LinearSVC(
         class_weight=cw, dual="auto", max_iter=10000, random_state=seed))
     monkeypatch.setitem(models.CLASSIFIERS, "svm", previous)
     for layer, report in now.items():
