@@ -247,12 +247,7 @@ def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | Non
                       C: float | None, class_weight, sampling: str, test, test_fraction: float | None, seed: int,
                       cv: int, max_memory: str | int | None, log) -> dict:
     """classify_codes for codes over the memory budget: SGD over row blocks (see the module docstring)."""
-    if classifier not in LOSSES:
-        raise ValueError(f"classifier {classifier} needs every code in memory; when codes are streamed "
-                         f"(over --max-memory) choose {' or '.join(LOSSES)}, or raise --max-memory")
-    if sampling != "none":
-        raise ValueError(f"sampling {sampling!r} needs every code in memory; streamed training balances classes by "
-                         "class weights (--class-weight balanced, the default), or raise --max-memory")
+    check_streamable(classifier, sampling)
     layers = resolve_layers(codes, layers)
     budget = budget_bytes(max_memory)
     plan = plan_split(codes, layers, test, test_fraction, seed)
@@ -305,6 +300,16 @@ def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | Non
     write_files(out_dir, {**report_files(report), **model_files(bundle)})
     log(summarize(report))
     return report
+
+
+def check_streamable(classifier: str, sampling: str) -> None:
+    """ValueError unless ``classifier`` with ``sampling`` can be trained on streamed codes."""
+    if classifier not in LOSSES:
+        raise ValueError(f"classifier {classifier} needs every code in memory; when codes are streamed "
+                         f"(over --max-memory) choose {' or '.join(LOSSES)}, or raise --max-memory")
+    if sampling != "none":
+        raise ValueError(f"sampling {sampling!r} needs every code in memory; streamed training balances classes by "
+                         "class weights (--class-weight balanced, the default), or raise --max-memory")
 
 
 def make_sgd(classifier: str, weights, seed: int) -> SGDClassifier:

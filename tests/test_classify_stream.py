@@ -150,3 +150,39 @@ def test_svm_solver_change_keeps_accuracy(tmp_path, monkeypatch):
         assert report["C"] == before["C"]
         assert report["balanced_accuracy"] == pytest.approx(before["balanced_accuracy"], abs=0.02)
         assert report["cv_score"] == pytest.approx(before["cv_score"], abs=0.02)
+
+
+def test_compare_streams_layer_sets_over_max_memory(codes, tmp_path):
+    from classify import compare
+
+    rows = compare(codes, tmp_path / "cmp", classifiers=["svm", "softmax"], layers="block4", max_memory=TINY, **FAST)
+    assert {r["classifier"] for r in rows} == {"svm", "softmax"}
+    assert all(r["hyperparameter"].endswith("streamed SGD") for r in rows)
+    report = json.loads((tmp_path / "cmp" / "svm__block4" / "report.json").read_text())
+    assert report["notes"][0].startswith("streamed solver:")
+    in_memory = compare(codes, tmp_path / "mem", classifiers=["svm"], layers="block4", max_memory="1G", **FAST)
+    assert not in_memory[0]["hyperparameter"].endswith("streamed SGD")
+
+
+def test_compare_refuses_in_memory_classifiers_on_streamed_codes_before_training(codes, tmp_path):
+    from classify import compare
+
+    with pytest.raises(ValueError, match="classifier knn needs every code in memory"):
+        compare(codes, tmp_path / "cmp", classifiers=["svm", "knn"], layers="block4", max_memory=TINY, **FAST)
+    with pytest.raises(ValueError, match="sampling 'over' needs every code in memory"):
+        compare(codes, tmp_path / "cmp", classifiers=["svm"], sampling="none,over", max_memory=TINY, **FAST)
+    assert not (tmp_path / "cmp").exists() or not any((tmp_path / "cmp").iterdir())
+
+
+def test_cli_compare_and_run_take_max_memory(codes, tmp_path, capsys):
+    import pipeline
+    from conftest import FAST as EXTRACT_FAST, make_tree
+
+    assert pipeline.main(["compare", str(codes), "--out", str(tmp_path / "cmp"), "--classifiers", "svm",
+                          "--layers", "block4", "--cv", "3", "--max-memory", TINY, "--quiet"]) == 0
+    assert "streamed SGD" in (tmp_path / "cmp" / "compare.md").read_text()
+    images = make_tree(tmp_path / "images", per_class=4)
+    assert pipeline.main(["run", str(images), "--out", str(tmp_path / "run"), *EXTRACT_FAST, "--workers", "0",
+                          "--max-memory", "lots"]) == 2
+    assert "memory size must look like 2G" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "codes.h5").exists()  # refused before the extraction
