@@ -119,7 +119,8 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
         warnings.simplefilter("always", ConvergenceWarning)
         if folds:
             grid = param_grid(classifier, C, n_train_fold=len(data.y_train) * (folds - 1) // folds)
-            X_cv, y_cv = cv_subsample(data.X_train, data.y_train, CV_MAX_ROWS, seed)
+            X_cv, y_cv = cv_subsample(data.X_train, data.y_train, min(spec.cv_max_rows or CV_MAX_ROWS, CV_MAX_ROWS),
+                                      seed)
             if len(y_cv) < len(data.y_train):
                 notes.append(f"{spec.param} chosen by CV on a stratified sample of {len(y_cv)} of "
                              f"{len(data.y_train)} training rows; the final model is fitted on all of them")
@@ -128,7 +129,8 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
                 f"{folds * len(values)} fits)")
             splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
             if spec.warm_path and len(values) > 1:
-                best, cv_score = warm_path_cv(pipe, spec.param, values, X_cv, y_cv, splitter, n_jobs)
+                best, cv_score = warm_path_cv(pipe, spec.param, values, X_cv, y_cv, splitter, n_jobs,
+                                              spec.cv_params)
             else:
                 search = GridSearchCV(pipe, grid, scoring=CV_SCORING, cv=splitter, n_jobs=n_jobs,
                                       error_score="raise", refit=False).fit(X_cv, y_cv)
@@ -249,20 +251,22 @@ def _warning_notes(caught: list, classifier: str) -> list[str]:
     return notes
 
 
-def warm_path_cv(pipe, param: str, values, X: np.ndarray, y: np.ndarray, splitter, n_jobs: int | None = None):
+def warm_path_cv(pipe, param: str, values, X: np.ndarray, y: np.ndarray, splitter, n_jobs: int | None = None,
+                 cv_params=None):
     """(best value, its mean CV balanced accuracy), as GridSearchCV would choose them (ties: the first value
     in grid order), but each fold is prepared once and fits ``values`` in ascending order, every fit warm-started
-    from the previous one (the solutions move little between neighbouring C values)."""
+    from the previous one (the solutions move little between neighbouring C values); ``cv_params`` are set on
+    the classifier of these fits."""
     order = sorted(range(len(values)), key=lambda i: values[i])
-    per_fold = Parallel(n_jobs=n_jobs)(delayed(_fold_path)(pipe, param, [values[i] for i in order], X, y, train, test)
-                                       for train, test in splitter.split(X, y))
+    per_fold = Parallel(n_jobs=n_jobs)(delayed(_fold_path)(pipe, param, [values[i] for i in order], X, y, train, test,
+                                                           cv_params) for train, test in splitter.split(X, y))
     scores = np.empty(len(values))
     scores[order] = np.mean(per_fold, axis=0)
     best = int(np.argmax(scores))
     return values[best], float(scores[best])
 
 
-def _fold_path(pipe, param: str, values, X, y, train, test) -> list[float]:
+def _fold_path(pipe, param: str, values, X, y, train, test, cv_params=None) -> list[float]:
     """Balanced accuracy on ``test`` of the pipeline fitted on ``train`` at each of ``values``, in order:
     the preprocessing and samplers are fitted once, the classifier is refitted with warm starts."""
     X_fit, y_fit, X_val = X[train], y[train], X[test]
@@ -275,7 +279,7 @@ def _fold_path(pipe, param: str, values, X, y, train, test) -> list[float]:
         else:
             X_fit = step.fit_transform(X_fit, y_fit)
             X_val = step.transform(X_val)
-    clf = clone(pipe.steps[-1][1]).set_params(warm_start=True)
+    clf = clone(pipe.steps[-1][1]).set_params(warm_start=True, **(cv_params or {}))
     with threadpool_limits(limits=1):
         return [balanced_accuracy_score(y[test], clf.set_params(**{param: v}).fit(X_fit, y_fit).predict(X_val))
                 for v in values]

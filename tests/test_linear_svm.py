@@ -75,3 +75,16 @@ def test_warm_path_cv_chooses_as_grid_search(codes, tmp_path, monkeypatch, sampl
     assert path["C"] == grid["C"] and path["cv_score"] == pytest.approx(grid["cv_score"], abs=0.01)
     assert path["balanced_accuracy"] == grid["balanced_accuracy"]
     assert isinstance(load_model(tmp_path / "path")["pipeline"].named_steps["clf"], SquaredHingeSVC)
+
+
+def test_svm_cv_runs_on_its_sample_at_its_cv_tolerance_and_the_final_fit_on_all_rows(codes, tmp_path, monkeypatch):
+    monkeypatch.setitem(models.CLASSIFIERS, "svm", replace(models.CLASSIFIERS["svm"], cv_max_rows=60))
+    fits = []
+    fit = SquaredHingeSVC.fit
+    monkeypatch.setattr(SquaredHingeSVC, "fit", lambda self, X, y: fits.append((len(y), self.tol)) or fit(self, X, y))
+    report = classify_codes(codes, tmp_path, **FAST)
+    assert any("stratified sample of 60 of" in note for note in report["notes"])
+    cv_fits, final = fits[:-1], fits[-1]
+    assert len(cv_fits) == 3 * len(models.C_GRID) and {tol for _, tol in cv_fits} == {1e-3}
+    assert max(n for n, _ in cv_fits) == 40 and final == (report["n_train"], 1e-4)
+    assert load_model(tmp_path)["pipeline"].named_steps["clf"].tol == 1e-4
