@@ -27,8 +27,8 @@ from sklearn.svm import LinearSVC  # noqa: E402
 from classify import models  # noqa: E402
 from classify.train import classify_codes  # noqa: E402
 
-BEFORE = replace(models.CLASSIFIERS["svm"], warm_path=False, build=lambda cw, seed: LinearSVC(
-    class_weight=cw, dual=False, max_iter=10000, random_state=seed))
+BEFORE = replace(models.CLASSIFIERS["svm"], warm_path=False, cv_max_rows=None, cv_params=None,
+                 build=lambda cw, seed: LinearSVC(class_weight=cw, dual=False, max_iter=10000, random_state=seed))
 
 
 def noisy_copies(source: str, layer: str, rows: int, out: Path) -> str:
