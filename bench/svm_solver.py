@@ -74,7 +74,7 @@ def run(codes: str, layer: str | None, out: Path, spec) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("files", nargs="+", metavar="CODES.h5[:LAYER]")
+    ap.add_argument("files", nargs="*", metavar="CODES.h5[:LAYER]")
     ap.add_argument("--rounds", type=int, default=2, help="alternating before/after rounds (default: 2)")
     ap.add_argument("--noisy-copies", metavar="SRC.h5:LAYER", help="also benchmark noisy copies of these codes")
     ap.add_argument("--rows", type=int, default=20_000, help="rows of the --noisy-copies file (default 20,000)")
