@@ -104,11 +104,11 @@ def main(argv=None) -> int:
                   f"{r['imported_rss_mib']:,.0f}), {r['seconds']:.1f} s, balanced accuracy "
                   f"{r['balanced_accuracy']:.4f}, {r['hyperparameter']}\n  note: {r['note']}")
         if "accuracy" not in args.skip:
-            for item in args.files:
+            for n, item in enumerate(args.files):
                 codes, _, layer = item.partition(":")
                 budget = str(common.run_child(SCRIPT, ["estimate", codes, layer])["bytes"] // 2)
                 for clf in ("svm", "softmax"):
-                    res = {how: common.run_child(SCRIPT, ["classify", codes, str(tmp / f"a{clf}{how}"), clf,
+                    res = {how: common.run_child(SCRIPT, ["classify", codes, str(tmp / f"a{n}{clf}{how}"), clf,
                                                           mm, how, layer]) for how, mm in (("memory", "-"), ("stream", budget))}
                     m, s = res["memory"], res["stream"]
                     print(f"  {Path(codes).name}:{layer or '(first)'} {clf:8s} in memory {m['balanced_accuracy']:.4f} "
