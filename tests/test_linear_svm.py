@@ -88,3 +88,9 @@ def test_svm_cv_runs_on_its_sample_at_its_cv_tolerance_and_the_final_fit_on_all_
     assert len(cv_fits) == 3 * len(models.C_GRID) and {tol for _, tol in cv_fits} == {1e-3}
     assert max(n for n, _ in cv_fits) == 40 and final == (report["n_train"], 1e-4)
     assert load_model(tmp_path)["pipeline"].named_steps["clf"].tol == 1e-4
+
+
+def test_warm_path_cv_in_parallel_chooses_as_in_sequence(codes, tmp_path):
+    one = classify_codes(codes, tmp_path / "one", **FAST)
+    two = classify_codes(codes, tmp_path / "two", n_jobs=2, **FAST)
+    assert (two["C"], two["cv_score"], two["balanced_accuracy"]) == (one["C"], one["cv_score"], one["balanced_accuracy"])
