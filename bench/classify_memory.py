@@ -46,8 +46,9 @@ def child_classify(codes: str, out: str, classifier: str, max_memory: str, side:
         from dataclasses import replace
 
         from sklearn.svm import LinearSVC
-        models.CLASSIFIERS["svm"] = replace(models.CLASSIFIERS["svm"], warm_path=False, build=lambda cw, seed: LinearSVC(
-            class_weight=cw, dual=False, max_iter=10000, random_state=seed))
+        models.CLASSIFIERS["svm"] = replace(
+            models.CLASSIFIERS["svm"], warm_path=False, cv_max_rows=None, cv_params=None,
+            build=lambda cw, seed: LinearSVC(class_weight=cw, dual=False, max_iter=10000, random_state=seed))
     base = common.peak_rss_mib()
     fixed = dict(C=10.0, cv=0) if side in ("before", "after", "liblinear") else {}
     t0 = time.perf_counter()

@@ -1,9 +1,9 @@
 """A dense float32 linear SVM: liblinear's primal problem (L2-regularized squared hinge, one-vs-rest, the
 bias a regularized feature) solved for every class at once with matrix products.
 
-``LinearSVC(dual=False)`` solves the same problem per class, one sparse-row pass at a time, in float64 (a
-copy of the codes); here each Newton step is a few BLAS products over all classes together, on the codes
-as they are. ``fit`` can start from the previous solution (``warm_start``), which cross-validation uses
+``LinearSVC(dual=False)`` solves the same problem one class after another, on a float64 copy of the codes
+in liblinear's sparse row format; here each Newton step is a few BLAS products over all classes together,
+on the codes as they are. ``fit`` can start from the previous solution (``warm_start``), which cross-validation uses
 along an ascending C path.
 """
 from __future__ import annotations

@@ -184,8 +184,8 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
                                                                      random_state=seed),
                              "min_samples_leaf", (1, 3), 1),
 }
-"""svm: linear SVM, LinearSVC's squared-hinge one-vs-rest problem; softmax: multinomial LogisticRegression; knn: k-nearest neighbours;
-rbf_svm: kernel SVC; forest: random forest. ``C`` applies to svm, softmax and rbf_svm."""
+"""svm: linear SVM (LinearSVC's squared-hinge one-vs-rest problem); softmax: multinomial LogisticRegression;
+knn: k-nearest neighbours; rbf_svm: kernel SVC; forest: random forest. ``C`` applies to svm, softmax and rbf_svm."""
 
 
 def classifier_spec(name: str) -> ClassifierSpec:

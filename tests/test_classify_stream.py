@@ -192,7 +192,8 @@ def test_cli_compare_and_run_take_max_memory(codes, tmp_path, capsys):
 def test_streamed_cv_fits_are_capped_without_convergence_notes(codes, tmp_path, monkeypatch):
     seen = []
     grid_search = stream.GridSearchCV
-    monkeypatch.setattr(stream, "GridSearchCV", lambda est, *a, **k: seen.append(est.max_iter) or grid_search(est, *a, **k))
+    monkeypatch.setattr(stream, "GridSearchCV",
+                        lambda est, *a, **k: seen.append(est.max_iter) or grid_search(est, *a, **k))
     monkeypatch.setattr(stream, "CV_MAX_EPOCHS", 1)  # far from converged: every CV fit would warn
     report = classify_codes(codes, tmp_path, max_memory=TINY, **FAST)
     assert seen == [1]
