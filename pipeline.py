@@ -122,7 +122,7 @@ def _add_classify_options(p: argparse.ArgumentParser, several_samplings: bool = 
                         "classifier's default (C=1) (default: 5)")
     g.add_argument("--max-iter", type=int, metavar="N",
                    help="iteration limit of the svm / softmax / rbf_svm solver, when a fit reports that it did not "
-                        "converge (default: the classifier's, 10000 for svm, 5000 for softmax)")
+                        "converge (default: the classifier's, 1000 Newton steps for svm, 5000 for softmax)")
     g.add_argument("--class-weight", default="balanced",
                    help="balanced, none, or CLASS=W,CLASS=W (cost-based imbalance handling) (default: %(default)s)")
     sampling_help = ("resample the training split: over / under to the largest / smallest class, hybrid to "
@@ -132,6 +132,8 @@ def _add_classify_options(p: argparse.ArgumentParser, several_samplings: bool = 
                        help=sampling_help + "; several, comma-separated, are compared (default: %(default)s)")
     else:
         g.add_argument("--sampling", default="none", choices=SAMPLINGS, help=sampling_help + " (default: %(default)s)")
+    g.add_argument("--max-memory", metavar="SIZE", help="memory budget, e.g. 2G or 512M; codes over it are streamed "
+                   "from the file and fitted by SGD (svm, softmax only) (default: a quarter of RAM)")
     s = p.add_argument_group("evaluation split")
     s.add_argument("--test", metavar="OTHER.h5", help="evaluate on another codes file of the same recipe")
     s.add_argument("--test-fraction", type=fraction, help="hold out a stratified share of the labeled images")
@@ -226,8 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="two classes: the positive class of sensitivity, ROC and precision-recall "
                         "(default: the second class name)")
     p.add_argument("--overwrite", action="store_true", help="replace the model already in RUN_DIR")
-    p.add_argument("--max-memory", metavar="SIZE", help="memory budget, e.g. 2G or 512M; codes over it are streamed "
-                   "from the file and fitted by SGD (svm, softmax) (default: a quarter of RAM)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=cmd_classify)
 
@@ -615,7 +615,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def _classify_kwargs(args: argparse.Namespace) -> dict:
     return dict(normalize=args.normalize, C=args.C, cv=args.cv, class_weight=args.class_weight, sampling=args.sampling,
                 test=args.test, test_fraction=args.test_fraction, seed=args.seed, progress=not args.quiet,
-                max_iter=args.max_iter)
+                max_iter=args.max_iter, max_memory=args.max_memory)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -623,7 +623,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     report = classify_codes(args.codes, args.out, layers=args.layers, classifier=args.classifier,
                             calibrate=args.calibrate, positive=args.positive, overwrite=args.overwrite,
-                            max_memory=args.max_memory, **_classify_kwargs(args))
+                            **_classify_kwargs(args))
     _print_report(report, Path(args.out))
     print(summarize(report))
     return EXIT_OK
@@ -691,6 +691,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from classify import classify_codes, compare, summarize
     from extract import extract_codes
 
+    from classify.stream import parse_size
     from classify.train import check_options
 
     layers, classifiers = _layer_runs(args.layers), _split(args.classifiers)
@@ -700,6 +701,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name in classifiers:  # before the long extraction, not after it
         for mode in samplings:
             check_options(name, args.normalize, mode)
+    if args.max_memory is not None:
+        parse_size(args.max_memory)
     _check_preprocess(args)
     out = Path(args.out)
     _refuse_out_in_images(out, args.images)

@@ -4,7 +4,9 @@ one), peak RSS of the streamed path on a codes file several times the budget, an
 solver's accuracy against the in-memory one on real codes that fit.
 
 * in-memory: a synthetic ``--rows`` x 1,280 codes file, one ``classify_codes`` run per side with a
-  fixed C (no CV), svm and softmax; "before" swaps in the previous PowerNormalizer (float64 copies).
+  fixed C (no CV): svm with the previous solver ("liblinear": LinearSVC, which copies the codes to
+  float64) against the current one ("after"), softmax with the previous PowerNormalizer ("before",
+  float64 copies) against the current one.
 * streamed: a synthetic ``--big-rows`` x 1,280 file (about 1 GiB), ``classify_codes`` with
   ``max_memory=--budget``; peak RSS, and the RSS of the interpreter with everything imported.
 * accuracy: each CODES.h5[:LAYER] given, svm and softmax, in memory and streamed (a budget half the
@@ -40,8 +42,15 @@ def child_classify(codes: str, out: str, classifier: str, max_memory: str, side:
 
     if side == "before":
         models.PowerNormalizer.transform = _old_power_transform
+    if side == "liblinear":  # the previous svm solver, LinearSVC (liblinear copies the codes to float64)
+        from dataclasses import replace
+
+        from sklearn.svm import LinearSVC
+        models.CLASSIFIERS["svm"] = replace(
+            models.CLASSIFIERS["svm"], warm_path=False, cv_max_rows=None, cv_params=None,
+            build=lambda cw, seed: LinearSVC(class_weight=cw, dual=False, max_iter=10000, random_state=seed))
     base = common.peak_rss_mib()
-    fixed = dict(C=10.0, cv=0) if side in ("before", "after") else {}
+    fixed = dict(C=10.0, cv=0) if side in ("before", "after", "liblinear") else {}
     t0 = time.perf_counter()
     rep = classify_codes(codes, out, layers=layer or None, classifier=classifier, progress=False,
                          max_memory=None if max_memory == "-" else max_memory, **fixed)
@@ -78,8 +87,8 @@ def main(argv=None) -> int:
             small = tmp / "small.h5"
             syn = common.run_child(SCRIPT, ["synthetic", str(small), str(args.rows)])
             print(f"in-memory path, synthetic {args.rows:,} x 1,280 file ({syn['bytes'] / 2**20:,.0f} MiB), C=10 fixed:")
-            for clf in ("svm", "softmax"):
-                for side in ("before", "after"):
+            for clf, sides in (("svm", ("liblinear", "after")), ("softmax", ("before", "after"))):
+                for side in sides:
                     r = common.run_child(SCRIPT, ["classify", str(small), str(tmp / f"{clf}{side}"), clf, "-", side])
                     print(f"  {clf:8s} {side:6s} peak RSS {r['peak_rss_mib']:,.0f} MiB (after imports "
                           f"{r['imported_rss_mib']:,.0f}), {r['seconds']:.1f} s, balanced accuracy "
@@ -96,11 +105,11 @@ def main(argv=None) -> int:
                   f"{r['imported_rss_mib']:,.0f}), {r['seconds']:.1f} s, balanced accuracy "
                   f"{r['balanced_accuracy']:.4f}, {r['hyperparameter']}\n  note: {r['note']}")
         if "accuracy" not in args.skip:
-            for item in args.files:
+            for n, item in enumerate(args.files):
                 codes, _, layer = item.partition(":")
                 budget = str(common.run_child(SCRIPT, ["estimate", codes, layer])["bytes"] // 2)
                 for clf in ("svm", "softmax"):
-                    res = {how: common.run_child(SCRIPT, ["classify", codes, str(tmp / f"a{clf}{how}"), clf,
+                    res = {how: common.run_child(SCRIPT, ["classify", codes, str(tmp / f"a{n}{clf}{how}"), clf,
                                                           mm, how, layer]) for how, mm in (("memory", "-"), ("stream", budget))}
                     m, s = res["memory"], res["stream"]
                     print(f"  {Path(codes).name}:{layer or '(first)'} {clf:8s} in memory {m['balanced_accuracy']:.4f} "

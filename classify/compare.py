@@ -12,6 +12,7 @@ from .data import file_taps, load_dataset, parse_layer_sets, resolve_layers
 from .fileio import ensure_writable, write_files
 from .models import DEFAULT_NORMALIZE
 from .model_io import refuse_existing_runs
+from .stream import check_streamable, classify_streamed, should_stream
 from .train import check_max_iter, check_options, fit_and_report, make_logger
 
 DEFAULT_CLASSIFIERS = ("svm", "softmax", "knn", "rbf_svm")
@@ -25,7 +26,8 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
             C: float | None = None, class_weight: str | dict | None = "balanced",
             sampling: str | Sequence[str] = "none", test: str | os.PathLike | None = None,
             test_fraction: float | None = None, seed: int = 0, cv: int = 5, progress: bool = True,
-            n_jobs: int | None = None, max_iter: int | None = None, overwrite: bool = False) -> list[dict]:
+            n_jobs: int | None = None, max_iter: int | None = None, overwrite: bool = False,
+            max_memory: str | int | None = None) -> list[dict]:
     """Run ``classify_codes`` for each classifier on each layer (default: every tap, one at a time) and
     each sampling mode (``"none,over,hybrid"`` or a list compares them; default one mode).
 
@@ -52,21 +54,30 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
     if not (cv == 0 or cv >= 2):
         raise ValueError(f"cv must be 0 (no cross-validation) or at least 2 folds, got {cv}")
     layer_sets = check_layer_sets(codes, layers, test)
+    streamed = [should_stream(codes, layer_set, max_memory) for layer_set in layer_sets]
+    if any(streamed):
+        for name in classifiers:
+            for mode in samplings:
+                check_streamable(name, mode)
     refuse_existing_runs(out_dir, overwrite)  # per-run models and the table are replaced only when asked
     out_dir = ensure_writable(out_dir)
     log = make_logger(False)
     rows = []
     runs = [(name, mode) for name in classifiers for mode in samplings]
     bar = tqdm(total=len(layer_sets) * len(runs), desc="compare", disable=not progress)
-    for layer_set in layer_sets:
-        data = load_dataset(codes, layer_set, test=test, test_fraction=test_fraction, seed=seed)
+    for layer_set, streams in zip(layer_sets, streamed):
+        data = None if streams else load_dataset(codes, layer_set, test=test, test_fraction=test_fraction, seed=seed)
         for name, mode in runs:
             layers_name = "+".join(layer_set)
             bar.set_postfix_str(f"{name} on {layers_name}" + (f", {mode}" if len(samplings) > 1 else ""))
             sub = out_dir / (f"{name}__{layers_name}" + (f"__{mode}" if len(samplings) > 1 else ""))
-            report = fit_and_report(data, ensure_writable(sub), classifier=name, normalize=normalize, C=C,
-                                    class_weight=class_weight, sampling=mode, seed=seed, cv=cv, log=log,
-                                    n_jobs=n_jobs, max_iter=max_iter)
+            options = dict(classifier=name, normalize=normalize, C=C, class_weight=class_weight, sampling=mode,
+                           seed=seed, cv=cv, log=log)
+            if streams:
+                report = classify_streamed(codes, ensure_writable(sub), layers=layer_set, test=test,
+                                           test_fraction=test_fraction, max_memory=max_memory, **options)
+            else:
+                report = fit_and_report(data, ensure_writable(sub), n_jobs=n_jobs, max_iter=max_iter, **options)
             rows.append({"classifier": name, "layers": layers_name,
                          **{k: report[k] for k in ("balanced_accuracy", "macro_f1", "accuracy", "cv_score",
                                                    "fit_time_s", "hyperparameter", "n_train", "n_test")},

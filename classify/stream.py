@@ -49,10 +49,13 @@ MIN_EPOCHS, MAX_EPOCHS = 5, 100
 MIN_ROW_UPDATES = 100_000  # small training sets get more epochs: SGD needs about this many steps to settle
 PIECES_PER_BATCH = 32  # a batch mixes this many pieces from random places: files are often sorted by class
 ALPHA_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+# hinge SGD chose 0.1, the top of a wider grid, on hymenoptera and gained 1.8 points there (bench/RESULTS.md)
+ALPHA_GRIDS = {"svm": (1e-7, *ALPHA_GRID, 1e-1), "softmax": ALPHA_GRID}
 DEFAULT_ALPHA = 1e-4  # scikit-learn's default, used when cross-validation is off
 LOSSES = {"svm": "hinge", "softmax": "log_loss"}
 CV_SCORING = "balanced_accuracy"
 CV_MAX_ROWS = 20_000
+CV_MAX_EPOCHS = 50  # the CV fits' cap: the same alpha ranking in a third of the time (bench/RESULTS.md)
 _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 
 
@@ -247,12 +250,7 @@ def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | Non
                       C: float | None, class_weight, sampling: str, test, test_fraction: float | None, seed: int,
                       cv: int, max_memory: str | int | None, log) -> dict:
     """classify_codes for codes over the memory budget: SGD over row blocks (see the module docstring)."""
-    if classifier not in LOSSES:
-        raise ValueError(f"classifier {classifier} needs every code in memory; when codes are streamed "
-                         f"(over --max-memory) choose {' or '.join(LOSSES)}, or raise --max-memory")
-    if sampling != "none":
-        raise ValueError(f"sampling {sampling!r} needs every code in memory; streamed training balances classes by "
-                         "class weights (--class-weight balanced, the default), or raise --max-memory")
+    check_streamable(classifier, sampling)
     layers = resolve_layers(codes, layers)
     budget = budget_bytes(max_memory)
     plan = plan_split(codes, layers, test, test_fraction, seed)
@@ -305,6 +303,16 @@ def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | Non
     write_files(out_dir, {**report_files(report), **model_files(bundle)})
     log(summarize(report))
     return report
+
+
+def check_streamable(classifier: str, sampling: str) -> None:
+    """ValueError unless ``classifier`` with ``sampling`` can be trained on streamed codes."""
+    if classifier not in LOSSES:
+        raise ValueError(f"classifier {classifier} needs every code in memory; when codes are streamed "
+                         f"(over --max-memory) choose {' or '.join(LOSSES)}, or raise --max-memory")
+    if sampling != "none":
+        raise ValueError(f"sampling {sampling!r} needs every code in memory; streamed training balances classes by "
+                         "class weights (--class-weight balanced, the default), or raise --max-memory")
 
 
 def make_sgd(classifier: str, weights, seed: int) -> SGDClassifier:
@@ -362,16 +370,19 @@ def _choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds, budge
     X, y = normalizer.transform(blocks.gather(plan.train[sample])), plan.y_train[sample]
     check_finite(X, plan.train[sample], plan.paths, plan.test_path)
     folds = min(folds, int(np.bincount(y)[np.unique(y)].min()))
-    log(f"{classifier}: {folds}-fold CV over alpha in {list(ALPHA_GRID)} on a stratified sample of {len(y):,} of "
+    grid = {"alpha": list(ALPHA_GRIDS[classifier])}
+    log(f"{classifier}: {folds}-fold CV over alpha in {grid['alpha']} on a stratified sample of {len(y):,} of "
         f"{n:,} training rows")
-    grid = {"alpha": list(ALPHA_GRID)}
-    search = GridSearchCV(make_sgd(classifier, weights, seed), grid,
+    search = GridSearchCV(make_sgd(classifier, weights, seed).set_params(max_iter=CV_MAX_EPOCHS), grid,
                           scoring=CV_SCORING, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                          error_score="raise", refit=False).fit(X, y)
+                          error_score="raise", refit=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the cap is deliberate
+        search.fit(X, y)
     alpha = float(search.best_params_["alpha"])
     return alpha, float(search.best_score_), grid, [
-        f"alpha chosen by {folds}-fold CV on a stratified in-memory sample of {len(y):,} of {n:,} training rows; "
-        "the final model is trained on all of them"]
+        f"alpha chosen by {folds}-fold CV on a stratified in-memory sample of {len(y):,} of {n:,} training rows "
+        f"(at most {CV_MAX_EPOCHS} epochs per fit); the final model is trained on all of them"]
 
 
 def _predict_rows(model, path, layers, index: np.ndarray, budget: int, paths) -> np.ndarray:

@@ -13,9 +13,11 @@ from typing import Sequence
 import imblearn
 import numpy as np
 import sklearn
+from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 from threadpoolctl import threadpool_limits
 
@@ -117,20 +119,25 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
         warnings.simplefilter("always", ConvergenceWarning)
         if folds:
             grid = param_grid(classifier, C, n_train_fold=len(data.y_train) * (folds - 1) // folds)
-            X_cv, y_cv = cv_subsample(data.X_train, data.y_train, CV_MAX_ROWS, seed)
+            X_cv, y_cv = cv_subsample(data.X_train, data.y_train, min(spec.cv_max_rows or CV_MAX_ROWS, CV_MAX_ROWS),
+                                      seed)
             if len(y_cv) < len(data.y_train):
                 notes.append(f"{spec.param} chosen by CV on a stratified sample of {len(y_cv)} of "
                              f"{len(data.y_train)} training rows; the final model is fitted on all of them")
             values = list(grid.values())[0]
             log(f"{classifier}: {folds}-fold CV over {spec.param} in {values} ({len(y_cv)} training rows, "
                 f"{folds * len(values)} fits)")
-            search = GridSearchCV(pipe, grid, scoring=CV_SCORING, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                                  n_jobs=n_jobs, error_score="raise", refit=False)
-            search.fit(X_cv, y_cv)
-            best, cv_score = search.best_params_["clf__" + spec.param], search.best_score_
+            splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+            if spec.warm_path and len(values) > 1:
+                best, cv_score = warm_path_cv(pipe, spec.param, values, X_cv, y_cv, splitter, n_jobs,
+                                              spec.cv_params)
+            else:
+                search = GridSearchCV(pipe, grid, scoring=CV_SCORING, cv=splitter, n_jobs=n_jobs,
+                                      error_score="raise", refit=False).fit(X_cv, y_cv)
+                best, cv_score = search.best_params_["clf__" + spec.param], search.best_score_
             log(f"{classifier}: CV chose {spec.param}={best} ({CV_SCORING} {cv_score:.4f}) in "
                 f"{time.perf_counter() - start:.1f} s; fitting on all {len(data.y_train)} training rows")
-            model = clone(pipe).set_params(**search.best_params_)
+            model = clone(pipe).set_params(**{"clf__" + spec.param: best})
         else:
             best = C if C is not None else spec.default
             log(f"{classifier}: fitting with {spec.param}={best} (no cross-validation)")
@@ -242,6 +249,40 @@ def _warning_notes(caught: list, classifier: str) -> list[str]:
         notes.append(note)
         warnings.warn(note, category, stacklevel=3)
     return notes
+
+
+def warm_path_cv(pipe, param: str, values, X: np.ndarray, y: np.ndarray, splitter, n_jobs: int | None = None,
+                 cv_params=None):
+    """(best value, its mean CV balanced accuracy), as GridSearchCV would choose them (ties: the first value
+    in grid order), but each fold is prepared once and fits ``values`` in ascending order, every fit warm-started
+    from the previous one (the solutions move little between neighbouring C values); ``cv_params`` are set on
+    the classifier of these fits."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    per_fold = Parallel(n_jobs=n_jobs)(delayed(_fold_path)(pipe, param, [values[i] for i in order], X, y, train, test,
+                                                           cv_params) for train, test in splitter.split(X, y))
+    scores = np.empty(len(values))
+    scores[order] = np.mean(per_fold, axis=0)
+    best = int(np.argmax(scores))
+    return values[best], float(scores[best])
+
+
+def _fold_path(pipe, param: str, values, X, y, train, test, cv_params=None) -> list[float]:
+    """Balanced accuracy on ``test`` of the pipeline fitted on ``train`` at each of ``values``, in order:
+    the preprocessing and samplers are fitted once, the classifier is refitted with warm starts."""
+    X_fit, y_fit, X_val = X[train], y[train], X[test]
+    for _, step in pipe.steps[:-1]:
+        if step is None or step == "passthrough":
+            continue
+        step = clone(step)
+        if hasattr(step, "fit_resample"):
+            X_fit, y_fit = step.fit_resample(X_fit, y_fit)
+        else:
+            X_fit = step.fit_transform(X_fit, y_fit)
+            X_val = step.transform(X_val)
+    clf = clone(pipe.steps[-1][1]).set_params(warm_start=True, **(cv_params or {}))
+    with threadpool_limits(limits=1):
+        return [balanced_accuracy_score(y[test], clf.set_params(**{param: v}).fit(X_fit, y_fit).predict(X_val))
+                for v in values]
 
 
 def cv_subsample(X: np.ndarray, y: np.ndarray, max_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -70,7 +70,8 @@ def test_streamed_report_has_the_in_memory_keys_and_a_close_score(runs):
         assert streamed[key] == mem[key], key
     assert abs(streamed["balanced_accuracy"] - mem["balanced_accuracy"]) <= 0.1
     assert streamed["notes"][0].startswith("streamed solver:") and "over the memory budget" in streamed["notes"][0]
-    assert "SGD" in streamed["hyperparameter"] and streamed["cv_grid"] == {"alpha": list(stream.ALPHA_GRID)}
+    assert "SGD" in streamed["hyperparameter"] and streamed["cv_grid"] == {"alpha": list(stream.ALPHA_GRIDS["svm"])}
+    assert streamed["cv_grid"]["alpha"][-1] == 0.1  # hinge SGD's wider grid (bench/RESULTS.md)
     assert sum(sum(row) for row in streamed["confusion_matrix"]) == streamed["n_test"]
 
 
@@ -142,7 +143,7 @@ def test_svm_solver_change_keeps_accuracy(tmp_path, monkeypatch):
     codes = write_codes_file(tmp_path / "wide.h5", X, y, ["cat", "dog", "bird"], split=split_column(y))
     now = {layer: classify_codes(codes, tmp_path / f"now-{layer}", layers=layer, **FAST)
            for layer in ("block4", "penultimate")}
-    previous = replace(models.CLASSIFIERS["svm"], build=lambda cw, seed: LinearSVC(
+    previous = replace(models.CLASSIFIERS["svm"], warm_path=False, build=lambda cw, seed: LinearSVC(
         class_weight=cw, dual="auto", max_iter=10000, random_state=seed))
     monkeypatch.setitem(models.CLASSIFIERS, "svm", previous)
     for layer, report in now.items():
@@ -150,3 +151,51 @@ def test_svm_solver_change_keeps_accuracy(tmp_path, monkeypatch):
         assert report["C"] == before["C"]
         assert report["balanced_accuracy"] == pytest.approx(before["balanced_accuracy"], abs=0.02)
         assert report["cv_score"] == pytest.approx(before["cv_score"], abs=0.02)
+
+
+def test_compare_streams_layer_sets_over_max_memory(codes, tmp_path):
+    from classify import compare
+
+    rows = compare(codes, tmp_path / "cmp", classifiers=["svm", "softmax"], layers="block4", max_memory=TINY, **FAST)
+    assert {r["classifier"] for r in rows} == {"svm", "softmax"}
+    assert all(r["hyperparameter"].endswith("streamed SGD") for r in rows)
+    report = json.loads((tmp_path / "cmp" / "svm__block4" / "report.json").read_text())
+    assert report["notes"][0].startswith("streamed solver:")
+    in_memory = compare(codes, tmp_path / "mem", classifiers=["svm"], layers="block4", max_memory="1G", **FAST)
+    assert not in_memory[0]["hyperparameter"].endswith("streamed SGD")
+
+
+def test_compare_refuses_in_memory_classifiers_on_streamed_codes_before_training(codes, tmp_path):
+    from classify import compare
+
+    with pytest.raises(ValueError, match="classifier knn needs every code in memory"):
+        compare(codes, tmp_path / "cmp", classifiers=["svm", "knn"], layers="block4", max_memory=TINY, **FAST)
+    with pytest.raises(ValueError, match="sampling 'over' needs every code in memory"):
+        compare(codes, tmp_path / "cmp", classifiers=["svm"], sampling="none,over", max_memory=TINY, **FAST)
+    assert not (tmp_path / "cmp").exists() or not any((tmp_path / "cmp").iterdir())
+
+
+def test_cli_compare_and_run_take_max_memory(codes, tmp_path, capsys):
+    import pipeline
+    from conftest import FAST as EXTRACT_FAST, make_tree
+
+    assert pipeline.main(["compare", str(codes), "--out", str(tmp_path / "cmp"), "--classifiers", "svm",
+                          "--layers", "block4", "--cv", "3", "--max-memory", TINY, "--quiet"]) == 0
+    assert "streamed SGD" in (tmp_path / "cmp" / "compare.md").read_text()
+    images = make_tree(tmp_path / "images", per_class=4)
+    assert pipeline.main(["run", str(images), "--out", str(tmp_path / "run"), *EXTRACT_FAST, "--workers", "0",
+                          "--max-memory", "lots"]) == 2
+    assert "memory size must look like 2G" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "codes.h5").exists()  # refused before the extraction
+
+
+def test_streamed_cv_fits_are_capped_without_convergence_notes(codes, tmp_path, monkeypatch):
+    seen = []
+    grid_search = stream.GridSearchCV
+    monkeypatch.setattr(stream, "GridSearchCV",
+                        lambda est, *a, **k: seen.append(est.max_iter) or grid_search(est, *a, **k))
+    monkeypatch.setattr(stream, "CV_MAX_EPOCHS", 1)  # far from converged: every CV fit would warn
+    report = classify_codes(codes, tmp_path, max_memory=TINY, **FAST)
+    assert seen == [1]
+    assert any("(at most 1 epochs per fit)" in note for note in report["notes"])
+    assert not any("ConvergenceWarning" in note for note in report["notes"])
