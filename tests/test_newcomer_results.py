@@ -50,20 +50,6 @@ def test_compare_without_cv_ranks_nothing(tmp_path):
     assert "not ranked" in (tmp_path / "out" / "compare.md").read_text()
 
 
-def test_run_picks_by_cv_and_reports_held_out_estimate(tmp_path, capsys):
-    images = make_tree(tmp_path / "images", per_class=6, splits=("train", "test"))
-    out = tmp_path / "run"
-    assert pipeline.main(["run", str(images), "--out", str(out), *FAST, "--workers", "0", "--layer", "block4",
-                          "--layer", "penultimate", "--classifiers", "svm,softmax", "--cv", "2"]) == 0
-    printed = capsys.readouterr().out
-    with open(out / "compare" / "compare.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    cv = [float(r["cv_score"]) for r in rows]
-    assert cv == sorted(cv, reverse=True)
-    assert "pick:" in printed and "best CV balanced accuracy on the training split" in printed
-    assert "honest estimate" in printed
-
-
 @pytest.mark.parametrize("counts,target", [((40, 160), 100), ((10, 50, 90), 50), ((7, 30, 31, 100), 30)])
 def test_hybrid_sampling_ends_every_class_at_the_median(counts, target):
     from classify.models import make_samplers
@@ -216,11 +202,13 @@ def test_compare_checks_every_layer_before_training(tmp_path, capsys):
     assert not out.exists()  # nothing trained, nothing written
 
 
-def test_run_checks_classifier_names_before_extracting(tmp_path, capsys):
+@pytest.mark.parametrize("option, message", [(["--classifiers", "svm,logreg"], "unknown classifier 'logreg'"),
+                                             (["--layer", "fc7"], "mobilenet_v2 has no layer 'fc7'")])
+def test_run_checks_classifier_and_layer_names_before_extracting(tmp_path, capsys, option, message):
     images = make_tree(tmp_path / "images", per_class=2)
     out = tmp_path / "run"
-    assert pipeline.main(["run", str(images), "--out", str(out), *FAST, "--classifiers", "svm,logreg"]) == 2
-    assert "unknown classifier 'logreg'" in capsys.readouterr().err
+    assert pipeline.main(["run", str(images), "--out", str(out), *FAST, *option]) == 2
+    assert message in capsys.readouterr().err
     assert not (out / "codes.h5").exists()
 
 
@@ -373,14 +361,6 @@ def test_compare_several_samplings_with_minority_recall(tmp_path, capsys):
     with pytest.raises(SystemExit):
         pipeline.main(["compare", str(codes), "--out", str(tmp_path / "x"), "--sampling", "none,smote"])
     assert "argument --sampling: must be none, over, under, hybrid" in capsys.readouterr().err
-
-
-def test_run_with_an_unknown_layer_fails_before_extracting(tmp_path, capsys):
-    images = make_tree(tmp_path / "images", per_class=2)
-    out = tmp_path / "run"
-    assert pipeline.main(["run", str(images), "--out", str(out), *FAST, "--layer", "fc7"]) == 2
-    assert "mobilenet_v2 has no layer 'fc7'" in capsys.readouterr().err
-    assert not (out / "codes.h5").exists()
 
 
 @pytest.mark.parametrize("argv, message", [

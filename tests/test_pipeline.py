@@ -55,6 +55,7 @@ def test_run_with_two_layers_compares_them(tmp_path, capsys):
     scores = [float(r["cv_score"]) for r in rows]  # ranked by CV on the training split, not the held-out score
     assert scores == sorted(scores, reverse=True)
     assert "| 1 |" in printed and "pick:" in printed
+    assert "best CV balanced accuracy on the training split" in printed and "honest estimate" in printed
 
 
 def test_predict_new_images_lists_failures_and_scores_every_class(trained, tmp_path, capsys):
