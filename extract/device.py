@@ -41,4 +41,9 @@ def pick_precision(precision: str, device: torch.device,
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if "BF16" in (capabilities or cpu_capabilities)() else "fp32"
+    return "bf16" if native_bf16(capabilities) else "fp32"
+
+
+def native_bf16(capabilities: Callable[[], list[str]] | None = None) -> bool:
+    """Whether the CPU computes bf16 natively, as OpenVINO reports it (elsewhere bf16 is emulated)."""
+    return "BF16" in (capabilities or cpu_capabilities)()

@@ -125,7 +125,7 @@ def make_computer(model: nn.Module, taps: list[Tap], preprocess: dict, device: t
                   batch_size: int, streams: int = 1, cache_key: dict | None = None) -> CodeComputer:
     """The fastest computer for ``device``: OpenVINO on the CPU (eager PyTorch when that fails), eager elsewhere.
     ``cache_key`` describes the network for the converted-model cache (None: no caching)."""
-    if device.type == "cpu" and precision == "bf16" and "BF16" not in devices.cpu_capabilities():
+    if device.type == "cpu" and precision == "bf16" and not devices.native_bf16():
         return CodeComputer(_eager(model, taps, preprocess), device, precision, batch_size, note=NO_NATIVE_BF16)
     if device.type == "cpu":
         key = openvino_model.cache_key(cache_key) if cache_key is not None and _has_openvino() else None
