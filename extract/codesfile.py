@@ -44,12 +44,15 @@ def recipe_difference(expected: Mapping, found: Mapping) -> list[str]:
         a, b = expected.get(key), found.get(key)
         if key in _LATER_KEYS and (a is None or b is None):
             continue
-        if key == "taps":
-            a = [{k: t[k] for k in ("name", "node", "pool")} for t in a or []]
-            b = [{k: t[k] for k in ("name", "node", "pool")} for t in b or []]
+        a, b = comparable(key, a), comparable(key, b)
         if a != b:
-            out.append(f"{key}: {_short(b)} in the file, {_short(a)} asked for")
+            out.append(f"{key}: {short(b)} in the file, {short(a)} asked for")
     return out
+
+
+def comparable(key: str, value):
+    """A recipe value as compared: for taps what was asked for (name, node, pool), not the shapes that follow."""
+    return [{k: t[k] for k in ("name", "node", "pool")} for t in value or []] if key == "taps" else value
 
 
 def check_recipe(expected: Mapping, found: Mapping, what: str) -> None:
@@ -59,9 +62,10 @@ def check_recipe(expected: Mapping, found: Mapping, what: str) -> None:
         raise RecipeMismatch(f"{what} was made with another recipe:\n  " + "\n  ".join(diff))
 
 
-def _short(value) -> str:
+def short(value, limit: int = 160) -> str:
+    """``value`` as one line of at most ``limit`` characters, for the messages."""
     text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
-    return text if len(text) <= 160 else text[:157] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass

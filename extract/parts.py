@@ -114,20 +114,13 @@ def _difference(asked: dict, found: dict) -> list[str]:
     """What differs, in words: 'preprocess crop: 32 in the parts, 36 asked for'."""
     said = []
     for key in asked:
-        a, b = asked.get(key), found.get(key)
-        if key == "taps":  # what was asked for, not the shapes that follow from it
-            a, b = ([{k: t[k] for k in ("name", "node", "pool")} for t in v or []] for v in (a, b))
+        a, b = codesfile.comparable(key, asked.get(key)), codesfile.comparable(key, found.get(key))
         if isinstance(a, dict) and isinstance(b, dict):
-            said += [f"{key} {k}: {_short(b.get(k))} in the parts, {_short(a.get(k))} asked for"
-                     for k in a if a.get(k) != b.get(k)]
+            said += [f"{key} {k}: {codesfile.short(b.get(k), 80)} in the parts, {codesfile.short(a.get(k), 80)} "
+                     "asked for" for k in a if a.get(k) != b.get(k)]
         elif a != b:
-            said.append(f"{key}: {_short(b)} in the parts, {_short(a)} asked for")
+            said.append(f"{key}: {codesfile.short(b, 80)} in the parts, {codesfile.short(a, 80)} asked for")
     return said or ["the images: names, sizes or modification times"]
-
-
-def _short(value) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else value
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _write_job_rows(parts_dir: Path, listing: ImageList, job_rows: list[int], kept: dict[int, int] | None) -> None:
