@@ -22,11 +22,13 @@ def pick_device(device: str = "auto") -> torch.device:
 
 def cpu_capabilities() -> list[str]:
     """What OpenVINO says this CPU computes natively (``BF16`` where it has AMX or AVX512-BF16); [] without it."""
-    try:
-        import openvino
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
         return []
-    return list(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    from .openvino_model import core
+
+    return list(core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 def pick_precision(precision: str, device: torch.device,

@@ -174,11 +174,9 @@ def _converted(module: Normalized, taps: list[Tap], preprocess: dict, precision:
 
 
 def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: int) -> OpenVINOComputer:
-    import openvino as ov
-
     config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "NUM_STREAMS": streams,
               "INFERENCE_NUM_THREADS": streams, "PERFORMANCE_HINT": "THROUGHPUT"}
-    compiled = ov.Core().compile_model(model, "CPU", config)
+    compiled = openvino_model.core().compile_model(model, "CPU", config)
     runs = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     if runs != OPENVINO_PRECISION[precision]:  # the codes file records what made its codes
         raise ValueError(f"OpenVINO runs {runs} here, not {precision}")

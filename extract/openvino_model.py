@@ -10,6 +10,7 @@ entry costs a conversion.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,6 +21,15 @@ import torch
 
 MAX_ENTRIES = 8
 _SOURCES = ("taps.py", "inference.py", "fusion.py", "openvino_model.py")
+
+
+@functools.cache
+def core():
+    """The process's one ``openvino.Core``: every further Core made in a process that already had one
+    ended, after enough of them (a test suite, or an API user extracting many times), in a crash."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 def cache_dir() -> Path | None:
