@@ -3,7 +3,8 @@
 Worker processes (DataLoader, forked) only decode; the main process runs the network, which on
 the CPU is OpenVINO's own multi-stream inference, so no worker holds a compiled model. The
 workers start decoding as soon as ``decoded_batches`` is called, so the caller can prepare the
-network meanwhile. They run torch with one thread: GNU OpenMP deadlocks in a forked child whose
+network meanwhile: a fresh job's before the network is even built (``Decoders``), and up to
+``PREFETCH_BYTES`` of images ahead, enough to cover that preparation on 2 cores. They run torch with one thread: GNU OpenMP deadlocks in a forked child whose
 parent already ran a parallel region, and more threads would only compete with the forward pass.
 """
 from __future__ import annotations
@@ -16,13 +17,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .reader import ImageDataset
+from . import parts
+from .plan import batches_of
+from .reader import ImageDataset, ImageList
 
 # (uint8 images [B, 3, H, W], ok flags [B], error messages). NumPy, not tensors: tensors would cross from the
 # workers as shared file descriptors, whose sender thread prints tracebacks when Ctrl-C stops a run.
 Decoded = tuple[np.ndarray, np.ndarray, list[str]]
-# Batches decoded ahead per worker: enough to cover preparing the network (on a rerun) without holding much memory.
-PREFETCH_IMAGES = 64
+# Decoded images held ahead, all workers together (64 MiB: 445 images at 224 x 224): enough to keep the
+# decoders busy while the network is built and loaded (bench/RESULTS.md), without holding much memory.
+PREFETCH_BYTES = 64 << 20
 
 
 def decoder_init(_worker_id: int = 0) -> None:
@@ -47,7 +51,27 @@ def decoded_batches(dataset: ImageDataset, batches: list[list[int]], workers: in
     """The rows of ``batches`` (non-empty) decoded, in order; with ``workers`` > 0 decoding starts now."""
     if workers == 0:
         return (stack_images([dataset[i] for i in rows]) for rows in batches)
+    ahead = PREFETCH_BYTES // (3 * dataset.crop * dataset.crop * len(batches[0]) * workers)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=stack_images,
-                        prefetch_factor=max(2, PREFETCH_IMAGES // len(batches[0])), worker_init_fn=decoder_init,
+                        prefetch_factor=max(2, ahead), worker_init_fn=decoder_init,
                         multiprocessing_context=fork_context())
     return iter(loader)
+
+
+class Decoders:
+    """Decoding of the ``todo`` parts of a job (``job_rows`` of ``listing``), started now. Without ``todo``:
+    this rank's parts of a fresh job, where no part is done yet."""
+
+    def __init__(self, listing: ImageList, job_rows: list[int], prep: dict, part_size: int, batch_size: int,
+                 workers: int, rank_parts, todo: list[int] | None = None):
+        self.job_rows = job_rows
+        part_plan = parts.PartPlan(len(job_rows), part_size)
+        self.todo = rank_parts(part_plan.n_parts) if todo is None else todo
+        dataset = ImageDataset(listing.root, [listing.paths[i] for i in job_rows], prep["resize"], prep["crop"],
+                               prep["interpolation"])
+        rows = batches_of(part_plan, self.todo, batch_size)
+        self.batches = decoded_batches(dataset, rows, workers) if rows else iter(())
+
+    def covers(self, job_rows: list[int], todo: list[int]) -> bool:
+        """Whether these are the decoders that the job as planned needs."""
+        return job_rows == self.job_rows and todo == self.todo

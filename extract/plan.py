@@ -91,6 +91,12 @@ def ignored_note(listing: ImageList) -> list[str]:
     return [f"ignored {len(listing.ignored)} file(s) whose names are not images: {shown}"]
 
 
+def fresh(out: Path, overwrite: bool, parts_dir: Path) -> bool:
+    """Whether the job is certain to be every row with no part done yet (no file to reuse, no parts to
+    resume): known before the network is built, so decoding can start at once."""
+    return (overwrite or not out.exists()) and not any(parts_dir.glob("part-*.npz"))
+
+
 def batches_of(plan: parts.PartPlan, todo: list[int], batch_size: int) -> list[list[int]]:
     """Index batches that never cross a part boundary, so a part's codes do not depend on resumes."""
     out = []

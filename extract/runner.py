@@ -16,13 +16,13 @@ import torch
 
 from . import parts, shards, writer
 from .backbones import DEFAULT_BACKBONE, get_backbone
-from .batches import decoded_batches
+from .batches import Decoders
 from .device import pick_device, pick_precision
 from .errors import ExtractionError, ExtractionInterrupted  # noqa: F401  (re-exported)
 from .inference import CodeComputer, default_batch_size, make_computer
 from .lock import output_lock
-from .plan import batches_of, ignored_note, plan_job
-from .reader import ImageDataset, list_images
+from .plan import fresh, ignored_note, plan_job
+from .reader import list_images
 from .recipe import DEFAULT_PART_SIZE, Recipe, RunOptions, preprocess_config
 from .taps import MAX_UNPOOLED_DIM, resolve_taps
 from .weights import build_model, locate_weights
@@ -126,7 +126,12 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     if settings.device.type == "cuda":
         torch.cuda.set_device(settings.device)  # pinned memory and autocast on this rank's GPU, not GPU 0
     winfo = locate_weights(bb, weights)
+    parts_dir = parts.parts_dir_for(out)
     with output_lock(out, rank.rank if rank.sharded else None) as held, _gc_frozen():
+        started = time.perf_counter()
+        # a fresh job's decoders start before the network is built: one core would idle meanwhile
+        early = Decoders(listing, list(range(len(listing))), prep, settings.part_size, settings.batch_size,
+                         settings.workers, rank.parts) if fresh(out, overwrite, parts_dir) else None
         model = build_model(bb, winfo)
         taps = resolve_taps(bb, model, list(layers), pool, prep["crop"], max_dim)
         recipe = Recipe.make(bb, winfo, taps, prep, settings.precision).as_dict()
@@ -134,8 +139,6 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
             from .codesfile import check_recipe
 
             check_recipe(expected_recipe, recipe, "the model")
-        started = time.perf_counter()
-        parts_dir = parts.parts_dir_for(out)
         with held.step():  # ranks plan and open the job one at a time, never during an assembly
             plan = plan_job(out, listing, recipe, overwrite, update)
             result = ExtractResult(out, len(listing), len(plan.job_rows), notes=plan.notes + ignored_note(listing),
@@ -153,10 +156,11 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         need = writer.bytes_needed(len(listing), taps, dtype)
         writer.check_space(out, 2 * need, need, "the parts and the codes file")
         if todo:
-            dataset = ImageDataset(listing.root, [listing.paths[i] for i in plan.job_rows], prep["resize"],
-                                   prep["crop"], prep["interpolation"])
-            # the workers start decoding now, while the network is converted or loaded
-            decoded = decoded_batches(dataset, batches_of(part_plan, todo, settings.batch_size), settings.workers)
+            if early and not early.covers(plan.job_rows, todo):
+                early = None  # the job turned out otherwise (a file or parts appeared): those decoders stop
+            # the workers decode while the network is converted or loaded
+            decoded = (early or Decoders(listing, plan.job_rows, prep, settings.part_size, settings.batch_size,
+                                         settings.workers, rank.parts, todo)).batches
             computer = _computer(model, taps, prep, settings, bb.name, winfo, max_dim)
             result.runtime = computer.describe()
             result.notes.extend([computer.note] if computer.note else [])

@@ -211,3 +211,42 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
                               capture_output=True, text=True, check=True)
         peaks[n] = int(proc.stdout.strip().splitlines()[-1]) / 1024  # MiB
     assert peaks[1600] <= peaks[400] * 1.1 + 40, peaks
+
+
+def _watch_decoding(monkeypatch) -> list[str]:
+    """Record, in order, each start of decoders and each build of the network."""
+    from extract import batches, runner
+
+    events, decoded, build = [], batches.decoded_batches, runner.build_model
+    monkeypatch.setattr(batches, "decoded_batches", lambda *a, **k: events.append("decode") or decoded(*a, **k))
+    monkeypatch.setattr(runner, "build_model", lambda *a, **k: events.append("build") or build(*a, **k))
+    return events
+
+
+def test_a_fresh_job_decodes_while_the_network_is_built_and_a_rerun_after(image_tree, tmp_path, monkeypatch):
+    events = _watch_decoding(monkeypatch)
+    out = tmp_path / "codes.h5"
+    assert extract(image_tree, out) == 0
+    assert events == ["decode", "build"]  # nothing to reuse: decoding starts first
+    (image_tree / "cat" / "img_000.png").unlink()
+    events.clear()
+    assert extract(image_tree, out, "--update") == 0  # nothing new to decode
+    assert events == ["build"]
+
+
+def test_early_decoders_for_a_job_that_turned_out_otherwise_are_replaced(image_tree, tmp_path, monkeypatch):
+    """If a file or parts appear while the network is built, the plan differs from the early guess (every
+    row): those decoders are dropped and the planned rows decoded instead."""
+    from conftest import write_image
+    from extract import runner
+
+    out = tmp_path / "codes.h5"
+    assert extract(image_tree, out) == 0
+    write_image(image_tree / "cat" / "new_one.png", np.random.default_rng(5), cls=0)
+    monkeypatch.setattr(runner, "fresh", lambda *args: True)  # as if the file had appeared after the check
+    events = _watch_decoding(monkeypatch)
+    assert extract(image_tree, out, "--update") == 0
+    assert events == ["decode", "build", "decode"]
+    again = tmp_path / "again.h5"
+    assert extract(image_tree, again) == 0
+    assert files_equal(out, again)
