@@ -17,7 +17,7 @@ import torch
 from . import parts, shards, writer
 from .backbones import DEFAULT_BACKBONE, get_backbone
 from .batches import Decoders
-from .device import pick_device, pick_precision
+from .device import pick_device, pick_precision, usable_cpus
 from .errors import ExtractionError, ExtractionInterrupted  # noqa: F401  (re-exported)
 from .inference import CodeComputer, default_batch_size, make_computer
 from .lock import output_lock
@@ -77,14 +77,10 @@ class Settings:
                    forward_streams(dev, cpus))
 
 
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-
-
 def default_workers(device: torch.device, cpus: int | None = None) -> int:
     """Decode worker processes: one per CPU (at most 16) on the CPU, where they sleep while the network
     runs; on a GPU one fewer than the CPUs (at least one, at most eight). ``cpus``: this process's share."""
-    cpus = cpus or _cpus()
+    cpus = cpus or usable_cpus()
     return min(16, cpus) if device.type == "cpu" else max(1, min(8, cpus - 1))
 
 

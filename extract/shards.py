@@ -45,8 +45,9 @@ class Shard:
 
     def cpus(self) -> int:
         """The CPUs of this process: the machine's (its affinity) shared by the ranks on it, at least one."""
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cpus // self.local_count)
+        from .device import usable_cpus  # here: assembling alone needs no torch
+
+        return max(1, usable_cpus() // self.local_count)
 
     def device(self, device: str, cuda_count: int) -> str:
         """``auto`` or ``cuda`` becomes ``cuda:LOCAL_RANK`` (modulo the GPUs) when several ranks share a

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import pipeline
 from conftest import ROOT
@@ -89,6 +90,29 @@ def test_ranks_on_one_machine_take_their_own_gpu_and_share_the_cpus():
     assert two.cpus() == max(1, cpus // 2) and Shard(0, 64, 0, 64).cpus() == max(1, cpus // 64)
     settings = Settings.of(RunOptions("cpu", "fp32"), two)  # what the rank's decoders and OpenVINO streams get
     assert settings.workers == settings.streams == min(16, max(1, cpus // 2))
+
+
+def test_openvino_pins_its_threads_only_where_its_streams_fill_the_machine(monkeypatch):
+    """OpenVINO pins stream threads from the first core on, so ranks sharing a machine would all be pinned
+    onto the same cores; a process whose streams take every CPU keeps the pinning."""
+    from extract import device, inference
+    from extract.backbones import get_backbone
+    from extract.recipe import preprocess_config
+    from extract.taps import resolve_taps
+    from extract.weights import RANDOM, WeightsInfo, build_model
+
+    monkeypatch.setattr(device, "usable_cpus", lambda: 4)
+    bb = get_backbone("mobilenet_v2")
+    model = build_model(bb, WeightsInfo(RANDOM, RANDOM, ""))
+    taps = resolve_taps(bb, model, ["block4"], "avg", crop=64)
+    prep = {**preprocess_config(bb), "crop": 64}
+
+    def pinned(streams: int) -> bool:
+        computer = inference.make_computer(model, taps, prep, torch.device("cpu"), "fp32", 2, streams)
+        assert computer.runtime == "openvino", computer.note
+        return computer.compiled.get_property("ENABLE_CPU_PINNING")
+
+    assert pinned(4) and not pinned(2)
 
 
 @pytest.mark.parametrize("shard", ["2/2", "-1/2", "1", "a/b", "0/0"])
