@@ -3,9 +3,10 @@
 Worker processes (DataLoader, forked) only decode; the main process runs the network, which on
 the CPU is OpenVINO's own multi-stream inference, so no worker holds a compiled model. The
 workers start decoding as soon as ``decoded_batches`` is called, so the caller can prepare the
-network meanwhile: a fresh job's before the network is even built (``Decoders``), and up to
-``PREFETCH_BYTES`` of images ahead, enough to cover that preparation on 2 cores. They run torch with one thread: GNU OpenMP deadlocks in a forked child whose
-parent already ran a parallel region, and more threads would only compete with the forward pass.
+network meanwhile: for a fresh job, before the network is even built (``Decoders``), up to
+``PREFETCH_BYTES`` of images ahead. The workers run torch with one thread: GNU OpenMP deadlocks in
+a forked child whose parent already ran a parallel region, and more threads would only compete
+with the forward pass.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from .reader import ImageDataset, ImageList
 # workers as shared file descriptors, whose sender thread prints tracebacks when Ctrl-C stops a run.
 Decoded = tuple[np.ndarray, np.ndarray, list[str]]
 # Decoded images held ahead, all workers together (64 MiB: 445 images at 224 x 224): enough to keep the
-# decoders busy while the network is built and loaded (bench/RESULTS.md), without holding much memory.
+# decoders busy while the network is built and loaded (see bench/RESULTS.md), without holding much memory.
 PREFETCH_BYTES = 64 << 20
 
 

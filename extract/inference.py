@@ -175,7 +175,7 @@ def _converted(module: Normalized, taps: list[Tap], preprocess: dict, precision:
 
 def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: int) -> OpenVINOComputer:
     # OpenVINO pins each process's stream threads from the first core on: ranks sharing a machine would all
-    # be pinned onto the same cores (18% slower for 2 ranks on 2 cores), so pin only streams that fill it
+    # be pinned onto the same cores (bench/RESULTS.md), so pin only streams that fill the CPUs
     config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "NUM_STREAMS": streams,
               "INFERENCE_NUM_THREADS": streams, "PERFORMANCE_HINT": "THROUGHPUT",
               "ENABLE_CPU_PINNING": streams >= devices.usable_cpus()}
