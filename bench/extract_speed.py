@@ -244,7 +244,10 @@ def _openvino_alone(model, bs: int, n_images: int) -> dict:
 
     core = ov.Core()
     precision = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
-    converted = ov.convert_model(torch.export.export(model, (torch.zeros(bs, 3, 224, 224),)))
+    from extract.openvino_model import no_telemetry
+
+    with no_telemetry():  # offline, as cnncodes converts
+        converted = ov.convert_model(torch.export.export(model, (torch.zeros(bs, 3, 224, 224),)))
     compiled = core.compile_model(converted, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT",
                                                      "INFERENCE_PRECISION_HINT": precision})
     requests = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")

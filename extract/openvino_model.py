@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -76,12 +77,31 @@ def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None):
 
     with torch.no_grad():
         program = torch.export.export(module, (example,))
-    model = ov.convert_model(program)
+    with no_telemetry():
+        model = ov.convert_model(program)
     model.reshape({model.inputs[0]: ov.PartialShape([-1, *example.shape[1:]])})
     folder = cache_dir()
     if folder and key and (_store(model, folder / key) or (folder / key / "model.xml").is_file()):
         return _read(folder / key / "model.xml")  # ours, or a concurrent rank's identical one
     return model
+
+
+@contextmanager
+def no_telemetry():
+    """``convert_model`` sends usage telemetry (Google Analytics) by default, from a thread that forks a
+    process to post it: cnncodes stays offline, and that fork, taken while the main thread held h5py's lock,
+    hung a run for good (h5py's and logging's at-fork locks). The converter's own stand-in replaces it."""
+    try:
+        from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils
+    except ImportError:  # another converter layout: nothing to replace
+        yield
+        return
+    saved = convert_impl.tm, telemetry_utils.tm
+    convert_impl.tm = telemetry_utils.tm = telemetry_stub
+    try:
+        yield
+    finally:
+        convert_impl.tm, telemetry_utils.tm = saved
 
 
 def _read(xml: Path):

@@ -55,3 +55,13 @@ def test_a_rank_that_loses_the_race_to_store_uses_the_stored_model(cache):
     assert (_output(winner, x) == 2).all()
     loser = openvino_model.converted(Scale(3.0), x, "key")  # stands for the same network, made distinguishable
     assert (_output(loser, x) == 2).all()
+
+
+def test_converting_sends_no_telemetry(monkeypatch):
+    """OpenVINO's converter posts usage telemetry by default, from a thread that forks; offline means none."""
+    openvino_telemetry = pytest.importorskip("openvino_telemetry", reason="this OpenVINO has no telemetry package")
+    sent = []
+    monkeypatch.setattr(openvino_telemetry.Telemetry, "send_event", lambda self, *a, **k: sent.append(a))
+    model = openvino_model.converted(Scale(2.0), torch.ones(1, 3), None)
+    assert (_output(model, torch.ones(1, 3)) == 2).all()
+    assert sent == []
