@@ -26,8 +26,8 @@ _SOURCES = ("taps.py", "inference.py", "fusion.py", "openvino_model.py")
 
 @functools.cache
 def core():
-    """The process's one ``openvino.Core``: every further Core made in a process that already had one
-    ended, after enough of them (a test suite, or an API user extracting many times), in a crash."""
+    """The process's one ``openvino.Core``. With a Core made for each compile, a process that compiled many
+    models (the test suite; an API user extracting many times) crashed, as upstream reports for a second Core."""
     import openvino as ov
 
     return ov.Core()

@@ -151,9 +151,9 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         result.n_extracted = sum(len(part_plan.rows(p)) for p in mine)
         need = writer.bytes_needed(len(listing), taps, dtype)
         writer.check_space(out, 2 * need, need, "the parts and the codes file")
+        if early and not early.covers(plan.job_rows, todo):
+            early = None  # the job turned out otherwise (a file or parts appeared): those decoders stop
         if todo:
-            if early and not early.covers(plan.job_rows, todo):
-                early = None  # the job turned out otherwise (a file or parts appeared): those decoders stop
             # the workers decode while the network is converted or loaded
             decoded = (early or Decoders(listing, plan.job_rows, prep, settings.part_size, settings.batch_size,
                                          settings.workers, rank.parts, todo)).batches
