@@ -102,8 +102,12 @@ def open_job(parts_dir: Path, job: Job, listing: ImageList, job_rows: list[int],
     for part in mine:
         for stale in parts_dir.glob(f".{part_path(parts_dir, part).name}.*.tmp"):
             stale.unlink()  # a part that was being written when this shard's earlier run was killed
-    done = {int(p.stem.split("-")[1]) for p in parts_dir.glob("part-*.npz")}
-    return {p for p in done if p < job.n_parts}, discarded
+    return {p for p in finished_parts(parts_dir) if p < job.n_parts}, discarded
+
+
+def finished_parts(parts_dir: Path) -> set[int]:
+    """The numbers of the part files in ``parts_dir`` (each one complete: see the module note)."""
+    return {int(p.stem.split("-")[1]) for p in parts_dir.glob("part-*.npz")}
 
 
 def missing_parts(parts_dir: Path, n_parts: int) -> list[int]:

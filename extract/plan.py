@@ -94,7 +94,7 @@ def ignored_note(listing: ImageList) -> list[str]:
 def fresh(out: Path, overwrite: bool, parts_dir: Path) -> bool:
     """Whether the job is certain to be every row with no part done yet (no file to reuse, no parts to
     resume): known before the network is built, so decoding can start at once."""
-    return (overwrite or not out.exists()) and not any(parts_dir.glob("part-*.npz"))
+    return (overwrite or not out.exists()) and not parts.finished_parts(parts_dir)
 
 
 def batches_of(plan: parts.PartPlan, todo: list[int], batch_size: int) -> list[list[int]]:

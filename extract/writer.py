@@ -65,7 +65,7 @@ def write_parts(batches: Iterable[Batch], plan: parts.PartPlan, todo: list[int],
                 parts.write_part(parts.part_path(parts_dir, part), *buffer.finish())
                 part, buffer = next(pending, None), PartBuffer()
     except KeyboardInterrupt:
-        finished = len(list(parts_dir.glob("part-*.npz")))
+        finished = len(parts.finished_parts(parts_dir))
         raise ExtractionInterrupted(
             f"interrupted: {finished} of {plan.n_parts} parts are saved in {parts_dir}; "
             f"run the same command again to resume") from None
