@@ -28,13 +28,11 @@ def usable_cpus() -> int:
 
 def cpu_capabilities() -> list[str]:
     """What OpenVINO says this CPU computes natively (``BF16`` where it has AMX or AVX512-BF16); [] without it."""
-    import importlib.util
+    from . import openvino_model
 
-    if importlib.util.find_spec("openvino") is None:
+    if not openvino_model.available():
         return []
-    from .openvino_model import core
-
-    return list(core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return list(openvino_model.core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 def pick_precision(precision: str, device: torch.device,

@@ -128,7 +128,7 @@ def make_computer(model: nn.Module, taps: list[Tap], preprocess: dict, device: t
     if device.type == "cpu" and precision == "bf16" and not devices.native_bf16():
         return CodeComputer(_eager(model, taps, preprocess), device, precision, batch_size, note=NO_NATIVE_BF16)
     if device.type == "cpu":
-        key = openvino_model.cache_key(cache_key) if cache_key is not None and _has_openvino() else None
+        key = openvino_model.cache_key(cache_key) if cache_key is not None and openvino_model.available() else None
         try:  # a network converted and checked by an earlier run: no eager model needed
             ready = openvino_model.cached(key) if key else None
             if ready is not None:
@@ -148,12 +148,6 @@ def make_computer(model: nn.Module, taps: list[Tap], preprocess: dict, device: t
 
 def _eager(model: nn.Module, taps: list[Tap], preprocess: dict) -> Normalized:
     return Normalized(_tap_model(model, taps), preprocess).eval().requires_grad_(False)
-
-
-def _has_openvino() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
 
 
 def _converted(module: Normalized, taps: list[Tap], preprocess: dict, precision: str, batch_size: int,

@@ -24,6 +24,13 @@ MAX_ENTRIES = 8
 _SOURCES = ("taps.py", "inference.py", "fusion.py", "openvino_model.py")
 
 
+def available() -> bool:
+    """Whether OpenVINO is installed (found without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
 @functools.cache
 def core():
     """The process's one ``openvino.Core``. With a Core made for each compile, a process that compiled many
