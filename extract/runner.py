@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import time
@@ -125,9 +126,10 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     parts_dir = parts.parts_dir_for(out)
     with output_lock(out, rank.rank if rank.sharded else None) as held, _gc_frozen():
         started = time.perf_counter()
+        decoders = functools.partial(Decoders, listing, prep=prep, part_size=settings.part_size,
+                                     batch_size=settings.batch_size, workers=settings.workers, rank_parts=rank.parts)
         # a fresh job's decoders start before the network is built: one core would idle meanwhile
-        early = Decoders(listing, list(range(len(listing))), prep, settings.part_size, settings.batch_size,
-                         settings.workers, rank.parts) if fresh(out, overwrite, parts_dir) else None
+        early = decoders(list(range(len(listing)))) if fresh(out, overwrite, parts_dir) else None
         model = build_model(bb, winfo)
         taps = resolve_taps(bb, model, list(layers), pool, prep["crop"], max_dim)
         recipe = Recipe.make(bb, winfo, taps, prep, settings.precision).as_dict()
@@ -155,8 +157,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
             early = None  # the job turned out otherwise (a file or parts appeared): those decoders stop
         if todo:
             # the workers decode while the network is converted or loaded
-            decoded = (early or Decoders(listing, plan.job_rows, prep, settings.part_size, settings.batch_size,
-                                         settings.workers, rank.parts, todo)).batches
+            decoded = (early or decoders(plan.job_rows, todo=todo)).batches
             computer = _computer(model, taps, prep, settings, bb.name, winfo, max_dim)
             result.runtime = computer.describe()
             result.notes.extend([computer.note] if computer.note else [])
