@@ -239,14 +239,14 @@ def _tutorial_model():
 
 def _openvino_alone(model, bs: int, n_images: int) -> dict:
     import numpy as np
-    import openvino as ov
     import torch
 
+    from extract import openvino_model
+
+    ov = openvino_model.ov()  # without its telemetry, as cnncodes imports it
     core = ov.Core()
     precision = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
-    from extract.openvino_model import no_telemetry
-
-    with no_telemetry():  # offline, as cnncodes converts
+    with openvino_model.no_telemetry():  # offline, as cnncodes converts
         converted = ov.convert_model(torch.export.export(model, (torch.zeros(bs, 3, 224, 224),)))
     compiled = core.compile_model(converted, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT",
                                                      "INFERENCE_PRECISION_HINT": precision})

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,13 +32,23 @@ def available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def ov():
+    """The ``openvino`` module, imported without its usage telemetry. On import it posts an event (Google
+    Analytics, writing a client id under ~/intel) from a thread that forks a process to send it: that fork,
+    taken while the main thread held h5py's lock, hung extractions for good (h5py's and logging's at-fork
+    locks), and cnncodes stays offline. With ``openvino_telemetry`` blocked, OpenVINO's tools use their own
+    stand-in (``telemetry_stub``); a process that imported OpenVINO earlier keeps what it has."""
+    sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
 @functools.cache
 def core():
     """The process's one ``openvino.Core``. With a Core made for each compile, a process that compiled many
     models (the test suite; an API user extracting many times) crashed, as upstream reports for a second Core."""
-    import openvino as ov
-
-    return ov.Core()
+    return ov().Core()
 
 
 def cache_dir() -> Path | None:
@@ -52,9 +63,9 @@ def cache_dir() -> Path | None:
 def cache_key(description: dict) -> str:
     """A digest of what the converted model depends on: ``description`` (network, weights, taps,
     input size, normalization) and the versions of torch, torchvision, openvino and of this code."""
-    import openvino
     import torchvision
 
+    openvino = ov()
     here = Path(__file__).parent
     code = hashlib.sha256(b"".join((here / name).read_bytes() for name in _SOURCES)).hexdigest()
     versions = [torch.__version__, torchvision.__version__, openvino.__version__, code]
@@ -80,13 +91,12 @@ def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None):
     """``module`` exported and converted to an ``openvino.Model`` with a free batch size, then stored
     under ``key`` and read back from there: the model later runs load, so their codes are the same to
     the bit. Raises when the network cannot be exported or converted."""
-    import openvino as ov
-
+    openvino = ov()
     with torch.no_grad():
         program = torch.export.export(module, (example,))
     with no_telemetry():
-        model = ov.convert_model(program)
-    model.reshape({model.inputs[0]: ov.PartialShape([-1, *example.shape[1:]])})
+        model = openvino.convert_model(program)
+    model.reshape({model.inputs[0]: openvino.PartialShape([-1, *example.shape[1:]])})
     folder = cache_dir()
     if folder and key and (_store(model, folder / key) or (folder / key / "model.xml").is_file()):
         return _read(folder / key / "model.xml")  # ours, or a concurrent rank's identical one
@@ -95,9 +105,9 @@ def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None):
 
 @contextmanager
 def no_telemetry():
-    """``convert_model`` sends usage telemetry (Google Analytics) by default, from a thread that forks a
-    process to post it: cnncodes stays offline, and that fork, taken while the main thread held h5py's lock,
-    hung a run for good (h5py's and logging's at-fork locks). The converter's own stand-in replaces it."""
+    """``convert_model`` sends usage telemetry as the import does (see ``ov``), also where OpenVINO was imported
+    before cnncodes could block it: the converter's own stand-in replaces it while converting."""
+    ov()
     try:
         from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils
     except ImportError:  # another converter layout: nothing to replace
@@ -114,6 +124,7 @@ def no_telemetry():
 def _read(xml: Path):
     """The IR files at ``xml``, read by OpenVINO's IR frontend alone: ``Core.read_model`` tries every frontend
     on a file the IR one refuses, and the TensorFlow one, with its own protobuf, left the heap corrupted."""
+    ov()
     from openvino.frontend import FrontEndManager
 
     frontend = FrontEndManager().load_by_framework("ir")
@@ -129,12 +140,10 @@ def forget(key: str | None) -> None:
 
 def _store(model, entry: Path) -> bool:
     """Save the IR files into a temporary folder, then rename it into place; False when the cache cannot be written."""
-    import openvino as ov
-
     tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
-        ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)
+        ov().save_model(model, tmp / "model.xml", compress_to_fp16=False)
         os.replace(tmp, entry)
         _prune(entry.parent)
         return True

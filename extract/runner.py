@@ -223,11 +223,14 @@ def _file_meta(recipe: dict, winfo, listing, settings: Settings, dtype: str) -> 
 
 
 def _openvino_version() -> dict:
+    """Read from the package's metadata: importing OpenVINO here, inside the job's HDF5 writes, would also
+    start its telemetry (see openvino_model.ov)."""
+    from importlib import metadata
+
     try:
-        import openvino
-    except ImportError:
+        return {"openvino": metadata.version("openvino")}
+    except metadata.PackageNotFoundError:
         return {}
-    return {"openvino": openvino.__version__}
 
 
 def inference_setup(backbone: str = DEFAULT_BACKBONE, layers=("penultimate",), batch_size: int | None = None,
