@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 
 from . import parts
 from .plan import batches_of
-from .reader import ImageDataset, ImageList
+from .images import ImageDataset
+from .reader import ImageList
 
 # (uint8 images [B, 3, H, W], ok flags [B], error messages). NumPy, not tensors: tensors would cross from the
 # workers as shared file descriptors, whose sender thread prints tracebacks when Ctrl-C stops a run.

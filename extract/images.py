@@ -3,7 +3,8 @@
 Scraped collections are full of broken files, so `load_rgb` turns every failure into an
 `ImageError` whose message is one readable line; the reader records it and moves on.
 JPEGs are decoded in draft mode (the decoder scales by 1/2, 1/4 or 1/8 while the shorter side
-stays >= the resize target), which is much faster for large photos.
+stays >= the resize target), which is much faster for large photos. ``ImageDataset`` serves the
+decoded images to DataLoader workers.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
 #: Images with more pixels than this are refused before decoding (Pillow's own default, ~89 Mpx).
@@ -169,3 +171,23 @@ def _sniff(head: bytes) -> str:
     if head and all(32 <= b < 127 or b in b"\t\n\r" for b in head):
         return ", looks like text"
     return ""
+
+
+class ImageDataset(Dataset):
+    """Decodes and preprocesses images to uint8 [3, crop, crop]; failures come back as (zeros, False, reason)."""
+
+    def __init__(self, root: Path, paths: list[str], resize: int, crop: int, interpolation: str = "bilinear"):
+        self.root, self.paths = root, paths
+        self.resize, self.crop, self.interpolation = resize, crop, interpolation
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool, str]:
+        try:
+            return load_image(self.root / self.paths[i], self.resize, self.crop, self.interpolation), True, ""
+        except ImageError as err:
+            reason = str(err)
+        except Exception as err:  # a decoder bug must not take the worker down
+            reason = f"unexpected {type(err).__name__}: {err}"
+        return torch.zeros(3, self.crop, self.crop, dtype=torch.uint8), False, " ".join(reason.split())

@@ -1,4 +1,4 @@
-"""List the images of a collection and decode them in DataLoader workers.
+"""List the images of a collection (images.py decodes them).
 
 A collection is a folder tree ``root/CLASS/*`` or ``root/{train,val,test}/CLASS/*`` (files directly
 under ``root`` are unlabeled), a CSV manifest ``path,label[,split]`` whose relative paths are
@@ -14,11 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
-
-from .images import ImageError, load_image
 
 SPLITS = ("train", "val", "test")
 # Split folder (and manifest split) names, case-insensitive, and the canonical split stored in the file.
@@ -242,23 +238,3 @@ def stat_files(listing: ImageList) -> None:
             mtimes.append(-1)
     listing.file_size = np.array(sizes, dtype=np.int64)
     listing.file_mtime_ns = np.array(mtimes, dtype=np.int64)
-
-
-class ImageDataset(Dataset):
-    """Decodes and preprocesses images to uint8 [3, crop, crop]; failures come back as (zeros, False, reason)."""
-
-    def __init__(self, root: Path, paths: list[str], resize: int, crop: int, interpolation: str = "bilinear"):
-        self.root, self.paths = root, paths
-        self.resize, self.crop, self.interpolation = resize, crop, interpolation
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool, str]:
-        try:
-            return load_image(self.root / self.paths[i], self.resize, self.crop, self.interpolation), True, ""
-        except ImageError as err:
-            reason = str(err)
-        except Exception as err:  # a decoder bug must not take the worker down
-            reason = f"unexpected {type(err).__name__}: {err}"
-        return torch.zeros(3, self.crop, self.crop, dtype=torch.uint8), False, " ".join(reason.split())

@@ -19,7 +19,8 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from extract.batches import decoder_init, fork_context
-from extract.reader import ImageDataset, ImageList
+from extract.images import ImageDataset
+from extract.reader import ImageList
 
 DEFAULT_TEST_FRACTION = 0.25  # as classify, when there is no split column
 CROP_SCALE = (0.25, 1.0)  # RandomResizedCrop area range: milder than ImageNet's 0.08 for short fine-tunes

@@ -50,7 +50,8 @@ import numpy as np
 import pipeline
 
 from extract import batches, runner
-from extract.reader import ImageDataset, list_images
+from extract.images import ImageDataset
+from extract.reader import list_images
 
 
 def main():
