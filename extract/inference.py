@@ -23,6 +23,7 @@ from . import device as devices
 from . import openvino_model
 from .device import DTYPES
 from .fusion import fold_batchnorm
+from .network import Network
 from .taps import Tap, TapModel
 
 # Small batches are fastest for CPU inference (cache-resident activations); GPUs want large ones.
@@ -121,25 +122,24 @@ class OpenVINOComputer(CodeComputer):
         return codes, ok, errors
 
 
-def make_computer(model: nn.Module, taps: list[Tap], preprocess: dict, device: torch.device, precision: str,
-                  batch_size: int, streams: int = 1, cache_key: dict | None = None) -> CodeComputer:
+def make_computer(network: Network, preprocess: dict, device: torch.device, precision: str, batch_size: int,
+                  streams: int = 1) -> CodeComputer:
     """The fastest computer for ``device``: OpenVINO on the CPU (eager PyTorch when that fails), eager elsewhere.
-    ``cache_key`` describes the network for the converted-model cache (None: no caching)."""
+    A network converted and checked by an earlier run (``network.converted``) needs no eager model."""
+    taps = network.taps
     if device.type == "cpu" and precision == "bf16" and not devices.native_bf16():
-        return CodeComputer(_eager(model, taps, preprocess), device, precision, batch_size, note=NO_NATIVE_BF16)
-    if device.type == "cpu":
-        key = openvino_model.cache_key(cache_key) if cache_key is not None and openvino_model.available() else None
-        try:  # a network converted and checked by an earlier run: no eager model needed
-            ready = openvino_model.cached(key) if key else None
-            if ready is not None:
-                return _compiled(ready, taps, precision, batch_size, streams)
+        return CodeComputer(_eager(network.model, taps, preprocess), device, precision, batch_size,
+                            note=NO_NATIVE_BF16)
+    if device.type == "cpu" and network.converted is not None:
+        try:
+            return _compiled(network.converted, taps, precision, batch_size, streams)
         except Exception:
             pass
-    module = _eager(model, taps, preprocess)
+    module = _eager(network.model, taps, preprocess)
     if device.type != "cpu":
         return CodeComputer(module, device, precision, batch_size)
     try:
-        return _converted(module, taps, preprocess, precision, batch_size, streams, key)
+        return _converted(module, network, preprocess, precision, batch_size, streams)
     except Exception as err:  # a network or tap that OpenVINO cannot take
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         return CodeComputer(module, device, precision, batch_size,
@@ -150,8 +150,8 @@ def _eager(model: nn.Module, taps: list[Tap], preprocess: dict) -> Normalized:
     return Normalized(_tap_model(model, taps), preprocess).eval().requires_grad_(False)
 
 
-def _converted(module: Normalized, taps: list[Tap], preprocess: dict, precision: str, batch_size: int,
-               streams: int, key: str | None) -> OpenVINOComputer:
+def _converted(module: Normalized, network: Network, preprocess: dict, precision: str, batch_size: int,
+               streams: int) -> OpenVINOComputer:
     """Convert ``module``, compile it, and check it against the eager model on a probe batch."""
     crop = preprocess["crop"]
     example = torch.zeros(batch_size, 3, crop, crop, dtype=torch.uint8)
@@ -159,10 +159,11 @@ def _converted(module: Normalized, taps: list[Tap], preprocess: dict, precision:
     with torch.inference_mode():
         expected = module(probe)
     try:
-        computer = _compiled(openvino_model.converted(module, example, key), taps, precision, batch_size, streams)
+        ov_model = openvino_model.converted(module, example, network.key, network.cache_meta())
+        computer = _compiled(ov_model, network.taps, precision, batch_size, streams)
         check_agreement(expected, computer(probe), AGREEMENT[precision])
     except BaseException:
-        openvino_model.forget(key)  # never leave a conversion that failed its check for the next run
+        openvino_model.forget(network.key)  # never leave a conversion that failed its check for the next run
         raise
     return computer
 

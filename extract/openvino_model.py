@@ -4,9 +4,10 @@ Conversion takes seconds (export, then ``openvino.convert_model``) and gives the
 time for the same network, weights, taps and input size, so its IR files (``ov.save_model``) are
 kept in a cache folder: ``$CNNCODES_CACHE_DIR`` (``off``: no cache), else
 ``$XDG_CACHE_HOME/cnncodes/openvino`` or ``~/.cache/cnncodes/openvino``; the oldest entries go
-beyond ``MAX_ENTRIES``. The caller checks every conversion against the eager model before it is
-used; the key covers everything an entry depends on, so a later run trusts it, and a damaged
-entry costs a conversion.
+beyond ``MAX_ENTRIES``. Beside the IR files an entry keeps the caller's ``meta.json`` (network.py: the
+taps, so that a rerun builds nothing). The caller checks every conversion against the eager model
+before it is used; the key covers everything an entry depends on, so a later run trusts it, and a
+damaged entry costs a conversion.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 MAX_ENTRIES = 8
-_SOURCES = ("taps.py", "inference.py", "fusion.py", "openvino_model.py")
+_SOURCES = ("backbones.py", "taps.py", "network.py", "inference.py", "fusion.py", "openvino_model.py")
 
 
 def available() -> bool:
@@ -73,24 +74,26 @@ def cache_key(description: dict) -> str:
 
 
 def cached(key: str | None):
-    """The converted model stored under ``key``, or None (no cache, no entry, or a damaged one, then deleted)."""
+    """(the converted model, its meta) stored under ``key``, or None (no cache, no entry, or a damaged one,
+    then deleted)."""
     folder = cache_dir()
     entry = folder / key if folder and key else None
     if entry is None or not (entry / "model.xml").is_file():
         return None
     try:
         model = _read(entry / "model.xml")
+        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
     except Exception:
         shutil.rmtree(entry, ignore_errors=True)
         return None
     os.utime(entry)
-    return model
+    return model, meta
 
 
-def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None):
+def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None, meta: dict | None = None):
     """``module`` exported and converted to an ``openvino.Model`` with a free batch size, then stored
-    under ``key`` and read back from there: the model later runs load, so their codes are the same to
-    the bit. Raises when the network cannot be exported or converted."""
+    with ``meta`` under ``key`` and read back from there: the model later runs load, so their codes are
+    the same to the bit. Raises when the network cannot be exported or converted."""
     openvino = ov()
     with torch.no_grad():
         program = torch.export.export(module, (example,))
@@ -98,7 +101,7 @@ def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None):
         model = openvino.convert_model(program)
     model.reshape({model.inputs[0]: openvino.PartialShape([-1, *example.shape[1:]])})
     folder = cache_dir()
-    if folder and key and (_store(model, folder / key) or (folder / key / "model.xml").is_file()):
+    if folder and key and (_store(model, meta or {}, folder / key) or (folder / key / "model.xml").is_file()):
         return _read(folder / key / "model.xml")  # ours, or a concurrent rank's identical one
     return model
 
@@ -138,12 +141,13 @@ def forget(key: str | None) -> None:
         shutil.rmtree(folder / key, ignore_errors=True)
 
 
-def _store(model, entry: Path) -> bool:
+def _store(model, meta: dict, entry: Path) -> bool:
     """Save the IR files into a temporary folder, then rename it into place; False when the cache cannot be written."""
     tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
         ov().save_model(model, tmp / "model.xml", compress_to_fp16=False)
+        (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
         os.replace(tmp, entry)
         _prune(entry.parent)
         return True

@@ -1,7 +1,8 @@
 """Drive an extraction: plan the job, run the missing parts (read -> map -> write), assemble the file.
 
 ``extract_codes`` is the one verb: its keywords make a ``Recipe`` (what defines the codes) and
-``RunOptions`` (how fast and where); see plan.py, batches.py, inference.py and writer.py for the steps.
+``RunOptions`` (how fast and where); see plan.py, batches.py, network.py, inference.py and writer.py for the
+steps.
 """
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ from .backbones import DEFAULT_BACKBONE, get_backbone
 from .batches import Decoders
 from .device import pick_device, pick_precision, usable_cpus
 from .errors import ExtractionError, ExtractionInterrupted  # noqa: F401  (re-exported)
-from .inference import CodeComputer, default_batch_size, make_computer
+from .inference import default_batch_size, make_computer
 from .lock import output_lock
+from .network import prepare
 from .plan import fresh, ignored_note, plan_job
 from .reader import list_images
 from .recipe import DEFAULT_PART_SIZE, Recipe, RunOptions, preprocess_config
-from .taps import MAX_UNPOOLED_DIM, resolve_taps
-from .weights import build_model, locate_weights
+from .taps import MAX_UNPOOLED_DIM
+from .weights import locate_weights
 
 
 @dataclass
@@ -130,8 +132,8 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
                                      batch_size=settings.batch_size, workers=settings.workers, rank_parts=rank.parts)
         # a fresh job's decoders start before the network is built: one core would idle meanwhile
         early = decoders(list(range(len(listing)))) if fresh(out, overwrite, parts_dir) else None
-        model = build_model(bb, winfo)
-        taps = resolve_taps(bb, model, list(layers), pool, prep["crop"], max_dim)
+        network = prepare(bb, winfo, list(layers), pool, prep, max_dim, settings.device)
+        taps = network.taps
         recipe = Recipe.make(bb, winfo, taps, prep, settings.precision).as_dict()
         if expected_recipe is not None:
             from .codesfile import check_recipe
@@ -158,7 +160,8 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         if todo:
             # the workers decode while the network is converted or loaded
             decoded = (early or decoders(plan.job_rows, todo=todo)).batches
-            computer = _computer(model, taps, prep, settings, bb.name, winfo, max_dim)
+            computer = make_computer(network, prep, settings.device, settings.precision, settings.batch_size,
+                                     settings.streams)
             result.runtime = computer.describe()
             result.notes.extend([computer.note] if computer.note else [])
             writer.write_parts(computer.map(decoded), part_plan, todo, parts_dir, dtype, settings.progress)
@@ -180,15 +183,6 @@ def _open_job(parts_dir: Path, part_plan: parts.PartPlan, plan, mine: list[int],
     if discarded:
         result.notes.append("discarded the parts of an earlier interrupted run made with other settings")
     return done
-
-
-def _computer(model, taps, prep: dict, settings: Settings, backbone: str, winfo, max_dim: int) -> CodeComputer:
-    """The mapper for this run; the description keys OpenVINO's converted-model cache."""
-    key = {"backbone": backbone, "weights": winfo.sha256 or winfo.source, "crop": prep["crop"],
-           "mean": prep["mean"], "std": prep["std"], "max_dim": max_dim,
-           "taps": [[t.name, t.node, t.pool] for t in taps]}
-    return make_computer(model, taps, prep, settings.device, settings.precision, settings.batch_size,
-                         settings.streams, key)
 
 
 @contextmanager
@@ -240,7 +234,6 @@ def inference_setup(backbone: str = DEFAULT_BACKBONE, layers=("penultimate",), b
     bb = get_backbone(backbone)
     settings = Settings.of(RunOptions(device, precision, batch_size, progress=False))
     prep, winfo = preprocess_config(bb), locate_weights(bb, weights)
-    model = build_model(bb, winfo)
-    taps = resolve_taps(bb, model, list(layers), "avg", prep["crop"], MAX_UNPOOLED_DIM)
-    computer = _computer(model, taps, prep, settings, bb.name, winfo, MAX_UNPOOLED_DIM)
+    network = prepare(bb, winfo, list(layers), "avg", prep, MAX_UNPOOLED_DIM, settings.device)
+    computer = make_computer(network, prep, settings.device, settings.precision, settings.batch_size, settings.streams)
     return computer, settings.batch_size, f"{computer.describe()}, batch {settings.batch_size}"

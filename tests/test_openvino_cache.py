@@ -34,24 +34,38 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_a_rerun_loads_the_converted_model_and_converts_nothing(cache, monkeypatch):
-    from extract.runner import inference_setup
+def test_a_rerun_loads_the_converted_model_and_builds_nothing(cache, monkeypatch, image_tree, tmp_path):
+    """The taps are kept beside the converted model: a rerun neither builds the network nor converts it, and
+    writes the same codes."""
+    from extract import extract_codes, network
+    from extract.codesfile import open_codes
+    from fault_injection import files_equal
 
-    first, _, _ = inference_setup(weights="random", device="cpu", precision="fp32")
-    assert first.runtime == "openvino" and len(list(cache.glob("*/model.xml"))) == 1
+    def run(name: str):
+        result = extract_codes(image_tree, tmp_path / name, weights="random", resize=72, crop=64, precision="fp32",
+                               layers=["block4", "penultimate"], progress=False)
+        assert result.runtime.startswith("cpu fp32 openvino") and not result.notes, (result.runtime, result.notes)
+        return open_codes(tmp_path / name)
 
-    def no_conversion(*args, **kwargs):
-        raise AssertionError("converted again")
+    first = run("first.h5")
+    assert len(list(cache.glob("*/model.xml"))) == 1
 
-    monkeypatch.setattr(openvino_model, "converted", no_conversion)
-    again, _, _ = inference_setup(weights="random", device="cpu", precision="fp32")
-    assert again.runtime == "openvino" and not again.note
+    def never(*args, **kwargs):
+        raise AssertionError("built or converted again")
+
+    monkeypatch.setattr(network, "build_model", never)
+    monkeypatch.setattr(openvino_model, "converted", never)
+    again = run("again.h5")
+    assert again.taps == first.taps == ["block4", "penultimate"]
+    assert again.meta["taps"] == first.meta["taps"] and again.recipe == first.recipe
+    assert files_equal(first.path, again.path)
 
 
 def test_a_damaged_entry_is_deleted_and_costs_a_conversion(cache):
     entry = cache / "k"
     entry.mkdir(parents=True)
     (entry / "model.xml").write_text("<not a model", encoding="utf-8")
+    (entry / "meta.json").write_text("{}", encoding="utf-8")
     assert openvino_model.cached("k") is None and not entry.exists()
 
 
@@ -59,10 +73,11 @@ def test_a_rank_that_loses_the_race_to_store_uses_the_stored_model(cache):
     """Two ranks convert the same network at once; the second cannot rename its entry into place and
     must run the stored model, as the first does, so that both write the same codes."""
     x = torch.ones(1, 3)
-    winner = openvino_model.converted(Scale(2.0), x, "key")
+    winner = openvino_model.converted(Scale(2.0), x, "key", {"taps": ["winner's"]})
     assert (_output(winner, x) == 2).all()
-    loser = openvino_model.converted(Scale(3.0), x, "key")  # stands for the same network, made distinguishable
+    loser = openvino_model.converted(Scale(3.0), x, "key", {"taps": ["loser's"]})  # the same network, made distinguishable
     assert (_output(loser, x) == 2).all()
+    assert openvino_model.cached("key")[1] == {"taps": ["winner's"]}
 
 
 def _outside_ci(tmp_path: Path, code: str) -> str:

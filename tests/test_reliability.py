@@ -214,12 +214,12 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
 
 
 def _watch_decoding(monkeypatch) -> list[str]:
-    """Record, in order, each start of decoders and each build of the network."""
+    """Record, in order, each start of decoders and each preparation of the network (built, or read from the cache)."""
     from extract import batches, runner
 
-    events, decoded, build = [], batches.decoded_batches, runner.build_model
+    events, decoded, prepare = [], batches.decoded_batches, runner.prepare
     monkeypatch.setattr(batches, "decoded_batches", lambda *a, **k: events.append("decode") or decoded(*a, **k))
-    monkeypatch.setattr(runner, "build_model", lambda *a, **k: events.append("build") or build(*a, **k))
+    monkeypatch.setattr(runner, "prepare", lambda *a, **k: events.append("build") or prepare(*a, **k))
     return events
 
 

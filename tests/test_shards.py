@@ -97,18 +97,17 @@ def test_openvino_pins_its_threads_only_where_its_streams_fill_the_machine(monke
     onto the same cores; a process whose streams take every CPU keeps the pinning."""
     from extract import device, inference
     from extract.backbones import get_backbone
+    from extract.network import prepare
     from extract.recipe import preprocess_config
-    from extract.taps import resolve_taps
-    from extract.weights import RANDOM, WeightsInfo, build_model
+    from extract.weights import RANDOM, WeightsInfo
 
     monkeypatch.setattr(device, "usable_cpus", lambda: 4)
     bb = get_backbone("mobilenet_v2")
-    model = build_model(bb, WeightsInfo(RANDOM, RANDOM, ""))
-    taps = resolve_taps(bb, model, ["block4"], "avg", crop=64)
     prep = {**preprocess_config(bb), "crop": 64}
+    network = prepare(bb, WeightsInfo(RANDOM, RANDOM, ""), ["block4"], "avg", prep, 65536, torch.device("cpu"))
 
     def pinned(streams: int) -> bool:
-        computer = inference.make_computer(model, taps, prep, torch.device("cpu"), "fp32", 2, streams)
+        computer = inference.make_computer(network, prep, torch.device("cpu"), "fp32", 2, streams)
         assert computer.runtime == "openvino", computer.note
         return computer.compiled.get_property("ENABLE_CPU_PINNING")
 

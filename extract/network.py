@@ -1,0 +1,63 @@
+"""The network an extraction runs: its taps, and the model itself only where something needs it.
+
+Building the backbone and resolving its taps (a probe forward through it) cost a rerun a good part
+of its start-up. On the CPU, the converted-model cache (openvino_model) keeps the taps beside the
+converted model, under a key of what was asked (backbone, weights, layers, pooling, input size and
+normalization), so a rerun reads both and builds nothing; the model is built when the run needs the
+eager network after all (no cached entry, a fallback, or another device).
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from . import openvino_model
+from .backbones import Backbone
+from .taps import Tap, resolve_taps
+from .weights import WeightsInfo, build_model
+
+
+@dataclass
+class Network:
+    """The taps, a model built on first use, and on the CPU the cache key and the cached converted model."""
+
+    taps: list[Tap]
+    build: Callable[[], nn.Module]
+    key: str | None = None  # of the converted-model cache (None: not cached)
+    converted: object | None = None  # an openvino.Model read from the cache
+
+    @functools.cached_property
+    def model(self) -> nn.Module:
+        return self.build()
+
+    def cache_meta(self) -> dict:
+        """What the cache keeps beside a converted model so that a rerun need not resolve the taps."""
+        return {"taps": [asdict(t) for t in self.taps]}
+
+
+def prepare(backbone: Backbone, weights: WeightsInfo, layers: list[str], pool: str, preprocess: dict, max_dim: int,
+            device: torch.device) -> Network:
+    """The network for ``layers`` of ``backbone``: from the converted-model cache where it holds it, else built."""
+    key = _cache_key(backbone, weights, layers, pool, preprocess, max_dim) if device.type == "cpu" else None
+    build = functools.partial(build_model, backbone, weights)
+    hit = openvino_model.cached(key)
+    if hit is not None:
+        converted, meta = hit
+        return Network([Tap(**{**t, "shape": tuple(t["shape"])}) for t in meta["taps"]], build, key, converted)
+    model = build()
+    taps = resolve_taps(backbone, model, list(layers), pool, preprocess["crop"], max_dim)
+    return Network(taps, lambda: model, key)
+
+
+def _cache_key(backbone: Backbone, weights: WeightsInfo, layers: list[str], pool: str, preprocess: dict,
+               max_dim: int) -> str | None:
+    if not openvino_model.available():
+        return None
+    return openvino_model.cache_key({
+        "backbone": backbone.name, "weights": weights.sha256 or weights.source, "layers": list(dict.fromkeys(layers)),
+        "pool": pool, "crop": preprocess["crop"], "mean": preprocess["mean"], "std": preprocess["std"],
+        "max_dim": max_dim})
