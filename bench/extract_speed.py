@@ -187,7 +187,7 @@ def child_agreement(root: Path, n_images: int) -> dict:
     from extract.backbones import get_backbone
     from extract.batches import stack_images
     from extract.images import ImageDataset
-from extract.reader import list_images
+    from extract.reader import list_images
     from extract.recipe import preprocess_config
     from extract.taps import resolve_taps
     from extract.weights import build_model, locate_weights
