@@ -87,7 +87,7 @@ def preprocess(img: Image.Image, resize: int, crop: int,
     """torchvision Resize(resize) + CenterCrop(crop) + PILToTensor: uint8 [3, crop, crop].
 
     The crop's source region is resized straight to ``crop`` x ``crop`` (same geometry and filter,
-    about 1.7x faster than resizing the whole image first; values agree to within a grey level).
+    faster than resizing the whole image first: bench/RESULTS.md; values agree to within a grey level).
     """
     mode = InterpolationMode(interpolation)
     w, h = img.size
