@@ -44,7 +44,7 @@ def prepare(backbone: Backbone, weights: WeightsInfo, layers: list[str], pool: s
     """The network for ``layers`` of ``backbone``: from the converted-model cache where it holds it, else built."""
     key = _cache_key(backbone, weights, layers, pool, preprocess, max_dim) if device.type == "cpu" else None
     build = functools.partial(build_model, backbone, weights)
-    hit = openvino_model.cached(key)
+    hit = openvino_model.cached(key) if key else None
     if hit is not None:
         converted, meta = hit
         return Network([Tap(**{**t, "shape": tuple(t["shape"])}) for t in meta["taps"]], build, key, converted)

@@ -114,3 +114,18 @@ def test_converting_sends_no_telemetry_where_openvino_was_imported_first(tmp_pat
                       "from extract import openvino_model; "
                       "openvino_model.converted(torch.nn.ReLU(), torch.ones(1, 3), None); print(len(sent))")
     assert out.split()[-1] == "0", out
+
+
+def test_a_network_for_another_device_is_built_and_never_read_from_the_cache(cache, monkeypatch):
+    """The cache holds CPU conversions only: a CUDA run builds its network and resolves its taps itself."""
+    from extract import network
+    from extract.backbones import get_backbone
+    from extract.recipe import preprocess_config
+    from extract.weights import RANDOM, WeightsInfo
+
+    monkeypatch.setattr(openvino_model, "cached", lambda key: pytest.fail("read the cache"))
+    bb = get_backbone("mobilenet_v2")
+    prep = {**preprocess_config(bb), "crop": 64}
+    net = network.prepare(bb, WeightsInfo(RANDOM, RANDOM, ""), ["block4"], "avg", prep, 65536, torch.device("cuda"))
+    assert net.key is None and net.converted is None and [t.name for t in net.taps] == ["block4"]
+    assert isinstance(net.model, torch.nn.Module)
