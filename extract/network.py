@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ class Network:
 
     def cache_meta(self) -> dict:
         """What the cache keeps beside a converted model so that a rerun need not resolve the taps."""
-        return {"taps": [asdict(t) for t in self.taps]}
+        return {"taps": [t.as_dict() for t in self.taps]}
 
 
 def prepare(backbone: Backbone, weights: WeightsInfo, layers: list[str], pool: str, preprocess: dict, max_dim: int,
@@ -47,7 +47,7 @@ def prepare(backbone: Backbone, weights: WeightsInfo, layers: list[str], pool: s
     hit = openvino_model.cached(key) if key else None
     if hit is not None:
         converted, meta = hit
-        return Network([Tap(**{**t, "shape": tuple(t["shape"])}) for t in meta["taps"]], build, key, converted)
+        return Network([Tap.from_dict(t) for t in meta["taps"]], build, key, converted)
     model = build()
     taps = resolve_taps(backbone, model, list(layers), pool, preprocess["crop"], max_dim)
     return Network(taps, lambda: model, key)

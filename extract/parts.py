@@ -153,7 +153,7 @@ def read_job_rows(parts_dir: Path, job: Job) -> tuple[ImageList, list[Tap], list
     meta = job.meta
     listing = ImageList(Path(meta["image_root"]), list(rows.paths), rows.labels, list(rows.split),
                         meta["class_names"], rows.file_size, rows.file_mtime_ns)
-    taps = [Tap(t["name"], t["node"], t["pool"], t["dim"], tuple(t["shape"])) for t in meta["recipe"]["taps"]]
+    taps = [Tap.from_dict(t) for t in meta["recipe"]["taps"]]
     return listing, taps, job_rows, kept
 
 

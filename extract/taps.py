@@ -28,6 +28,11 @@ class Tap:
     def as_dict(self) -> dict:
         return {**asdict(self), "shape": list(self.shape), "relu": True}
 
+    @classmethod
+    def from_dict(cls, stored: dict) -> Tap:
+        """The Tap that ``as_dict`` stored (in a recipe, or beside a converted model)."""
+        return cls(stored["name"], stored["node"], stored["pool"], stored["dim"], tuple(stored["shape"]))
+
 
 class TapModel(nn.Module):
     """Backbone truncated after the deepest tap; returns {tap name: [B, dim] ReLU'd codes}."""
