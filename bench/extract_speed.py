@@ -51,6 +51,8 @@ TARGET_COS_FP32, TARGET_COS_BF16, TARGET_OPENVINO = 0.9999, 0.999, 0.90
 OLD_RELEASE = "24d56fc"  # the last release on TorchScript + oneDNN Graph
 # the cnncodes contenders: name -> (precision, how the report describes it)
 CNNCODES_RUNS = {"cnncodes": ("auto", "--precision auto"), "cnncodes-fp32": ("fp32", "--precision fp32")}
+# model alone (pre-made batches): each end-to-end contender's own forward, and OpenVINO alone
+MODEL_RUNS = ("model-cnncodes", "model-cnncodes-fp32", "model-openvino", "model-old", "model-tutorial")
 
 
 # ============================================================================ children (fresh processes)
@@ -135,7 +137,7 @@ def child_cnncodes(root: Path, save: Path, precision: str, launched: str) -> dic
 
 def child_model(which: str, n_images: int) -> dict:
     """Model alone: pre-made batches, no decoding. cnncodes: uint8 batches through its own computer
-    and streams (``computer.map``), with its defaults. openvino: the tutorial's network converted and
+    and streams (``computer.map``), with its defaults (cnncodes-fp32: fp32 forced). openvino: the tutorial's network converted and
     compiled by OpenVINO with its own throughput defaults, bf16 where the CPU has it, fed from an
     AsyncInferQueue. tutorial: the plain fp32 forward."""
     import pipeline
@@ -144,10 +146,11 @@ def child_model(which: str, n_images: int) -> dict:
     import torch
 
     torch.manual_seed(0)
-    if which == "cnncodes":
+    if which.startswith("cnncodes"):
         from extract import runner
 
-        computer, bs, desc = runner.inference_setup(backbone="mobilenet_v2", layers=("penultimate",))
+        computer, bs, desc = runner.inference_setup(backbone="mobilenet_v2", layers=("penultimate",),
+                                                    precision="fp32" if which == "cnncodes-fp32" else "auto")
         premade = PremadeImages(n_images + 4 * bs)
         warm = 4
         stream = ((torch.stack([premade.image] * bs), torch.ones(bs, dtype=torch.bool), [""] * bs)
@@ -305,7 +308,7 @@ def measure(root: Path, rounds: int, tmp: Path, model_images: int, with_model: b
     old = old_release()
     names = ["tutorial", *CNNCODES_RUNS, "old"]
     if with_model:
-        names += ["model-cnncodes", "model-openvino", "model-old", "model-tutorial"]
+        names += [*MODEL_RUNS]
     res = common.Rounds(names)
     info: dict[str, list[dict]] = {n: [] for n in names}
     os.environ["CNNCODES_CACHE_DIR"] = str(tmp / "openvino")  # converted models, filled by the untimed runs
@@ -391,14 +394,14 @@ def report(title: str, res: common.Rounds, info: dict, q: dict, target_ratio: fl
         print(f"  fixed cost of {name}: process start to first batch {_median(info, name, 'to_first_batch'):.2f} s, "
               f"assembly {_median(info, name, 'assembly'):.3f} s (medians)")
     if with_model:
-        for name in ("model-cnncodes", "model-openvino", "model-old", "model-tutorial"):
+        for name in MODEL_RUNS:
             print(f"  {name:16s}{res.median(name):7.1f} images/s   ({info[name][0]['settings']}; "
                   f"rounds: {res.spread(name)})")
         frac = res.ratio("model-cnncodes", "model-openvino")
         print(f"  model alone, cnncodes / OpenVINO alone: {frac:.0%}   (target >= {TARGET_OPENVINO:.0%}: "
               f"{verdict(frac >= TARGET_OPENVINO)})")
         for name in (*CNNCODES_RUNS, "old"):
-            base = "model-old" if name == "old" else "model-cnncodes"
+            base = f"model-{name}"
             print(f"  {name} end to end / its model alone: {res.ratio(name, base):.0%}")
     print(f"  images: tutorial {q['tutorial_n']}, cnncodes {q['cnncodes_n']}, matched by path {q['matched']}")
     print(f"  cosine, fp32 codes to the tutorial's eager ones: {q['cos_fp32_eager']:.5f}   (target >= "

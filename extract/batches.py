@@ -1,16 +1,19 @@
 """The reader side of the run loop: batches of image rows in, decoded uint8 batches out, in order.
 
-Worker processes (DataLoader, forked) only decode; the main process runs the network, which on
-the CPU is OpenVINO's own multi-stream inference, so no worker holds a compiled model. The
-workers start decoding as soon as ``decoded_batches`` is called, so the caller can prepare the
-network meanwhile: for a fresh job, before the network is even built (``Decoders``), up to
-``PREFETCH_BYTES`` of images ahead. The workers run torch with one thread: GNU OpenMP deadlocks in
+Worker processes (DataLoader, forked) only decode, into shared slots (``Slots``); the main process
+runs the network, which on the CPU is OpenVINO's own multi-stream inference, so no worker holds a
+compiled model. The workers start decoding as soon as ``decoded_batches`` is called, so the caller
+can prepare the network meanwhile: for a fresh job, before the network is even built
+(``Decoders``), up to ``PREFETCH_BYTES`` of images ahead. The workers run torch with one thread: GNU OpenMP deadlocks in
 a forked child whose parent already ran a parallel region, and more threads would only compete
 with the forward pass.
 """
 from __future__ import annotations
 
+import functools
+import mmap
 import multiprocessing
+import os
 import signal
 from collections.abc import Iterator
 
@@ -31,11 +34,20 @@ Decoded = tuple[np.ndarray, np.ndarray, list[str]]
 PREFETCH_BYTES = 64 << 20
 
 
-def decoder_init(_worker_id: int = 0) -> None:
+def decoder_init(worker_id: int = 0, cpus: tuple[int, ...] = ()) -> None:
     """Set-up of every decode worker: one thread (see the module note), and no Ctrl-C: it reaches the
-    whole process group, and only the main process handles it and stops the workers."""
+    whole process group, and only the main process handles it and stops the workers. With ``cpus``
+    (``decoder_cpus``), worker i stays on CPU i, as OpenVINO keeps its streams on theirs (bench/RESULTS.md)."""
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if cpus:
+        os.sched_setaffinity(0, {cpus[worker_id % len(cpus)]})
+
+
+def decoder_cpus(workers: int) -> tuple[int, ...]:
+    """This process's CPUs when there is a decoder for each (where OpenVINO pins its streams too), else ()."""
+    cpus = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
+    return cpus if workers >= len(cpus) else ()
 
 
 def fork_context() -> str | None:
@@ -50,14 +62,52 @@ def stack_images(batch: list[tuple[torch.Tensor, bool, str]]) -> Decoded:
 
 
 def decoded_batches(dataset: ImageDataset, batches: list[list[int]], workers: int) -> Iterator[Decoded]:
-    """The rows of ``batches`` (non-empty) decoded, in order; with ``workers`` > 0 decoding starts now."""
+    """The rows of ``batches`` (non-empty) decoded, in order; with ``workers`` > 0 decoding starts now.
+    A batch is valid until the next one is asked for: forked workers decode into shared slots (``Slots``)."""
     if workers == 0:
         return (stack_images([dataset[i] for i in rows]) for rows in batches)
-    ahead = PREFETCH_BYTES // (3 * dataset.crop * dataset.crop * len(batches[0]) * workers)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=stack_images,
-                        prefetch_factor=max(2, ahead), worker_init_fn=decoder_init,
-                        multiprocessing_context=fork_context())
-    return iter(loader)
+    ahead = max(2, PREFETCH_BYTES // (3 * dataset.crop * dataset.crop * len(batches[0]) * workers))
+    context = fork_context()
+    if context is None:  # spawned workers would not share the slots: batches cross pickled
+        return iter(DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=stack_images,
+                               prefetch_factor=ahead, worker_init_fn=decoder_init))
+    slots = Slots(dataset, ahead * workers + 2, len(batches[0]))
+    loader = DataLoader(slots, batch_sampler=[[(n, i) for i in rows] for n, rows in enumerate(batches)],
+                        num_workers=workers, collate_fn=_as_is, prefetch_factor=ahead, multiprocessing_context=context,
+                        worker_init_fn=functools.partial(decoder_init, cpus=decoder_cpus(workers)))
+    return (slots.batch(*item) for item in loader)
+
+
+class Slots:
+    """Decoded batches in shared memory that forked workers write in place, so a batch crosses to the main
+    process as its slot number instead of a pickled copy (bench/RESULTS.md). DataLoader hands batch n + k to a
+    worker only after it has handed out batch n + k - ``prefetch_factor * workers``, so with two more slots
+    than that, batch n's slot is written again only after batch n + 2 has been handed out."""
+
+    def __init__(self, dataset: ImageDataset, count: int, batch_size: int):
+        self.dataset, self.count = dataset, count
+        shape = (count, batch_size, 3, dataset.crop, dataset.crop)
+        self.images = np.frombuffer(mmap.mmap(-1, int(np.prod(shape))), np.uint8).reshape(shape)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> tuple[int, int, np.ndarray, list[str]]:
+        """Decode the rows of batch n (``keys``: (n, row) pairs) into its slot: (slot, rows, ok, errors)."""
+        slot, ok, errors = keys[0][0] % self.count, [], []
+        for k, (_, row) in enumerate(keys):
+            image, good, error = self.dataset[row]
+            self.images[slot, k] = image.numpy()
+            ok.append(good)
+            errors.append(error)
+        return slot, len(keys), np.array(ok, dtype=bool), errors
+
+    def batch(self, slot: int, n: int, ok: np.ndarray, errors: list[str]) -> Decoded:
+        return self.images[slot, :n], ok, errors
+
+
+def _as_is(batch):
+    return batch
 
 
 class Decoders:

@@ -74,3 +74,57 @@ if __name__ == "__main__":  # decode workers may start by forkserver, which impo
     pipeline.process_settings()
     main()
 """
+
+
+def test_decoded_batches_from_shared_slots_match_the_serial_decode_when_slots_are_reused(tmp_path, monkeypatch):
+    """Forked decoders write into a few shared slots, reused many times over: every batch, held until the next
+    one is asked for, has its own rows' pixels, failures included; without fork, batches cross pickled."""
+    from extract import batches
+    from extract.images import ImageDataset
+    from extract.reader import list_images
+
+    tree = make_tree(tmp_path / "images", per_class=12)
+    (tree / "dog" / "img_007.png").write_bytes(b"broken")
+    listing = list_images(tree)
+    images = ImageDataset(listing.root, listing.paths, 64, 56)
+    rows = [list(range(i, min(i + 3, len(listing)))) for i in range(0, len(listing), 3)]  # 8 batches
+    monkeypatch.setattr(batches, "PREFETCH_BYTES", 1)  # 2 batches ahead per worker: 6 slots for 8 batches
+    serial = list(batches.decoded_batches(images, rows, 0))
+    for context in ("fork", None):
+        monkeypatch.setattr(batches, "fork_context", lambda: context)
+        held = None
+        for n, (pixels, ok, errors) in enumerate(batches.decoded_batches(images, rows, workers=2)):
+            if held is not None:  # the previous batch is still intact now that this one has come
+                np.testing.assert_array_equal(held, serial[n - 1][0])
+            np.testing.assert_array_equal(pixels, serial[n][0])
+            np.testing.assert_array_equal(ok, serial[n][1])
+            assert errors == serial[n][2]
+            held = pixels
+        assert n == len(rows) - 1
+    assert sum(not ok.all() for _, ok, _ in serial) == 1
+
+
+def test_one_decoder_per_cpu_stays_on_its_cpu(monkeypatch):
+    """With a decoder per CPU (where OpenVINO pins its streams too), decoder i is kept on CPU i; with fewer
+    decoders, or ranks sharing the CPUs, none is pinned."""
+    import multiprocessing
+
+    from extract import batches
+
+    cpus = tuple(sorted(os.sched_getaffinity(0)))
+    assert batches.decoder_cpus(len(cpus)) == cpus and batches.decoder_cpus(len(cpus) + 1) == cpus
+    assert batches.decoder_cpus(len(cpus) - 1) == ()
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply(_affinity_after_init, (len(cpus) + 1, cpus)) == {cpus[1 % len(cpus)]}
+        assert pool.apply(_affinity_after_init, (0, ())) == set(cpus)
+
+
+def _affinity_after_init(worker_id, cpus):
+    from extract import batches
+
+    before = os.sched_getaffinity(0)
+    batches.decoder_init(worker_id, cpus)
+    after = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, before)
+    return after
