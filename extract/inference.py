@@ -84,7 +84,8 @@ class CodeComputer:
 
 
 class OpenVINOComputer(CodeComputer):
-    """The same on OpenVINO: ``streams`` inference requests of one thread each run batches concurrently."""
+    """The same on OpenVINO: ``streams`` inference requests of one thread each run batches concurrently, on a
+    model compiled for ``batch_size`` images (shorter batches are padded)."""
 
     runtime = "openvino"
 
@@ -96,10 +97,19 @@ class OpenVINOComputer(CodeComputer):
         return f"cpu {self.precision} openvino, {self.streams} stream(s)"
 
     def __call__(self, images: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
-        # copied in: the compiled model's own request shares its input by default and keeps pointing at it
-        # after the call; once the array was freed, the next inference requests corrupted the heap
-        out = self.compiled([np.asarray(images)], share_inputs=False)
-        return {name: torch.from_numpy(out[port].copy()) for name, port in zip(self.names, self.compiled.outputs)}
+        images, outs = np.asarray(images), []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            # copied in: the compiled model's own request shares its input by default and keeps pointing at it
+            # after the call; once the array was freed, the next inference requests corrupted the heap
+            out = self.compiled([self._padded(chunk)], share_inputs=False)
+            outs.append([out[port][:len(chunk)] for port in self.compiled.outputs])
+        return {name: torch.from_numpy(np.concatenate([o[i] for o in outs])) for i, name in enumerate(self.names)}
+
+    def _padded(self, images: np.ndarray) -> np.ndarray:
+        """A short batch filled up with black images to the compiled batch size (their codes are dropped)."""
+        missing = self.batch_size - len(images)
+        return np.concatenate([images, np.zeros((missing, *images.shape[1:]), images.dtype)]) if missing else images
 
     def map(self, batches):
         """Keeps every stream busy: a batch is started on a free inference request, and when none is free
@@ -110,14 +120,14 @@ class OpenVINOComputer(CodeComputer):
             if not free:
                 yield self._finish(*running.popleft(), free)
             request = free.pop()
-            request.start_async({0: np.asarray(images)})
+            request.start_async({0: self._padded(np.asarray(images))})
             running.append((request, np.asarray(ok), errors))
         while running:
             yield self._finish(*running.popleft(), free)
 
     def _finish(self, request, ok: np.ndarray, errors: list[str], free: list) -> Batch:
         request.wait()
-        codes = {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(self.names)}
+        codes = {name: request.get_output_tensor(i).data[:len(ok)].copy() for i, name in enumerate(self.names)}
         free.append(request)
         return codes, ok, errors
 
@@ -174,7 +184,11 @@ def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: 
     config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "NUM_STREAMS": streams,
               "INFERENCE_NUM_THREADS": streams, "PERFORMANCE_HINT": "THROUGHPUT",
               "ENABLE_CPU_PINNING": streams >= devices.usable_cpus()}
-    compiled = openvino_model.core().compile_model(model, "CPU", config)
+    fixed = model.clone()  # compiled for one batch size, which runs faster than a free one (bench/RESULTS.md)
+    shape = fixed.inputs[0].get_partial_shape()
+    shape[0] = batch_size
+    fixed.reshape({fixed.inputs[0]: shape})
+    compiled = openvino_model.core().compile_model(fixed, "CPU", config)
     runs = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     if runs != OPENVINO_PRECISION[precision]:  # the codes file records what made its codes
         raise ValueError(f"OpenVINO runs {runs} here, not {precision}")

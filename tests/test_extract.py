@@ -246,9 +246,10 @@ def test_cpu_inference_runs_on_openvino_and_matches_eager():
     computer, batch_size, description = inference_setup(layers=("block4", "penultimate"), weights="random",
                                                         device="cpu", precision="fp32")
     assert computer.runtime == "openvino" and "fp32 openvino" in description and batch_size == 4
-    images = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8)  # another batch size than exported
+    # compiled for batches of 4: a full batch, then a short one padded to it
+    images = torch.randint(0, 256, (6, 3, 224, 224), dtype=torch.uint8)
     got = computer(images)
-    assert set(got) == {"block4", "penultimate"} and got["block4"].shape == (3, 384)
+    assert set(got) == {"block4", "penultimate"} and got["block4"].shape == (6, 384)
     torch.testing.assert_close(got["penultimate"], _eager_penultimate(images), rtol=1e-4, atol=1e-4)
 
 
