@@ -71,7 +71,7 @@ def decoded_batches(dataset: ImageDataset, batches: list[list[int]], workers: in
     if context is None:  # spawned workers would not share the slots: batches cross pickled
         return iter(DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=stack_images,
                                prefetch_factor=ahead, worker_init_fn=decoder_init))
-    slots = Slots(dataset, ahead * workers + 2, len(batches[0]))
+    slots = Slots(dataset, ahead * workers + 2, max(map(len, batches)))
     loader = DataLoader(slots, batch_sampler=[[(n, i) for i in rows] for n, rows in enumerate(batches)],
                         num_workers=workers, collate_fn=_as_is, prefetch_factor=ahead, multiprocessing_context=context,
                         worker_init_fn=functools.partial(decoder_init, cpus=decoder_cpus(workers)))

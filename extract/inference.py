@@ -109,6 +109,8 @@ class OpenVINOComputer(CodeComputer):
     def _padded(self, images: np.ndarray) -> np.ndarray:
         """A short batch filled up with black images to the compiled batch size (their codes are dropped)."""
         missing = self.batch_size - len(images)
+        if missing < 0:
+            raise ValueError(f"a batch of {len(images)} images for a model compiled for {self.batch_size}")
         return np.concatenate([images, np.zeros((missing, *images.shape[1:]), images.dtype)]) if missing else images
 
     def map(self, batches):

@@ -250,6 +250,8 @@ def test_cpu_inference_runs_on_openvino_and_matches_eager():
     images = torch.randint(0, 256, (6, 3, 224, 224), dtype=torch.uint8)
     got = computer(images)
     assert set(got) == {"block4", "penultimate"} and got["block4"].shape == (6, 384)
+    with pytest.raises(ValueError, match="a batch of 5 images for a model compiled for 4"):
+        list(computer.map([(images[:5].numpy(), np.ones(5, bool), [""] * 5)]))
     torch.testing.assert_close(got["penultimate"], _eager_penultimate(images), rtol=1e-4, atol=1e-4)
 
 
