@@ -137,9 +137,9 @@ def child_cnncodes(root: Path, save: Path, precision: str, launched: str) -> dic
 
 def child_model(which: str, n_images: int) -> dict:
     """Model alone: pre-made batches, no decoding. cnncodes: uint8 batches through its own computer
-    and streams (``computer.map``), with its defaults (cnncodes-fp32: fp32 forced). openvino: the tutorial's network converted and
-    compiled by OpenVINO with its own throughput defaults, bf16 where the CPU has it, fed from an
-    AsyncInferQueue. tutorial: the plain fp32 forward."""
+    and streams (``computer.map``), with its defaults (cnncodes-fp32: fp32 forced). openvino: the
+    tutorial's network converted and compiled by OpenVINO with its own throughput defaults, bf16
+    where the CPU has it, fed from an AsyncInferQueue. tutorial: the plain fp32 forward."""
     import pipeline
 
     pipeline.process_settings()  # as in child_cnncodes, for every contender: the same OpenMP settings

@@ -4,9 +4,9 @@ Worker processes (DataLoader, forked) only decode, into shared slots (``Slots``)
 runs the network, which on the CPU is OpenVINO's own multi-stream inference, so no worker holds a
 compiled model. The workers start decoding as soon as ``decoded_batches`` is called, so the caller
 can prepare the network meanwhile: for a fresh job, before the network is even built
-(``Decoders``), up to ``PREFETCH_BYTES`` of images ahead. The workers run torch with one thread: GNU OpenMP deadlocks in
-a forked child whose parent already ran a parallel region, and more threads would only compete
-with the forward pass.
+(``Decoders``), up to ``PREFETCH_BYTES`` of images ahead. The workers run torch with one thread:
+GNU OpenMP deadlocks in a forked child whose parent already ran a parallel region, and more
+threads would only compete with the forward pass.
 """
 from __future__ import annotations
 
@@ -66,12 +66,13 @@ def decoded_batches(dataset: ImageDataset, batches: list[list[int]], workers: in
     A batch is valid until the next one is asked for: forked workers decode into shared slots (``Slots``)."""
     if workers == 0:
         return (stack_images([dataset[i] for i in rows]) for rows in batches)
-    ahead = max(2, PREFETCH_BYTES // (3 * dataset.crop * dataset.crop * len(batches[0]) * workers))
+    size = max(map(len, batches))
+    ahead = max(2, PREFETCH_BYTES // (3 * dataset.crop * dataset.crop * size * workers))
     context = fork_context()
     if context is None:  # spawned workers would not share the slots: batches cross pickled
         return iter(DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=stack_images,
                                prefetch_factor=ahead, worker_init_fn=decoder_init))
-    slots = Slots(dataset, ahead * workers + 2, max(map(len, batches)))
+    slots = Slots(dataset, ahead * workers + 2, size)
     loader = DataLoader(slots, batch_sampler=[[(n, i) for i in rows] for n, rows in enumerate(batches)],
                         num_workers=workers, collate_fn=_as_is, prefetch_factor=ahead, multiprocessing_context=context,
                         worker_init_fn=functools.partial(decoder_init, cpus=decoder_cpus(workers)))
