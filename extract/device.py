@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Overrides what the CPU reports (e.g. "FP32,INT8" for a CPU without native bf16), to run or test another CPU's path.
+CAPABILITIES_ENV = "CNNCODES_CPU_CAPABILITIES"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -27,7 +29,11 @@ def usable_cpus() -> int:
 
 
 def cpu_capabilities() -> list[str]:
-    """What OpenVINO says this CPU computes natively (``BF16`` where it has AMX or AVX512-BF16); [] without it."""
+    """What OpenVINO says this CPU computes natively (``BF16`` where it has AMX or AVX512-BF16); [] without it.
+    ``$CNNCODES_CPU_CAPABILITIES`` (comma-separated), when set, is reported instead."""
+    forced = os.environ.get(CAPABILITIES_ENV)
+    if forced is not None:
+        return [name.strip().upper() for name in forced.split(",") if name.strip()]
     from . import openvino_model
 
     if not openvino_model.available():

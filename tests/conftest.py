@@ -66,3 +66,10 @@ def _isolated_torch_home(tmp_path_factory, monkeypatch, _session_model_cache):
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def pytest_report_header(config) -> str:
+    """Which CPU path the suite runs: the CPU's own, or the one forced with $CNNCODES_CPU_CAPABILITIES
+    (``CNNCODES_CPU_CAPABILITIES=FP32,INT8 make test`` runs it as on a CPU without native bf16)."""
+    forced = os.environ.get("CNNCODES_CPU_CAPABILITIES")
+    return f"CPU capabilities: {'forced to ' + forced if forced is not None else 'as the CPU reports them'}"

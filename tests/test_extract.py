@@ -255,13 +255,29 @@ def test_cpu_inference_runs_on_openvino_and_matches_eager():
     torch.testing.assert_close(got["penultimate"], _eager_penultimate(images), rtol=1e-4, atol=1e-4)
 
 
-def test_cpu_bf16_inference_is_close_to_fp32_whatever_the_cpu():
+@pytest.mark.parametrize("capabilities, runtime", [("BF16,FP32,INT8", "openvino"), ("FP32,INT8", "eager")])
+def test_cpu_bf16_runs_on_openvino_only_where_the_cpu_reports_native_bf16(monkeypatch, capabilities, runtime):
+    """Each CPU's path is forced through what the CPU reports, so both run (and pass) on any CPU: OpenVINO
+    where bf16 is native, eager bf16 autocast elsewhere (OpenVINO would silently compute fp32 there)."""
+    from extract import device
     from extract.runner import inference_setup
 
+    monkeypatch.setenv(device.CAPABILITIES_ENV, capabilities)
     computer, _, description = inference_setup(weights="random", device="cpu", precision="bf16")
-    assert computer.runtime == "openvino" and computer.precision == "bf16" and "bf16" in description
+    assert computer.runtime == runtime and computer.precision == "bf16" and f"bf16 {runtime}" in description
     images = torch.randint(0, 256, (4, 3, 224, 224), dtype=torch.uint8)
     assert _cosines(computer(images)["penultimate"], _eager_penultimate(images)).min() > 0.99
+
+
+def test_cpu_capabilities_report_what_openvino_says_unless_forced(monkeypatch):
+    from extract import device, openvino_model
+
+    monkeypatch.delenv(device.CAPABILITIES_ENV, raising=False)
+    assert device.cpu_capabilities() == list(openvino_model.core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    monkeypatch.setenv(device.CAPABILITIES_ENV, " fp32, int8 ")
+    assert device.cpu_capabilities() == ["FP32", "INT8"] and not device.native_bf16()
+    monkeypatch.setenv(device.CAPABILITIES_ENV, "BF16,FP32")
+    assert device.native_bf16()
 
 
 @pytest.mark.parametrize("capabilities, expected", [(["FP32", "BF16", "INT8"], "bf16"), (["FP32", "INT8"], "fp32")])
@@ -271,7 +287,7 @@ def test_auto_precision_on_the_cpu_is_bf16_only_where_the_cpu_reports_native_bf1
 
     cpu = torch.device("cpu")
     assert device.pick_precision("auto", cpu, lambda: capabilities) == expected
-    monkeypatch.setattr(device, "cpu_capabilities", lambda: capabilities)
+    monkeypatch.setenv(device.CAPABILITIES_ENV, ",".join(capabilities))
     out = tmp_path / "auto.h5"
     assert pipeline.main(["extract", str(image_tree), "-o", str(out), *FAST, "--device", "cpu", "--workers", "0",
                           "--precision", "auto"]) == 0
@@ -284,7 +300,7 @@ def test_bf16_on_a_cpu_without_native_bf16_runs_eagerly_and_records_bf16(monkeyp
     so the recipe's bf16 is what made them, and the summary says why it is slow."""
     from extract import device
 
-    monkeypatch.setattr(device, "cpu_capabilities", lambda: ["FP32", "INT8"])
+    monkeypatch.setenv(device.CAPABILITIES_ENV, "FP32,INT8")
     out, fp32 = tmp_path / "bf16.h5", tmp_path / "fp32.h5"
     common = ["extract", str(image_tree), *FAST, "--device", "cpu", "--workers", "0"]
     assert pipeline.main([*common, "-o", str(out), "--precision", "bf16"]) == 0
