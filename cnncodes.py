@@ -31,7 +31,7 @@ except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.1.0"
 
 __all__ = ["extract_codes", "load_codes", "Codes", "train", "compare", "load_model", "predict", "CodesTransformer",
-           "__version__"]
+           "export", "__version__"]
 
 PathLike = str | os.PathLike
 
@@ -116,6 +116,14 @@ def predict(run_dir: PathLike, source: PathLike | Sequence[PathLike], out_csv: P
     from classify.predict import predict_images
 
     return predict_images(run_dir, source, out_csv, **options)
+
+
+def export(codes: PathLike, out: PathLike, to: str = "npy", **options) -> Path:
+    """Write a codes file as npy + parquet (``to="npy"``, a folder) or one parquet table; ``options``:
+    ok_only, overwrite. Returns ``out``."""
+    from extract.export import export_codes
+
+    return export_codes(codes, out, to=to, **options)
 
 
 def __getattr__(name: str):

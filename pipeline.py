@@ -201,6 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("codes", help="codes file (HDF5)")
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("export", help="codes file -> npy + parquet, or one parquet table",
+                       description="Write a codes file in the formats other tools read without h5py: --to npy "
+                                   "writes the folder OUT with one TAP.npy per tap (float32 [N, D], memory-mappable) "
+                                   "and rows.parquet (path, label, label_index, split, ok, error) in the same row "
+                                   "order; --to parquet writes the file OUT with those columns and one list<float32> "
+                                   "column per tap. Failed images are kept (codes NaN, with their error) unless "
+                                   "--ok-only. The recipe and class names are in the parquet schema's metadata.")
+    p.add_argument("codes", help="codes file (HDF5)")
+    p.add_argument("--to", choices=("npy", "parquet"), required=True, help="the output format")
+    p.add_argument("out", metavar="OUT", help="output folder (npy) or file (parquet)")
+    p.add_argument("--ok-only", action="store_true", help="leave out the images that could not be read")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("layers", help="list the tappable layers of a backbone",
                        description="List layers with output shapes and aliases. Without --all, only layers whose "
                                    "outputs are non-negative (after a ReLU), which are valid CNN codes.")
@@ -591,6 +605,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"\nfailed images ({len(failures)}):")
         for path, reason in failures:
             print(f"  {path}: {reason}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from extract.export import export_codes
+
+    out = export_codes(args.codes, args.out, to=args.to, ok_only=args.ok_only, overwrite=args.overwrite)
+    print(f"wrote {out} ({args.to})")
     return EXIT_OK
 
 
