@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
+import cnncodes
 import pipeline
 from conftest import FAST, make_tree
 from extract.reader import list_images
@@ -100,6 +101,10 @@ def test_manifest_columns_named_by_the_options_are_read(tmp_path):
     argv = ["extract", str(manifest), "-o", str(out), *FAST, "--workers", "0"]
     assert pipeline.main([*argv, "--label-column", "species", "--split-column", "fold"]) == 0
     assert _codes_counts(out) == {("train", "cat"): 2, ("train", "dog"): 2, ("test", "cat"): 1, ("test", "dog"): 1}
+    api = tmp_path / "api.h5"  # the Python API takes the same names
+    cnncodes.extract_codes(manifest, api, weights="random", resize=72, crop=64, precision="fp32", workers=0,
+                           progress=False, label_column="species", split_column="fold")
+    assert _codes_counts(api) == _codes_counts(out)
 
 
 def test_column_options_are_refused_where_they_do_not_apply(tmp_path, capsys):
