@@ -73,7 +73,7 @@ def _add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     return r
 
 
-COLUMN_OPTIONS = ("path_column", "label_column", "split_column")
+COLUMN_KWARGS = ("path_column", "label_column", "split_column")
 
 
 def _add_column_options(p: argparse.ArgumentParser) -> None:
@@ -81,13 +81,13 @@ def _add_column_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("manifest columns", "which header column of a CSV manifest is which, when it "
                              "uses other names than path, label, split (a column not understood is refused "
                              "unless these are given; the columns they leave unnamed are then ignored)")
-    for name in COLUMN_OPTIONS:
+    for name in COLUMN_KWARGS:
         role = name.split("_")[0]
         g.add_argument(f"--{name.replace('_', '-')}", metavar="NAME", help=f"the manifest's {role} column")
 
 
 def _column_kwargs(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name) for name in COLUMN_OPTIONS}
+    return {name: getattr(args, name) for name in COLUMN_KWARGS}
 
 
 def _add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) -> None:

@@ -12,7 +12,7 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -152,7 +152,7 @@ def _walk_tree(root: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
     return entries, ignored
 
 
-def _walk(root: Path):
+def _walk(root: Path) -> Iterator[tuple[str, list[str]]]:
     """(folder, file names) under ``root``, sorted, hidden folders skipped. Symlinked folders are followed,
     as the split check follows them, but each real folder (device, inode) is entered once: a link loop ends,
     and a folder linked twice is listed under its first name in sorted order."""
