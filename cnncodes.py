@@ -41,7 +41,8 @@ def extract_codes(source: PathLike | Sequence[PathLike], out: PathLike, **option
 
     ``source``: a folder tree, a CSV manifest, an image file or a list of image files and folders.
     ``options``: backbone, layers, pool, weights, resize, crop, device, precision, batch_size,
-    workers, dtype, overwrite, update, progress... as on the command line. Returns an ExtractResult.
+    workers, dtype, overwrite, update, progress, path_column, label_column, split_column... as on the
+    command line. Returns an ExtractResult.
     """
     from extract import extract_codes as _extract
 
@@ -111,7 +112,8 @@ def predict(run_dir: PathLike, source: PathLike | Sequence[PathLike], out_csv: P
     """Predict a codes file, an image folder, image files...; writes ``out_csv`` and returns a summary.
 
     Images are extracted with exactly the model's recipe first. ``options``: threshold, positive,
-    codes_out, weights, device, precision, batch_size, workers, progress.
+    codes_out, weights, device, precision, batch_size, workers, progress, path_column, label_column,
+    split_column.
     """
     from classify.predict import predict_images
 

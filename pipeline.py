@@ -73,6 +73,23 @@ def _add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     return r
 
 
+COLUMN_KWARGS = ("path_column", "label_column", "split_column")
+
+
+def _add_column_options(p: argparse.ArgumentParser) -> None:
+    """--path-column, --label-column, --split-column: which header column of a CSV manifest is which."""
+    g = p.add_argument_group("manifest columns", "which header column of a CSV manifest is which, when it "
+                             "uses other names than path, label, split (a column not understood is refused "
+                             "unless these are given; the columns they leave unnamed are then ignored)")
+    for name in COLUMN_KWARGS:
+        role = name.split("_")[0]
+        g.add_argument(f"--{name.replace('_', '-')}", metavar="NAME", help=f"the manifest's {role} column")
+
+
+def _column_kwargs(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in COLUMN_KWARGS}
+
+
 def _add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) -> None:
     g = p.add_argument_group("backbone and taps")
     g.add_argument("--backbone", "--model", default="mobilenet_v2",
@@ -180,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "files unlabeled)")
     p.add_argument("-o", "--out", required=True, help="codes file to write, e.g. codes.h5")
     _add_extract_options(p)
+    _add_column_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing codes file made otherwise")
     p.add_argument("--update", action="store_true", help="extract only new or modified images into an existing file")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any image could not be read")
@@ -280,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "decision score) is at least T, instead of the most likely class")
     p.add_argument("--positive", metavar="CLASS", help="the class --threshold applies to (default: the second class)")
     _add_running_options(p)
+    _add_column_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("run", help="extract, then classify (or compare several layers)",
@@ -289,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", help="image folder or CSV manifest")
     p.add_argument("--out", required=True, help="folder for codes.h5 and the reports")
     _add_extract_options(p)
+    _add_column_options(p)
     p.add_argument("--classifiers", default="svm,softmax",
                    help="classifier for one layer, comma-separated ones to compare (default: %(default)s)")
     p.add_argument("--update", action="store_true",
@@ -401,6 +421,7 @@ def _add_finetune_parser(sub) -> None:
     r.add_argument("--workers", type=non_negative_int, help="decoding processes for the one-time image cache (default: every CPU)")
     r.add_argument("--overwrite", action="store_true", help="start again instead of resuming RUN_DIR's checkpoint")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_column_options(p)
     p.set_defaults(func=cmd_finetune)
 
 
@@ -419,7 +440,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             augment=args.augment, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
             patience=args.patience, seed=args.seed, device=args.device, precision=args.precision,
             threads=args.threads, workers=args.workers, progress=not args.quiet, resize=args.resize, crop=args.crop,
-            max_train_images=args.max_train_images, overwrite=args.overwrite)
+            max_train_images=args.max_train_images, overwrite=args.overwrite, **_column_kwargs(args))
     except FinetuneInterrupted as err:
         print(f"\n{err}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -458,6 +479,7 @@ def _add_advise_parser(sub) -> None:
     g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, 256)")
     g.add_argument("--crop", type=positive_int, help="center crop size (default: the backbone's, 224)")
     _add_running_options(p)
+    _add_column_options(p)
     p.set_defaults(func=cmd_advise)
 
 
@@ -472,7 +494,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
     advice = advise_images(args.images, backbone=args.backbone, weights=args.weights, sample=args.sample,
                            seed=args.seed, resize=args.resize, crop=args.crop, device=args.device,
                            precision=args.precision, batch_size=args.batch_size, workers=args.workers, try_options=args.try_options,
-                           out_dir=args.out, progress=not args.quiet)
+                           out_dir=args.out, progress=not args.quiet, **_column_kwargs(args))
     text, as_json = format_advice(advice), json.dumps(advice, indent=2)
     if args.out:
         write_files(args.out, {"advice.json": as_json + "\n", "advice.txt": text + "\n"})
@@ -484,7 +506,7 @@ def _extract_kwargs(args: argparse.Namespace) -> dict:
     return dict(backbone=args.backbone, layers=_tap_names(args.layers), pool=args.pool,
                 weights=args.weights, device=args.device, precision=args.precision, batch_size=args.batch_size,
                 workers=args.workers, part_size=args.part_size, resize=args.resize, crop=args.crop, dtype=args.dtype,
-                progress=not args.quiet, max_dim=args.max_dim)
+                progress=not args.quiet, max_dim=args.max_dim, **_column_kwargs(args))
 
 
 def _check_preprocess(args: argparse.Namespace) -> None:
@@ -683,7 +705,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     result = predict_images(args.run_dir, _one_or_list(args.images), args.out, codes_out=args.codes_out, weights=args.weights,
                             threshold=args.threshold, positive=args.positive,
                             device=args.device, precision=args.precision, batch_size=args.batch_size,
-                            workers=args.workers, progress=not args.quiet)
+                            workers=args.workers, progress=not args.quiet, **_column_kwargs(args))
     counts = ", ".join(f"{name}: {n}" for name, n in sorted(result["predicted_counts"].items()))
     print(f"wrote {result['out_csv']}: {result['n_predicted']} of {result['n_rows']} images predicted ({counts})")
     if result.get("threshold"):

@@ -24,11 +24,13 @@ def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", 
                   crop: int | None = None, device: str = "auto", precision: str = "auto",
                   batch_size: int | None = None,
                   workers: int | None = None, try_options: bool = False, out_dir: str | os.PathLike | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, path_column: str | None = None, label_column: str | None = None,
+                  split_column: str | None = None) -> dict:
     """Advise on ``images`` (folder tree or CSV manifest): returns the advice dict (see report.build_advice).
 
     One backbone pass over a stratified sample of at most ``sample`` training images. ``try_options``
     also runs a short fine-tune (into ``out_dir``/try-finetune-F when given, else a temporary folder).
+    ``*_column`` name a manifest's columns (extract.reader.list_images) and are carried into the commands.
     Raises ValueError with a one-line message for unusable input, before any long work.
     """
     started = time.perf_counter()
@@ -36,7 +38,8 @@ def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", 
     if not isinstance(sample, int) or sample < MIN_SAMPLE:
         raise ValueError(f"--sample must be a whole number of at least {MIN_SAMPLE}, not {sample!r}")
     bb = get_backbone(backbone)
-    listing = list_images(images)
+    columns = dict(path_column=path_column, label_column=label_column, split_column=split_column)
+    listing = list_images(images, **columns)
     rows, which = evidence.training_rows(listing)
     size = evidence.measure_size(listing, rows, which)
     if size.n_classes < 2:
@@ -60,13 +63,13 @@ def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", 
         similarity.head_entropy, transferability.explained_fraction(similarity.leep, similarity.label_entropy),
         similarity.top_probe, early_accuracy, similarity.n_sampled)
     number = scenario.scenario_for(size.median_per_class, parts.similarity)
-    common = carried_options(backbone, weights, resize, crop)
+    common = carried_options(backbone, weights, resize, crop, **columns)
     recommendations = recommend(number, str(images), similarity.best_early_layer if has_early else None, common)
     trials = None
     if try_options:
         trials = trial.probe_rows(similarity) + [trial.finetune_row(
             str(images), number, out_dir=out_dir, max_images=sample, log=log, backbone=backbone, weights=weights,
-            seed=seed, device=device, resize=resize, crop=crop, workers=workers, progress=progress)]
+            seed=seed, device=device, resize=resize, crop=crop, workers=workers, progress=progress, **columns)]
     return build_advice(images=str(images), backbone=backbone, weights=weights, size=size, similarity=similarity,
                         parts=parts, scenario=number, recommendations=recommendations, trials=trials,
                         seconds=time.perf_counter() - started)

@@ -28,10 +28,13 @@ def finetune_command(images: str, freeze: float, common: list[str]) -> str:
                   *common])
 
 
-def carried_options(backbone: str, weights: str | None, resize: int | None, crop: int | None) -> list[str]:
-    """The backbone, weights and image size options of the advise run, so the commands use the same network."""
+def carried_options(backbone: str, weights: str | None, resize: int | None, crop: int | None,
+                    **columns: str | None) -> list[str]:
+    """The backbone, weights and image size options of the advise run, so the commands use the same network,
+    and its manifest ``columns`` (path_column=...), so they read the same labels."""
     out = [] if backbone == "mobilenet_v2" else ["--backbone", backbone]
-    for flag, value in (("--weights", weights), ("--resize", resize), ("--crop", crop)):
+    named = ((f"--{option.replace('_', '-')}", value) for option, value in columns.items())
+    for flag, value in (("--weights", weights), ("--resize", resize), ("--crop", crop), *named):
         if value is not None:
             out += [flag, str(value)]
     return out

@@ -90,7 +90,8 @@ def training_rows(listing: ImageList) -> tuple[np.ndarray, str]:
     else:
         rows, which = np.flatnonzero(labeled & (splits == "")), "all labeled"
     if len(rows) == 0:
-        raise ValueError(f"{listing.root}: no labeled training images (expected root/CLASS/* or root/train/CLASS/*)")
+        raise ValueError(f"{listing.root}: no labeled training images (expected root/CLASS/*, root/train/CLASS/* or "
+                         "a manifest with a label column)")
     return rows, which
 
 

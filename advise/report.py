@@ -41,8 +41,8 @@ def notes_for(size: Size, similarity: float) -> list[str]:
         notes.append(f"similarity {similarity:.2f} is borderline (threshold {sc.SIMILAR_FROM}): "
                      "compare both scenarios with --try")
     if size.split == "all labeled":
-        notes.append("no train/ split folder: the counts cover every labeled image; run and finetune hold out "
-                     "a test share of them")
+        notes.append("no train split (folder or manifest column): the counts cover every labeled image; run and "
+                     "finetune hold out a test share of them")
     return notes
 
 

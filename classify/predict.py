@@ -198,8 +198,8 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike | Seque
     ``images``: a folder, a CSV manifest, an image file, or a list of image files and folders
     (extract.reader.list_images); a single codes file is used as is. ``codes_out`` keeps the
     extracted codes (default: a temporary file). ``run_options`` (device, precision, batch_size,
-    workers, progress) go to extract_codes; a checkpoint other than the model's is refused with the
-    difference named.
+    workers, progress, path_column, label_column, split_column) go to extract_codes; a checkpoint
+    other than the model's is refused with the difference named.
     """
     import tempfile
 

@@ -1,9 +1,10 @@
 """List the images of a collection (images.py decodes them).
 
 A collection is a folder tree ``root/CLASS/*`` or ``root/{train,val,test}/CLASS/*`` (files directly
-under ``root`` are unlabeled), a CSV manifest ``path,label[,split]`` whose relative paths are
-taken from the CSV's folder, a single image file, or several image files and folders.
-Unreadable images become recorded failures, never crashes.
+under ``root`` are unlabeled; symlinked folders are followed, each real folder once), a CSV
+manifest ``path,label[,split]`` whose relative paths are taken from the CSV's folder, a single
+image file, or several image files and folders. Unreadable images become recorded failures, never
+crashes.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -44,20 +45,25 @@ class ImageList:
 MANIFEST_EXTENSIONS = (".csv", ".tsv", ".txt")
 
 
-def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> ImageList:
+def list_images(source: str | os.PathLike | Sequence[str | os.PathLike], *, path_column: str | None = None,
+                label_column: str | None = None, split_column: str | None = None) -> ImageList:
     """List a folder tree, a CSV manifest, an image file, or a list of image files and folders.
 
     A list becomes one collection rooted at the paths' common folder: each folder in it is listed
-    (and labelled) as it would be alone, image files given directly are unlabeled. Raises
-    ValueError with a clear message when empty or malformed.
+    (and labelled) as it would be alone, image files given directly are unlabeled. ``*_column``
+    name a manifest's header columns (see _read_manifest). Raises ValueError with a clear message
+    when empty or malformed.
     """
+    given = {role: name for role, name in (("path", path_column), ("label", label_column),
+                                           ("split", split_column)) if name}
     if isinstance(source, (str, os.PathLike)):
         source = Path(source)
-        entries, ignored, root = _list_one(source)
+        entries, ignored, root = _list_one(source, given)
     elif len(source) == 1:
         source = Path(source[0])
-        entries, ignored, root = _list_one(source)
+        entries, ignored, root = _list_one(source, given)
     else:
+        _refuse_columns(given, "several paths")
         entries, ignored, root = _list_several([Path(s) for s in source])
         source = root
     if not entries:
@@ -80,15 +86,17 @@ def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> Imag
 _COMMON = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def _list_one(source: Path) -> tuple[list[tuple[str, str, str]], list[str], Path]:
-    """(entries, ignored, root) of one folder, manifest or image file."""
+def _list_one(source: Path, given: dict[str, str] | None = None) -> tuple[list[tuple[str, str, str]], list[str], Path]:
+    """(entries, ignored, root) of one folder, manifest or image file; ``given``: manifest column names."""
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such folder, image or manifest")
     if source.is_dir():
+        _refuse_columns(given, f"{source} (a folder)")
         entries, ignored = _walk_tree(source)
         return entries, ignored, source
     if source.suffix.lower() in MANIFEST_EXTENSIONS:
-        return _read_manifest(source), [], source.parent
+        return _read_manifest(source, given or {}), [], source.parent
+    _refuse_columns(given, str(source))
     if _is_image_file(source):
         return [(source.name, "", "")], [], source.parent
     raise ValueError(f"{source} is neither an image Pillow reads nor a CSV manifest "
@@ -132,8 +140,7 @@ def _is_image_name(name: str) -> bool:
 def _walk_tree(root: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
     split_mode = _has_split_folders(root)
     entries, ignored = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for dirpath, filenames in _walk(root):
         rel_dir = Path(dirpath).relative_to(root).parts
         for name in filenames:
             rel = "/".join((*rel_dir, name))
@@ -143,6 +150,27 @@ def _walk_tree(root: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
             split, label = _split_and_label(rel_dir, split_mode)
             entries.append((rel, label, split))
     return entries, ignored
+
+
+def _walk(root: Path) -> Iterator[tuple[str, list[str]]]:
+    """(folder, file names) under ``root``, sorted, hidden folders skipped. Symlinked folders are followed,
+    as the split check follows them, but each real folder (device, inode) is entered once: a link loop ends,
+    and a folder linked twice is listed under its first name in sorted order."""
+    seen = {_folder_id(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(d for d in dirnames if not d.startswith(".")):
+            folder = _folder_id(os.path.join(dirpath, name))
+            if folder not in seen:
+                seen.add(folder)
+                kept.append(name)
+        dirnames[:] = kept
+        yield dirpath, filenames
+
+
+def _folder_id(path: str | os.PathLike) -> tuple[int, int]:
+    st = os.stat(path)  # follows links: a link and its target are one folder
+    return st.st_dev, st.st_ino
 
 
 def _has_split_folders(root: Path) -> bool:
@@ -175,19 +203,24 @@ MANIFEST_COLUMNS = {"path": ("path", "file", "filename", "file_name", "filepath"
                     "split": ("split", "subset", "set")}
 
 
-def _read_manifest(path: Path) -> list[tuple[str, str, str]]:
-    """Entries of a CSV (a .tsv: tab-separated) manifest, by header names when the first row has them."""
+COLUMN_OPTIONS = {"path": "--path-column", "label": "--label-column", "split": "--split-column"}
+
+
+def _read_manifest(path: Path, given: dict[str, str]) -> list[tuple[str, str, str]]:
+    """Entries of a CSV (a .tsv: tab-separated) manifest, by header names when the first row has them.
+
+    ``given`` maps roles (path, label, split) to header names; a header column that is neither given
+    nor a known name is refused, so that a label column is never dropped as if the rows were unlabeled.
+    """
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         rows = [(n, r) for n, r in enumerate(reader, start=1) if r and any(c.strip() for c in r)]
     if not rows:
         return []
-    columns = _header_columns(rows[0][1])
-    if columns is not None:
+    columns = _header_columns(rows[0][1], given)
+    if columns is not None or given or _looks_like_header(rows[0][1], path.parent):
+        columns = _check_header(path, rows[0][1], columns, given)
         rows = rows[1:]
-    elif _looks_like_header(rows[0][1], path.parent):
-        raise ValueError(f"{path}: the first row ({','.join(rows[0][1])}) looks like a header, but names no known "
-                         f"columns; expected the header {_expected_header()}, or rows path,label[,split] without one")
     entries = []
     for line, row in rows:
         if columns is None and not 2 <= len(row) <= 3:
@@ -203,15 +236,50 @@ def _read_manifest(path: Path) -> list[tuple[str, str, str]]:
     return entries
 
 
-def _header_columns(row: list[str]) -> dict[str, int] | None:
-    """{"path": i, "label": j, "split": k} when ``row`` is a header naming a path column, else None."""
+def _header_columns(row: list[str], given: dict[str, str]) -> dict[str, int] | None:
+    """{"path": i, "label": j, "split": k} when ``row`` is a header naming a path column, else None.
+
+    The names ``given`` take their columns first; the other roles take the first known name left."""
     cells = [c.strip().lower() for c in row]
-    columns = {}
-    for name, aliases in MANIFEST_COLUMNS.items():
-        found = [i for i, c in enumerate(cells) if c in aliases]
-        if found:
-            columns[name] = found[0]
+    columns = {role: cells.index(name.strip().lower()) for role, name in given.items()
+               if name.strip().lower() in cells}
+    for role, aliases in MANIFEST_COLUMNS.items():
+        found = [i for i, c in enumerate(cells) if c in aliases and i not in columns.values()]
+        if role not in given and found:
+            columns[role] = found[0]
     return columns if "path" in columns else None
+
+
+def _check_header(path: Path, header: list[str], columns: dict[str, int] | None,
+                  given: dict[str, str]) -> dict[str, int]:
+    """The header's columns, or ValueError naming what is not understood: a given name that is not in
+    the header, no path column, or (without ``given``) columns that are neither path, label nor split."""
+    shown = ",".join(c.strip() for c in header)
+    missing = [f"{COLUMN_OPTIONS[role]} {name}" for role, name in given.items()
+               if name.strip().lower() not in (c.strip().lower() for c in header)]
+    if missing:
+        raise ValueError(f"{path}: {', '.join(missing)}: no such column in the first row ({shown})")
+    if len({name.strip().lower() for name in given.values()}) < len(given):
+        raise ValueError(f"{', '.join(f'{COLUMN_OPTIONS[r]} {n}' for r, n in given.items())}: one column cannot "
+                         "play two roles")
+    if columns is None:
+        raise ValueError(f"{path}: the first row ({shown}) looks like a header, but names no known path column; "
+                         f"expected the header {_expected_header()}, or rows path,label[,split] without one, or "
+                         f"name yours with {', '.join(COLUMN_OPTIONS.values())}")
+    unknown = [c.strip() for i, c in enumerate(header) if c.strip() and i not in columns.values()]
+    if unknown and not given:
+        understood = ", ".join(f"{role} = {header[i].strip()}" for role, i in columns.items())
+        raise ValueError(f"{path}: column(s) {', '.join(unknown)} not understood (understood: {understood}); "
+                         f"say which is which with {', '.join(COLUMN_OPTIONS.values())} (columns not named "
+                         f"then are ignored), or rename them: {_expected_header()}")
+    return columns
+
+
+def _refuse_columns(given: dict[str, str] | None, source: str) -> None:
+    """Column options name a manifest's columns: given with anything else they are a usage error."""
+    if given:
+        raise ValueError(f"{', '.join(COLUMN_OPTIONS[role] for role in given)}: only a CSV manifest has columns, "
+                         f"not {source}")
 
 
 def _looks_like_header(row: list[str], folder: Path) -> bool:

@@ -98,7 +98,8 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
                   workers: int | None = None, part_size: int | None = None, resize: int | None = None,
                   crop: int | None = None, dtype: str = "float32", overwrite: bool = False, update: bool = False,
                   progress: bool = True, max_dim: int = MAX_UNPOOLED_DIM, expected_recipe: dict | None = None,
-                  shard: shards.Shard | tuple[int, int] | None = None) -> ExtractResult:
+                  shard: shards.Shard | tuple[int, int] | None = None, path_column: str | None = None,
+                  label_column: str | None = None, split_column: str | None = None) -> ExtractResult:
     """Extract ReLU'd codes of ``layers`` for every image under ``source`` into the HDF5 file ``out``.
 
     A killed run resumes from its finished parts when the same command is run again. An existing
@@ -107,6 +108,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     makes a recipe that differs an error. A second extraction into the same ``out`` is refused.
     ``shard`` (r, n), or a ``shards.Shard`` (``shards.resolve`` reads torchrun's environment), extracts
     only the parts of rank r of n; the last rank to finish assembles the file (see shards.py).
+    ``path_column``, ``label_column``, ``split_column`` name a manifest's columns (reader.list_images).
     """
     out = Path(out)
     writer.check_writable(out)
@@ -116,7 +118,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     if rank.sharded and overwrite:
         raise ValueError(f"--overwrite cannot be used by shards (this is shard {rank}, from {rank.source}): a "
                          f"shard starting late would redo the others' work; delete {out} first instead")
-    listing = list_images(source)
+    listing = list_images(source, path_column=path_column, label_column=label_column, split_column=split_column)
     bb = get_backbone(backbone)
     prep = preprocess_config(bb, resize, crop)
     if precision == "auto" and expected_recipe and expected_recipe.get("precision"):

@@ -46,6 +46,7 @@ def load_network(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
 def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out_csv: str | os.PathLike, *,
                    device: str = "auto", precision: str = "auto", batch_size: int | None = None,
                    workers: int | None = None, progress: bool = True, threshold: float | None = None,
+                   path_column: str | None = None, label_column: str | None = None, split_column: str | None = None,
                    **_ignored) -> dict:
     """Preprocess ``images`` (folder tree, CSV manifest) as the run did for evaluation, and predict.
 
@@ -55,11 +56,11 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out_cs
     if threshold is not None:
         raise ValueError("--threshold applies to codes models (cnncodes classify); a fine-tuned run predicts the "
                          "most probable class (its prob_ columns are in the CSV)")
+    listing = list_images(images, path_column=path_column, label_column=label_column, split_column=split_column)
     model, bundle = load_network(run_dir)
     dev = pick_device(device)
     amp, _ = mixed_precision(dev, precision)
     model.to(dev)
-    listing = list_images(images)
     prep, names = bundle["preprocess"], bundle["class_names"]
     rows = np.arange(len(listing))
     decoded, failures = decode(listing, rows, prep["resize"], prep["crop"], prep["interpolation"],

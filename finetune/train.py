@@ -65,7 +65,9 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
                     patience: int | None = None, seed: int = 0, device: str = "auto", precision: str = "auto",
                     threads: int | None = None, workers: int | None = None, progress: bool = True,
                     resize: int | None = None, crop: int | None = None, max_train_images: int | None = None,
-                    overwrite: bool = False, on_epoch: Callable[[dict], None] | None = None) -> dict:
+                    overwrite: bool = False, on_epoch: Callable[[dict], None] | None = None,
+                    path_column: str | None = None, label_column: str | None = None,
+                    split_column: str | None = None) -> dict:
     """Fine-tune ``backbone`` on ``images`` (folder tree or CSV manifest) into ``out_dir``; return the report.
 
     The report has classify's keys (balanced_accuracy etc. on the evaluation split) plus
@@ -73,7 +75,8 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     (settings and the epoch log). ``freeze`` is the leading share of backbone units kept fixed
     (1 = linear probe); ``freeze_until`` names the last frozen layer instead. ``lp_epochs`` trains the
     head alone first (LP-FT). ``on_epoch`` is called with each epoch's log row after its checkpoint
-    is written. Raises ValueError for unusable options or data, before any long work.
+    is written. ``*_column`` name a manifest's columns (extract.reader.list_images). Raises
+    ValueError for unusable options or data, before any long work.
     """
     options = dict(backbone=backbone, weights=weights, freeze=freeze, freeze_until=freeze_until, epochs=epochs,
                    lp_epochs=lp_epochs, batch_size=batch_size, lr=lr, backbone_lr_mult=backbone_lr_mult,
@@ -87,7 +90,7 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     log = _logger(progress)
     bb = get_backbone(backbone)
     prep = preprocess_config(bb, resize, crop)
-    listing = list_images(images)
+    listing = list_images(images, path_column=path_column, label_column=label_column, split_column=split_column)
     labeled = listing.labels >= 0
     if len(set(listing.labels[labeled].tolist())) < 2:
         raise ValueError(f"{images}: fine-tuning needs labeled images of at least two classes "
