@@ -296,3 +296,22 @@ def test_epoch_sampler_balances_classes(sampling, per_class):
         assert sorted(drawn) == list(range(10))
     else:
         assert expected == {0: per_class, 1: per_class}
+
+
+@pytest.mark.parametrize("backbone, freeze, dropout_trains", [("alexnet", 1.0, False), ("mobilenet_v2", 1.0, False),
+                                                              ("mobilenet_v2", 0.5, True)])
+def test_the_frozen_span_runs_in_eval_mode_dropout_included(backbone, freeze, dropout_trains):
+    from finetune.model import train_mode
+
+    bb = get_backbone(backbone)
+    net = build_network(build_model(bb, WeightsInfo(RANDOM, RANDOM, "")), bb, 2, freeze, None)
+    train_mode(net, train_bn=False)
+    dropout = {n: m.training for n, m in net.model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    assert dropout and set(dropout.values()) == {dropout_trains}, dropout  # after trained blocks it regularizes
+    if freeze == 1:  # the head learns from the codes themselves: the same features on every pass
+        seen = []
+        net.model.get_submodule(net.head).register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+        x = torch.rand(2, 3, 64, 64)
+        with torch.no_grad():
+            net.model(x), net.model(x)
+        assert torch.equal(seen[0], seen[1])
