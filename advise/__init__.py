@@ -65,7 +65,7 @@ def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", 
     trials = None
     if try_options:
         trials = trial.probe_rows(similarity) + [trial.finetune_row(
-            str(images), number, out_dir=out_dir, max_images=sample, log=log, backbone=backbone, weights=weights,
+            listing, rows, number, out_dir=out_dir, max_images=sample, log=log, backbone=backbone, weights=weights,
             seed=seed, device=device, resize=resize, crop=crop, workers=workers, progress=progress)]
     return build_advice(images=str(images), backbone=backbone, weights=weights, size=size, similarity=similarity,
                         parts=parts, scenario=number, recommendations=recommendations, trials=trials,

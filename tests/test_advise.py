@@ -243,3 +243,16 @@ def test_ctrl_c_during_the_pass_exits_130_and_leaves_no_temporary_files(tmp_path
     code, out, err = _advise(capsys, root, "--out", tmp_path / "adv", *FAST)
     assert code == 130 and out == "" and "interrupted" in err and "resume" not in err
     assert list(scratch.iterdir()) == [] and not (tmp_path / "adv" / "advice.json").exists()
+
+
+def test_try_finetune_reads_and_scores_training_images_only(tmp_path, capsys):
+    root = make_tree(tmp_path / "imgs", classes=("a", "b"), per_class=8, splits=("train", "val"))
+    for image in (root / "val").rglob("*.png"):
+        image.write_bytes(b"held out: never to be read")  # any read of val/ would be a recorded failure
+    code, out, err = _advise(capsys, root, "--try", "--json", "--out", tmp_path / "adv", *FAST)
+    assert code == 0, err
+    row = json.loads(out)["try"][-1]
+    report = json.loads(next((tmp_path / "adv").glob("try-finetune-*/report.json")).read_text())
+    assert report["n_failed_excluded"] == 0 and report["finetune"]["failures"] == []
+    assert report["n_train"] + report["n_test"] == 16 and report["finetune"]["n_val"] == 0
+    assert row["score"] == report["balanced_accuracy"] and "held out of the trial" in row["how"]
