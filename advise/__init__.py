@@ -42,6 +42,7 @@ def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", 
     if size.n_classes < 2:
         raise ValueError(f"{images}: the training images hold one class ({', '.join(size.per_class)}); "
                          "advice needs at least two")
+    evidence.check_per_class(size.per_class, "training images")  # before the pass, not after it
     if sample < evidence.MIN_PER_CLASS_SAMPLED * size.n_classes:
         raise ValueError(f"--sample {sample} is too small for {size.n_classes} classes "
                          f"(at least {evidence.MIN_PER_CLASS_SAMPLED * size.n_classes})")

@@ -256,3 +256,24 @@ def test_try_finetune_reads_and_scores_training_images_only(tmp_path, capsys):
     assert report["n_failed_excluded"] == 0 and report["finetune"]["failures"] == []
     assert report["n_train"] + report["n_test"] == 16 and report["finetune"]["n_val"] == 0
     assert row["score"] == report["balanced_accuracy"] and "held out of the trial" in row["how"]
+
+
+def test_a_class_with_one_image_is_named_before_the_pass(tmp_path, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the backbone pass ran")
+
+    root = make_tree(tmp_path / "imgs", classes=("a", "b"), per_class=20)
+    make_tree(tmp_path / "one", classes=("lonely",), per_class=1)
+    (tmp_path / "one" / "lonely").rename(root / "lonely")
+    monkeypatch.setattr(evidence, "extract_codes", never)
+    code, out, err = _advise(capsys, root, *FAST)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "class 'lonely' (1) has fewer than 2 training images" in err
+
+
+def test_a_class_with_one_readable_sampled_image_is_named(tmp_path, capsys):
+    root = make_tree(tmp_path / "imgs", classes=("a", "b", "c"), per_class=4)
+    for image in sorted((root / "c").glob("*.png"))[1:]:
+        image.write_bytes(b"unreadable")
+    code, _, err = _advise(capsys, root, *FAST)
+    assert code == 2 and "class 'c' (1) has fewer than 2 readable sampled images" in err
