@@ -45,6 +45,7 @@ def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", 
     if size.n_classes < 2:
         raise ValueError(f"{images}: the training images hold one class ({', '.join(size.per_class)}); "
                          "advice needs at least two")
+    evidence.check_per_class(size.per_class, "training images")  # before the pass, not after it
     if sample < evidence.MIN_PER_CLASS_SAMPLED * size.n_classes:
         raise ValueError(f"--sample {sample} is too small for {size.n_classes} classes "
                          f"(at least {evidence.MIN_PER_CLASS_SAMPLED * size.n_classes})")
@@ -68,8 +69,8 @@ def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", 
     trials = None
     if try_options:
         trials = trial.probe_rows(similarity) + [trial.finetune_row(
-            str(images), number, out_dir=out_dir, max_images=sample, log=log, backbone=backbone, weights=weights,
-            seed=seed, device=device, resize=resize, crop=crop, workers=workers, progress=progress, **columns)]
+            listing, rows, number, out_dir=out_dir, max_images=sample, log=log, backbone=backbone, weights=weights,
+            seed=seed, device=device, resize=resize, crop=crop, workers=workers, progress=progress)]
     return build_advice(images=str(images), backbone=backbone, weights=weights, size=size, similarity=similarity,
                         parts=parts, scenario=number, recommendations=recommendations, trials=trials,
                         seconds=time.perf_counter() - started)

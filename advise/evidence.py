@@ -106,6 +106,16 @@ def measure_size(listing: ImageList, rows: np.ndarray, which: str) -> Size:
                 max_per_class=int(values.max()), imbalance_ratio=float(values.max() / values.min()), split=which)
 
 
+def check_per_class(per_class: dict[str, int], what: str) -> None:
+    """Refuse, naming them, classes with fewer than MIN_PER_CLASS_SAMPLED ``what``: the probes'
+    stratified folds need that many of every class."""
+    few = [f"{name!r} ({n})" for name, n in per_class.items() if n < MIN_PER_CLASS_SAMPLED]
+    if few:
+        raise ValueError(f"{'class' if len(few) == 1 else 'classes'} {', '.join(few)} "
+                         f"{'has' if len(few) == 1 else 'have'} fewer than {MIN_PER_CLASS_SAMPLED} {what}; advise needs "
+                         f"{MIN_PER_CLASS_SAMPLED} of every class: add images, or leave the class out")
+
+
 def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Positions into ``labels`` of about ``n`` items, each class in proportion (at least 2 where it has them)."""
     rng = np.random.default_rng(seed)
@@ -176,10 +186,10 @@ def measure_similarity(listing: ImageList, rows: np.ndarray, *, backbone: str, w
     if ok.sum() < 2 * MIN_PER_CLASS_SAMPLED:
         raise ValueError(f"only {int(ok.sum())} of the {len(picked)} sampled images could be read")
     y = cf.rows.labels[ok]
+    readable = np.bincount(y, minlength=len(cf.class_names))
+    check_per_class(dict(zip(cf.class_names, readable.tolist())), "readable sampled images")
     probs = tr.softmax(imagenet_logits(backbone, weights, cf.codes[TOP_LAYER][ok]))
-    folds = int(min(PROBE_FOLDS, np.bincount(y)[np.unique(y)].min()))
-    if folds < 2 or len(np.unique(y)) < 2:
-        raise ValueError("the sample needs at least two classes with two readable images each")
+    folds = int(min(PROBE_FOLDS, readable[np.unique(y)].min()))
     started = time.perf_counter()
     probe, dims = {}, {}
     for layer in layers:

@@ -100,10 +100,13 @@ def sampling_modes(sampling: str | Sequence[str]) -> list[str]:
 
 
 def minority_recall(report: dict) -> dict:
-    """The class with the fewest training rows (first by index on a tie) and its held-out recall (None
-    when the held-out split has none of it)."""
+    """The class with the fewest training rows and its held-out recall (None when the held-out split has
+    none of it); both None when several classes share the fewest rows: then no class is the minority."""
     counts = report["train_class_counts"]
-    minority = min(counts, key=lambda name: counts[name])  # dicts keep class-index order: ties go to the first
+    fewest = [name for name, n in counts.items() if n == min(counts.values())]
+    if len(fewest) > 1:
+        return {"minority_class": None, "minority_recall": None}
+    minority = fewest[0]
     recall = report["per_class"].get(minority, {}).get("recall")
     has_rows = report.get("test_class_counts", {}).get(minority, 0) > 0
     return {"minority_class": minority, "minority_recall": recall if has_rows else None}
@@ -142,14 +145,15 @@ def to_csv(rows: list[dict]) -> str:
 def to_markdown(rows: list[dict], codes) -> str:
     """A Markdown table in rank order, with a header saying what ranks and what is only reported."""
     several = len({r["sampling"] for r in rows}) > 1
-    minority = rows[0]["minority_class"] if rows else ""
+    minority = rows[0]["minority_class"] if rows else None  # None: no single class has the fewest rows
     head = ["#", "classifier", "layers", *(["sampling"] if several else []), "CV bal. acc. (train)",
-            "held-out bal. acc.", "held-out macro-F1", "held-out accuracy", "minority recall", "fit time (s)",
-            "hyper-parameter"]
+            "held-out bal. acc.", "held-out macro-F1", "held-out accuracy", *(["minority recall"] if minority else []),
+            "fit time (s)", "hyper-parameter"]
     lines = [f"Comparison on `{codes}`: ranked by CV balanced accuracy on the training split (ties: shorter fit "
              "time, then name); the held-out columns are reported, not used to choose, so the top row's "
-             "held-out figures are the honest estimate of the pick.",
-             f"Minority recall: held-out recall of {minority}, the class with the fewest training rows."]
+             "held-out figures are the honest estimate of the pick."]
+    if minority:
+        lines.append(f"Minority recall: held-out recall of {minority}, the class with the fewest training rows.")
     if any(r["rank"] is None for r in rows):
         lines.append("Rows without a CV score (cv=0) are not ranked (#: -) and follow in name order.")
     text = ("classifier", "layers", "sampling", "hyper-parameter")
@@ -157,7 +161,7 @@ def to_markdown(rows: list[dict], codes) -> str:
     for r in rows:
         cells = ["-" if r["rank"] is None else r["rank"], r["classifier"], r["layers"],
                  *([r["sampling"]] if several else []), _figure(r["cv_score"]), _figure(r["balanced_accuracy"]),
-                 _figure(r["macro_f1"]), _figure(r["accuracy"]), _figure(r["minority_recall"]),
+                 _figure(r["macro_f1"]), _figure(r["accuracy"]), *([_figure(r["minority_recall"])] if minority else []),
                  f"{r['fit_time_s']:.2f}", r["hyperparameter"]]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils import check_array
+from sklearn.utils.class_weight import compute_class_weight
 
 from .linear_svm import SquaredHingeSVC
 
@@ -153,6 +154,16 @@ def parse_class_weight(spec, class_names: list[str]):
         if not weights[class_names.index(name)] > 0:
             raise ValueError(f"class weight for {name!r} must be positive, got {value!r}")
     return weights
+
+
+def class_weight_values(class_weight, y) -> dict[int, float] | None:
+    """A parsed class weight as explicit {class: weight}: ``balanced`` from the label counts in ``y``
+    (scikit-learn's n / (k x count)), a dict as given. Pass the labels the model is fitted on, after
+    resampling, as a classifier in the pipeline sees them: resampled classes are balanced already."""
+    if class_weight != "balanced":
+        return class_weight
+    classes = np.unique(y)
+    return {int(c): float(w) for c, w in zip(classes, compute_class_weight("balanced", classes=classes, y=y))}
 
 
 @dataclass(frozen=True)

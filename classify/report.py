@@ -91,22 +91,28 @@ def _finite(values: np.ndarray) -> list:
 
 def summarize(report: dict) -> str:
     """One line for the command line: the headline numbers and the chosen hyper-parameter."""
-    layers = "+".join(report["layers"])
-    return (f"{report['classifier']} on {layers}: balanced accuracy {report['balanced_accuracy']:.3f}, "
+    return (f"{model_name(report)}: balanced accuracy {report['balanced_accuracy']:.3f}, "
             f"macro-F1 {report['macro_f1']:.3f}, accuracy {report['accuracy']:.3f} "
             f"({report['n_test']} test / {report['n_train']} train images; {report['hyperparameter']}"
-            + (f", CV {report['cv_score']:.3f}" if report.get("cv_score") is not None else "") + ")")
+            + (f", {_score_name(report)} {report['cv_score']:.3f}" if report.get("cv_score") is not None else "") + ")")
+
+
+def model_name(report: dict) -> str:
+    """``svm on block4``; a fine-tuned network has no layer: ``finetune (mobilenet_v2)``."""
+    ft = report.get("finetune")
+    if ft:
+        return f"{report['classifier']} ({ft['options']['backbone']})"
+    return f"{report['classifier']} on {'+'.join(report['layers'])}"
+
+
+def _score_name(report: dict) -> str:
+    """What chose the hyper-parameter: cross-validation, or a fine-tune's validation set."""
+    return "validation" if report.get("finetune") else "CV"
 
 
 def render_text(report: dict) -> str:
     """The human-readable report: settings, summary numbers, per-class table, notes."""
-    lines = [f"codes file:        {report['codes']}",
-             f"test data:         {report['split_source']}",
-             f"layers:            {' + '.join(report['layers'])}",
-             f"classifier:        {report['classifier']} ({report['hyperparameter']}, "
-             + (f"chosen by {report['cv_folds']}-fold CV on {report['cv_scoring']})" if report['cv_folds']
-                else "fixed, no cross-validation)")
-             + (", sigmoid-calibrated probabilities" if report.get("calibrated") else ""),
+    lines = [*_source_lines(report),
              f"normalize:         {report['normalize']}",
              f"class weight:      {report['class_weight']}",
              f"sampling:          {report['sampling']}",
@@ -121,13 +127,32 @@ def render_text(report: dict) -> str:
              f"balanced accuracy: {report['balanced_accuracy']:.4f}",
              f"macro F1:          {report['macro_f1']:.4f}"]
     if report.get("cv_score") is not None:
-        lines.append(f"CV score:          {report['cv_score']:.4f}")
+        lines.append(f"{_score_name(report) + ' score:':<19}{report['cv_score']:.4f}"
+                     + (" (balanced accuracy, best epoch)" if report.get("finetune") else ""))
     lines += _binary_lines(report.get("binary"))
     lines += ["", report["classification_report"].rstrip(), "", "confusion matrix (rows true, columns predicted):",
               confusion_text(np.array(report["confusion_matrix"]), report["labels"])]
     if report.get("notes"):
         lines += ["", "notes:"] + [f"  - {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _source_lines(report: dict) -> list[str]:
+    """Where the model came from: codes file, test data, layers and classifier; for a fine-tuned network
+    its images and the validation set that chose the epoch (it has no codes file and no layer)."""
+    ft = report.get("finetune")
+    if ft:
+        return [f"images:            {ft['images']} (fine-tuned network; no codes file)",
+                f"test data:         {report['split_source']}",
+                f"classifier:        {report['classifier']} ({report['hyperparameter']}, epoch chosen on "
+                f"{ft['n_val']} validation images: {ft['val_source']})"]
+    return [f"codes file:        {report['codes']}",
+            f"test data:         {report['split_source']}",
+            f"layers:            {' + '.join(report['layers'])}",
+            f"classifier:        {report['classifier']} ({report['hyperparameter']}, "
+            + (f"chosen by {report['cv_folds']}-fold CV on {report['cv_scoring']})" if report['cv_folds']
+               else "fixed, no cross-validation)")
+            + (", sigmoid-calibrated probabilities" if report.get("calibrated") else "")]
 
 
 def _counts_text(counts: dict | None) -> str:
@@ -214,14 +239,14 @@ def report_files(report: dict) -> dict:
     """Writers for report.json, report.txt, confusion.csv, confusion.png and, for two classes,
     pr_curve.png and roc.png (for fileio.write_files)."""
     cm, names = np.array(report["confusion_matrix"]), report["labels"]
-    title = f"{report['classifier']} on {'+'.join(report['layers'])}: balanced accuracy {report['balanced_accuracy']:.3f}"
+    title = f"{model_name(report)}: balanced accuracy {report['balanced_accuracy']:.3f}"
     files = {"report.json": json.dumps(report, indent=2, default=_json_default) + "\n",
              "report.txt": render_text(report),
              "confusion.csv": confusion_csv(cm, names),
              "confusion.png": lambda path: plot_confusion(cm, names, path, title)}
     binary = report.get("binary") or {}
     if binary.get("pr_curve"):
-        short = f"{report['classifier']} on {'+'.join(report['layers'])} (test split)"
+        short = f"{model_name(report)} (test split)"
         files["pr_curve.png"] = lambda path: plot_curve(binary, "pr", path, short)
         files["roc.png"] = lambda path: plot_curve(binary, "roc", path, short)
     return files

@@ -28,7 +28,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
-from sklearn.utils.class_weight import compute_class_weight
 from threadpoolctl import threadpool_limits
 
 from extract.codesfile import check_recipe, read_meta, read_rows
@@ -36,7 +35,7 @@ from extract.codesfile import check_recipe, read_meta, read_rows
 from .data import check_training_set, class_names_of, file_meta, layer_recipe, resolve_layers, split_rows
 from .fileio import write_files
 from .model_io import load_model, model_files
-from .models import make_normalizer, parse_class_weight
+from .models import class_weight_values, make_normalizer, parse_class_weight
 from .report import evaluate, report_files, summarize
 
 # In-memory classify peaks at about this many times the float32 codes it loads (bench/RESULTS.md):
@@ -256,7 +255,7 @@ def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | Non
     plan = plan_split(codes, layers, test, test_fraction, seed)
     names = plan.class_names
     folds, fold_notes = check_training_set(plan.y_train, names, cv)
-    weights = _class_weights(parse_class_weight(class_weight, names), plan.y_train)
+    weights = class_weight_values(parse_class_weight(class_weight, names), plan.y_train)  # partial_fit needs them
     rows, dim = codes_shape(codes, layers)
     start = time.perf_counter()
     with h5py.File(codes, "r") as h5, threadpool_limits(limits=1), \
@@ -322,14 +321,6 @@ def make_sgd(classifier: str, weights, seed: int) -> SGDClassifier:
 
 def epochs_for(n_train: int) -> int:
     return int(np.clip(np.ceil(MIN_ROW_UPDATES / max(n_train, 1)), MIN_EPOCHS, MAX_EPOCHS))
-
-
-def _class_weights(weights, y: np.ndarray) -> dict | None:
-    """``balanced`` as explicit weights from the label counts (partial_fit cannot compute them itself)."""
-    if weights != "balanced":
-        return weights
-    classes = np.unique(y)
-    return {int(c): float(w) for c, w in zip(classes, compute_class_weight("balanced", classes=classes, y=y))}
 
 
 def _fit_normalizer(normalize: str, blocks: Blocks, plan: Plan, codes, log) -> Pipeline:

@@ -39,16 +39,19 @@ def head_name(model: nn.Module) -> str:
     return linears[-1]
 
 
-def backbone_units(model: nn.Module, head: str) -> list[str]:
-    """Parameterized units in block order, the head excluded."""
-    units = []
+def blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every block in the model's own order (each child of a top-level Sequential, other top-level
+    modules whole), parameterless ones (ReLU, pooling, dropout) included."""
+    out = []
     for name, child in model.named_children():
         parts = list(child.named_children()) if isinstance(child, nn.Sequential) else [("", child)]
-        for sub, module in parts:
-            unit = f"{name}.{sub}" if sub else name
-            if unit != head and any(True for _ in module.parameters()):
-                units.append(unit)
-    return units
+        out += [(f"{name}.{sub}" if sub else name, module) for sub, module in parts]
+    return out
+
+
+def backbone_units(model: nn.Module, head: str) -> list[str]:
+    """Parameterized units in block order, the head excluded."""
+    return [unit for unit, module in blocks(model) if unit != head and any(True for _ in module.parameters())]
 
 
 def frozen_count(units: list[str], freeze: float | None, freeze_until: str | None, backbone: Backbone) -> int:
@@ -97,15 +100,27 @@ def set_trainable(net: Network, backbone_too: bool) -> None:
         p.requires_grad_(unit is None or (backbone_too and unit not in frozen))
 
 
+def frozen_span(net: Network, backbone_too: bool = True) -> list[str]:
+    """The blocks before the first trained one: frozen units and the parameterless blocks among and
+    after them (AlexNet's and VGG's classifier dropout, MobileNetV2's ``classifier.0``). Their output
+    is what the trained part sees, so in eval mode it is the codes ``extract`` computes."""
+    trained = set(net.units[net.n_frozen:] if backbone_too else []) | {net.head}
+    order = [name for name, _ in blocks(net.model)]
+    first = next((i for i, b in enumerate(order) if b in trained or net.head.startswith(b + ".")), len(order))
+    return order[:first]
+
+
 def train_mode(net: Network, train_bn: bool, backbone_too: bool = True) -> None:
-    """Training mode, except: frozen units (and, in a linear-probe phase, the whole backbone) stay
-    in eval mode, and so does every BatchNorm unless ``train_bn`` (its ImageNet statistics are kept)."""
+    """Training mode, except: the frozen span (the whole backbone in a linear-probe phase) stays in
+    eval mode, dropout included, and so does every BatchNorm unless ``train_bn`` (its ImageNet
+    statistics are kept). Called at the start of every epoch."""
     net.model.train()
-    still = set(net.frozen_units) if backbone_too else set(net.units)
-    for name, module in net.model.named_modules():
-        unit = unit_of(net, name + ".") if name else None
-        if unit in still or (isinstance(module, nn.modules.batchnorm._BatchNorm) and not train_bn):
-            module.eval()
+    for block in frozen_span(net, backbone_too):
+        net.model.get_submodule(block).eval()
+    if not train_bn:
+        for module in net.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def param_groups(net: Network, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:

@@ -27,8 +27,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from classify.fileio import ensure_writable, write_files
-from classify.models import parse_class_weight
-from classify.report import binary_metrics, evaluate, report_files, summarize
+from classify.data import coverage_notes
+from classify.models import class_weight_values, parse_class_weight
+from classify.report import binary_metrics, evaluate, missing_test_classes, report_files, summarize
 from extract.backbones import get_backbone
 from extract.device import pick_device
 from extract.reader import list_images
@@ -49,6 +50,8 @@ CURVE = "learning_curve.png"
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FORMAT_VERSION = 1
+FEW_IMAGES = 5  # a class with fewer training images than this, each weighing
+HEAVY = 4.0  # this many times an image of the lightest class or more, is named in a warning
 
 
 class FinetuneInterrupted(Exception):
@@ -183,6 +186,30 @@ def lr_lambda(warmup_steps: int, total_steps: int, start: int = 0) -> Callable[[
     return factor
 
 
+def loss_weights(class_weight, names: list[str], y_train: np.ndarray, sampling: str) -> np.ndarray:
+    """Per-class loss weights (1 where none is set). ``balanced`` comes from the counts an epoch draws,
+    as classify weights the resampled rows: with ``--sampling`` the draws are balanced already, so the
+    weights do not correct the imbalance a second time."""
+    drawn = resampled_counts(y_train, sampling)
+    y_drawn = np.repeat(list(drawn), list(drawn.values()))
+    weights = class_weight_values(parse_class_weight(class_weight, names), y_drawn) or {}
+    return np.array([weights.get(c, 1.0) for c in range(len(names))])
+
+
+def heavy_class_notes(weights: np.ndarray, y_train: np.ndarray, sampling: str, names: list[str]) -> list[str]:
+    """A warning for each class with fewer than FEW_IMAGES training images whose images each weigh HEAVY
+    times an image of the lightest class or more (loss weight x draws per image): a handful of images
+    then steers the class. The weights are kept; the warning says how to change them."""
+    counts = np.bincount(y_train, minlength=len(names))
+    drawn = resampled_counts(y_train, sampling)
+    per_image = {c: weights[c] * drawn[c] / counts[c] for c in drawn}
+    lightest = min(per_image.values())
+    return [f"class {names[c]!r} has {counts[c]} training image(s), each weighing {per_image[c] / lightest:.1f}x an "
+            f"image of the lightest class (loss weight {weights[c]:.3g}, sampling {sampling}); kept as set: add "
+            "images, or lower it with --class-weight none or CLASS=W" for c in sorted(per_image)
+            if counts[c] < FEW_IMAGES and per_image[c] >= HEAVY * lightest]
+
+
 class Trainer:
     """The epoch loop over cached images, with validation, checkpoints and the epoch log."""
 
@@ -199,7 +226,11 @@ class Trainer:
         self.steps_per_epoch = max(1, (n_draw // options["batch_size"]) if self.drop_last
                                    else math.ceil(n_draw / options["batch_size"]))
         self.total_epochs = options["lp_epochs"] + options["epochs"]
-        self.loss_fn = nn.CrossEntropyLoss(weight=self._class_weights(y_train),
+        self.class_weights = loss_weights(options["class_weight"], class_names, y_train, options["sampling"])
+        self.weight_notes = heavy_class_notes(self.class_weights, y_train, options["sampling"], class_names)
+        for note in self.weight_notes:
+            print(f"[finetune] warning: {note}", file=sys.stderr, flush=True)
+        self.loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(self.class_weights, dtype=torch.float32, device=device),
                                            label_smoothing=options["label_smoothing"])
         self.groups = param_groups(net, options["lr"], options["backbone_lr_mult"], options["weight_decay"])
         self.optimizer = self._optimizer()
@@ -208,20 +239,6 @@ class Trainer:
         self.best = {"epoch": 0, "score": None, "state": None}
         self.finished, self.stopped_early = False, False
         self.used_lr: dict[str, float | None] = {}
-
-    def _class_weights(self, y: np.ndarray) -> torch.Tensor | None:
-        spec = parse_class_weight(self.opt["class_weight"], self.names)
-        if spec is None:
-            return None
-        k = len(self.names)
-        if spec == "balanced":  # scikit-learn's n / (k x count), over the classes present
-            counts = np.bincount(y, minlength=k).astype(float)
-            present = counts > 0
-            w = np.ones(k)
-            w[present] = counts[present].sum() / (present.sum() * counts[present])
-        else:
-            w = np.array([spec.get(c, 1.0) for c in range(k)])
-        return torch.tensor(w, dtype=torch.float32, device=self.device)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         if self.opt["optimizer"] == "sgd":
@@ -275,13 +292,13 @@ class Trainer:
             total_loss += loss * len(y)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
         train_seconds = time.perf_counter() - started
-        score = self.validate()
+        score, val_loss = self.validate()
         if score is not None:
             bar.set_postfix(loss=f"{total_loss / max(seen, 1):.3f}", img_s=f"{seen / train_seconds:.1f}",
                             val=f"{score:.3f}")
         bar.close()
         row = {"epoch": epoch + 1, "phase": "lp" if lp else "ft", "train_loss": total_loss / max(seen, 1),
-               "val_balanced_accuracy": score, "lr_head": self.used_lr.get("head"),
+               "val_balanced_accuracy": score, "val_loss": val_loss, "lr_head": self.used_lr.get("head"),
                "lr_backbone": self.used_lr.get("backbone"),
                "images": seen, "train_seconds": round(train_seconds, 3),
                "seconds": round(time.perf_counter() - started, 3),
@@ -323,11 +340,17 @@ class Trainer:
         return forward_probs(self.net.model, images, self.data["crop"], self.data["mean"], self.data["std"],
                              self.device, self.amp_dtype, self.opt["batch_size"])
 
-    def validate(self) -> float | None:
+    def validate(self) -> tuple[float | None, float | None]:
+        """Balanced accuracy and loss (the training loss's weights and smoothing) on the validation set."""
         if not self.data["val"]:
-            return None
-        pred = self.probabilities(self.data["val"]).argmax(1)
-        return float(balanced_accuracy_score(self.data["val_labels"], pred))
+            return None, None
+        self.net.model.eval()
+        logits = forward_logits(self.net.model, self.data["val"], self.data["crop"], self.data["mean"],
+                                self.data["std"], self.device, self.amp_dtype, self.opt["batch_size"])
+        y = torch.as_tensor(self.data["val_labels"], dtype=torch.long)
+        with torch.no_grad():
+            loss = float(self.loss_fn(logits.to(self.device), y.to(self.device)))
+        return float(balanced_accuracy_score(y.numpy(), logits.argmax(1).numpy())), loss
 
     def _keep_best(self, row: dict) -> None:
         self.history.append(row)
@@ -373,6 +396,14 @@ class Trainer:
 def forward_probs(model: nn.Module, images: list[torch.Tensor], crop: int, mean, std, device: torch.device,
                   amp_dtype: torch.dtype | None, batch_size: int) -> np.ndarray:
     """Softmax outputs of ``model`` for uint8 images, center-cropped to ``crop``, in batches."""
+    if not images:
+        return np.zeros((0, 0), np.float32)
+    return torch.softmax(forward_logits(model, images, crop, mean, std, device, amp_dtype, batch_size), 1).numpy()
+
+
+def forward_logits(model: nn.Module, images: list[torch.Tensor], crop: int, mean, std, device: torch.device,
+                   amp_dtype: torch.dtype | None, batch_size: int) -> torch.Tensor:
+    """float32 outputs of ``model`` (on the CPU) for uint8 images, center-cropped to ``crop``, in batches."""
     from torchvision.transforms.v2.functional import center_crop
 
     out = []
@@ -380,8 +411,8 @@ def forward_probs(model: nn.Module, images: list[torch.Tensor], crop: int, mean,
     with torch.inference_mode(), autocast:
         for i in range(0, len(images), batch_size):
             batch = torch.stack([center_crop(im, [crop, crop]) for im in images[i:i + batch_size]]).to(device)
-            out.append(torch.softmax(model(normalize(batch, mean, std)).float(), 1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+            out.append(model(normalize(batch, mean, std)).float().cpu())
+    return torch.cat(out)
 
 
 def _decode_splits(listing, splits, prep: dict, workers: int, progress: bool, log) -> dict:
@@ -476,7 +507,6 @@ def _finish(trainer: Trainer, out: Path, bb, winfo: WeightsInfo, listing, splits
               "class_names": listing.class_names, "preprocess": prep, "recipe": recipe,
               "initial_weights": winfo.as_dict(), "best_epoch": trainer.best["epoch"]}
     files = report_files(report)
-    files["report.txt"] = _finetune_text(files["report.txt"], report)
     write_files(out, {**files, MODEL_FILE: _torch_bytes(bundle), BACKBONE_FILE: backbone_bytes,
                       CURVE: lambda path: plot_curve(trainer.history, path, trainer.best["epoch"])})
     log(summarize(report))
@@ -517,13 +547,15 @@ def build_report(trainer: Trainer, listing, splits, data: dict, options: dict, p
     hyper = (f"freeze={len(frozen)}/{len(net.units)} units, lr={options['lr']:g}, "
              f"backbone x{options['backbone_lr_mult']:g}, epoch {best['epoch']}/{trainer.total_epochs}")
     y_train, y_test = data["train_labels"], data["test_labels"]
+    notes += coverage_notes(y_train, y_test, names) + missing_test_classes(y_test, y_pred, names)
+    notes += trainer.weight_notes
     binary = None
     if len(names) == 2:
         binary = binary_metrics(y_test, y_pred, probs[:, 1], 1, names, "softmax")
         notes += binary.pop("notes")
     return {
         "codes": None, "test_codes": None, "split_source": splits.split_source,
-        "layers": ["penultimate"], "classifier": "finetune", "normalize": "imagenet mean/std",
+        "layers": [], "classifier": "finetune", "normalize": "imagenet mean/std",
         "class_weight": options["class_weight"] if isinstance(options["class_weight"], (str, type(None)))
         else dict(options["class_weight"]),
         "class_weight_applied": {names[k]: v for k, v in weights.items()} if isinstance(weights, dict) else weights,
@@ -545,7 +577,8 @@ def build_report(trainer: Trainer, listing, splits, data: dict, options: dict, p
         "val_balanced_accuracy": best["score"],
         "finetune": {"options": options, "images": str(listing.root), "n_val": int(len(data["val_labels"])),
                      "val_source": splits.val_source, "frozen_units": frozen, "trained_units": net.units[len(frozen):],
-                     "head": net.head, "best_epoch": best["epoch"], "epochs_run": len(trainer.history),
+                     "head": net.head, "loss_weights": dict(zip(names, trainer.class_weights.round(6).tolist())),
+                     "best_epoch": best["epoch"], "epochs_run": len(trainer.history),
                      "stopped_early": trainer.stopped_early, "precision": trainer.precision,
                      "device": str(trainer.device), "initial_weights": winfo.as_dict(), "history": trainer.history,
                      "failures": [list(f) for f in data["failures"]]},
@@ -556,32 +589,32 @@ def _counts(y: np.ndarray, names: list[str]) -> dict[str, int]:
     return {names[c]: int(n) for c, n in enumerate(np.bincount(y, minlength=len(names))) if n}
 
 
-def _finetune_text(text: str, report: dict) -> str:
-    """classify's report.txt, with its codes-file and CV lines said the fine-tuning way."""
-    ft = report["finetune"]
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith("codes file:"):
-            lines[i] = f"images:            {ft['images']} (fine-tuned network; no codes file)"
-        elif line.startswith("classifier:"):
-            lines[i] = (f"classifier:        finetune ({report['hyperparameter']}, epoch chosen on "
-                        f"{ft['n_val']} validation images: {ft['val_source']})")
-        elif line.startswith("CV score:"):
-            lines[i] = f"validation score:  {report['cv_score']:.4f} (balanced accuracy, best epoch)"
-    return "\n".join(lines) + "\n"
-
-
 def plot_curve(history: list[dict], path: Path, best_epoch: int) -> None:
-    """Training loss and validation balanced accuracy per epoch, the chosen epoch marked."""
+    """Write curve_figure as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = curve_figure(history, best_epoch)
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def curve_figure(history: list[dict], best_epoch: int):
+    """Training and validation loss and validation balanced accuracy per (whole) epoch, the chosen epoch marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     ax.plot(epochs, [r["train_loss"] for r in history], "o-", color="tab:blue", label="training loss")
+    val_loss = [r.get("val_loss") for r in history]  # absent from checkpoints of older versions
+    if any(v is not None for v in val_loss):
+        ax.plot(epochs, [np.nan if v is None else v for v in val_loss], "o--", color="tab:cyan",
+                label="validation loss")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss", color="tab:blue")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("loss", color="tab:blue")
     scores = [r["val_balanced_accuracy"] for r in history]
     if any(s is not None for s in scores):
         ax2 = ax.twinx()
@@ -595,5 +628,4 @@ def plot_curve(history: list[dict], path: Path, best_epoch: int) -> None:
     handles = [h for a in fig.axes for h in a.get_legend_handles_labels()[0]]
     ax.legend(handles=handles, loc="center right", fontsize="small")
     ax.set_title("fine-tuning learning curve")
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
+    return fig

@@ -243,3 +243,37 @@ def test_ctrl_c_during_the_pass_exits_130_and_leaves_no_temporary_files(tmp_path
     code, out, err = _advise(capsys, root, "--out", tmp_path / "adv", *FAST)
     assert code == 130 and out == "" and "interrupted" in err and "resume" not in err
     assert list(scratch.iterdir()) == [] and not (tmp_path / "adv" / "advice.json").exists()
+
+
+def test_try_finetune_reads_and_scores_training_images_only(tmp_path, capsys):
+    root = make_tree(tmp_path / "imgs", classes=("a", "b"), per_class=8, splits=("train", "val"))
+    for image in (root / "val").rglob("*.png"):
+        image.write_bytes(b"held out: never to be read")  # any read of val/ would be a recorded failure
+    code, out, err = _advise(capsys, root, "--try", "--json", "--out", tmp_path / "adv", *FAST)
+    assert code == 0, err
+    row = json.loads(out)["try"][-1]
+    report = json.loads(next((tmp_path / "adv").glob("try-finetune-*/report.json")).read_text())
+    assert report["n_failed_excluded"] == 0 and report["finetune"]["failures"] == []
+    assert report["n_train"] + report["n_test"] == 16 and report["finetune"]["n_val"] == 0
+    assert row["score"] == report["balanced_accuracy"] and "held out of the trial" in row["how"]
+
+
+def test_a_class_with_one_image_is_named_before_the_pass(tmp_path, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the backbone pass ran")
+
+    root = make_tree(tmp_path / "imgs", classes=("a", "b"), per_class=20)
+    make_tree(tmp_path / "one", classes=("lonely",), per_class=1)
+    (tmp_path / "one" / "lonely").rename(root / "lonely")
+    monkeypatch.setattr(evidence, "extract_codes", never)
+    code, out, err = _advise(capsys, root, *FAST)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "class 'lonely' (1) has fewer than 2 training images" in err
+
+
+def test_a_class_with_one_readable_sampled_image_is_named(tmp_path, capsys):
+    root = make_tree(tmp_path / "imgs", classes=("a", "b", "c"), per_class=4)
+    for image in sorted((root / "c").glob("*.png"))[1:]:
+        image.write_bytes(b"unreadable")
+    code, _, err = _advise(capsys, root, *FAST)
+    assert code == 2 and "class 'c' (1) has fewer than 2 readable sampled images" in err

@@ -86,3 +86,13 @@ def test_unknown_classifier_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown classifier 'boosted'"):
         compare(codes, tmp_path / "out", classifiers=("svm", "boosted"), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_no_minority_recall_when_classes_tie_for_the_fewest_rows(tmp_path):
+    codes = make_codes(tmp_path / "codes.h5", n_per_class=(30, 30))
+    rows = compare(codes, tmp_path / "out", classifiers=("softmax",), layers=["penultimate"], cv=2, progress=False)
+    assert rows[0]["minority_class"] is None and rows[0]["minority_recall"] is None
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "inority recall" not in md
+    with open(tmp_path / "out" / "compare.csv", newline="") as f:
+        assert next(csv.DictReader(f))["minority_class"] == ""  # the CSV keeps its columns

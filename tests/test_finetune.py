@@ -296,3 +296,75 @@ def test_epoch_sampler_balances_classes(sampling, per_class):
         assert sorted(drawn) == list(range(10))
     else:
         assert expected == {0: per_class, 1: per_class}
+
+
+@pytest.mark.parametrize("backbone, freeze, dropout_trains", [("alexnet", 1.0, False), ("mobilenet_v2", 1.0, False),
+                                                              ("mobilenet_v2", 0.5, True)])
+def test_the_frozen_span_runs_in_eval_mode_dropout_included(backbone, freeze, dropout_trains):
+    from finetune.model import train_mode
+
+    bb = get_backbone(backbone)
+    net = build_network(build_model(bb, WeightsInfo(RANDOM, RANDOM, "")), bb, 2, freeze, None)
+    train_mode(net, train_bn=False)
+    dropout = {n: m.training for n, m in net.model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    assert dropout and set(dropout.values()) == {dropout_trains}, dropout  # after trained blocks it regularizes
+    if freeze == 1:  # the head learns from the codes themselves: the same features on every pass
+        seen = []
+        net.model.get_submodule(net.head).register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+        x = torch.rand(2, 3, 64, 64)
+        with torch.no_grad():
+            net.model(x), net.model(x)
+        assert torch.equal(seen[0], seen[1])
+
+
+def test_balanced_loss_weights_come_from_the_counts_an_epoch_draws():
+    from finetune.train import loss_weights
+
+    y = np.array([0] * 80 + [1] * 20)
+    names = ["a", "b"]
+    assert loss_weights("balanced", names, y, "none") == pytest.approx([0.625, 2.5])
+    for sampling in ("over", "under"):  # the sampler balances the draws: no second correction in the loss
+        assert loss_weights("balanced", names, y, sampling) == pytest.approx([1, 1])
+    assert loss_weights("b=3", names, y, "over") == pytest.approx([1, 3])  # explicit weights are kept
+    assert loss_weights("none", names, y, "none") == pytest.approx([1, 1])
+
+
+def _imbalanced_tree(root: Path, train: dict, test: dict) -> Path:
+    from conftest import write_image
+
+    rng = np.random.default_rng(0)
+    for split, counts in (("train", train), ("test", test)):
+        for c, (name, n) in enumerate(counts.items()):
+            for k in range(n):
+                write_image(root / split / name / f"img_{k:03d}.png", rng, cls=c)
+    return root
+
+
+@pytest.mark.parametrize("sampling, weights", [("none", {"cat": 0.5625, "dog": 4.5}), ("over", {"cat": 1, "dog": 1})])
+def test_a_single_image_class_is_warned_about_and_missing_held_out_classes_noted(tmp_path, capsys, start_weights,
+                                                                                sampling, weights):
+    root = _imbalanced_tree(tmp_path / "imgs", train={"cat": 8, "dog": 1}, test={"cat": 2})
+    report = finetune_images(root, tmp_path / "ft", weights=str(start_weights), epochs=1, freeze=1, val_fraction=0,
+                             sampling=sampling, **SMALL)
+    assert report["finetune"]["loss_weights"] == pytest.approx(weights)
+    heavy = [n for n in report["notes"] if n.startswith("class 'dog' has 1 training image(s), each weighing 8.0x")]
+    assert len(heavy) == 1 and heavy[0] in capsys.readouterr().err  # said on stderr too, though not verbose
+    assert any("class dog has no held-out rows" in n for n in report["notes"])
+    assert "class 'dog' has 1 training image" in (tmp_path / "ft" / "report.txt").read_text()
+
+
+def test_report_text_says_validation_and_names_no_layer(run):
+    from classify.report import summarize
+    from finetune.train import curve_figure
+
+    out, report = run
+    text = (out / "report.txt").read_text()
+    assert report["layers"] == [] and "layers:" not in text and "penultimate" not in text
+    assert "CV" not in text and "validation score:  " in text
+    assert "CV" not in summarize(report) and f"validation {report['cv_score']:.3f}" in summarize(report)
+    history = report["finetune"]["history"]
+    assert all(isinstance(r["val_loss"], float) for r in history)
+    fig = curve_figure(history, report["finetune"]["best_epoch"])
+    ax = fig.axes[0]
+    assert "validation loss" in ax.get_legend_handles_labels()[1]
+    assert all(float(t).is_integer() for t in ax.get_xticks())
