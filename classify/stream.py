@@ -15,7 +15,6 @@ import re
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -31,9 +30,10 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
 from threadpoolctl import threadpool_limits
 
-from extract.codesfile import check_recipe, read_meta, read_rows
+from extract.codesfile import check_recipe
 
-from .data import check_training_set, class_names_of, file_meta, layer_recipe, resolve_layers, split_rows
+from .data import (Plan, check_training_set, codes_shape, file_meta, layer_recipe, meta_rows, plan_split,
+                   resolve_layers)
 from .fileio import write_files
 from .model_io import load_model, model_files
 from .models import make_normalizer, parse_class_weight
@@ -75,13 +75,6 @@ def default_budget() -> int:
 
 def budget_bytes(max_memory: str | int | None) -> int:
     return default_budget() if max_memory is None else parse_size(max_memory)
-
-
-def codes_shape(path: str | os.PathLike, layers: Sequence[str]) -> tuple[int, int]:
-    """(rows, summed code dimension) of ``layers``, from the dataset shapes alone (no codes read)."""
-    with h5py.File(path, "r") as h5:
-        shapes = [h5["codes"][t].shape for t in layers]
-    return shapes[0][0], sum(s[1] for s in shapes)
 
 
 def in_memory_bytes(path: str | os.PathLike, layers: Sequence[str], factor: int = TRAIN_MEMORY_FACTOR) -> int:
@@ -156,95 +149,6 @@ def check_finite(X: np.ndarray, rows: np.ndarray, paths: np.ndarray, path) -> No
                          "re-extract them")
 
 
-# ------------------------------------------------------------------------------------------- splits
-@dataclass
-class Plan:
-    """Which rows train and which evaluate, as sorted row numbers (the test rows may be in another file)."""
-
-    train: np.ndarray
-    y_train: np.ndarray
-    test: np.ndarray
-    y_test: np.ndarray
-    test_path: str
-    test_layers: list[str]
-    class_names: list[str]
-    recipe: dict
-    split_source: str
-    n_failed_excluded: int
-    n_unlabeled_excluded: int
-    paths: np.ndarray
-    test_paths: np.ndarray
-    codes_path: str
-    test_codes: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def plan_split(codes, layers: list[str], test=None, test_fraction: float | None = None, seed: int = 0) -> Plan:
-    """The rows ``load_dataset`` would use, chosen from the row columns alone (same rules, same seed)."""
-    if test is not None and test_fraction is not None:
-        raise ValueError("give either a test codes file or a test fraction, not both")
-    if test_fraction is not None and not 0 < test_fraction < 1:
-        raise ValueError(f"test fraction must be between 0 and 1, got {test_fraction}")
-    meta, rows = _meta_rows(codes)
-    names = class_names_of(_Named(meta, rows))
-    ok, y = rows.ok.astype(bool), rows.labels
-    use = ok & (y >= 0)
-    if not (y >= 0).any():
-        raise ValueError(f"{codes} has no labels (every row is unlabeled, -1); it can be used for predicting, "
-                         "not for training")
-    common = dict(class_names=names, recipe=dict(meta.get("recipe", {})), paths=rows.paths, codes_path=str(codes),
-                  n_failed_excluded=int((~ok).sum()), n_unlabeled_excluded=int((ok & (y < 0)).sum()))
-    if test is not None:
-        return _with_test_file(codes, test, layers, use, y, common)
-    i_train, i_test, source, notes = split_rows(np.asarray(rows.split).astype(str), use, y, names, test_fraction,
-                                                seed)
-    i_train, i_test = np.sort(i_train), np.sort(i_test)
-    return Plan(i_train, y[i_train], i_test, y[i_test], str(codes), layers, test_paths=rows.paths,
-                split_source=source, notes=notes, **common)
-
-
-@dataclass
-class _Named:  # what class_names_of needs
-    meta: dict
-    rows: object
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.meta.get("class_names", []))
-
-
-def _meta_rows(path):
-    file_meta(path)  # readable errors for a missing or non-HDF5 file
-    with h5py.File(path, "r") as h5:
-        meta = read_meta(h5)
-        if not meta.get("complete", False):
-            raise ValueError(f"{path} is incomplete (an extraction was interrupted); rerun the extract command")
-        return meta, read_rows(h5)
-
-
-def _with_test_file(codes, test, layers, use, y, common) -> Plan:
-    """Every usable row of ``codes`` trains; the usable rows of ``test`` evaluate, classes matched by name."""
-    meta, rows = _meta_rows(test)
-    check_recipe(layer_recipe(common["recipe"], layers), layer_recipe(meta.get("recipe", {}), layers),
-                 f"test codes file {test}")
-    test_layers = resolve_layers(test, layers)
-    names, test_names = common["class_names"], class_names_of(_Named(meta, rows))
-    t_use = rows.ok.astype(bool) & (rows.labels >= 0)
-    unknown = [test_names[i] for i in sorted({int(v) for v in rows.labels[t_use]}) if test_names[i] not in names]
-    if unknown:
-        raise ValueError(f"test codes file {test} has classes the training file does not: {', '.join(unknown)}")
-    mapping = np.array([names.index(n) if n in names else -1 for n in test_names], dtype=np.int64)
-    i_test = np.flatnonzero(t_use)
-    if not len(i_test):
-        raise ValueError(f"test codes file {test} has no labeled, readable rows to evaluate on")
-    i_train = np.flatnonzero(use)
-    common = {**common, "n_failed_excluded": common["n_failed_excluded"] + int((~rows.ok.astype(bool)).sum()),
-              "n_unlabeled_excluded": common["n_unlabeled_excluded"]
-              + int((rows.ok.astype(bool) & (rows.labels < 0)).sum())}
-    return Plan(i_train, y[i_train], i_test, mapping[rows.labels[i_test]], str(test), test_layers,
-                test_paths=rows.paths, split_source=f"test codes file {test}", test_codes=str(test), **common)
-
-
 # ------------------------------------------------------------------------------------------- training
 def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | None, classifier: str, normalize: str,
                       C: float | None, class_weight, sampling: str, test, test_fraction: float | None, seed: int,
@@ -253,7 +157,7 @@ def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | Non
     check_streamable(classifier, sampling)
     layers = resolve_layers(codes, layers)
     budget = budget_bytes(max_memory)
-    plan = plan_split(codes, layers, test, test_fraction, seed)
+    plan = plan_split(codes, layers, test, test_fraction, seed, block_bytes=budget // BLOCK_SHARE)
     names = plan.class_names
     folds, fold_notes = check_training_set(plan.y_train, names, cv)
     weights = _class_weights(parse_class_weight(class_weight, names), plan.y_train)
@@ -443,7 +347,7 @@ def predict_streamed(run_dir, codes_path, out_csv, max_memory: str | int | None 
     pipe, names = bundle["pipeline"], bundle["class_names"]
     classes = [names[int(c)] for c in pipe.classes_]
     budget = budget_bytes(max_memory)
-    meta, rows = _meta_rows(codes_path)
+    meta, rows = meta_rows(codes_path)
     true = true_labels(SimpleNamespace(rows=rows, class_names=list(meta.get("class_names", []))))
     known = np.isin(true, classes)
     predicted, good = np.full(len(rows), "", dtype=object), np.zeros(len(rows), dtype=bool)

@@ -199,3 +199,23 @@ def test_streamed_cv_fits_are_capped_without_convergence_notes(codes, tmp_path, 
     assert seen == [1]
     assert any("(at most 1 epochs per fit)" in note for note in report["notes"])
     assert not any("ConvergenceWarning" in note for note in report["notes"])
+
+
+@pytest.mark.parametrize("budget", [None, "4K"])
+def test_test_file_holding_training_images_refused_in_memory_and_streamed(codes, tmp_path, budget):
+    # issue 22 item 5: the streamed path accepted the training file as --test and reported 1.000
+    with pytest.raises(ValueError, match=r"holds \d+ of the \d+ training images"):
+        classify_codes(codes, tmp_path / "out", test=codes, max_memory=budget, **FAST)
+    assert not (tmp_path / "out" / "model.joblib").exists()
+
+
+def test_overlap_check_finds_a_few_reextracted_training_images_in_small_blocks(tmp_path):
+    X, y = imbalanced_codes()
+    train = write_codes_file(tmp_path / "train.h5", X, y, ["cat", "dog", "bird"])
+    other, oy = imbalanced_codes((20, 10, 6), seed=1)
+    paths = [f"new/{i}.png" for i in range(len(oy))] + ["img/00004.png", "img/00009.png"]
+    mixed = {t: np.vstack([other[t], X[t][[4, 9]] * (1 + 1e-4)]) for t in X}  # the same images, other precision
+    test = write_codes_file(tmp_path / "test.h5", mixed, np.concatenate([oy, y[[4, 9]]]), ["cat", "dog", "bird"],
+                            paths=paths)
+    with pytest.raises(ValueError, match=r"holds 2 of the 102 training images .*first: img/00004.png"):
+        classify_codes(train, tmp_path / "out", test=test, max_memory="4K", **FAST)

@@ -363,3 +363,17 @@ def test_progress_log_names_the_cv_plan_and_its_choice(codes, tmp_path, capsys):
     assert f"CV chose C={report['C']} (balanced_accuracy {report['cv_score']:.4f})" in err
     assert f"fitting on all {report['n_train']} training rows" in err
     assert err.index("CV chose") < err.index("evaluating on")
+
+
+def test_load_codes_names_the_splits_a_file_has(tmp_path):
+    # issue 22 item 24: split="test" on a train/val file returned (0, D) silently
+    import cnncodes
+
+    codes, y = imbalanced_codes()
+    path = write_codes_file(tmp_path / "tv.h5", codes, y, NAMES, split=split_column(y, val=True))
+    assert len(cnncodes.load_codes(path, split="val").y) == split_column(y, val=True).count("val")
+    with pytest.raises(ValueError, match=r"has no 'test' rows; its splits: train \(\d+\), val \(\d+\); its "
+                                         r"evaluation split \(test, else val\) is val"):
+        cnncodes.load_codes(path, split="test")
+    report = classify_codes(path, tmp_path / "out", C=1.0, **FAST)
+    assert report["split_source"] == "split column (train / val)"  # the same rule
