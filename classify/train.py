@@ -13,6 +13,7 @@ from typing import Sequence
 import imblearn
 import numpy as np
 import sklearn
+from imblearn.pipeline import Pipeline
 from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
@@ -143,6 +144,7 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
             log(f"{classifier}: fitting with {spec.param}={best} (no cross-validation)")
             model = pipe.set_params(**{"clf__" + spec.param: best})
             cv_score, grid = None, {}
+        resampled = resampled_labels(model, data.X_train, data.y_train)
         if calibrate:
             notes += _calibrate(model, classifier, data.y_train, names, seed)
         model.fit(data.X_train, data.y_train)
@@ -171,7 +173,7 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
         "n_train": int(len(data.y_train)), "n_test": int(len(data.y_test)),
         "n_failed_excluded": data.n_failed_excluded, "n_unlabeled_excluded": data.n_unlabeled_excluded,
         "train_class_counts": _counts(data.y_train, names),
-        "resampled_class_counts": _counts(resampled_labels(model, data.X_train, data.y_train), names),
+        "resampled_class_counts": _counts(resampled, names),
         "test_class_counts": _counts(data.y_test, names),
         "fit_time_s": round(fit_time, 4), "max_iter": max_iter,
         "calibrated": isinstance(model.named_steps["clf"], CalibratedClassifierCV),
@@ -222,7 +224,9 @@ def _set_max_iter(pipe, classifier: str, max_iter: int | None) -> list[str]:
 
 
 def _calibrate(model, classifier: str, y: np.ndarray, names: list[str], seed: int) -> list[str]:
-    """Replace the classifier step by its sigmoid-calibrated version (probabilities from training folds)."""
+    """Replace the samplers and classifier by their sigmoid-calibrated version (probabilities from folds of
+    the training split): the samplers go inside, so each calibration fold is resampled on its own and copies
+    of one row never sit on both sides of a fold."""
     clf = model.named_steps["clf"]
     if hasattr(clf, "predict_proba"):
         return [f"calibration skipped: {classifier} gives probabilities itself"]
@@ -232,8 +236,10 @@ def _calibrate(model, classifier: str, y: np.ndarray, names: list[str], seed: in
         who = names[int(np.flatnonzero(counts == smallest)[0])]
         raise ValueError(f"calibration needs at least 2 training examples per class; {who!r} has {smallest}")
     folds = min(CALIBRATION_FOLDS, smallest)
-    model.steps[-1] = ("clf", CalibratedClassifierCV(
-        clf, method="sigmoid", ensemble=False, cv=StratifiedKFold(folds, shuffle=True, random_state=seed)))
+    samplers = model.steps[1:-1]
+    inner = Pipeline([*samplers, ("clf", clf)]) if samplers else clf
+    model.steps[1:] = [("clf", CalibratedClassifierCV(
+        inner, method="sigmoid", ensemble=False, cv=StratifiedKFold(folds, shuffle=True, random_state=seed)))]
     return [f"probabilities by sigmoid calibration ({folds}-fold, on the training split); predictions are the most "
             "probable class"]
 

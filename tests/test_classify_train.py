@@ -377,3 +377,19 @@ def test_load_codes_names_the_splits_a_file_has(tmp_path):
         cnncodes.load_codes(path, split="test")
     report = classify_codes(path, tmp_path / "out", C=1.0, **FAST)
     assert report["split_source"] == "split column (train / val)"  # the same rule
+
+
+@pytest.mark.parametrize("sampling", ["over", "hybrid"])
+def test_calibration_folds_split_original_rows_and_resample_inside(codes, tmp_path, monkeypatch, sampling):
+    # issue 22 item 12: over-sampling before the calibration folds put copies of one row on both sides
+    from sklearn.calibration import CalibratedClassifierCV
+
+    seen, fit = [], CalibratedClassifierCV.fit
+    monkeypatch.setattr(CalibratedClassifierCV, "fit", lambda self, X, y, **kw: seen.append(X) or fit(self, X, y, **kw))
+    report = classify_codes(codes, tmp_path, sampling=sampling, calibrate=True, C=1.0, cv=0, progress=False)
+    (X,) = seen
+    assert len(X) == report["n_train"] and len(np.unique(X, axis=0)) == len(X)  # no copies to straddle a fold
+    assert report["resampled_class_counts"] != report["train_class_counts"]  # the final fit still resamples
+    pipe = load_model(tmp_path)["pipeline"]
+    assert [name for name, _ in pipe.steps] == ["normalize", "clf"]
+    assert sampling in pipe.named_steps["clf"].estimator.named_steps
