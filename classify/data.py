@@ -9,7 +9,7 @@ from typing import Iterator, Sequence
 
 import h5py
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from extract.codesfile import CodesFile, Rows, check_recipe, open_codes, read_meta, read_rows
 
@@ -409,3 +409,22 @@ def check_training_set(y_train: np.ndarray, class_names: list[str], cv: int) -> 
         warnings.warn(note, stacklevel=3)
         return smallest, [note]
     return cv, []
+
+
+def cv_sample(y: np.ndarray, max_rows: int, folds: int, seed: int) -> tuple[np.ndarray, int]:
+    """The training positions cross-validation uses (all, or a stratified, seeded sample of ``max_rows``, in
+    order) and the folds they allow (``folds``, fewer when the sample's smallest class is smaller).
+
+    In memory and streamed alike, so candidates given the same ``max_rows`` are scored on the same folds of
+    the same rows (``cv_splitter``)."""
+    index = np.arange(len(y))
+    if len(y) > max_rows:
+        index, _ = train_test_split(index, train_size=max_rows, stratify=y, random_state=seed)
+        index.sort()
+    counts = np.bincount(y[index])
+    return index, int(min(folds, counts[counts > 0].min()))
+
+
+def cv_splitter(folds: int, seed: int) -> StratifiedKFold:
+    """The folds of every cross-validation: stratified, shuffled with ``seed``."""
+    return StratifiedKFold(folds, shuffle=True, random_state=seed)

@@ -25,15 +25,15 @@ import sklearn
 from imblearn.pipeline import Pipeline
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
+from sklearn.model_selection import GridSearchCV
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
 from threadpoolctl import threadpool_limits
 
 from extract.codesfile import check_recipe
 
-from .data import (Plan, check_training_set, codes_shape, file_meta, layer_recipe, meta_rows, plan_split,
-                   resolve_layers)
+from .data import (Plan, check_training_set, codes_shape, cv_sample, cv_splitter, file_meta, layer_recipe, meta_rows,
+                   plan_split, resolve_layers)
 from .fileio import write_files
 from .model_io import load_model, model_files
 from .models import make_normalizer, parse_class_weight
@@ -55,8 +55,13 @@ DEFAULT_ALPHA = 1e-4  # scikit-learn's default, used when cross-validation is of
 LOSSES = {"svm": "hinge", "softmax": "log_loss"}
 CV_SCORING = "balanced_accuracy"
 CV_MAX_ROWS = 20_000
+MIN_CV_CLASS_ROWS = 5  # fewer rows of a class per validation fold: alpha's CV score is noise (a warning)
 CV_MAX_EPOCHS = 50  # the CV fits' cap: the same alpha ranking in a third of the time (bench/RESULTS.md)
 _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+class SmallCVSampleWarning(UserWarning):
+    """alpha was chosen by CV on a sample too small for its score to mean much."""
 
 
 # ------------------------------------------------------------------------------------------- budget
@@ -91,7 +96,12 @@ def should_stream(path: str | os.PathLike, layers: str | Sequence[str] | None, m
 
 
 def human(n: int) -> str:
-    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MiB"
+    """A size in GiB, MiB, KiB or bytes (a small budget is not "0 MiB")."""
+    if n >= 2 ** 30:
+        return f"{n / 2 ** 30:.2f} GiB"
+    if n >= 2 ** 20:
+        return f"{n / 2 ** 20:.0f} MiB"
+    return f"{n / 2 ** 10:.0f} KiB" if n >= 2 ** 10 else f"{n} bytes"
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -152,8 +162,9 @@ def check_finite(X: np.ndarray, rows: np.ndarray, paths: np.ndarray, path) -> No
 # ------------------------------------------------------------------------------------------- training
 def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | None, classifier: str, normalize: str,
                       C: float | None, class_weight, sampling: str, test, test_fraction: float | None, seed: int,
-                      cv: int, max_memory: str | int | None, log) -> dict:
-    """classify_codes for codes over the memory budget: SGD over row blocks (see the module docstring)."""
+                      cv: int, max_memory: str | int | None, log, cv_max_rows: int | None = None) -> dict:
+    """classify_codes for codes over the memory budget: SGD over row blocks (see the module docstring).
+    ``cv_max_rows`` overrides ``cv_row_limit`` (compare's common CV rows)."""
     check_streamable(classifier, sampling)
     layers = resolve_layers(codes, layers)
     budget = budget_bytes(max_memory)
@@ -179,8 +190,9 @@ def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | Non
             notes.append("streamed softmax is one-vs-rest logistic regression (SGD, log loss), not the "
                          "in-memory multinomial model")
         normalizer = _fit_normalizer(normalize, blocks, plan, codes, log)
-        alpha, cv_score, grid, cv_notes = _choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds,
-                                                        budget, dim, seed, log)
+        alpha, cv_score, grid, folds, cv_notes = _choose_alpha(
+            blocks, plan, classifier, normalizer, weights, C, folds, cv_max_rows or cv_row_limit(budget, dim, folds),
+            seed, log)
         notes += cv_notes
         clf = make_sgd(classifier, weights, seed).set_params(alpha=alpha)
         classes = np.unique(plan.y_train)
@@ -192,7 +204,10 @@ def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | Non
                 clf.partial_fit(normalizer.transform(X), plan.y_train[pos], classes=classes)
         model = Pipeline([*normalizer.steps, ("clf", clf)])
     fit_time = time.perf_counter() - start
-    notes += sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+    notes += sorted({f"{w.category.__name__}: {w.message}" for w in caught if str(w.message) not in notes})
+    for w in caught:  # a CV sample too small still warns the caller
+        if issubclass(w.category, SmallCVSampleWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     log(f"evaluating on {len(plan.test):,} test rows (streamed)")
     y_pred = _predict_rows(model, plan.test_path, plan.test_layers, plan.test, budget, plan.test_paths)
@@ -256,37 +271,49 @@ def _fit_normalizer(normalize: str, blocks: Blocks, plan: Plan, codes, log) -> P
     return prep
 
 
-def _choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds, budget, dim, seed, log):
-    """(alpha, CV score, grid, notes): CV on a stratified in-memory sample, or a fixed value."""
+def cv_row_limit(budget: int, dim: int, folds: int) -> int:
+    """The most training rows the streamed cross-validation holds in memory: CV_MAX_ROWS, fewer when the
+    budget is small (``compare`` gives every candidate the smallest limit among them)."""
+    return max(folds * 2, min(CV_MAX_ROWS, budget // (SAMPLE_MEMORY_FACTOR * 4 * dim)))
+
+
+def _choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds, max_rows, seed, log):
+    """(alpha, CV score, grid, folds used, notes): CV on a stratified in-memory sample of at most ``max_rows``
+    training rows (``cv_sample``, as in memory), or a fixed value. Each CV fit fits its own feature scaler on
+    its training folds: the final model's scaler has seen every training row, validation folds included."""
     n = len(plan.y_train)
     if C is not None:
         if not C > 0:
             raise ValueError(f"C must be positive, got {C}")
         alpha = 1.0 / (C * n)
-        return alpha, None, {}, [f"C={C:g} fixed: alpha = 1 / (C x {n:,} training rows) = {alpha:.3g}"]
+        return alpha, None, {}, 0, [f"C={C:g} fixed: alpha = 1 / (C x {n:,} training rows) = {alpha:.3g}"]
     if not folds:
-        return DEFAULT_ALPHA, None, {}, []
-    limit = max(folds * 2, min(CV_MAX_ROWS, budget // (SAMPLE_MEMORY_FACTOR * 4 * dim)))
-    sample = np.arange(n)
-    if n > limit:
-        sample, _ = train_test_split(sample, train_size=limit, stratify=plan.y_train, random_state=seed)
-        sample.sort()
-    X, y = normalizer.transform(blocks.gather(plan.train[sample])), plan.y_train[sample]
-    check_finite(X, plan.train[sample], plan.paths, plan.test_path)
-    folds = min(folds, int(np.bincount(y)[np.unique(y)].min()))
+        return DEFAULT_ALPHA, None, {}, 0, []
+    sample, folds = cv_sample(plan.y_train, max_rows, folds, seed)
+    raw, y = blocks.gather(plan.train[sample]), plan.y_train[sample]
+    check_finite(raw, plan.train[sample], plan.paths, plan.codes_path)
+    X = normalizer[:-1].transform(raw) if len(normalizer.steps) > 1 else raw  # the stateless normalization
     grid = {"alpha": list(ALPHA_GRIDS[classifier])}
-    log(f"{classifier}: {folds}-fold CV over alpha in {grid['alpha']} on a stratified sample of {len(y):,} of "
-        f"{n:,} training rows")
-    search = GridSearchCV(make_sgd(classifier, weights, seed).set_params(max_iter=CV_MAX_EPOCHS), grid,
-                          scoring=CV_SCORING, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+    rows = (f"all {n:,} training rows" if len(y) == n else
+            f"a stratified in-memory sample of {len(y):,} of {n:,} training rows")
+    log(f"{classifier}: {folds}-fold CV over alpha in {grid['alpha']} on {rows}")
+    cv_model = Pipeline([("scale", StandardScaler()),
+                         ("clf", make_sgd(classifier, weights, seed).set_params(max_iter=CV_MAX_EPOCHS))])
+    search = GridSearchCV(cv_model, {"clf__alpha": grid["alpha"]}, scoring=CV_SCORING, cv=cv_splitter(folds, seed),
                           error_score="raise", refit=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # the cap is deliberate
         search.fit(X, y)
-    alpha = float(search.best_params_["alpha"])
-    return alpha, float(search.best_score_), grid, [
-        f"alpha chosen by {folds}-fold CV on a stratified in-memory sample of {len(y):,} of {n:,} training rows "
-        f"(at most {CV_MAX_EPOCHS} epochs per fit); the final model is trained on all of them"]
+    alpha = float(search.best_params_["clf__alpha"])
+    notes = [f"alpha chosen by {folds}-fold CV on {rows} (feature scaling fitted on each fit's training folds, "
+             f"at most {CV_MAX_EPOCHS} epochs per fit); the final model is trained on all of them"]
+    counts = np.bincount(y)
+    per_fold = int(counts[counts > 0].min()) // folds
+    if len(y) < n and per_fold < MIN_CV_CLASS_ROWS:
+        notes.append(f"alpha was chosen on too few rows to mean much: {len(y):,} rows, {per_fold} of the smallest "
+                     f"class per validation fold; raise --max-memory (a larger sample) or fix --C")
+        warnings.warn(notes[-1], SmallCVSampleWarning, stacklevel=3)
+    return alpha, float(search.best_score_), grid, folds, notes
 
 
 def _predict_rows(model, path, layers, index: np.ndarray, budget: int, paths) -> np.ndarray:
@@ -310,7 +337,7 @@ def _report(plan: Plan, layers, classifier, normalize, class_weight, weights, sa
         "class_weight_applied": None if weights is None else {names[k]: v for k, v in weights.items()},
         "sampling": sampling, "seed": seed, "C": None, "best_params": {"alpha": alpha},
         "hyperparameter": f"alpha={alpha:g}, streamed SGD",
-        "cv_score": cv_score, "cv_folds": folds if grid else 0, "cv_scoring": CV_SCORING, "cv_grid": grid,
+        "cv_score": cv_score, "cv_folds": folds, "cv_scoring": CV_SCORING, "cv_grid": grid,
         "n_train": int(len(plan.y_train)), "n_test": int(len(plan.y_test)),
         "n_failed_excluded": plan.n_failed_excluded, "n_unlabeled_excluded": plan.n_unlabeled_excluded,
         "train_class_counts": counts, "resampled_class_counts": counts,
