@@ -413,16 +413,19 @@ def check_training_set(y_train: np.ndarray, class_names: list[str], cv: int) -> 
 
 def cv_sample(y: np.ndarray, max_rows: int, folds: int, seed: int) -> tuple[np.ndarray, int]:
     """The training positions cross-validation uses (all, or a stratified, seeded sample of ``max_rows``, in
-    order) and the folds they allow (``folds``, fewer when the sample's smallest class is smaller).
+    order, topped up so that every class keeps ``folds`` rows where it has them) and the folds they allow.
 
     In memory and streamed alike, so candidates given the same ``max_rows`` are scored on the same folds of
     the same rows (``cv_splitter``)."""
     index = np.arange(len(y))
-    if len(y) > max_rows:
-        index, _ = train_test_split(index, train_size=max_rows, stratify=y, random_state=seed)
-        index.sort()
-    counts = np.bincount(y[index])
-    return index, int(min(folds, counts[counts > 0].min()))
+    classes, counts = np.unique(y, return_counts=True)
+    if len(y) > max(max_rows, len(classes)):
+        index, rest = train_test_split(index, train_size=max(max_rows, len(classes)), stratify=y, random_state=seed)
+        short = [rest[y[rest] == c][:max(0, min(n, folds) - int((y[index] == c).sum()))]
+                 for c, n in zip(classes, counts)]
+        index = np.sort(np.concatenate([index, *short]))
+    in_sample = np.bincount(y[index])
+    return index, int(min(folds, in_sample[in_sample > 0].min()))
 
 
 def cv_splitter(folds: int, seed: int) -> StratifiedKFold:

@@ -393,3 +393,13 @@ def test_calibration_folds_split_original_rows_and_resample_inside(codes, tmp_pa
     pipe = load_model(tmp_path)["pipeline"]
     assert [name for name, _ in pipe.steps] == ["normalize", "clf"]
     assert sampling in pipe.named_steps["clf"].estimator.named_steps
+
+
+def test_cv_sample_keeps_every_class_in_every_fold():
+    # a budget-sized sample of 10 rows once left one class a single row: "1-fold CV" crashed
+    from classify.data import cv_sample
+
+    y = np.repeat([0, 1, 2], [60, 20, 10])
+    index, folds = cv_sample(y, 10, 5, seed=0)
+    assert folds == 5 and np.bincount(y[index]).min() >= 5 and np.all(np.diff(index) > 0)
+    assert cv_sample(y, 1000, 5, seed=0)[0].tolist() == list(range(90))  # small enough: every row
