@@ -165,8 +165,8 @@ def to_markdown(rows: list[dict], codes) -> str:
             "held-out bal. acc.", "held-out macro-F1", "held-out accuracy", "minority recall", "fit time (s)",
             "hyper-parameter"]
     lines = [f"Comparison on `{codes}`: ranked by CV balanced accuracy on the training split (ties: no sampling, "
-             "fewer layers, smaller dimension, then name); the held-out columns are reported, not used to choose, so the top row's "
-             "held-out figures are the honest estimate of the pick.",
+             "fewer layers, smaller dimension, then name); the held-out columns are reported, not used to choose, "
+             "so the top row's held-out figures are the honest estimate of the pick.",
              f"Minority recall: held-out recall of {minority}, the class with the fewest training rows."]
     if any(r["rank"] is None for r in rows):
         lines.append("Rows without a CV score (cv=0) are not ranked (#: -) and follow in name order.")

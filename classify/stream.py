@@ -282,7 +282,8 @@ def cv_row_limit(budget: int, dim: int, folds: int) -> int:
 def _choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds, max_rows, seed, log):
     """(alpha, CV score, grid, folds used, notes): CV on a stratified in-memory sample of at most ``max_rows``
     training rows (``cv_sample``, as in memory), or a fixed value. Each CV fit fits its own feature scaler on
-    its training folds: the final model's scaler has seen every training row, validation folds included."""
+    its training folds (the final model's scaler, fitted on every training row, would leak the validation
+    folds into them)."""
     n = len(plan.y_train)
     if C is not None:
         if not C > 0:

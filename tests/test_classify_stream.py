@@ -227,7 +227,8 @@ def test_streamed_cv_scaler_is_fitted_on_training_folds_only(codes, tmp_path, mo
     from sklearn.preprocessing import StandardScaler
 
     seen, fit = [], StandardScaler.fit
-    monkeypatch.setattr(StandardScaler, "fit", lambda self, X, y=None, **kw: seen.append(len(X)) or fit(self, X, y, **kw))
+    monkeypatch.setattr(StandardScaler, "fit",
+                        lambda self, X, y=None, **kw: seen.append(len(X)) or fit(self, X, y, **kw))
     report = classify_codes(codes, tmp_path, max_memory=TINY, **FAST)
     note = next(n for n in report["notes"] if n.startswith("alpha chosen by"))
     sample = int(re.search(r"sample of (\d+) of", note)[1])
