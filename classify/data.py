@@ -339,10 +339,11 @@ def refuse_overlap(plan: Plan, layers: Sequence[str], train_meta: dict, block_by
     order = np.argsort(train_hash, kind="stable")
     at = np.minimum(np.searchsorted(train_hash[order], test_hash), len(order) - 1)
     by_hash = np.where(train_hash[order][at] == test_hash, plan.train[order[at]], -1)
-    root = str(train_meta.get("image_root"))
-    by_file = {(root, plan.paths[i], int(train_sizes[i])): i for i in plan.train}
-    by_file = np.array([by_file.get((test_root, plan.test_paths[j], int(test_sizes[j])), -1) for j in plan.test],
-                       dtype=np.int64)
+    root, by_file = str(train_meta.get("image_root")), np.full(len(plan.test), -1, np.int64)
+    test_files = {(test_root, plan.test_paths[j], int(test_sizes[j])): pos for pos, j in enumerate(plan.test)}
+    for i in plan.train:  # a dict of the test rows' files only: the training set may be the larger
+        if (pos := test_files.get((root, plan.paths[i], int(train_sizes[i])))) is not None:
+            by_file[pos] = i
     shared = (_verified_pairs(plan, layers, by_hash, True, block_bytes)
               | _verified_pairs(plan, layers, by_file, False, block_bytes))
     if shared:
