@@ -62,7 +62,8 @@ def load_codes(path: PathLike, layers: str | Sequence[str] | None = None, split:
                include_failed: bool = False) -> Codes:
     """Read the codes of ``layers`` (``"a+b"`` or a list: side by side; default the first tap) as numpy.
 
-    ``split`` keeps the rows of one split ("train", "val", "test"); rows whose image failed
+    ``split`` keeps the rows of one split ("train", "val", "test"; a split the file lacks is an error
+    naming those it has); rows whose image failed
     (NaN codes) are left out unless ``include_failed``. Uses h5py only (no torch, no scikit-learn).
     """
     with h5py.File(path, "r") as h5:
@@ -76,7 +77,11 @@ def load_codes(path: PathLike, layers: str | Sequence[str] | None = None, split:
             raise ValueError(f"{path} has no {', '.join(missing)}; it has {', '.join(available)}")
         keep = np.ones(len(h5["labels"]), bool) if include_failed else h5["ok"][()].astype(bool)
         if split is not None:
-            keep &= h5["split"].asstr()[()] == split
+            in_split = h5["split"].asstr()[()] == split
+            if not in_split.any():  # the split rule's error (scikit-learn is loaded only on this path)
+                from classify.data import missing_split_error
+                raise missing_split_error(path, h5["split"].asstr()[()], split)
+            keep &= in_split
         X = np.hstack([h5["codes"][t][()][keep].astype(np.float32, copy=False) for t in wanted])
         return Codes(X, h5["labels"][()][keep], list(json.loads(h5.attrs.get("class_names", "[]"))),
                      h5["paths"].asstr()[()][keep].tolist())

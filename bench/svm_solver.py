@@ -6,7 +6,8 @@ on the same codes, alternating, in one process: "before" swaps in the previous `
 (LinearSVC ``dual=False``, liblinear's primal solver, each CV fit from scratch through GridSearchCV),
 "after" is the code as it stands. ``--noisy-copies SRC.h5:LAYER`` first writes a ``--rows`` file of
 noisy copies of a real file's codes (each copy x + 0.5 x the feature's std x N(0, 1), clipped at 0;
-labels kept, 80/20 random split) and benchmarks it too: a realistic 20,000 x 1,280 set. Usage::
+labels kept) and benchmarks it too: a realistic 20,000 x 1,280 set. The 80/20 split is drawn per source
+image, so every copy of one image sits on the same side: no test row has a training twin. Usage::
 
     python bench/svm_solver.py CODES.h5[:LAYER] ... [--noisy-copies SRC.h5:LAYER --rows 20000] [--rounds 2]
 """
@@ -44,12 +45,13 @@ def noisy_copies(source: str, layer: str, rows: int, out: Path) -> str:
     X, labels, paths = X[keep], src_rows.labels[keep], src_rows.paths[keep]
     rng = np.random.default_rng(0)
     pick = np.arange(rows) % len(X)
+    source_split = np.where(rng.random(len(X)) < 0.8, "train", "test")  # by source image: twins stay together
     noise = 0.5 * X.std(axis=0)
     with h5py.File(out, "w") as h5:
         write_attrs(h5, {**meta, "complete": False})
         write_rows(h5, Rows(labels=labels[pick], paths=np.array([f"{p}#{i}" for i, p in enumerate(paths[pick])],
                                                                  dtype=object),
-                            split=np.where(rng.random(rows) < 0.8, "train", "test").astype(object),
+                            split=source_split[pick].astype(object),
                             ok=np.ones(rows, bool), errors=np.array([""] * rows, dtype=object),
                             file_size=np.full(rows, 1000, np.int64), file_mtime_ns=np.zeros(rows, np.int64)))
         ds = create_codes_dataset(h5, layer, rows, X.shape[1], "float32")
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--noisy-copies", metavar="SRC.h5:LAYER", help="also benchmark noisy copies of these codes")
     ap.add_argument("--rows", type=int, default=20_000, help="rows of the --noisy-copies file (default 20,000)")
     args = ap.parse_args(argv)
-    print(f"svm solver; {common.load_average()}")
+    print(f"svm solver; {common.cpu_line()}; {common.load_average()}")
     with tempfile.TemporaryDirectory(prefix="cnncodes-svm-") as tmp:
         files = list(args.files)
         if args.noisy_copies:

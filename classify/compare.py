@@ -8,10 +8,11 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from .data import file_taps, load_dataset, parse_layer_sets, resolve_layers
+from .data import codes_shape, file_taps, load_dataset, parse_layer_sets, resolve_layers
 from .fileio import ensure_writable, write_files
 from .models import DEFAULT_NORMALIZE
 from .model_io import refuse_existing_runs
+from . import stream, train
 from .stream import check_streamable, classify_streamed, should_stream
 from .train import check_max_iter, check_options, fit_and_report, make_logger
 
@@ -35,8 +36,9 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
     ``"a+b"`` or a list of taps; all are checked against the file before any training. Every run uses
     the same split and options and writes its own report directory ``out_dir/<classifier>__<layers>/``
     (``__<sampling>`` appended when several modes are compared). Rows are ranked by their
-    cross-validation score on the training split (ties: shorter fit time, then name), so the choice
-    never looks at the held-out split; the held-out figures of every row are reported, and the
+    cross-validation score on the training split, every candidate scored on the same folds of the same
+    rows (``common_cv_rows``; ties: the simpler configuration, see ``rank_rows``), so the choice never
+    looks at the held-out split; the held-out figures of every row are reported, and the
     top row's are the honest estimate of the pick. Rows without a CV score (``cv=0``) get no rank and
     follow in name order. ``minority_recall`` is the held-out recall of ``minority_class``, the class
     with the fewest training rows. The table goes to ``compare.md`` and ``compare.csv``; returns its
@@ -62,17 +64,19 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
     refuse_existing_runs(out_dir, overwrite)  # per-run models and the table are replaced only when asked
     out_dir = ensure_writable(out_dir)
     log = make_logger(False)
+    dims = [codes_shape(codes, layer_set)[1] for layer_set in layer_sets]
+    cv_rows = common_cv_rows(classifiers, dims, streamed, max_memory, cv)
     rows = []
     runs = [(name, mode) for name in classifiers for mode in samplings]
     bar = tqdm(total=len(layer_sets) * len(runs), desc="compare", disable=not progress)
-    for layer_set, streams in zip(layer_sets, streamed):
+    for layer_set, streams, dim in zip(layer_sets, streamed, dims):
         data = None if streams else load_dataset(codes, layer_set, test=test, test_fraction=test_fraction, seed=seed)
         for name, mode in runs:
             layers_name = "+".join(layer_set)
             bar.set_postfix_str(f"{name} on {layers_name}" + (f", {mode}" if len(samplings) > 1 else ""))
             sub = out_dir / (f"{name}__{layers_name}" + (f"__{mode}" if len(samplings) > 1 else ""))
             options = dict(classifier=name, normalize=normalize, C=C, class_weight=class_weight, sampling=mode,
-                           seed=seed, cv=cv, log=log)
+                           seed=seed, cv=cv, log=log, cv_max_rows=cv_rows)
             if streams:
                 report = classify_streamed(codes, ensure_writable(sub), layers=layer_set, test=test,
                                            test_fraction=test_fraction, max_memory=max_memory, **options)
@@ -81,7 +85,7 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
             rows.append({"classifier": name, "layers": layers_name,
                          **{k: report[k] for k in ("balanced_accuracy", "macro_f1", "accuracy", "cv_score",
                                                    "fit_time_s", "hyperparameter", "n_train", "n_test")},
-                         "report_dir": sub.name, "sampling": mode, **minority_recall(report)})
+                         "report_dir": sub.name, "sampling": mode, **minority_recall(report), "dim": dim})
             bar.update()
     bar.close()
     rank_rows(rows)
@@ -122,13 +126,27 @@ def check_layer_sets(codes, layers, test=None) -> list[list[str]]:
     return layer_sets
 
 
+def common_cv_rows(classifiers: Sequence[str], dims: Sequence[int], streamed: Sequence[bool],
+                   max_memory: str | int | None, cv: int) -> int:
+    """The CV row limit every candidate gets: the smallest of their own limits (in memory: the classifier's;
+    streamed: the budget's for that dimension), so that all are scored on the same folds of the same rows."""
+    limits = [train.cv_row_limit(name) for name in classifiers] if not all(streamed) else []
+    budget = stream.budget_bytes(max_memory)
+    limits += [stream.cv_row_limit(budget, dim, max(cv, 2)) for dim, s in zip(dims, streamed) if s]
+    return min(limits)
+
+
 def rank_rows(rows: list[dict]) -> None:
-    """Sort in place by CV score on the training split (higher first; ties: faster fit, then name) and
-    number the rows; rows without a CV score get rank None and come last, in name order."""
+    """Sort in place by CV score on the training split (higher first) and number the rows. Ties go to the
+    simpler configuration: no sampling before sampling, fewer layers, smaller dimension, then the names
+    (deterministic: never the fit time, which is noise). Rows without a CV score get rank None and come
+    last, in name order."""
     def key(r: dict) -> tuple:
-        scored = r["cv_score"] is not None
-        return (not scored, -r["cv_score"] if scored else 0.0, r["fit_time_s"] if scored else 0.0,
-                r["classifier"], r["layers"], r.get("sampling", ""))
+        names = (r["classifier"], r["layers"], r.get("sampling", ""))
+        if r["cv_score"] is None:
+            return (True, 0.0, False, 0, 0, *names)
+        simpler = (r.get("sampling", "none") != "none", r["layers"].count("+"), r.get("dim", 0))
+        return (False, -round(r["cv_score"], 12), *simpler, *names)
     rows.sort(key=key)
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank if row["cv_score"] is not None else None
@@ -149,9 +167,9 @@ def to_markdown(rows: list[dict], codes) -> str:
     head = ["#", "classifier", "layers", *(["sampling"] if several else []), "CV bal. acc. (train)",
             "held-out bal. acc.", "held-out macro-F1", "held-out accuracy", *(["minority recall"] if minority else []),
             "fit time (s)", "hyper-parameter"]
-    lines = [f"Comparison on `{codes}`: ranked by CV balanced accuracy on the training split (ties: shorter fit "
-             "time, then name); the held-out columns are reported, not used to choose, so the top row's "
-             "held-out figures are the honest estimate of the pick."]
+    lines = [f"Comparison on `{codes}`: ranked by CV balanced accuracy on the training split (ties: no sampling, "
+             "fewer layers, smaller dimension, then name); the held-out columns are reported, not used to choose, "
+             "so the top row's held-out figures are the honest estimate of the pick."]
     if minority:
         lines.append(f"Minority recall: held-out recall of {minority}, the class with the fewest training rows.")
     if any(r["rank"] is None for r in rows):

@@ -15,7 +15,6 @@ import re
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -26,13 +25,14 @@ import sklearn
 from imblearn.pipeline import Pipeline
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
+from sklearn.model_selection import GridSearchCV
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from threadpoolctl import threadpool_limits
 
-from extract.codesfile import check_recipe, read_meta, read_rows
+from extract.codesfile import check_recipe
 
-from .data import check_training_set, class_names_of, file_meta, layer_recipe, resolve_layers, split_rows
+from .data import (Plan, check_training_set, codes_shape, cv_sample, cv_splitter, file_meta, layer_recipe, meta_rows,
+                   plan_split, resolve_layers)
 from .fileio import write_files
 from .model_io import load_model, model_files
 from .models import class_weight_values, make_normalizer, parse_class_weight
@@ -42,7 +42,9 @@ from .report import evaluate, report_files, summarize
 # the loaded file, the selected rows, the normalized copy and the solver's own copy.
 TRAIN_MEMORY_FACTOR = 4
 PREDICT_MEMORY_FACTOR = 2
-SAMPLE_MEMORY_FACTOR = 5  # the CV sample, its copy while normalized, the fold being fitted, the row columns
+# The CV sample, its copy while normalized, the fold being fitted and its scaled copy, the row columns: at 5 the
+# sample overran a 256 MiB budget by 9%, at 6 it stayed inside (bench/RESULTS.md), so 6.
+SAMPLE_MEMORY_FACTOR = 6
 BLOCK_SHARE = 8  # one block of rows takes at most 1/BLOCK_SHARE of the budget (its copies fit beside it)
 MIN_EPOCHS, MAX_EPOCHS = 5, 100
 MIN_ROW_UPDATES = 100_000  # small training sets get more epochs: SGD needs about this many steps to settle
@@ -54,8 +56,13 @@ DEFAULT_ALPHA = 1e-4  # scikit-learn's default, used when cross-validation is of
 LOSSES = {"svm": "hinge", "softmax": "log_loss"}
 CV_SCORING = "balanced_accuracy"
 CV_MAX_ROWS = 20_000
+MIN_CV_CLASS_ROWS = 5  # fewer rows of a class per validation fold: alpha's CV score is noise (a warning)
 CV_MAX_EPOCHS = 50  # the CV fits' cap: the same alpha ranking in a third of the time (bench/RESULTS.md)
 _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+class SmallCVSampleWarning(UserWarning):
+    """alpha was chosen by CV on a sample too small for its score to mean much."""
 
 
 # ------------------------------------------------------------------------------------------- budget
@@ -76,13 +83,6 @@ def budget_bytes(max_memory: str | int | None) -> int:
     return default_budget() if max_memory is None else parse_size(max_memory)
 
 
-def codes_shape(path: str | os.PathLike, layers: Sequence[str]) -> tuple[int, int]:
-    """(rows, summed code dimension) of ``layers``, from the dataset shapes alone (no codes read)."""
-    with h5py.File(path, "r") as h5:
-        shapes = [h5["codes"][t].shape for t in layers]
-    return shapes[0][0], sum(s[1] for s in shapes)
-
-
 def in_memory_bytes(path: str | os.PathLike, layers: Sequence[str], factor: int = TRAIN_MEMORY_FACTOR) -> int:
     """About what the in-memory path needs for ``layers`` of ``path`` (float32 codes times ``factor``)."""
     rows, dim = codes_shape(path, layers)
@@ -97,7 +97,12 @@ def should_stream(path: str | os.PathLike, layers: str | Sequence[str] | None, m
 
 
 def human(n: int) -> str:
-    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MiB"
+    """A size in GiB, MiB, KiB or bytes (a small budget is not "0 MiB")."""
+    if n >= 2 ** 30:
+        return f"{n / 2 ** 30:.2f} GiB"
+    if n >= 2 ** 20:
+        return f"{n / 2 ** 20:.0f} MiB"
+    return f"{n / 2 ** 10:.0f} KiB" if n >= 2 ** 10 else f"{n} bytes"
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -155,104 +160,16 @@ def check_finite(X: np.ndarray, rows: np.ndarray, paths: np.ndarray, path) -> No
                          "re-extract them")
 
 
-# ------------------------------------------------------------------------------------------- splits
-@dataclass
-class Plan:
-    """Which rows train and which evaluate, as sorted row numbers (the test rows may be in another file)."""
-
-    train: np.ndarray
-    y_train: np.ndarray
-    test: np.ndarray
-    y_test: np.ndarray
-    test_path: str
-    test_layers: list[str]
-    class_names: list[str]
-    recipe: dict
-    split_source: str
-    n_failed_excluded: int
-    n_unlabeled_excluded: int
-    paths: np.ndarray
-    test_paths: np.ndarray
-    codes_path: str
-    test_codes: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def plan_split(codes, layers: list[str], test=None, test_fraction: float | None = None, seed: int = 0) -> Plan:
-    """The rows ``load_dataset`` would use, chosen from the row columns alone (same rules, same seed)."""
-    if test is not None and test_fraction is not None:
-        raise ValueError("give either a test codes file or a test fraction, not both")
-    if test_fraction is not None and not 0 < test_fraction < 1:
-        raise ValueError(f"test fraction must be between 0 and 1, got {test_fraction}")
-    meta, rows = _meta_rows(codes)
-    names = class_names_of(_Named(meta, rows))
-    ok, y = rows.ok.astype(bool), rows.labels
-    use = ok & (y >= 0)
-    if not (y >= 0).any():
-        raise ValueError(f"{codes} has no labels (every row is unlabeled, -1); it can be used for predicting, "
-                         "not for training")
-    common = dict(class_names=names, recipe=dict(meta.get("recipe", {})), paths=rows.paths, codes_path=str(codes),
-                  n_failed_excluded=int((~ok).sum()), n_unlabeled_excluded=int((ok & (y < 0)).sum()))
-    if test is not None:
-        return _with_test_file(codes, test, layers, use, y, common)
-    i_train, i_test, source, notes = split_rows(np.asarray(rows.split).astype(str), use, y, names, test_fraction,
-                                                seed)
-    i_train, i_test = np.sort(i_train), np.sort(i_test)
-    return Plan(i_train, y[i_train], i_test, y[i_test], str(codes), layers, test_paths=rows.paths,
-                split_source=source, notes=notes, **common)
-
-
-@dataclass
-class _Named:  # what class_names_of needs
-    meta: dict
-    rows: object
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.meta.get("class_names", []))
-
-
-def _meta_rows(path):
-    file_meta(path)  # readable errors for a missing or non-HDF5 file
-    with h5py.File(path, "r") as h5:
-        meta = read_meta(h5)
-        if not meta.get("complete", False):
-            raise ValueError(f"{path} is incomplete (an extraction was interrupted); rerun the extract command")
-        return meta, read_rows(h5)
-
-
-def _with_test_file(codes, test, layers, use, y, common) -> Plan:
-    """Every usable row of ``codes`` trains; the usable rows of ``test`` evaluate, classes matched by name."""
-    meta, rows = _meta_rows(test)
-    check_recipe(layer_recipe(common["recipe"], layers), layer_recipe(meta.get("recipe", {}), layers),
-                 f"test codes file {test}")
-    test_layers = resolve_layers(test, layers)
-    names, test_names = common["class_names"], class_names_of(_Named(meta, rows))
-    t_use = rows.ok.astype(bool) & (rows.labels >= 0)
-    unknown = [test_names[i] for i in sorted({int(v) for v in rows.labels[t_use]}) if test_names[i] not in names]
-    if unknown:
-        raise ValueError(f"test codes file {test} has classes the training file does not: {', '.join(unknown)}")
-    mapping = np.array([names.index(n) if n in names else -1 for n in test_names], dtype=np.int64)
-    i_test = np.flatnonzero(t_use)
-    if not len(i_test):
-        raise ValueError(f"test codes file {test} has no labeled, readable rows to evaluate on")
-    i_train = np.flatnonzero(use)
-    common = {**common, "n_failed_excluded": common["n_failed_excluded"] + int((~rows.ok.astype(bool)).sum()),
-              "n_unlabeled_excluded": common["n_unlabeled_excluded"]
-              + int((rows.ok.astype(bool) & (rows.labels < 0)).sum())}
-    return Plan(i_train, y[i_train], i_test, mapping[rows.labels[i_test]], str(test), test_layers,
-                test_paths=rows.paths, split_source=f"test codes file {test}", test_codes=str(test), **common)
-
-
 # ------------------------------------------------------------------------------------------- training
 def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | None, classifier: str, normalize: str,
                       C: float | None, class_weight, sampling: str, test, test_fraction: float | None, seed: int,
-                      cv: int, max_memory: str | int | None, log) -> dict:
-    """classify_codes for codes over the memory budget: SGD over row blocks (see the module docstring)."""
+                      cv: int, max_memory: str | int | None, log, cv_max_rows: int | None = None) -> dict:
+    """classify_codes for codes over the memory budget: SGD over row blocks (see the module docstring).
+    ``cv_max_rows`` overrides ``cv_row_limit`` (compare's common CV rows)."""
     check_streamable(classifier, sampling)
     layers = resolve_layers(codes, layers)
     budget = budget_bytes(max_memory)
-    plan = plan_split(codes, layers, test, test_fraction, seed)
+    plan = plan_split(codes, layers, test, test_fraction, seed, block_bytes=budget // BLOCK_SHARE)
     names = plan.class_names
     folds, fold_notes = check_training_set(plan.y_train, names, cv)
     weights = class_weight_values(parse_class_weight(class_weight, names), plan.y_train)  # partial_fit needs them
@@ -274,8 +191,9 @@ def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | Non
             notes.append("streamed softmax is one-vs-rest logistic regression (SGD, log loss), not the "
                          "in-memory multinomial model")
         normalizer = _fit_normalizer(normalize, blocks, plan, codes, log)
-        alpha, cv_score, grid, cv_notes = _choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds,
-                                                        budget, dim, seed, log)
+        alpha, cv_score, grid, folds, cv_notes = _choose_alpha(
+            blocks, plan, classifier, normalizer, weights, C, folds, cv_max_rows or cv_row_limit(budget, dim, folds),
+            seed, log)
         notes += cv_notes
         clf = make_sgd(classifier, weights, seed).set_params(alpha=alpha)
         classes = np.unique(plan.y_train)
@@ -287,7 +205,10 @@ def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | Non
                 clf.partial_fit(normalizer.transform(X), plan.y_train[pos], classes=classes)
         model = Pipeline([*normalizer.steps, ("clf", clf)])
     fit_time = time.perf_counter() - start
-    notes += sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+    notes += sorted({f"{w.category.__name__}: {w.message}" for w in caught if str(w.message) not in notes})
+    for w in caught:  # a CV sample too small still warns the caller
+        if issubclass(w.category, SmallCVSampleWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     log(f"evaluating on {len(plan.test):,} test rows (streamed)")
     y_pred = _predict_rows(model, plan.test_path, plan.test_layers, plan.test, budget, plan.test_paths)
@@ -343,37 +264,50 @@ def _fit_normalizer(normalize: str, blocks: Blocks, plan: Plan, codes, log) -> P
     return prep
 
 
-def _choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds, budget, dim, seed, log):
-    """(alpha, CV score, grid, notes): CV on a stratified in-memory sample, or a fixed value."""
+def cv_row_limit(budget: int, dim: int, folds: int) -> int:
+    """The most training rows the streamed cross-validation holds in memory: CV_MAX_ROWS, fewer when the
+    budget is small (``compare`` gives every candidate the smallest limit among them)."""
+    return max(folds * 2, min(CV_MAX_ROWS, budget // (SAMPLE_MEMORY_FACTOR * 4 * dim)))
+
+
+def _choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds, max_rows, seed, log):
+    """(alpha, CV score, grid, folds used, notes): CV on a stratified in-memory sample of at most ``max_rows``
+    training rows (``cv_sample``, as in memory), or a fixed value. Each CV fit fits its own feature scaler on
+    its training folds (the final model's scaler, fitted on every training row, would leak the validation
+    folds into them)."""
     n = len(plan.y_train)
     if C is not None:
         if not C > 0:
             raise ValueError(f"C must be positive, got {C}")
         alpha = 1.0 / (C * n)
-        return alpha, None, {}, [f"C={C:g} fixed: alpha = 1 / (C x {n:,} training rows) = {alpha:.3g}"]
+        return alpha, None, {}, 0, [f"C={C:g} fixed: alpha = 1 / (C x {n:,} training rows) = {alpha:.3g}"]
     if not folds:
-        return DEFAULT_ALPHA, None, {}, []
-    limit = max(folds * 2, min(CV_MAX_ROWS, budget // (SAMPLE_MEMORY_FACTOR * 4 * dim)))
-    sample = np.arange(n)
-    if n > limit:
-        sample, _ = train_test_split(sample, train_size=limit, stratify=plan.y_train, random_state=seed)
-        sample.sort()
-    X, y = normalizer.transform(blocks.gather(plan.train[sample])), plan.y_train[sample]
-    check_finite(X, plan.train[sample], plan.paths, plan.test_path)
-    folds = min(folds, int(np.bincount(y)[np.unique(y)].min()))
+        return DEFAULT_ALPHA, None, {}, 0, []
+    sample, folds = cv_sample(plan.y_train, max_rows, folds, seed)
+    X, y = blocks.gather(plan.train[sample]), plan.y_train[sample]
+    check_finite(X, plan.train[sample], plan.paths, plan.codes_path)
+    X = normalizer[:-1].transform(X) if len(normalizer.steps) > 1 else X  # the stateless normalization
     grid = {"alpha": list(ALPHA_GRIDS[classifier])}
-    log(f"{classifier}: {folds}-fold CV over alpha in {grid['alpha']} on a stratified sample of {len(y):,} of "
-        f"{n:,} training rows")
-    search = GridSearchCV(make_sgd(classifier, weights, seed).set_params(max_iter=CV_MAX_EPOCHS), grid,
-                          scoring=CV_SCORING, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+    rows = (f"all {n:,} training rows" if len(y) == n else
+            f"a stratified in-memory sample of {len(y):,} of {n:,} training rows")
+    log(f"{classifier}: {folds}-fold CV over alpha in {grid['alpha']} on {rows}")
+    cv_model = Pipeline([("scale", StandardScaler()),
+                         ("clf", make_sgd(classifier, weights, seed).set_params(max_iter=CV_MAX_EPOCHS))])
+    search = GridSearchCV(cv_model, {"clf__alpha": grid["alpha"]}, scoring=CV_SCORING, cv=cv_splitter(folds, seed),
                           error_score="raise", refit=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # the cap is deliberate
         search.fit(X, y)
-    alpha = float(search.best_params_["alpha"])
-    return alpha, float(search.best_score_), grid, [
-        f"alpha chosen by {folds}-fold CV on a stratified in-memory sample of {len(y):,} of {n:,} training rows "
-        f"(at most {CV_MAX_EPOCHS} epochs per fit); the final model is trained on all of them"]
+    alpha = float(search.best_params_["clf__alpha"])
+    notes = [f"alpha chosen by {folds}-fold CV on {rows} (feature scaling fitted on each fit's training folds, "
+             f"at most {CV_MAX_EPOCHS} epochs per fit); the final model is trained on all of them"]
+    counts = np.bincount(y)
+    per_fold = int(counts[counts > 0].min()) // folds
+    if len(y) < n and per_fold < MIN_CV_CLASS_ROWS:
+        notes.append(f"alpha was chosen on too few rows to mean much: {len(y):,} rows, {per_fold} of the smallest "
+                     f"class per validation fold; raise --max-memory (a larger sample) or fix --C")
+        warnings.warn(notes[-1], SmallCVSampleWarning, stacklevel=3)
+    return alpha, float(search.best_score_), grid, folds, notes
 
 
 def _predict_rows(model, path, layers, index: np.ndarray, budget: int, paths) -> np.ndarray:
@@ -397,7 +331,7 @@ def _report(plan: Plan, layers, classifier, normalize, class_weight, weights, sa
         "class_weight_applied": None if weights is None else {names[k]: v for k, v in weights.items()},
         "sampling": sampling, "seed": seed, "C": None, "best_params": {"alpha": alpha},
         "hyperparameter": f"alpha={alpha:g}, streamed SGD",
-        "cv_score": cv_score, "cv_folds": folds if grid else 0, "cv_scoring": CV_SCORING, "cv_grid": grid,
+        "cv_score": cv_score, "cv_folds": folds, "cv_scoring": CV_SCORING, "cv_grid": grid,
         "n_train": int(len(plan.y_train)), "n_test": int(len(plan.y_test)),
         "n_failed_excluded": plan.n_failed_excluded, "n_unlabeled_excluded": plan.n_unlabeled_excluded,
         "train_class_counts": counts, "resampled_class_counts": counts,
@@ -434,7 +368,7 @@ def predict_streamed(run_dir, codes_path, out_csv, max_memory: str | int | None 
     pipe, names = bundle["pipeline"], bundle["class_names"]
     classes = [names[int(c)] for c in pipe.classes_]
     budget = budget_bytes(max_memory)
-    meta, rows = _meta_rows(codes_path)
+    meta, rows = meta_rows(codes_path)
     true = true_labels(SimpleNamespace(rows=rows, class_names=list(meta.get("class_names", []))))
     known = np.isin(true, classes)
     predicted, good = np.full(len(rows), "", dtype=object), np.zeros(len(rows), dtype=bool)

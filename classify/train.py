@@ -13,15 +13,16 @@ from typing import Sequence
 import imblearn
 import numpy as np
 import sklearn
+from imblearn.pipeline import Pipeline
 from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import balanced_accuracy_score
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
+from sklearn.model_selection import GridSearchCV
 from threadpoolctl import threadpool_limits
 
-from .data import Dataset, check_training_set, layer_recipe, load_dataset
+from .data import Dataset, check_training_set, cv_sample, cv_splitter, layer_recipe, load_dataset
 from .fileio import ensure_writable, write_files
 from .model_io import model_files, refuse_existing_model
 from .models import (DEFAULT_NORMALIZE, NORMALIZE, SAMPLING, build_pipeline, classifier_spec, param_grid,
@@ -94,8 +95,10 @@ def check_max_iter(max_iter: int | None) -> None:
 
 def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: str, C: float | None,
                    class_weight, sampling: str, seed: int, cv: int, log=None, n_jobs: int | None = None,
-                   calibrate: bool = False, max_iter: int | None = None, positive: str | None = None) -> dict:
-    """Fit (with CV for the hyper-parameter), evaluate on the test split, write every output file."""
+                   calibrate: bool = False, max_iter: int | None = None, positive: str | None = None,
+                   cv_max_rows: int | None = None) -> dict:
+    """Fit (with CV for the hyper-parameter), evaluate on the test split, write every output file.
+    ``cv_max_rows`` overrides ``cv_row_limit`` (compare's common CV rows)."""
     log = log or make_logger(False)
     check_max_iter(max_iter)
     names = data.class_names
@@ -118,16 +121,16 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
     with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=1):
         warnings.simplefilter("always", ConvergenceWarning)
         if folds:
-            grid = param_grid(classifier, C, n_train_fold=len(data.y_train) * (folds - 1) // folds)
-            X_cv, y_cv = cv_subsample(data.X_train, data.y_train, min(spec.cv_max_rows or CV_MAX_ROWS, CV_MAX_ROWS),
-                                      seed)
+            index, folds = cv_sample(data.y_train, cv_max_rows or cv_row_limit(classifier), folds, seed)
+            X_cv, y_cv = data.X_train[index], data.y_train[index]
+            grid = param_grid(classifier, C, n_train_fold=len(y_cv) * (folds - 1) // folds)
             if len(y_cv) < len(data.y_train):
                 notes.append(f"{spec.param} chosen by CV on a stratified sample of {len(y_cv)} of "
                              f"{len(data.y_train)} training rows; the final model is fitted on all of them")
             values = list(grid.values())[0]
             log(f"{classifier}: {folds}-fold CV over {spec.param} in {values} ({len(y_cv)} training rows, "
                 f"{folds * len(values)} fits)")
-            splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+            splitter = cv_splitter(folds, seed)
             if spec.warm_path and len(values) > 1:
                 best, cv_score = warm_path_cv(pipe, spec.param, values, X_cv, y_cv, splitter, n_jobs,
                                               spec.cv_params)
@@ -143,6 +146,7 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
             log(f"{classifier}: fitting with {spec.param}={best} (no cross-validation)")
             model = pipe.set_params(**{"clf__" + spec.param: best})
             cv_score, grid = None, {}
+        resampled = resampled_labels(model, data.X_train, data.y_train)
         if calibrate:
             notes += _calibrate(model, classifier, data.y_train, names, seed)
         model.fit(data.X_train, data.y_train)
@@ -171,7 +175,7 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
         "n_train": int(len(data.y_train)), "n_test": int(len(data.y_test)),
         "n_failed_excluded": data.n_failed_excluded, "n_unlabeled_excluded": data.n_unlabeled_excluded,
         "train_class_counts": _counts(data.y_train, names),
-        "resampled_class_counts": _counts(resampled_labels(model, data.X_train, data.y_train), names),
+        "resampled_class_counts": _counts(resampled, names),
         "test_class_counts": _counts(data.y_test, names),
         "fit_time_s": round(fit_time, 4), "max_iter": max_iter,
         "calibrated": isinstance(model.named_steps["clf"], CalibratedClassifierCV),
@@ -222,7 +226,9 @@ def _set_max_iter(pipe, classifier: str, max_iter: int | None) -> list[str]:
 
 
 def _calibrate(model, classifier: str, y: np.ndarray, names: list[str], seed: int) -> list[str]:
-    """Replace the classifier step by its sigmoid-calibrated version (probabilities from training folds)."""
+    """Replace the samplers and classifier by their sigmoid-calibrated version (probabilities from folds of
+    the training split): the samplers go inside, so each calibration fold is resampled on its own and copies
+    of one row never sit on both sides of a fold."""
     clf = model.named_steps["clf"]
     if hasattr(clf, "predict_proba"):
         return [f"calibration skipped: {classifier} gives probabilities itself"]
@@ -232,8 +238,10 @@ def _calibrate(model, classifier: str, y: np.ndarray, names: list[str], seed: in
         who = names[int(np.flatnonzero(counts == smallest)[0])]
         raise ValueError(f"calibration needs at least 2 training examples per class; {who!r} has {smallest}")
     folds = min(CALIBRATION_FOLDS, smallest)
-    model.steps[-1] = ("clf", CalibratedClassifierCV(
-        clf, method="sigmoid", ensemble=False, cv=StratifiedKFold(folds, shuffle=True, random_state=seed)))
+    samplers = model.steps[1:-1]
+    inner = Pipeline([*samplers, ("clf", clf)]) if samplers else clf
+    model.steps[1:] = [("clf", CalibratedClassifierCV(
+        inner, method="sigmoid", ensemble=False, cv=cv_splitter(folds, seed)))]
     return [f"probabilities by sigmoid calibration ({folds}-fold, on the training split); predictions are the most "
             "probable class"]
 
@@ -286,12 +294,16 @@ def _fold_path(pipe, param: str, values, X, y, train, test, cv_params=None) -> l
 
 
 def cv_subsample(X: np.ndarray, y: np.ndarray, max_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``max_rows`` rows, stratified by class and seeded; everything when already small enough."""
-    if len(y) <= max_rows:
-        return X, y
-    keep, _ = train_test_split(np.arange(len(y)), train_size=max_rows, stratify=y, random_state=seed)
-    keep.sort()
+    """At most ``max_rows`` rows, stratified by class and seeded (``cv_sample``'s rows)."""
+    keep, _ = cv_sample(y, max_rows, 2, seed)
     return X[keep], y[keep]
+
+
+def cv_row_limit(classifier: str) -> int:
+    """The most training rows the in-memory cross-validation of ``classifier`` uses (its spec's, else
+    CV_MAX_ROWS); ``compare`` gives every candidate the smallest limit among them."""
+    spec = classifier_spec(classifier)
+    return min(spec.cv_max_rows or CV_MAX_ROWS, CV_MAX_ROWS)
 
 
 def resampled_labels(model, X: np.ndarray, y: np.ndarray) -> np.ndarray:

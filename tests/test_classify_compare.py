@@ -96,3 +96,36 @@ def test_no_minority_recall_when_classes_tie_for_the_fewest_rows(tmp_path):
     assert "inority recall" not in md
     with open(tmp_path / "out" / "compare.csv", newline="") as f:
         assert next(csv.DictReader(f))["minority_class"] == ""  # the CSV keeps its columns
+
+
+def test_ties_go_to_the_simpler_configuration_never_the_fit_time():
+    # issue 22 item 9: ties were broken by fit time, so identical runs picked none / over / none
+    from classify.compare import rank_rows
+
+    def row(classifier, layers, sampling, dim, fit_time, cv=0.9):
+        return {"classifier": classifier, "layers": layers, "sampling": sampling, "dim": dim, "fit_time_s": fit_time,
+                "cv_score": cv}
+    rows = [row("svm", "block4", "over", 24, 0.1), row("svm", "block4+penultimate", "none", 40, 0.2),
+            row("svm", "penultimate", "none", 16, 0.9), row("softmax", "block4", "none", 24, 0.3),
+            row("svm", "block4", "none", 24, 0.05, cv=0.9 + 1e-15), row("knn", "block4", "none", 24, 0.01, cv=None)]
+    for order in (rows, rows[::-1]):
+        ranked = [dict(r) for r in order]
+        rank_rows(ranked)
+        assert [(r["classifier"], r["layers"], r["sampling"]) for r in ranked] == [
+            ("svm", "penultimate", "none"), ("softmax", "block4", "none"), ("svm", "block4", "none"),
+            ("svm", "block4+penultimate", "none"), ("svm", "block4", "over"), ("knn", "block4", "none")]
+        assert [r["rank"] for r in ranked] == [1, 2, 3, 4, 5, None]
+
+
+def test_candidates_are_cross_validated_on_the_same_rows(tmp_path, monkeypatch):
+    # issue 22 item 10: svm's CV used at most 5,000 training rows, softmax's up to 20,000
+    from dataclasses import replace
+
+    from classify import models
+
+    monkeypatch.setitem(models.CLASSIFIERS, "svm", replace(models.CLASSIFIERS["svm"], cv_max_rows=40))
+    codes = make_codes(tmp_path / "codes.h5")
+    rows = compare(codes, tmp_path / "out", classifiers=("svm", "softmax"), layers="block4", cv=2, progress=False)
+    for row in rows:
+        notes = json.loads((tmp_path / "out" / row["report_dir"] / "report.json").read_text())["notes"]
+        assert any(f"stratified sample of 40 of {row['n_train']} training rows" in n for n in notes), row["classifier"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -192,10 +193,57 @@ def test_cli_compare_and_run_take_max_memory(codes, tmp_path, capsys):
 def test_streamed_cv_fits_are_capped_without_convergence_notes(codes, tmp_path, monkeypatch):
     seen = []
     grid_search = stream.GridSearchCV
-    monkeypatch.setattr(stream, "GridSearchCV",
-                        lambda est, *a, **k: seen.append(est.max_iter) or grid_search(est, *a, **k))
+    monkeypatch.setattr(stream, "GridSearchCV", lambda est, *a, **k: seen.append(est.get_params()["clf__max_iter"])
+                        or grid_search(est, *a, **k))
     monkeypatch.setattr(stream, "CV_MAX_EPOCHS", 1)  # far from converged: every CV fit would warn
     report = classify_codes(codes, tmp_path, max_memory=TINY, **FAST)
     assert seen == [1]
-    assert any("(at most 1 epochs per fit)" in note for note in report["notes"])
+    assert any("at most 1 epochs per fit)" in note for note in report["notes"])
     assert not any("ConvergenceWarning" in note for note in report["notes"])
+
+
+@pytest.mark.parametrize("budget", [None, "4K"])
+def test_test_file_holding_training_images_refused_in_memory_and_streamed(codes, tmp_path, budget):
+    # issue 22 item 5: the streamed path accepted the training file as --test and reported 1.000
+    with pytest.raises(ValueError, match=r"holds \d+ of the \d+ training images"):
+        classify_codes(codes, tmp_path / "out", test=codes, max_memory=budget, **FAST)
+    assert not (tmp_path / "out" / "model.joblib").exists()
+
+
+def test_overlap_check_finds_a_few_reextracted_training_images_in_small_blocks(tmp_path):
+    X, y = imbalanced_codes()
+    train = write_codes_file(tmp_path / "train.h5", X, y, ["cat", "dog", "bird"])
+    other, oy = imbalanced_codes((20, 10, 6), seed=1)
+    paths = [f"new/{i}.png" for i in range(len(oy))] + ["img/00004.png", "img/00009.png"]
+    mixed = {t: np.vstack([other[t], X[t][[4, 9]] * (1 + 1e-4)]) for t in X}  # the same images, other precision
+    test = write_codes_file(tmp_path / "test.h5", mixed, np.concatenate([oy, y[[4, 9]]]), ["cat", "dog", "bird"],
+                            paths=paths)
+    with pytest.raises(ValueError, match=r"holds 2 of the 102 training images .*first: img/00004.png"):
+        classify_codes(train, tmp_path / "out", test=test, max_memory="4K", **FAST)
+
+
+def test_streamed_cv_scaler_is_fitted_on_training_folds_only(codes, tmp_path, monkeypatch):
+    # issue 22 item 12: the CV's scaler had been fitted on every training row, validation folds included
+    from sklearn.preprocessing import StandardScaler
+
+    seen, fit = [], StandardScaler.fit
+    monkeypatch.setattr(StandardScaler, "fit",
+                        lambda self, X, y=None, **kw: seen.append(len(X)) or fit(self, X, y, **kw))
+    report = classify_codes(codes, tmp_path, max_memory=TINY, **FAST)
+    note = next(n for n in report["notes"] if n.startswith("alpha chosen by"))
+    sample = int(re.search(r"sample of (\d+) of", note)[1])
+    folds = report["cv_folds"]
+    assert len(seen) == folds * len(report["cv_grid"]["alpha"])  # one scaler per CV fit
+    assert all(n <= sample * (folds - 1) // folds + folds for n in seen)  # its training folds, never the whole sample
+
+
+def test_streamed_report_states_the_cv_it_ran(codes, tmp_path):
+    # issue 22 item 11: "5-fold" in cv_folds while fewer folds ran on a tiny sample, silently; "budget of 0 MiB"
+    with pytest.warns(UserWarning, match="too few rows to mean much"):
+        report = classify_codes(codes, tmp_path, max_memory="16K", progress=False, cv=10)
+    note = next(n for n in report["notes"] if n.startswith("alpha chosen by"))
+    folds, rows = map(int, re.search(r"by (\d+)-fold CV on a stratified in-memory sample of (\d+) of", note).groups())
+    assert folds == report["cv_folds"] and rows < report["n_train"]
+    assert f"chosen by {folds}-fold CV" in (tmp_path / "report.txt").read_text()
+    assert "memory budget of 16 KiB" in report["notes"][0]
+    assert any("too few rows to mean much" in n for n in report["notes"])

@@ -363,3 +363,43 @@ def test_progress_log_names_the_cv_plan_and_its_choice(codes, tmp_path, capsys):
     assert f"CV chose C={report['C']} (balanced_accuracy {report['cv_score']:.4f})" in err
     assert f"fitting on all {report['n_train']} training rows" in err
     assert err.index("CV chose") < err.index("evaluating on")
+
+
+def test_load_codes_names_the_splits_a_file_has(tmp_path):
+    # issue 22 item 24: split="test" on a train/val file returned (0, D) silently
+    import cnncodes
+
+    codes, y = imbalanced_codes()
+    path = write_codes_file(tmp_path / "tv.h5", codes, y, NAMES, split=split_column(y, val=True))
+    assert len(cnncodes.load_codes(path, split="val").y) == split_column(y, val=True).count("val")
+    with pytest.raises(ValueError, match=r"has no 'test' rows; its splits: train \(\d+\), val \(\d+\); its "
+                                         r"evaluation split \(test, else val\) is val"):
+        cnncodes.load_codes(path, split="test")
+    report = classify_codes(path, tmp_path / "out", C=1.0, **FAST)
+    assert report["split_source"] == "split column (train / val)"  # the same rule
+
+
+@pytest.mark.parametrize("sampling", ["over", "hybrid"])
+def test_calibration_folds_split_original_rows_and_resample_inside(codes, tmp_path, monkeypatch, sampling):
+    # issue 22 item 12: over-sampling before the calibration folds put copies of one row on both sides
+    from sklearn.calibration import CalibratedClassifierCV
+
+    seen, fit = [], CalibratedClassifierCV.fit
+    monkeypatch.setattr(CalibratedClassifierCV, "fit", lambda self, X, y, **kw: seen.append(X) or fit(self, X, y, **kw))
+    report = classify_codes(codes, tmp_path, sampling=sampling, calibrate=True, C=1.0, cv=0, progress=False)
+    (X,) = seen
+    assert len(X) == report["n_train"] and len(np.unique(X, axis=0)) == len(X)  # no copies to straddle a fold
+    assert report["resampled_class_counts"] != report["train_class_counts"]  # the final fit still resamples
+    pipe = load_model(tmp_path)["pipeline"]
+    assert [name for name, _ in pipe.steps] == ["normalize", "clf"]
+    assert sampling in pipe.named_steps["clf"].estimator.named_steps
+
+
+def test_cv_sample_keeps_every_class_in_every_fold():
+    # a budget-sized sample of 10 rows once left one class a single row: "1-fold CV" crashed
+    from classify.data import cv_sample
+
+    y = np.repeat([0, 1, 2], [60, 20, 10])
+    index, folds = cv_sample(y, 10, 5, seed=0)
+    assert folds == 5 and np.bincount(y[index]).min() >= 5 and np.all(np.diff(index) > 0)
+    assert cv_sample(y, 1000, 5, seed=0)[0].tolist() == list(range(90))  # small enough: every row
