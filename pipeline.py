@@ -8,6 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_HERE = Path(__file__).resolve().parent
+OWN_CODE = {_HERE / "extract", _HERE / "classify", _HERE / "finetune", _HERE / "advise", _HERE}  # see is_usage_error
 MAX_LISTED_FAILURES = 20
 ENVIRONMENT_HELP = """environment:
   CNNCODES_OFFLINE=1        never download weights
@@ -391,21 +393,25 @@ def _add_finetune_parser(sub) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from finetune.options import check_options
+
+    options = dict(
+        backbone=args.backbone, weights=args.weights,
+        freeze=1 / 3 if args.freeze is None and args.freeze_until is None else args.freeze,
+        freeze_until=args.freeze_until, epochs=args.epochs, lp_epochs=args.lp_epochs, batch_size=args.batch_size,
+        lr=args.lr, backbone_lr_mult=args.backbone_lr_mult, weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, optimizer=args.optimizer,
+        momentum=args.momentum, class_weight=args.class_weight, sampling=args.sampling, train_bn=args.train_bn,
+        augment=args.augment, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        patience=args.patience, seed=args.seed, device=args.device, precision=args.precision,
+        threads=args.threads, workers=args.workers, progress=not args.quiet, resize=args.resize, crop=args.crop,
+        max_train_images=args.max_train_images, overwrite=args.overwrite)
+    check_options(options)  # before torch loads: a bad value fails at once
     from classify.report import summarize
     from finetune import FinetuneInterrupted, finetune_images
 
     try:
-        report = finetune_images(
-            args.images, args.out, backbone=args.backbone, weights=args.weights,
-            freeze=1 / 3 if args.freeze is None and args.freeze_until is None else args.freeze,
-            freeze_until=args.freeze_until, epochs=args.epochs, lp_epochs=args.lp_epochs, batch_size=args.batch_size,
-            lr=args.lr, backbone_lr_mult=args.backbone_lr_mult, weight_decay=args.weight_decay,
-            warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, optimizer=args.optimizer,
-            momentum=args.momentum, class_weight=args.class_weight, sampling=args.sampling, train_bn=args.train_bn,
-            augment=args.augment, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-            patience=args.patience, seed=args.seed, device=args.device, precision=args.precision,
-            threads=args.threads, workers=args.workers, progress=not args.quiet, resize=args.resize, crop=args.crop,
-            max_train_images=args.max_train_images, overwrite=args.overwrite)
+        report = finetune_images(args.images, args.out, **options)
     except FinetuneInterrupted as err:
         print(f"\n{err}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -787,13 +793,46 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         sys.stdout = open(os.devnull, "w")
         return EXIT_OK
-    except (ExtractionError, *_weights_errors(), ValueError, KeyError, FileNotFoundError, PermissionError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"cnncodes {args.command}: error: {message}", file=sys.stderr)
+    except (ExtractionError, *_weights_errors(), FileNotFoundError, PermissionError) as err:
+        print(f"cnncodes {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:
         print(f"cnncodes {args.command}: error: {err} (nothing was overwritten)", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as err:
+        if is_usage_error(err):
+            print(f"cnncodes {args.command}: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        return _report_bug(args.command, err)
+
+
+def is_usage_error(err: Exception) -> bool:
+    """Whether ``err`` is the user's mistake (exit 2), not a bug (exit 1): a UsageError, or a ValueError that
+    cnncodes' own code raised (its convention for a one-line message about unusable input). A ValueError
+    from inside a library, a KeyError, a TypeError... is a bug."""
+    from extract.errors import UsageError
+
+    if isinstance(err, UsageError):
+        return True
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    raised_by = Path(tb.tb_frame.f_code.co_filename).resolve() if tb else Path("/")
+    return isinstance(err, ValueError) and raised_by.parent in OWN_CODE
+
+
+def _report_bug(command: str, err: Exception) -> int:
+    """One line naming the unexpected exception (a bug) and the file its traceback was written to."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix=f"cnncodes-{command}-", suffix=".traceback.txt")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        traceback.print_exception(err, file=fh)
+    first = " ".join(str(err).split())[:300]
+    print(f"cnncodes {command}: internal error (a bug, please report it): {type(err).__name__}: {first}; "
+          f"traceback in {path}", file=sys.stderr)
+    return EXIT_FAILURES
 
 
 if __name__ == "__main__":
