@@ -659,15 +659,12 @@ def _split(text: str) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from classify.predict import predict_images
-    from finetune import is_finetuned_run
+    from classify.runs import predict_run
 
-    if is_finetuned_run(args.run_dir):  # a network from `cnncodes finetune`: no codes step (--codes-out unused)
-        from finetune import predict_images
-    result = predict_images(args.run_dir, _one_or_list(args.images), args.out, codes_out=args.codes_out, weights=args.weights,
-                            threshold=args.threshold, positive=args.positive,
-                            device=args.device, precision=args.precision, batch_size=args.batch_size,
-                            workers=args.workers, progress=not args.quiet)
+    result = predict_run(args.run_dir, _one_or_list(args.images), args.out, codes_out=args.codes_out,
+                         weights=args.weights, threshold=args.threshold, positive=args.positive,
+                         device=args.device, precision=args.precision, batch_size=args.batch_size,
+                         workers=args.workers, progress=not args.quiet)
     counts = ", ".join(f"{name}: {n}" for name, n in sorted(result["predicted_counts"].items()))
     print(f"wrote {result['out_csv']}: {result['n_predicted']} of {result['n_rows']} images predicted ({counts})")
     if result.get("threshold"):
@@ -678,6 +675,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{result['n_failed']} image(s) could not be predicted (listed in the CSV's error column):")
         for path, reason in result.get("failures", [])[:MAX_LISTED_FAILURES]:
             print(f"  {path}: {reason}")
+    if result["n_rows"] and not result["n_predicted"]:
+        print(f"cnncodes predict: error: none of the {result['n_rows']} image(s) could be predicted (see the list "
+              f"above and the error column of {result['out_csv']})", file=sys.stderr)
+        return EXIT_FAILURES
     return EXIT_OK
 
 

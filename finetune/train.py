@@ -29,6 +29,7 @@ from tqdm import tqdm
 from classify.fileio import ensure_writable, write_files
 from classify.models import parse_class_weight
 from classify.report import binary_metrics, evaluate, report_files, summarize
+from classify.runs import FINETUNED_MODEL
 from extract.backbones import get_backbone
 from extract.device import pick_device
 from extract.reader import list_images
@@ -44,7 +45,7 @@ from .data import (SAMPLING, CachedImages, choose_splits, decode, default_worker
 from .model import (Network, backbone_state, backbone_units, build_network, frozen_count, head_name, param_groups,
                     set_trainable, train_mode)
 
-MODEL_FILE = "finetuned.pt"
+MODEL_FILE = FINETUNED_MODEL  # classify.runs tells the kinds of run apart by it
 BACKBONE_FILE = FINETUNED_BACKBONE  # torchvision key naming, loads with extract --weights
 EPOCH_LOG = "epochs.jsonl"
 CURVE = "learning_curve.png"
