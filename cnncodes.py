@@ -1,8 +1,8 @@
-"""cnncodes as a Python library: extract CNN codes, read them as numpy, train, compare, predict.
+"""cnncodes as a Python library: extract CNN codes, read them as numpy, train, compare, finetune, advise, predict.
 
 A thin facade over the ``extract``, ``classify``, ``finetune`` and ``advise`` packages. Importing it
-loads neither torch nor scikit-learn: each function imports what it needs when it is called, so ``load_codes`` (h5py and
-numpy only) is as quick in a notebook as it is from the command line::
+loads neither torch nor scikit-learn: each function imports what it needs when it is called, so
+``load_codes`` (h5py and numpy only) is as quick in a notebook as it is from the command line::
 
     import cnncodes
 

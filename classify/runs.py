@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from extract.names import FINETUNED_MODEL
+
 from .model_io import _is_hdf5
 
-FINETUNED_MODEL = "finetuned.pt"  # what finetune writes for predict
 CODES_SUFFIXES = (".h5", ".hdf5")
 
 

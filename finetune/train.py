@@ -29,8 +29,8 @@ from tqdm import tqdm
 from classify.fileio import ensure_writable, write_files
 from classify.models import parse_class_weight
 from classify.report import binary_metrics, evaluate, report_files, summarize
-from classify.runs import FINETUNED_MODEL
 from extract.backbones import get_backbone
+from extract.names import FINETUNED_MODEL
 from extract.device import pick_device
 from extract.reader import list_images
 from extract.recipe import make_recipe, preprocess_config
