@@ -698,8 +698,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from classify import classify_codes, compare, summarize
     from extract import extract_codes
 
+    from classify.data import require_two_classes
     from classify.stream import parse_size
     from classify.train import check_options
+    from extract.reader import list_images
 
     layers, classifiers = _layer_runs(args.layers), _split(args.classifiers)
     if not classifiers:
@@ -713,6 +715,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_preprocess(args)
     out = Path(args.out)
     _refuse_out_in_images(out, args.images)
+    listing = list_images(args.images)  # the class count, before the long extraction
+    require_two_classes(listing.labels, listing.class_names, args.images)
     out.mkdir(parents=True, exist_ok=True)
     codes = out / "codes.h5"
     result = extract_codes(args.images, codes, overwrite=args.overwrite, update=args.update,

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from classify.fileio import ensure_writable, write_files
+from classify.data import require_two_classes
 from classify.models import parse_class_weight
 from classify.report import binary_metrics, evaluate, report_files, summarize
 from extract.backbones import get_backbone
@@ -90,9 +91,7 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     prep = preprocess_config(bb, resize, crop)
     listing = list_images(images)
     labeled = listing.labels >= 0
-    if len(set(listing.labels[labeled].tolist())) < 2:
-        raise ValueError(f"{images}: fine-tuning needs labeled images of at least two classes "
-                         f"(found {len(set(listing.labels[labeled].tolist()))})")
+    require_two_classes(listing.labels, listing.class_names, str(images))
     parse_class_weight(class_weight, listing.class_names)  # names checked before any work
     config = {**options, "images": str(listing.root), "images_fingerprint": _fingerprint(listing),
               "class_names": listing.class_names, "preprocess": prep}
