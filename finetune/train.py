@@ -40,7 +40,7 @@ from extract.weights import FINETUNED_BACKBONE, WeightsInfo, build_model, locate
 
 from . import checkpoint
 from . import options as options_module
-from .options import OPTIMIZERS, PRECISIONS  # noqa: F401  (the values are declared in options.py)
+from .options import PRECISIONS
 from .data import (SAMPLING, CachedImages, choose_splits, decode, default_workers, epoch_sampler, normalize,
                    resampled_counts)
 from .model import (Network, backbone_state, backbone_units, build_network, frozen_count, head_name, param_groups,
