@@ -696,8 +696,6 @@ def _print_evaluation(evaluation: dict | None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from classify import classify_codes, compare, summarize
-    from extract import extract_codes
-
     from classify.data import require_two_classes
     from classify.stream import parse_size
     from classify.train import check_options
@@ -712,12 +710,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             check_options(name, args.normalize, mode)
     if args.max_memory is not None:
         parse_size(args.max_memory)
+    listing = list_images(args.images)  # the class count, before torch loads and the long extraction
+    require_two_classes(listing.labels, listing.class_names, args.images)
     _check_preprocess(args)
     out = Path(args.out)
     _refuse_out_in_images(out, args.images)
-    listing = list_images(args.images)  # the class count, before the long extraction
-    require_two_classes(listing.labels, listing.class_names, args.images)
     out.mkdir(parents=True, exist_ok=True)
+    from extract import extract_codes  # torch loads here, once the options and the images are checked
+
     codes = out / "codes.h5"
     result = extract_codes(args.images, codes, overwrite=args.overwrite, update=args.update,
                            **_extract_kwargs(args))
