@@ -1,8 +1,8 @@
-"""cnncodes as a Python library: extract CNN codes, read them as numpy, train, compare, predict.
+"""cnncodes as a Python library: extract CNN codes, read them as numpy, train, compare, finetune, advise, predict.
 
-A thin facade over the ``extract`` and ``classify`` packages. Importing it loads neither torch nor
-scikit-learn: each function imports what it needs when it is called, so ``load_codes`` (h5py and
-numpy only) is as quick in a notebook as it is from the command line::
+A thin facade over the ``extract``, ``classify``, ``finetune`` and ``advise`` packages. Importing it
+loads neither torch nor scikit-learn: each function imports what it needs when it is called, so
+``load_codes`` (h5py and numpy only) is as quick in a notebook as it is from the command line::
 
     import cnncodes
 
@@ -10,6 +10,9 @@ numpy only) is as quick in a notebook as it is from the command line::
     codes = cnncodes.load_codes("digits.h5", layers="block4", split="train")   # codes.X, codes.y, ...
     report = cnncodes.train("digits.h5", "runs/svm", layers="block4", classifier="svm")
     result = cnncodes.predict("runs/svm", "data/digits/test", "preds.csv")
+    report = cnncodes.finetune("data/digits", "runs/ft", epochs=3, quiet=True)    # predict works on it too
+
+Options take the command line's names with underscores (``quiet=True``, ``layer=``, ``no_augment=True``).
 
 ``CodesTransformer`` turns a list of image paths into codes inside a scikit-learn ``Pipeline``.
 """
@@ -30,10 +33,24 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.1.0"
 
-__all__ = ["extract_codes", "load_codes", "Codes", "train", "compare", "load_model", "predict", "CodesTransformer",
-           "export", "__version__"]
+__all__ = ["extract_codes", "load_codes", "Codes", "train", "compare", "finetune", "advise", "load_model", "predict",
+           "CodesTransformer", "export", "__version__"]
 
 PathLike = str | os.PathLike
+# Command-line names whose library keyword differs: name -> (keyword, value from the command line's value)
+CLI_NAMES = {"quiet": ("progress", lambda v: not v), "no_augment": ("augment", lambda v: not v),
+             "layer": ("layers", lambda v: v), "model": ("backbone", lambda v: v), "try": ("try_options", bool)}
+
+
+def _keywords(options: dict) -> dict:
+    """``options`` with the command line's names (``quiet=True``, ``layer=``...) as the library's keywords."""
+    out = dict(options)
+    for name, (keyword, convert) in CLI_NAMES.items():
+        if name in out:
+            if keyword in out:
+                raise TypeError(f"give {name} or {keyword}, not both")
+            out[keyword] = convert(out.pop(name))
+    return out
 
 
 def extract_codes(source: PathLike | Sequence[PathLike], out: PathLike, **options):
@@ -46,6 +63,11 @@ def extract_codes(source: PathLike | Sequence[PathLike], out: PathLike, **option
     """
     from extract import extract_codes as _extract
 
+    from pipeline import _tap_names
+
+    options = _keywords(options)
+    if isinstance(options.get("layers"), str):  # "a,b" or "a+b", as --layer: the taps to extract
+        options["layers"] = _tap_names([options["layers"]])
     return _extract(source, out, **options)
 
 
@@ -95,34 +117,59 @@ def train(codes: PathLike, out_dir: PathLike, **options) -> dict:
     """
     from classify import classify_codes
 
-    return classify_codes(codes, out_dir, **options)
+    return classify_codes(codes, out_dir, **_keywords(options))
 
 
 def compare(codes: PathLike, out_dir: PathLike, **options) -> list[dict]:
     """Every classifier on every layer, ranked by cross-validation on the training split (``classify.compare``)."""
     from classify import compare as _compare
 
-    return _compare(codes, out_dir, **options)
+    return _compare(codes, out_dir, **_keywords(options))
+
+
+def finetune(images: PathLike, out_dir: PathLike, **options) -> dict:
+    """Fine-tune a backbone with a new head on images (``finetune.finetune_images``); returns the report.
+
+    ``options``: backbone, weights, freeze, freeze_until, epochs, lr, batch_size, optimizer, sampling,
+    val_fraction, test_fraction, seed, device, quiet... as on the command line; checked before torch loads.
+    """
+    from finetune.options import check_options
+
+    options = _keywords(options)
+    check_options(options)
+    from finetune import finetune_images
+
+    return finetune_images(images, out_dir, **options)
+
+
+def advise(images: PathLike, **options) -> dict:
+    """Which transfer-learning scenario (1-4) fits ``images``, with the evidence and the commands to run
+    (``advise.advise_images``). ``options``: backbone, weights, sample, seed, try, resize, crop, device, quiet..."""
+    from advise import advise_images
+
+    return advise_images(images, **_keywords(options))
 
 
 def load_model(run_dir: PathLike) -> dict:
-    """The trained model of a run folder, its checksum verified: ``bundle["pipeline"]`` is the fitted
-    scikit-learn pipeline, ``bundle["class_names"]`` its class names, ``bundle["layers"]`` its taps."""
-    from classify import load_model as _load
+    """The model of a run folder (``classify`` or ``finetune``): ``bundle["kind"]`` is "codes" or "finetuned",
+    ``bundle["class_names"]`` the class names. A codes model (checksum verified) has ``bundle["pipeline"]``,
+    the fitted scikit-learn pipeline, and ``bundle["layers"]``, its taps; a fine-tuned run has
+    ``bundle["network"]``, the torch module in eval mode."""
+    from classify.runs import load_run_model
 
-    return _load(run_dir)
+    return load_run_model(run_dir)
 
 
 def predict(run_dir: PathLike, source: PathLike | Sequence[PathLike], out_csv: PathLike, **options) -> dict:
     """Predict a codes file, an image folder, image files...; writes ``out_csv`` and returns a summary.
 
-    Images are extracted with exactly the model's recipe first. ``options``: threshold, positive,
-    codes_out, weights, device, precision, batch_size, workers, progress, path_column, label_column,
-    split_column.
+    ``run_dir`` is a ``classify`` run (images are extracted with exactly the model's recipe first) or a
+    ``finetune`` run (the network predicts the images). ``options``: threshold, positive, codes_out,
+    weights, device, precision, batch_size, workers, quiet, path_column, label_column, split_column.
     """
-    from classify.predict import predict_images
+    from classify.runs import predict_run
 
-    return predict_images(run_dir, source, out_csv, **options)
+    return predict_run(run_dir, source, out_csv, **_keywords(options))
 
 
 def export(codes: PathLike, out: PathLike, to: str = "npy", **options) -> Path:

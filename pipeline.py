@@ -8,6 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_HERE = Path(__file__).resolve().parent
+OWN_CODE = {_HERE / "extract", _HERE / "classify", _HERE / "finetune", _HERE / "advise", _HERE}  # see is_usage_error
 MAX_LISTED_FAILURES = 20
 ENVIRONMENT_HELP = """environment:
   CNNCODES_OFFLINE=1        never download weights
@@ -426,21 +428,25 @@ def _add_finetune_parser(sub) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from finetune.options import check_options
+
+    options = dict(
+        backbone=args.backbone, weights=args.weights,
+        freeze=1 / 3 if args.freeze is None and args.freeze_until is None else args.freeze,
+        freeze_until=args.freeze_until, epochs=args.epochs, lp_epochs=args.lp_epochs, batch_size=args.batch_size,
+        lr=args.lr, backbone_lr_mult=args.backbone_lr_mult, weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, optimizer=args.optimizer,
+        momentum=args.momentum, class_weight=args.class_weight, sampling=args.sampling, train_bn=args.train_bn,
+        augment=args.augment, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        patience=args.patience, seed=args.seed, device=args.device, precision=args.precision,
+        threads=args.threads, workers=args.workers, progress=not args.quiet, resize=args.resize, crop=args.crop,
+        max_train_images=args.max_train_images, overwrite=args.overwrite)
+    check_options(options)  # before torch loads: a bad value fails at once
     from classify.report import summarize
     from finetune import FinetuneInterrupted, finetune_images
 
     try:
-        report = finetune_images(
-            args.images, args.out, backbone=args.backbone, weights=args.weights,
-            freeze=1 / 3 if args.freeze is None and args.freeze_until is None else args.freeze,
-            freeze_until=args.freeze_until, epochs=args.epochs, lp_epochs=args.lp_epochs, batch_size=args.batch_size,
-            lr=args.lr, backbone_lr_mult=args.backbone_lr_mult, weight_decay=args.weight_decay,
-            warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, optimizer=args.optimizer,
-            momentum=args.momentum, class_weight=args.class_weight, sampling=args.sampling, train_bn=args.train_bn,
-            augment=args.augment, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-            patience=args.patience, seed=args.seed, device=args.device, precision=args.precision,
-            threads=args.threads, workers=args.workers, progress=not args.quiet, resize=args.resize, crop=args.crop,
-            max_train_images=args.max_train_images, overwrite=args.overwrite, **_column_kwargs(args))
+        report = finetune_images(args.images, args.out, **options, **_column_kwargs(args))
     except FinetuneInterrupted as err:
         print(f"\n{err}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -697,15 +703,12 @@ def _split(text: str) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from classify.predict import predict_images
-    from finetune import is_finetuned_run
+    from classify.runs import predict_run
 
-    if is_finetuned_run(args.run_dir):  # a network from `cnncodes finetune`: no codes step (--codes-out unused)
-        from finetune import predict_images
-    result = predict_images(args.run_dir, _one_or_list(args.images), args.out, codes_out=args.codes_out, weights=args.weights,
-                            threshold=args.threshold, positive=args.positive,
-                            device=args.device, precision=args.precision, batch_size=args.batch_size,
-                            workers=args.workers, progress=not args.quiet, **_column_kwargs(args))
+    result = predict_run(args.run_dir, _one_or_list(args.images), args.out, codes_out=args.codes_out,
+                         weights=args.weights, threshold=args.threshold, positive=args.positive,
+                         device=args.device, precision=args.precision, batch_size=args.batch_size,
+                         workers=args.workers, progress=not args.quiet, **_column_kwargs(args))
     counts = ", ".join(f"{name}: {n}" for name, n in sorted(result["predicted_counts"].items()))
     print(f"wrote {result['out_csv']}: {result['n_predicted']} of {result['n_rows']} images predicted ({counts})")
     if result.get("threshold"):
@@ -716,6 +719,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{result['n_failed']} image(s) could not be predicted (listed in the CSV's error column):")
         for path, reason in result.get("failures", [])[:MAX_LISTED_FAILURES]:
             print(f"  {path}: {reason}")
+    if result["n_rows"] and not result["n_predicted"]:
+        print(f"cnncodes predict: error: none of the {result['n_rows']} image(s) could be predicted (see the list "
+              f"above and the error column of {result['out_csv']})", file=sys.stderr)
+        return EXIT_FAILURES
     return EXIT_OK
 
 
@@ -733,10 +740,10 @@ def _print_evaluation(evaluation: dict | None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from classify import classify_codes, compare, summarize
-    from extract import extract_codes
-
+    from classify.data import require_two_classes
     from classify.stream import parse_size
     from classify.train import check_options
+    from extract.reader import list_images
 
     layers, classifiers = _layer_runs(args.layers), _split(args.classifiers)
     if not classifiers:
@@ -747,10 +754,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             check_options(name, args.normalize, mode)
     if args.max_memory is not None:
         parse_size(args.max_memory)
+    listing = list_images(args.images, **_column_kwargs(args))  # the class count, before torch loads and the long extraction
+    require_two_classes(listing.labels, listing.class_names, args.images)
     _check_preprocess(args)
     out = Path(args.out)
     _refuse_out_in_images(out, args.images)
     out.mkdir(parents=True, exist_ok=True)
+    from extract import extract_codes  # torch loads here, once the options and the images are checked
+
     codes = out / "codes.h5"
     result = extract_codes(args.images, codes, overwrite=args.overwrite, update=args.update,
                            **_extract_kwargs(args))
@@ -831,13 +842,46 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         sys.stdout = open(os.devnull, "w")
         return EXIT_OK
-    except (ExtractionError, *_weights_errors(), ValueError, KeyError, FileNotFoundError, PermissionError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"cnncodes {args.command}: error: {message}", file=sys.stderr)
+    except (ExtractionError, *_weights_errors(), FileNotFoundError, PermissionError) as err:
+        print(f"cnncodes {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:
         print(f"cnncodes {args.command}: error: {err} (nothing was overwritten)", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as err:
+        if is_usage_error(err):
+            print(f"cnncodes {args.command}: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        return _report_bug(args.command, err)
+
+
+def is_usage_error(err: Exception) -> bool:
+    """Whether ``err`` is the user's mistake (exit 2), not a bug (exit 1): a UsageError, or a ValueError that
+    cnncodes' own code raised (its convention for a one-line message about unusable input). A ValueError
+    from inside a library, a KeyError, a TypeError... is a bug."""
+    from extract.errors import UsageError
+
+    if isinstance(err, UsageError):
+        return True
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    raised_by = Path(tb.tb_frame.f_code.co_filename).resolve() if tb else Path("/")
+    return isinstance(err, ValueError) and raised_by.parent in OWN_CODE
+
+
+def _report_bug(command: str, err: Exception) -> int:
+    """One line naming the unexpected exception (a bug) and the file its traceback was written to."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix=f"cnncodes-{command}-", suffix=".traceback.txt")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        traceback.print_exception(err, file=fh)
+    first = " ".join(str(err).split())[:300]
+    print(f"cnncodes {command}: internal error (a bug, please report it): {type(err).__name__}: {first}; "
+          f"traceback in {path}", file=sys.stderr)
+    return EXIT_FAILURES
 
 
 if __name__ == "__main__":

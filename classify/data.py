@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from extract.codesfile import CodesFile, Rows, check_recipe, open_codes, read_meta, read_rows
+from extract.errors import UsageError
 
 DEFAULT_TEST_FRACTION = 0.25
 EVALUATION_SPLITS = ("test", "val")  # the first present beside train evaluates; it never chooses anything
@@ -386,15 +387,21 @@ def _check_stratifiable(y: np.ndarray, names: list[str]) -> None:
                          "needs at least 2 per class")
 
 
+def require_two_classes(labels: np.ndarray, class_names: list[str], where: str) -> None:
+    """A classifier (or a fine-tune) needs labeled images of at least two classes in ``where``; -1 is unlabeled."""
+    present = np.unique(np.asarray(labels)[np.asarray(labels) >= 0])
+    if len(present) < 2:
+        only = class_names[present[0]] if len(present) else "none"
+        raise UsageError(f"{where} holds only one class ({only}); a classifier needs at least two")
+
+
 def check_training_set(y_train: np.ndarray, class_names: list[str], cv: int) -> tuple[int, list[str]]:
     """Raise on unusable training labels or ``cv`` (0, or at least 2); return the CV folds to use, and notes."""
     if not (cv == 0 or cv >= 2):
         raise ValueError(f"cv must be 0 (no cross-validation) or at least 2 folds, got {cv}")
+    require_two_classes(y_train, class_names, "the training split")
     counts = np.bincount(y_train, minlength=len(class_names))
     present = np.flatnonzero(counts)
-    if len(present) < 2:
-        only = class_names[present[0]] if len(present) else "none"
-        raise ValueError(f"the training split holds only one class ({only}); a classifier needs at least two")
     if cv == 0:
         return 0, ["no cross-validation (cv=0): the hyper-parameter is the one given (C), else the "
                    "classifier's default, and no CV score is computed"]

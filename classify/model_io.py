@@ -12,7 +12,9 @@ from pathlib import Path
 
 import joblib
 
-MODEL_NAME = "model.joblib"
+from extract.names import CODES_MODEL
+
+MODEL_NAME = CODES_MODEL
 SIDECAR_SUFFIX = ".sha256"
 
 

@@ -14,10 +14,12 @@ import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from extract.codesfile import check_recipe
+from extract.errors import UsageError
 
 from .data import class_names_of, file_meta, file_taps, layer_recipe, load
 from .fileio import write_files
 from .model_io import load_model
+from .runs import is_codes_file
 from .stream import PREDICT_MEMORY_FACTOR, predict_streamed, should_stream
 
 
@@ -58,8 +60,7 @@ def predict_codes(run_dir: str | os.PathLike, codes_path: str | os.PathLike, out
             "n_failed": int((~good).sum()), "predicted_counts": dict(Counter(pred.predicted[good].tolist())),
             "score": "decision_function" if hasattr(bundle["pipeline"], "decision_function") else "predict_proba",
             "probabilities": pred.probs is not None,
-            "threshold": None if rule is None else {"positive_class": rule[0], "threshold": threshold,
-                                                    "on": f"{rule[2]}_{rule[0]}"},
+            "threshold": threshold_entry(rule, threshold),
             "evaluation": evaluate_known(true, pred.predicted, good, known)}
 
 
@@ -93,9 +94,8 @@ def _predict(bundle: dict, cf, X: np.ndarray, rule, threshold: float | None) -> 
         if probs is not None:
             probs[good] = pipe.predict_proba(X[good])
     if rule is not None:
-        pos, neg, _ = rule
-        value = (probs if probs is not None else scores)[:, classes.index(pos)]
-        predicted[good] = np.where(value[good] >= threshold, pos, neg)
+        value = (probs if probs is not None else scores)[:, classes.index(rule[0])]
+        apply_threshold(predicted, value, good, rule, threshold)
     return Predictions(classes, good, errors, predicted, scores, probs)
 
 
@@ -117,27 +117,45 @@ def _csv_text(paths, pred: Predictions, true: np.ndarray | None, header: bool = 
 
 
 def threshold_rule(bundle: dict, threshold: float | None, positive: str | None) -> tuple[str, str, str] | None:
+    """(positive class, negative class, "prob" or "score") for a codes model's threshold (see binary_rule)."""
+    pipe, names = bundle["pipeline"], bundle["class_names"]
+    return binary_rule([names[int(c)] for c in pipe.classes_], hasattr(pipe, "predict_proba"), threshold, positive)
+
+
+def binary_rule(classes: list[str], probabilities: bool, threshold: float | None,
+                positive: str | None) -> tuple[str, str, str] | None:
     """(positive class, negative class, "prob" or "score") for a two-class threshold; None without one.
 
-    Checked before any extraction, so a bad option fails at once.
+    The one check of --threshold / --positive for either kind of model (codes model, fine-tuned
+    network), made before any extraction, so a bad option fails at once.
     """
     if threshold is None:
         if positive is not None:
-            raise ValueError("--positive names the class a --threshold applies to; give a threshold too")
+            raise UsageError("--positive names the class a --threshold applies to; give a threshold too")
         return None
-    pipe, names = bundle["pipeline"], bundle["class_names"]
-    classes = [names[int(c)] for c in pipe.classes_]
     if len(classes) != 2:
-        raise ValueError(f"a decision threshold needs a two-class model; this one has {len(classes)} classes "
+        raise UsageError(f"a decision threshold needs a two-class model; this one has {len(classes)} classes "
                          f"({', '.join(classes)})")
     pos = positive if positive is not None else classes[1]
     if pos not in classes:
-        raise ValueError(f"positive class {pos!r} is not a class of the model; classes: {', '.join(classes)}")
-    on = "prob" if hasattr(pipe, "predict_proba") else "score"
+        raise UsageError(f"positive class {pos!r} is not a class of the model; classes: {', '.join(classes)}")
+    on = "prob" if probabilities else "score"
     if on == "prob" and not 0 <= threshold <= 1:
-        raise ValueError(f"the threshold applies to the probability prob_{pos}, so it must lie in [0, 1], "
+        raise UsageError(f"the threshold applies to the probability prob_{pos}, so it must lie in [0, 1], "
                          f"not {threshold}")
     return pos, next(c for c in classes if c != pos), on
+
+
+def apply_threshold(predicted: np.ndarray, value: np.ndarray, good: np.ndarray, rule: tuple[str, str, str],
+                    threshold: float) -> None:
+    """Set ``predicted`` on good rows to the positive class where ``value`` >= ``threshold``, else the other."""
+    pos, neg, _ = rule
+    predicted[good] = np.where(value[good] >= threshold, pos, neg)
+
+
+def threshold_entry(rule: tuple[str, str, str] | None, threshold: float | None) -> dict | None:
+    """The result's ``threshold`` entry: the positive class, the threshold and the column it applies to."""
+    return None if rule is None else {"positive_class": rule[0], "threshold": threshold, "on": f"{rule[2]}_{rule[0]}"}
 
 
 def true_labels(cf) -> np.ndarray:
@@ -206,7 +224,7 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike | Seque
     from extract import extract_codes
 
     sources = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-    codes_files = [s for s in sources if _is_codes_file(s)]
+    codes_files = [s for s in sources if is_codes_file(s)]
     if codes_files:
         if len(sources) > 1:
             raise ValueError(f"{codes_files[0]} is a codes file: give it alone, not with other images")
@@ -223,8 +241,3 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike | Seque
                                    **settings, **run_options)
         result = predict_codes(run_dir, codes, out_csv, threshold=threshold, positive=positive)
     return {**result, "failures": extraction.failures, "codes": str(codes_out or "")}
-
-
-def _is_codes_file(path: str | os.PathLike) -> bool:
-    path = Path(path)
-    return path.is_file() and path.suffix.lower() in (".h5", ".hdf5")

@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torchvision import models
 
+from .names import check_backbone
+
 
 @dataclass(frozen=True)
 class Backbone:
@@ -88,7 +90,4 @@ DEFAULT_BACKBONE = "mobilenet_v2"
 
 def get_backbone(name: str) -> Backbone:
     """Look up a backbone by name, with a message listing the known ones."""
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}") from None
+    return BACKBONES[check_backbone(name)]

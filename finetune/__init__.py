@@ -1,6 +1,16 @@
-"""Fine-tune a backbone with a new head on images (transfer-learning scenarios 2 and 4)."""
-from .predict import is_finetuned_run, predict_images
-from .train import BACKBONE_FILE, MODEL_FILE, FinetuneInterrupted, finetune_images
+"""Fine-tune a backbone with a new head on images (transfer-learning scenarios 2 and 4).
 
-__all__ = ["finetune_images", "predict_images", "is_finetuned_run", "FinetuneInterrupted", "MODEL_FILE",
-           "BACKBONE_FILE"]
+Names are imported when first used (PEP 562), so that ``finetune.options`` checks options without
+loading torch.
+"""
+from importlib import import_module
+
+_WHERE = {"finetune_images": "train", "FinetuneInterrupted": "train", "MODEL_FILE": "train",
+          "BACKBONE_FILE": "train", "predict_images": "predict", "is_finetuned_run": "predict"}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'finetune' has no attribute {name!r}")
+    return getattr(import_module(f".{_WHERE[name]}", __name__), name)

@@ -22,9 +22,10 @@ from extract.batches import decoder_init, fork_context
 from extract.images import ImageDataset
 from extract.reader import ImageList
 
+from .options import SAMPLING
+
 DEFAULT_TEST_FRACTION = 0.25  # as classify, when there is no split column
 CROP_SCALE = (0.25, 1.0)  # RandomResizedCrop area range: milder than ImageNet's 0.08 for short fine-tunes
-SAMPLING = ("none", "over", "under")
 
 
 @dataclass

@@ -6,25 +6,22 @@ import io
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from classify.fileio import write_files
-from classify.predict import evaluate_known
+from classify.predict import apply_threshold, binary_rule, evaluate_known, threshold_entry
+from classify.runs import is_codes_file, is_finetuned_run  # noqa: F401  (is_finetuned_run: re-exported)
 from extract.backbones import get_backbone
 from extract.device import pick_device
+from extract.errors import UsageError
 from extract.reader import list_images
 
 from .data import decode, default_workers
 from .train import MODEL_FILE, forward_probs, mixed_precision
-
-
-def is_finetuned_run(run_dir: str | os.PathLike) -> bool:
-    """Whether ``run_dir`` (or the file it names) is a fine-tuned network written by finetune."""
-    path = Path(run_dir)
-    return (path / MODEL_FILE).is_file() if path.is_dir() else path.name == MODEL_FILE and path.is_file()
 
 
 def load_network(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
@@ -43,21 +40,24 @@ def load_network(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
     return model.eval(), bundle
 
 
-def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out_csv: str | os.PathLike, *,
+def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike | Sequence[str | os.PathLike],
+                   out_csv: str | os.PathLike, *, threshold: float | None = None, positive: str | None = None,
                    device: str = "auto", precision: str = "auto", batch_size: int | None = None,
-                   workers: int | None = None, progress: bool = True, threshold: float | None = None,
-                   path_column: str | None = None, label_column: str | None = None, split_column: str | None = None,
-                   **_ignored) -> dict:
-    """Preprocess ``images`` (folder tree, CSV manifest) as the run did for evaluation, and predict.
+                   workers: int | None = None, progress: bool = True, codes_out: str | None = None,
+                   weights: str | None = None, path_column: str | None = None, label_column: str | None = None,
+                   split_column: str | None = None) -> dict:
+    """Preprocess ``images`` (folder tree, CSV manifest, image files) as the run did for evaluation, and predict.
 
-    Unreadable images get an empty prediction and their error. Labeled images whose class the model
-    knows get a ``true`` column and are scored (accuracy, balanced accuracy).
+    Two classes: ``threshold`` predicts ``positive`` (default: the second class) when its probability
+    is at least the threshold (classify.predict.binary_rule). Unreadable images get an empty
+    prediction and their error. Labeled images whose class the model knows get a ``true`` column and
+    are scored (accuracy, balanced accuracy). The network has no codes step: a codes file, or
+    ``codes_out`` / ``weights``, is refused before any work.
     """
-    if threshold is not None:
-        raise ValueError("--threshold applies to codes models (cnncodes classify); a fine-tuned run predicts the "
-                         "most probable class (its prob_ columns are in the CSV)")
+    _refuse_codes(run_dir, images, codes_out=codes_out, weights=weights)
     listing = list_images(images, path_column=path_column, label_column=label_column, split_column=split_column)
     model, bundle = load_network(run_dir)
+    rule = binary_rule(bundle["class_names"], True, threshold, positive)
     dev = pick_device(device)
     amp, _ = mixed_precision(dev, precision)
     model.to(dev)
@@ -71,6 +71,8 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out_cs
         probs[good] = forward_probs(model, [im for im in decoded if im is not None], prep["crop"], prep["mean"],
                                     prep["std"], dev, amp, batch_size or 32)
     predicted = np.array([names[int(np.argmax(p))] if ok else "" for p, ok in zip(probs, good)], dtype=object)
+    if rule is not None:
+        apply_threshold(predicted, probs[:, names.index(rule[0])], good, rule, threshold)
     true = np.array([listing.class_names[int(v)] if v >= 0 else "" for v in listing.labels], dtype=object)
     known = np.isin(true, names)
     errors = dict(failures)
@@ -87,4 +89,18 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out_cs
     evaluation = evaluate_known(true, predicted, good, known)
     return {"out_csv": str(out_csv), "n_rows": int(len(rows)), "n_predicted": int(good.sum()),
             "n_failed": int((~good).sum()), "predicted_counts": dict(Counter(predicted[good].tolist())),
-            "score": "softmax", "probabilities": True, "failures": failures, "evaluation": evaluation}
+            "score": "softmax", "probabilities": True, "threshold": threshold_entry(rule, threshold),
+            "failures": failures, "evaluation": evaluation}
+
+
+def _refuse_codes(run_dir, images, **codes_options) -> None:
+    """A fine-tuned network predicts from images: a codes file or a codes-step option is a usage error."""
+    given = [f"--{name.replace('_', '-')}" for name, value in codes_options.items() if value is not None]
+    if given:
+        raise UsageError(f"{' and '.join(given)} applies to codes models (cnncodes classify); {run_dir} is a "
+                         "fine-tuned network, which predicts from the images directly")
+    sources = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    codes = [s for s in sources if is_codes_file(s)]
+    if codes:
+        raise UsageError(f"{codes[0]} is a codes file, but {run_dir} is a fine-tuned network, which predicts "
+                         "from images (it has no codes step): give the image folder, manifest or files instead")

@@ -27,10 +27,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from classify.fileio import ensure_writable, write_files
-from classify.data import coverage_notes
+from classify.data import coverage_notes, require_two_classes
 from classify.models import class_weight_values, parse_class_weight
 from classify.report import binary_metrics, evaluate, missing_test_classes, report_files, summarize
 from extract.backbones import get_backbone
+from extract.names import FINETUNED_MODEL
 from extract.device import pick_device
 from extract.reader import list_images
 from extract.recipe import make_recipe, preprocess_config
@@ -38,17 +39,17 @@ from extract.taps import resolve_taps
 from extract.weights import FINETUNED_BACKBONE, WeightsInfo, build_model, locate_weights
 
 from . import checkpoint
+from . import options as options_module
+from .options import PRECISIONS
 from .data import (SAMPLING, CachedImages, choose_splits, decode, default_workers, epoch_sampler, normalize,
                    resampled_counts)
 from .model import (Network, backbone_state, backbone_units, build_network, frozen_count, head_name, param_groups,
                     set_trainable, train_mode)
 
-MODEL_FILE = "finetuned.pt"
+MODEL_FILE = FINETUNED_MODEL  # classify.runs tells the kinds of run apart by it
 BACKBONE_FILE = FINETUNED_BACKBONE  # torchvision key naming, loads with extract --weights
 EPOCH_LOG = "epochs.jsonl"
 CURVE = "learning_curve.png"
-OPTIMIZERS = ("sgd", "adamw")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FORMAT_VERSION = 1
 FEW_IMAGES = 5  # a class with fewer training images than this, each weighing
 HEAVY = 4.0  # this many times an image of the lightest class or more, is named in a warning
@@ -95,9 +96,7 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     prep = preprocess_config(bb, resize, crop)
     listing = list_images(images, path_column=path_column, label_column=label_column, split_column=split_column)
     labeled = listing.labels >= 0
-    if len(set(listing.labels[labeled].tolist())) < 2:
-        raise ValueError(f"{images}: fine-tuning needs labeled images of at least two classes "
-                         f"(found {len(set(listing.labels[labeled].tolist()))})")
+    require_two_classes(listing.labels, listing.class_names, str(images))
     parse_class_weight(class_weight, listing.class_names)  # names checked before any work
     config = {**options, "images": str(listing.root), "images_fingerprint": _fingerprint(listing),
               "class_names": listing.class_names, "preprocess": prep}
@@ -119,36 +118,12 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
         return _finish(trainer, out, bb, winfo, listing, splits, data, options, prep, log)
 
 
-def check_options(*, backbone: str, freeze, freeze_until, epochs, lp_epochs, batch_size, lr, backbone_lr_mult,
-                  weight_decay, warmup_epochs, label_smoothing, optimizer, momentum, sampling, val_fraction,
-                  test_fraction, patience, resize, crop, max_train_images, precision, **_) -> None:
-    """Fail in one line on a bad option, before images are read or a network is loaded."""
-    checks = [
-        (freeze is None or 0 <= freeze <= 1, f"--freeze must be between 0 and 1 (1 = linear probe), not {freeze}"),
-        (isinstance(epochs, int) and epochs >= 1, f"--epochs must be a whole number >= 1, not {epochs}"),
-        (isinstance(lp_epochs, int) and lp_epochs >= 0, f"--lp-epochs must be a whole number >= 0, not {lp_epochs}"),
-        (batch_size >= 1, f"--batch-size must be >= 1, not {batch_size}"),
-        (lr > 0, f"--lr must be positive, not {lr}"),
-        (backbone_lr_mult >= 0, f"--backbone-lr-mult must be >= 0, not {backbone_lr_mult}"),
-        (weight_decay >= 0, f"--weight-decay must be >= 0, not {weight_decay}"),
-        (warmup_epochs >= 0, f"--warmup-epochs must be >= 0, not {warmup_epochs}"),
-        (0 <= label_smoothing < 1, f"--label-smoothing must be in [0, 1), not {label_smoothing}"),
-        (optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {optimizer!r}"),
-        (0 <= momentum < 1, f"--momentum must be in [0, 1), not {momentum}"),
-        (sampling in SAMPLING, f"--sampling must be one of {', '.join(SAMPLING)}, not {sampling!r}"),
-        (0 <= val_fraction < 1, f"--val-fraction must be in [0, 1), not {val_fraction}"),
-        (test_fraction is None or 0 < test_fraction < 1, f"--test-fraction must be in (0, 1), not {test_fraction}"),
-        (patience is None or patience >= 1, f"--patience must be >= 1, not {patience}"),
-        (resize is None or resize >= 8, f"--resize must be >= 8, not {resize}"),
-        (crop is None or crop >= 8, f"--crop must be >= 8, not {crop}"),
-        (max_train_images is None or max_train_images >= 2, f"max_train_images must be >= 2, not {max_train_images}"),
-        (precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-    bb = get_backbone(backbone)
+def check_options(*, backbone: str, freeze_until, **options) -> None:
+    """Fail in one line on a bad option, before images are read or a network is loaded: the declared
+    ranges (``options.check_options``), then ``freeze_until`` against the architecture."""
+    options_module.check_options({"backbone": backbone, **options})
     if freeze_until is not None:
+        bb = get_backbone(backbone)
         with torch.device("meta"):  # the architecture only: no memory, no weights
             model = bb.build()
         frozen_count(backbone_units(model, head_name(model)), None, freeze_until, bb)

@@ -1,0 +1,54 @@
+"""Run folders of either kind, told apart by their files: a codes model (``cnncodes classify``:
+model.joblib) or a fine-tuned network (``cnncodes finetune``: finetuned.pt).
+
+``load_run_model`` and ``predict_run`` choose here, for the command line and the Python API alike.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from extract.names import FINETUNED_MODEL
+
+from .model_io import _is_hdf5
+
+CODES_SUFFIXES = (".h5", ".hdf5")
+
+
+def is_finetuned_run(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` (or the file it names) is a fine-tuned network written by finetune."""
+    path = Path(run_dir)
+    return (path / FINETUNED_MODEL).is_file() if path.is_dir() else path.name == FINETUNED_MODEL and path.is_file()
+
+
+def is_codes_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a codes file (by its suffix, or an HDF5 file by its first bytes), not an image."""
+    path = Path(path)
+    return path.is_file() and (path.suffix.lower() in CODES_SUFFIXES or _is_hdf5(path))
+
+
+def load_run_model(run_dir: str | os.PathLike) -> dict:
+    """The model of a run folder of either kind, with ``kind`` ("codes" or "finetuned") and ``class_names``.
+
+    A codes model is classify's bundle (``pipeline``: the fitted scikit-learn pipeline, checksum
+    verified); a fine-tuned run is finetune's bundle with ``network``, the torch module in eval mode.
+    """
+    if is_finetuned_run(run_dir):
+        from finetune.predict import load_network
+
+        network, bundle = load_network(run_dir)
+        return {**bundle, "kind": "finetuned", "network": network}
+    from .model_io import load_model
+
+    return {**load_model(run_dir), "kind": "codes"}
+
+
+def predict_run(run_dir: str | os.PathLike, images: str | os.PathLike | Sequence[str | os.PathLike],
+                out_csv: str | os.PathLike, **options) -> dict:
+    """Predict ``images`` with the run's recipe, whichever kind of run ``run_dir`` is (see the two predict_images)."""
+    if is_finetuned_run(run_dir):
+        from finetune.predict import predict_images
+    else:
+        from .predict import predict_images
+    return predict_images(run_dir, images, out_csv, **options)

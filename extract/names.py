@@ -1,0 +1,19 @@
+"""Names cnncodes recognizes, torch-free so that a command checks its input before torch loads: the
+backbones, and the files that tell what a run folder holds."""
+from __future__ import annotations
+
+from .errors import UsageError
+
+CODES_MODEL = "model.joblib"  # `cnncodes classify`: the scikit-learn model
+FINETUNED_MODEL = "finetuned.pt"  # `cnncodes finetune`: the network with its new head, for predict
+# `cnncodes finetune`: the tuned backbone in torchvision's key naming, with the stock ImageNet classifier kept
+# in place of the new head, so that it loads strictly like the original checkpoint (extract --weights)
+FINETUNED_BACKBONE = "backbone.pth"
+BACKBONE_NAMES = ("mobilenet_v2", "alexnet", "vgg16", "resnet18", "resnet50")  # backbones.BACKBONES' keys
+
+
+def check_backbone(name: str) -> str:
+    """``name`` if it is a known backbone, else a UsageError listing the known ones."""
+    if name not in BACKBONE_NAMES:
+        raise UsageError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONE_NAMES))}")
+    return name
