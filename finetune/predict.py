@@ -13,6 +13,7 @@ from torch import nn
 
 from classify.fileio import write_files
 from classify.predict import evaluate_known
+from extract.outputs import guards_output
 from extract.backbones import get_backbone
 from extract.device import pick_device
 from extract.reader import list_images
@@ -43,11 +44,14 @@ def load_network(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
     return model.eval(), bundle
 
 
+@guards_output("out_csv", images="images", folder=False, run="run_dir")
 def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out_csv: str | os.PathLike, *,
                    device: str = "auto", precision: str = "auto", batch_size: int | None = None,
                    workers: int | None = None, progress: bool = True, threshold: float | None = None,
-                   **_ignored) -> dict:
+                   overwrite: bool = False, **_ignored) -> dict:
     """Preprocess ``images`` (folder tree, CSV manifest) as the run did for evaluation, and predict.
+
+    An existing ``out_csv`` is replaced only with ``overwrite``, and never a file of ``run_dir``.
 
     Unreadable images get an empty prediction and their error. Labeled images whose class the model
     knows get a ``true`` column and are scored (accuracy, balanced accuracy).

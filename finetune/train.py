@@ -31,6 +31,7 @@ from classify.models import parse_class_weight
 from classify.report import binary_metrics, evaluate, report_files, summarize
 from extract.backbones import get_backbone
 from extract.device import pick_device
+from extract.outputs import guards_output
 from extract.reader import list_images
 from extract.recipe import make_recipe, preprocess_config
 from extract.taps import resolve_taps
@@ -55,6 +56,7 @@ class FinetuneInterrupted(Exception):
     """Ctrl-C during a run; the message says what is saved and how to resume."""
 
 
+@guards_output("out_dir", images="images", resumes=checkpoint.exists)  # a rerun of the same command resumes
 def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, backbone: str = "mobilenet_v2",
                     weights: str | None = None, freeze: float | None = 1 / 3, freeze_until: str | None = None,
                     epochs: int = 6, lp_epochs: int = 0, batch_size: int = 32, lr: float = 0.01,
