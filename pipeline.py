@@ -435,7 +435,8 @@ def _add_advise_parser(sub) -> None:
                    help="also score the most plausible options side by side: the linear probes, and a 3-epoch "
                         "fine-tune on at most --sample images, validated on a share of the training images")
     p.add_argument("--out", metavar="DIR", help="keep advice.json, advice.txt and the --try fine-tune here")
-    p.add_argument("--overwrite", action="store_true", help="replace what DIR holds already")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a DIR that holds files already (its advice files are replaced)")
     p.add_argument("--json", action="store_true", help="print the advice as JSON (for scripts)")
     p.add_argument("--seed", type=int, default=0, help="seed for the sample, folds and fine-tune (default: 0)")
     g = p.add_argument_group("backbone")
