@@ -111,7 +111,8 @@ def predict(run_dir: PathLike, source: PathLike | Sequence[PathLike], out_csv: P
     """Predict a codes file, an image folder, image files...; writes ``out_csv`` and returns a summary.
 
     Images are extracted with exactly the model's recipe first. ``options``: threshold, positive,
-    codes_out, weights, device, precision, batch_size, workers, progress.
+    codes_out, weights, device, precision, batch_size, workers, progress, overwrite (replace an
+    existing ``out_csv``; never a file of ``run_dir``).
     """
     from classify.predict import predict_images
 

@@ -128,6 +128,9 @@ def test_finetune_resumes_its_own_folder_and_refuses_another_runs(tmp_path, caps
     out = tmp_path / "ft"
     assert _main(capsys, "finetune", images, "--out", out, *FT)[0] == 0
     assert _main(capsys, "finetune", images, "--out", out, *FT)[0] == 0  # the same run: it resumes (done already)
+    report = (out / "report.json").read_bytes()
+    code, err = _main(capsys, "predict", out, images, "-o", out / "report.json", "--overwrite", "--quiet")
+    assert code == 2 and "is a file of the run" in err and (out / "report.json").read_bytes() == report
     _, run = codes_run
     model = (run / "model.joblib").read_bytes()
     code, err = _main(capsys, "finetune", images, "--out", run, *FT)
