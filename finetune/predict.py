@@ -13,9 +13,9 @@ from torch import nn
 
 from classify.fileio import write_files
 from classify.predict import evaluate_known
-from extract.outputs import guards_output
 from extract.backbones import get_backbone
 from extract.device import pick_device
+from extract.outputs import guards_output
 from extract.reader import list_images
 
 from .data import decode, default_workers
