@@ -73,11 +73,11 @@ def claim_output(out: str | os.PathLike, *, images: Sources = None, overwrite: b
     run_dir = None if run is None else Path(run) if Path(run).is_dir() else Path(run).parent
     created = _missing_folders(out.resolve() if folder else out.resolve().parent)
     try:
-        out.resolve().parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(out.resolve().parent)
         with output_lock(out.resolve(), by="run"):
             refuse_replacing(out, folder=folder, overwrite=overwrite, resumes=resumes, run=run_dir)
             if folder:
-                out.mkdir(exist_ok=True)
+                _make_folder(out)
             yield out
     except BaseException:
         for made in reversed(created):  # innermost first; stops at the first that holds something
@@ -113,6 +113,13 @@ def guards_output(out: str, *, images: str | None = None, folder: bool = True,
                 return func(*args, **kwargs)
         return guarded
     return decorate
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot write to output directory {folder}: {err.strerror or err}") from None
 
 
 def _missing_folders(folder: Path) -> list[Path]:
