@@ -66,7 +66,8 @@ def claim_output(out: str | os.PathLike, *, images: Sources = None, overwrite: b
 
     ``resumes(out)``: True when ``out`` holds this same run, which carries on; ``run``: the run folder
     (or its model file) being read, whose files are never replaced. Raises ValueError, or
-    ExtractionError naming the process writing ``out`` now, before anything is created.
+    ExtractionError naming the process writing ``out`` now; the folders it made are removed again
+    when the block fails before writing into them.
     """
     out = Path(out)
     refuse_inside_images(out, images)
