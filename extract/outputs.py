@@ -33,7 +33,7 @@ def refuse_inside_images(out: str | os.PathLike, images: Sources) -> None:
     target = Path(out).resolve()
     for source in [] if images is None else [images] if isinstance(images, (str, os.PathLike)) else images:
         folder = Path(source).resolve()
-        if folder.is_dir() and (target == folder or folder in target.parents):
+        if os.path.isdir(folder) and (target == folder or folder in target.parents):  # isdir: never raises
             raise ValueError(f"{out} is inside the image folder {source}: its files would be read as images on the "
                              "next run; choose an output outside it")
 
