@@ -165,7 +165,8 @@ def predict(run_dir: PathLike, source: PathLike | Sequence[PathLike], out_csv: P
 
     ``run_dir`` is a ``classify`` run (images are extracted with exactly the model's recipe first) or a
     ``finetune`` run (the network predicts the images). ``options``: threshold, positive, codes_out,
-    weights, device, precision, batch_size, workers, quiet, path_column, label_column, split_column.
+    weights, device, precision, batch_size, workers, quiet, path_column, label_column, split_column,
+    overwrite (replace an existing ``out_csv``; never a file of ``run_dir``).
     """
     from classify.runs import predict_run
 

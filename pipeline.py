@@ -294,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "collection, as for extract)")
     p.add_argument("-o", "--out", required=True, help="CSV file to write")
     p.add_argument("--codes-out", help="keep the extracted codes in this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (never a file of RUN_DIR)")
     p.add_argument("--weights", help="checkpoint file, when the model's weights are not found the usual way")
     p.add_argument("--threshold", type=float, metavar="T",
                    help="two-class models: predict the positive class when its probability (prob_<class>; else its "
@@ -475,6 +476,8 @@ def _add_advise_parser(sub) -> None:
                    help="also score the most plausible options side by side: the linear probes, and a 3-epoch "
                         "fine-tune on at most --sample images, validated on a share of the training images")
     p.add_argument("--out", metavar="DIR", help="keep advice.json, advice.txt and the --try fine-tune here")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a DIR that holds files already (its advice files are replaced)")
     p.add_argument("--json", action="store_true", help="print the advice as JSON (for scripts)")
     p.add_argument("--seed", type=int, default=0, help="seed for the sample, folds and fine-tune (default: 0)")
     g = p.add_argument_group("backbone")
@@ -493,18 +496,12 @@ def cmd_advise(args: argparse.Namespace) -> int:
     import json
 
     from advise import advise_images, format_advice
-    from classify.fileio import ensure_writable, write_files
 
-    if args.out:
-        ensure_writable(args.out)
     advice = advise_images(args.images, backbone=args.backbone, weights=args.weights, sample=args.sample,
                            seed=args.seed, resize=args.resize, crop=args.crop, device=args.device,
                            precision=args.precision, batch_size=args.batch_size, workers=args.workers, try_options=args.try_options,
-                           out_dir=args.out, progress=not args.quiet, **_column_kwargs(args))
-    text, as_json = format_advice(advice), json.dumps(advice, indent=2)
-    if args.out:
-        write_files(args.out, {"advice.json": as_json + "\n", "advice.txt": text + "\n"})
-    print(as_json if args.json else text)
+                           out_dir=args.out, progress=not args.quiet, overwrite=args.overwrite, **_column_kwargs(args))
+    print(json.dumps(advice, indent=2) if args.json else format_advice(advice))
     return EXIT_OK
 
 
@@ -552,14 +549,6 @@ def cmd_assemble(args: argparse.Namespace) -> int:
 
     print(f"wrote {args.out}" if assemble_codes(args.out) else f"{args.out} is complete: nothing to assemble")
     return EXIT_OK
-
-
-def _refuse_out_in_images(out: Path, images: str) -> None:
-    """run's --out must not be the image folder or inside it: its reports (confusion.png) would become images."""
-    images_dir = Path(images).resolve()
-    if images_dir.is_dir() and (out.resolve() == images_dir or images_dir in out.resolve().parents):
-        raise ValueError(f"--out {out} is inside the image folder {images}: its reports would be read as images "
-                         "on the next run; choose a folder outside it")
 
 
 def _none_usable(result, command: str) -> bool:
@@ -708,7 +697,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     result = predict_run(args.run_dir, _one_or_list(args.images), args.out, codes_out=args.codes_out,
                          weights=args.weights, threshold=args.threshold, positive=args.positive,
                          device=args.device, precision=args.precision, batch_size=args.batch_size,
-                         workers=args.workers, progress=not args.quiet, **_column_kwargs(args))
+                         workers=args.workers, progress=not args.quiet, overwrite=args.overwrite,
+                         **_column_kwargs(args))
     counts = ", ".join(f"{name}: {n}" for name, n in sorted(result["predicted_counts"].items()))
     print(f"wrote {result['out_csv']}: {result['n_predicted']} of {result['n_rows']} images predicted ({counts})")
     if result.get("threshold"):
@@ -739,10 +729,10 @@ def _print_evaluation(evaluation: dict | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from classify import classify_codes, compare, summarize
     from classify.data import require_two_classes
     from classify.stream import parse_size
     from classify.train import check_options
+    from extract.outputs import claim_output
     from extract.reader import list_images
 
     layers, classifiers = _layer_runs(args.layers), _split(args.classifiers)
@@ -757,10 +747,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     listing = list_images(args.images, **_column_kwargs(args))  # the class count, before torch loads and the long extraction
     require_two_classes(listing.labels, listing.class_names, args.images)
     _check_preprocess(args)
-    out = Path(args.out)
-    _refuse_out_in_images(out, args.images)
-    out.mkdir(parents=True, exist_ok=True)
-    from extract import extract_codes  # torch loads here, once the options and the images are checked
+    with claim_output(args.out, images=args.images, overwrite=args.overwrite,
+                      resumes=lambda out: any(out.glob("codes.h5*"))) as out:  # a rerun updates its own folder
+        return _run_into(out, args, layers, classifiers, samplings)
+
+
+def _run_into(out: Path, args: argparse.Namespace, layers: list[list[str]], classifiers: list[str],
+              samplings: list[str]) -> int:
+    from classify import classify_codes, compare, summarize
+    from extract import extract_codes
 
     codes = out / "codes.h5"
     result = extract_codes(args.images, codes, overwrite=args.overwrite, update=args.update,

@@ -2,11 +2,14 @@
 recommend the commands for it (and with ``try_options``, score the most plausible ones)."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 
+from classify.fileio import write_files
 from extract import ExtractionInterrupted, get_backbone
+from extract.outputs import guards_output
 from extract.reader import list_images
 from extract.weights import locate_weights
 
@@ -19,18 +22,20 @@ MIN_SAMPLE = 10
 __all__ = ["advise_images", "format_advice", "MIN_SAMPLE"]
 
 
+@guards_output("out_dir", images="images")
 def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", weights: str | None = None,
                   sample: int = evidence.DEFAULT_SAMPLE, seed: int = 0, resize: int | None = None,
                   crop: int | None = None, device: str = "auto", precision: str = "auto",
                   batch_size: int | None = None,
                   workers: int | None = None, try_options: bool = False, out_dir: str | os.PathLike | None = None,
                   progress: bool = True, path_column: str | None = None, label_column: str | None = None,
-                  split_column: str | None = None) -> dict:
+                  split_column: str | None = None, overwrite: bool = False) -> dict:
     """Advise on ``images`` (folder tree or CSV manifest): returns the advice dict (see report.build_advice).
 
     One backbone pass over a stratified sample of at most ``sample`` training images. ``try_options``
     also runs a short fine-tune (into ``out_dir``/try-finetune-F when given, else a temporary folder).
     ``*_column`` name a manifest's columns (extract.reader.list_images) and are carried into the commands.
+    ``out_dir`` also keeps advice.json and advice.txt; a folder holding files is refused unless ``overwrite``.
     Raises ValueError with a one-line message for unusable input, before any long work.
     """
     started = time.perf_counter()
@@ -71,9 +76,13 @@ def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", 
         trials = trial.probe_rows(similarity) + [trial.finetune_row(
             listing, rows, number, out_dir=out_dir, max_images=sample, log=log, backbone=backbone, weights=weights,
             seed=seed, device=device, resize=resize, crop=crop, workers=workers, progress=progress)]
-    return build_advice(images=str(images), backbone=backbone, weights=weights, size=size, similarity=similarity,
-                        parts=parts, scenario=number, recommendations=recommendations, trials=trials,
-                        seconds=time.perf_counter() - started)
+    advice = build_advice(images=str(images), backbone=backbone, weights=weights, size=size, similarity=similarity,
+                          parts=parts, scenario=number, recommendations=recommendations, trials=trials,
+                          seconds=time.perf_counter() - started)
+    if out_dir is not None:
+        write_files(out_dir, {"advice.json": json.dumps(advice, indent=2) + "\n",
+                              "advice.txt": format_advice(advice) + "\n"})
+    return advice
 
 
 def _logger(progress: bool):

@@ -8,10 +8,11 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from extract.outputs import guards_output
+
 from .data import codes_shape, file_taps, load_dataset, parse_layer_sets, resolve_layers
 from .fileio import ensure_writable, write_files
 from .models import DEFAULT_NORMALIZE
-from .model_io import refuse_existing_runs
 from . import stream, train
 from .stream import check_streamable, classify_streamed, should_stream
 from .train import check_max_iter, check_options, fit_and_report, make_logger
@@ -22,6 +23,7 @@ COLUMNS = ("rank", "classifier", "layers", "balanced_accuracy", "macro_f1", "acc
            "sampling", "minority_class", "minority_recall")  # added last, so older readers keep working
 
 
+@guards_output("out_dir")
 def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: Sequence[str] = DEFAULT_CLASSIFIERS,
             layers: str | Sequence[str | Sequence[str]] | None = None, normalize: str = DEFAULT_NORMALIZE,
             C: float | None = None, class_weight: str | dict | None = "balanced",
@@ -61,7 +63,6 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
         for name in classifiers:
             for mode in samplings:
                 check_streamable(name, mode)
-    refuse_existing_runs(out_dir, overwrite)  # per-run models and the table are replaced only when asked
     out_dir = ensure_writable(out_dir)
     log = make_logger(False)
     dims = [codes_shape(codes, layer_set)[1] for layer_set in layer_sets]

@@ -32,24 +32,6 @@ def model_path(path_or_run_dir: str | os.PathLike) -> Path:
     return path / MODEL_NAME if path.is_dir() else path
 
 
-def refuse_existing_model(out_dir: str | os.PathLike, overwrite: bool) -> None:
-    """A run folder that already holds a model is only replaced when asked (``overwrite``)."""
-    existing = Path(out_dir) / MODEL_NAME
-    if existing.exists() and not overwrite:
-        raise ValueError(f"{out_dir} already holds a trained model ({MODEL_NAME}); choose another output folder "
-                         "or pass --overwrite (overwrite=True) to replace it")
-
-
-def refuse_existing_runs(out_dir: str | os.PathLike, overwrite: bool) -> None:
-    """A compare folder that already holds a table or per-run models is only replaced when asked."""
-    out_dir = Path(out_dir)
-    taken = sorted(p.parent.name for p in out_dir.glob(f"*/{MODEL_NAME}"))
-    if (taken or (out_dir / "compare.csv").exists()) and not overwrite:
-        listed = ", ".join(taken[:4]) + (", ..." if len(taken) > 4 else "")
-        raise ValueError(f"{out_dir} already holds a comparison{f' ({listed})' if listed else ''}; choose another "
-                         "output folder or pass --overwrite (overwrite=True) to replace it")
-
-
 def load_model(path_or_run_dir: str | os.PathLike) -> dict:
     """Verify the SHA-256 sidecar, then unpickle the model bundle (ValueError if anything is off)."""
     path = model_path(path_or_run_dir)

@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from extract.codesfile import check_recipe
 from extract.errors import UsageError
+from extract.outputs import guards_output
 
 from .data import class_names_of, file_meta, file_taps, layer_recipe, load
 from .fileio import write_files
@@ -23,8 +24,9 @@ from .runs import is_codes_file
 from .stream import PREDICT_MEMORY_FACTOR, predict_streamed, should_stream
 
 
+@guards_output("out_csv", folder=False, run="run_dir")
 def predict_codes(run_dir: str | os.PathLike, codes_path: str | os.PathLike, out_csv: str | os.PathLike, *,
-                  threshold: float | None = None, positive: str | None = None) -> dict:
+                  threshold: float | None = None, positive: str | None = None, overwrite: bool = False) -> dict:
     """Write ``path, predicted, [true,] score_<class>..., [prob_<class>...,] error`` for every row.
 
     The codes file must have been extracted with the model's recipe for the taps the model uses
@@ -34,7 +36,8 @@ def predict_codes(run_dir: str | os.PathLike, codes_path: str | os.PathLike, out
     svm). For two classes, ``threshold`` predicts ``positive`` (default: the second class) when its
     probability (else its score) is at least the threshold. Rows labelled with classes the model
     knows get a ``true`` column and are scored (accuracy, balanced accuracy). Rows whose image
-    failed (or whose codes are not finite) get an empty prediction and their error.
+    failed (or whose codes are not finite) get an empty prediction and their error. An existing
+    ``out_csv`` is replaced only with ``overwrite``, and never a file of ``run_dir``.
     """
     bundle = load_model(run_dir)
     rule = threshold_rule(bundle, threshold, positive)
@@ -62,6 +65,9 @@ def predict_codes(run_dir: str | os.PathLike, codes_path: str | os.PathLike, out
             "probabilities": pred.probs is not None,
             "threshold": threshold_entry(rule, threshold),
             "evaluation": evaluate_known(true, pred.predicted, good, known)}
+
+
+_predict_codes = predict_codes.__wrapped__  # unguarded, for predict_images, which holds the guard already
 
 
 @dataclass
@@ -207,10 +213,11 @@ def extraction_settings(recipe: dict) -> dict:
             "weights": "random" if recipe.get("weights_sha256") == "random" else None}
 
 
+@guards_output("out_csv", images="images", folder=False, run="run_dir")
 def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike | Sequence[str | os.PathLike],
                    out_csv: str | os.PathLike, *, codes_out: str | os.PathLike | None = None,
                    weights: str | None = None, threshold: float | None = None, positive: str | None = None,
-                   **run_options) -> dict:
+                   overwrite: bool = False, **run_options) -> dict:
     """Extract ``images`` with exactly the model's recipe, then predict (see predict_codes).
 
     ``images``: a folder, a CSV manifest, an image file, or a list of image files and folders
@@ -228,7 +235,7 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike | Seque
     if codes_files:
         if len(sources) > 1:
             raise ValueError(f"{codes_files[0]} is a codes file: give it alone, not with other images")
-        return predict_codes(run_dir, sources[0], out_csv, threshold=threshold, positive=positive)
+        return _predict_codes(run_dir, sources[0], out_csv, threshold=threshold, positive=positive)
     bundle = load_model(run_dir)
     threshold_rule(bundle, threshold, positive)
     recipe = bundle["layer_recipe"]
@@ -239,5 +246,5 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike | Seque
         codes = Path(codes_out) if codes_out else Path(tmp) / "codes.h5"
         extraction = extract_codes(sources[0] if len(sources) == 1 else sources, codes, expected_recipe=recipe,
                                    **settings, **run_options)
-        result = predict_codes(run_dir, codes, out_csv, threshold=threshold, positive=positive)
+        result = _predict_codes(run_dir, codes, out_csv, threshold=threshold, positive=positive)
     return {**result, "failures": extraction.failures, "codes": str(codes_out or "")}

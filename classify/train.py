@@ -22,9 +22,11 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import GridSearchCV
 from threadpoolctl import threadpool_limits
 
+from extract.outputs import guards_output
+
 from .data import Dataset, check_training_set, cv_sample, cv_splitter, layer_recipe, load_dataset
 from .fileio import ensure_writable, write_files
-from .model_io import model_files, refuse_existing_model
+from .model_io import model_files
 from .models import (DEFAULT_NORMALIZE, NORMALIZE, SAMPLING, build_pipeline, classifier_spec, param_grid,
                      parse_class_weight)
 from .report import binary_metrics, evaluate, missing_test_classes, positive_scores, report_files, summarize
@@ -37,6 +39,7 @@ CV_MAX_ROWS = 20_000
 CALIBRATION_FOLDS = 3  # sigmoid calibration folds inside the training split (fewer when a class is smaller)
 
 
+@guards_output("out_dir")
 def classify_codes(codes: str | os.PathLike, out_dir: str | os.PathLike, layers: str | Sequence[str] | None = None,
                    classifier: str = "svm", normalize: str = DEFAULT_NORMALIZE, C: float | None = None,
                    class_weight: str | dict | None = "balanced", sampling: str = "none",
@@ -62,7 +65,6 @@ def classify_codes(codes: str | os.PathLike, out_dir: str | os.PathLike, layers:
     """
     check_options(classifier, normalize, sampling)
     check_max_iter(max_iter)
-    refuse_existing_model(out_dir, overwrite)
     out_dir = ensure_writable(out_dir)
     log = make_logger(progress)
     if should_stream(codes, layers, max_memory):

@@ -52,20 +52,20 @@ class OutputLock:
 
 
 @contextmanager
-def output_lock(out: Path, shard: int | None = None) -> Iterator[OutputLock]:
+def output_lock(out: Path, shard: int | None = None, by: str = "extraction") -> Iterator[OutputLock]:
     """Hold the lock of ``out`` (``shard`` None: the whole output; r: shard r; JOINER: the job shared)
-    for the block; ExtractionError naming the holder when another process has it."""
+    for the block; ExtractionError naming the holder (another ``by``) when another process has it."""
     path = lock_path(out)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if shard is None:
-                _take(fd, fcntl.LOCK_EX, 0, 0, f"{out} is being written by another extraction")
+                _take(fd, fcntl.LOCK_EX, 0, 0, f"{out} is being written by another {by}")
             else:
-                _take(fd, fcntl.LOCK_SH, SLOT, JOB * SLOT, f"{out} is being written by another extraction")
+                _take(fd, fcntl.LOCK_SH, SLOT, JOB * SLOT, f"{out} is being written by another {by}")
                 if shard >= 0:
                     _take(fd, fcntl.LOCK_EX, SLOT, (2 + shard) * SLOT,
-                          f"shard {shard} of {out} is being written by another extraction")
+                          f"shard {shard} of {out} is being written by another {by}")
         except BaseException:
             os.close(fd)
             raise
@@ -90,7 +90,7 @@ def _take(fd: int, how: int, length: int, start: int, refusal: str) -> None:
         if err.errno not in (errno.EACCES, errno.EAGAIN):
             raise
         raise ExtractionError(f"{refusal} ({_read_holder(fd, start // SLOT)}); wait for it to finish, "
-                              "or write to another file") from None
+                              "or write elsewhere") from None
 
 
 def _release(fd: int, path: Path, whole: bool) -> None:

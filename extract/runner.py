@@ -23,6 +23,7 @@ from .device import pick_device, pick_precision, usable_cpus
 from .errors import ExtractionError, ExtractionInterrupted  # noqa: F401  (re-exported)
 from .inference import default_batch_size, make_computer
 from .lock import output_lock
+from .outputs import refuse_inside_images
 from .network import prepare
 from .plan import fresh, ignored_note, plan_job
 from .reader import list_images
@@ -111,6 +112,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     ``path_column``, ``label_column``, ``split_column`` name a manifest's columns (reader.list_images).
     """
     out = Path(out)
+    refuse_inside_images(out, source)
     writer.check_writable(out)
     if dtype not in ("float32", "float16"):
         raise ValueError(f"--dtype must be float32 or float16, not {dtype!r}")

@@ -49,6 +49,11 @@ def save(run_dir: Path, state: dict) -> None:
     write_files(run_dir, {CHECKPOINT: lambda path: torch.save(state, path)})
 
 
+def exists(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a fine-tuning run's checkpoint (a run that a rerun resumes)."""
+    return (Path(run_dir) / CHECKPOINT).is_file()
+
+
 def load(run_dir: Path) -> dict | None:
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():

@@ -18,6 +18,7 @@ from classify.runs import is_codes_file, is_finetuned_run  # noqa: F401  (is_fin
 from extract.backbones import get_backbone
 from extract.device import pick_device
 from extract.errors import UsageError
+from extract.outputs import guards_output
 from extract.reader import list_images
 
 from .data import decode, default_workers
@@ -40,19 +41,21 @@ def load_network(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
     return model.eval(), bundle
 
 
+@guards_output("out_csv", images="images", folder=False, run="run_dir")
 def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike | Sequence[str | os.PathLike],
                    out_csv: str | os.PathLike, *, threshold: float | None = None, positive: str | None = None,
                    device: str = "auto", precision: str = "auto", batch_size: int | None = None,
                    workers: int | None = None, progress: bool = True, codes_out: str | None = None,
                    weights: str | None = None, path_column: str | None = None, label_column: str | None = None,
-                   split_column: str | None = None) -> dict:
+                   split_column: str | None = None, overwrite: bool = False) -> dict:
     """Preprocess ``images`` (folder tree, CSV manifest, image files) as the run did for evaluation, and predict.
 
     Two classes: ``threshold`` predicts ``positive`` (default: the second class) when its probability
     is at least the threshold (classify.predict.binary_rule). Unreadable images get an empty
     prediction and their error. Labeled images whose class the model knows get a ``true`` column and
     are scored (accuracy, balanced accuracy). The network has no codes step: a codes file, or
-    ``codes_out`` / ``weights``, is refused before any work.
+    ``codes_out`` / ``weights``, is refused before any work. An existing ``out_csv`` is replaced only
+    with ``overwrite``, and never a file of ``run_dir``.
     """
     _refuse_codes(run_dir, images, codes_out=codes_out, weights=weights)
     listing = list_images(images, path_column=path_column, label_column=label_column, split_column=split_column)

@@ -33,6 +33,7 @@ from classify.report import binary_metrics, evaluate, missing_test_classes, repo
 from extract.backbones import get_backbone
 from extract.names import FINETUNED_MODEL
 from extract.device import pick_device
+from extract.outputs import guards_output
 from extract.reader import list_images
 from extract.recipe import make_recipe, preprocess_config
 from extract.taps import resolve_taps
@@ -59,6 +60,7 @@ class FinetuneInterrupted(Exception):
     """Ctrl-C during a run; the message says what is saved and how to resume."""
 
 
+@guards_output("out_dir", images="images", resumes=checkpoint.exists)  # a rerun of the same command resumes
 def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, backbone: str = "mobilenet_v2",
                     weights: str | None = None, freeze: float | None = 1 / 3, freeze_until: str | None = None,
                     epochs: int = 6, lp_epochs: int = 0, batch_size: int = 32, lr: float = 0.01,
