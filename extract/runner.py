@@ -186,7 +186,8 @@ def _open_job(parts_dir: Path, settings: Settings, plan, rank: shards.Shard, res
     digest = parts.job_digest({
         "recipe": meta["recipe"], "part_size": settings.part_size, "dtype": meta["dtype"], "root": str(listing.root),
         "rows": [[listing.paths[i], int(listing.file_size[i]), int(listing.file_mtime_ns[i])] for i in plan.job_rows]})
-    part_plan = parts.plan_parts(parts_dir, digest, len(plan.job_rows), settings.part_size_for(len(plan.job_rows), rank))
+    n_rows = len(plan.job_rows)
+    part_plan = parts.plan_parts(parts_dir, digest, n_rows, settings.part_size_for(n_rows, rank))
     mine = rank.parts(part_plan.n_parts)
     job = parts.Job(digest, part_plan.n_parts, part_plan.part_size, meta, rank.count, settings.part_size)
     done, discarded = parts.open_job(parts_dir, job, listing, plan.job_rows, plan.kept, mine, replace=not rank.sharded)

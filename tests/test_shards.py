@@ -197,6 +197,8 @@ def test_two_shards_of_fewer_images_than_a_part_each_extract_a_part(tmp_path, ca
     capsys.readouterr()
     assert extract_default_parts(source, out, "--shard", "0/2") == 0
     assert "shard 0/2 done: its 1 of the 2 parts are saved" in capsys.readouterr().out and not out.exists()
+    assert extract_default_parts(source, out, "--shard", "1/2", "--part-size", "8") == 2  # the option, not the cut
+    assert "(part size: 512 in the parts, 8 asked for)" in capsys.readouterr().err
     assert extract_default_parts(source, out, "--shard", "1/2") == 0
     assert f"wrote {out}: 20 images, 8 extracted by shard 1/2" in capsys.readouterr().out
     assert_same_rows(reference, out)
