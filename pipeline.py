@@ -574,7 +574,8 @@ def _print_extract_summary(result) -> None:
     elif result.missing_parts:
         pass  # a shard whose file is assembled by another: cmd_extract says so
     else:
-        resumed = f", resumed from {result.resumed_parts} saved part(s)" if result.resumed_parts else ""
+        resumed = (f", {result.n_reused} reused: resumed from {result.resumed_parts} saved part(s)"
+                   if result.resumed_parts else "")
         runtime = f", {result.runtime}" if result.runtime else ""
         done = (f"{result.n_extracted} extracted{f' by shard {result.shard}' if result.shard else ''} in "
                 f"{result.seconds:.1f} s ({result.images_per_second:.1f} images/s{runtime}){resumed}")

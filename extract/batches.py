@@ -117,7 +117,7 @@ class Decoders:
 
     def __init__(self, listing: ImageList, job_rows: list[int], prep: dict, part_size: int, batch_size: int,
                  workers: int, rank_parts, todo: list[int] | None = None):
-        self.job_rows = job_rows
+        self.job_rows, self.part_size = job_rows, part_size
         part_plan = parts.PartPlan(len(job_rows), part_size)
         self.todo = rank_parts(part_plan.n_parts) if todo is None else todo
         dataset = ImageDataset(listing.root, [listing.paths[i] for i in job_rows], prep["resize"], prep["crop"],
@@ -125,6 +125,6 @@ class Decoders:
         rows = batches_of(part_plan, self.todo, batch_size)
         self.batches = decoded_batches(dataset, rows, workers) if rows else iter(())
 
-    def covers(self, job_rows: list[int], todo: list[int]) -> bool:
+    def covers(self, job_rows: list[int], part_size: int, todo: list[int]) -> bool:
         """Whether these are the decoders that the job as planned needs."""
-        return job_rows == self.job_rows and todo == self.todo
+        return job_rows == self.job_rows and part_size == self.part_size and todo == self.todo

@@ -55,6 +55,19 @@ class PartPlan:
         return range(start, min(start + self.part_size, self.n_rows))
 
 
+def part_size_for(n_rows: int, ranks: int, part_size: int, batch_size: int) -> int:
+    """The part size of a job of ``n_rows`` shared by ``ranks`` processes: ``part_size``, made smaller where
+    it would leave a rank without a part (a rank's share runs on its own CPUs or GPU). The candidates: an
+    even share in whole batches, whole batches within the share, then the share itself; the first that
+    gives every rank a part (there being enough rows) wins."""
+    if ranks == 1 or n_rows >= ranks * part_size:
+        return part_size
+    share = -(-n_rows // ranks)
+    batches = (-(-share // batch_size) * batch_size, n_rows // ranks // batch_size * batch_size)
+    return next((size for size in batches if size and -(-n_rows // size) >= min(ranks, n_rows)),
+                max(1, n_rows // ranks))
+
+
 def part_path(parts_dir: Path, part: int) -> Path:
     return parts_dir / f"part-{part:06d}.npz"
 
@@ -68,9 +81,10 @@ class Job:
     part_size: int
     meta: dict
     shards: int = 1  # the shard count of the run that opened the job (for the messages)
+    asked_part_size: int = 0  # --part-size (in whole batches); part_size may be smaller (see part_size_for)
 
     def about(self) -> dict:
-        return {**self.meta["recipe"], "part size": self.part_size, "dtype": self.meta["dtype"],
+        return {**self.meta["recipe"], "part size": self.asked_part_size or self.part_size, "dtype": self.meta["dtype"],
                 "image root": self.meta["image_root"]}
 
 
@@ -80,6 +94,13 @@ def read_job(parts_dir: Path) -> Job | None:
         return Job(**json.loads((parts_dir / JOB_FILE).read_text()))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def plan_parts(parts_dir: Path, digest: str, n_rows: int, part_size: int) -> PartPlan:
+    """The parts of the job ``digest``: as ``job.json`` cut them when a run of the same job (any number of
+    ranks) opened it already, so that its parts are resumed; else of ``part_size`` rows."""
+    found = read_job(parts_dir)
+    return PartPlan(n_rows, found.part_size if found is not None and found.digest == digest else part_size)
 
 
 def open_job(parts_dir: Path, job: Job, listing: ImageList, job_rows: list[int], kept: dict[int, int] | None,

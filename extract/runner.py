@@ -38,11 +38,12 @@ class ExtractResult:
 
     path: Path
     n_images: int
-    n_extracted: int
+    n_extracted: int  # rows this run extracted (its parts saved by an earlier run are n_reused)
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     up_to_date: bool = False
     resumed_parts: int = 0
+    n_reused: int = 0  # rows of the resumed_parts
     notes: list[str] = field(default_factory=list)
     runtime: str = ""  # what computed the codes, e.g. "cpu bf16 openvino, 2 stream(s)"
     shard: str = ""  # "r/n" when this process extracted one shard of the job
@@ -53,6 +54,7 @@ class ExtractResult:
 
     @property
     def images_per_second(self) -> float:
+        """This run's extracted images over this run's time (rows reused from saved parts not counted)."""
         return self.n_extracted / self.seconds if self.seconds > 0 else 0.0
 
 
@@ -79,6 +81,10 @@ class Settings:
         workers = options.workers if options.workers is not None else default_workers(dev, cpus)
         return cls(dev, pick_precision(options.precision, dev), bs, workers, part_size, options.progress,
                    forward_streams(dev, cpus))
+
+    def part_size_for(self, n_rows: int, rank: shards.Shard) -> int:
+        """The part size of a new job of ``n_rows`` shared by ``rank``'s ranks (see parts.part_size_for)."""
+        return parts.part_size_for(n_rows, rank.count, self.part_size, self.batch_size)
 
 
 def default_workers(device: torch.device, cpus: int | None = None) -> int:
@@ -132,10 +138,11 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     parts_dir = parts.parts_dir_for(out)
     with output_lock(out, rank.rank if rank.sharded else None) as held, _gc_frozen():
         started = time.perf_counter()
-        decoders = functools.partial(Decoders, listing, prep=prep, part_size=settings.part_size,
-                                     batch_size=settings.batch_size, workers=settings.workers, rank_parts=rank.parts)
+        decoders = functools.partial(Decoders, listing, prep=prep, batch_size=settings.batch_size,
+                                     workers=settings.workers, rank_parts=rank.parts)
         # a fresh job's decoders start before the network is built: one core would idle meanwhile
-        early = decoders(list(range(len(listing)))) if fresh(out, overwrite, parts_dir) else None
+        early = (decoders(list(range(len(listing))), part_size=settings.part_size_for(len(listing), rank))
+                 if fresh(out, overwrite, parts_dir) else None)
         network = prepare(bb, winfo, list(layers), pool, prep, max_dim, settings.device)
         taps = network.taps
         recipe = Recipe.make(bb, winfo, taps, prep, settings.precision).as_dict()
@@ -150,20 +157,20 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
             if plan.up_to_date:
                 result.up_to_date, result.failures = True, writer.failures_of(out)
                 return result
-            part_plan = parts.PartPlan(len(plan.job_rows), settings.part_size)
-            mine = rank.parts(part_plan.n_parts)
-            done = _open_job(parts_dir, part_plan, plan, mine, rank, result, _file_meta(
+            part_plan, done = _open_job(parts_dir, settings, plan, rank, result, _file_meta(
                 recipe, winfo, listing, settings, dtype), listing)
+        mine = rank.parts(part_plan.n_parts)
         todo = [p for p in mine if p not in done]
         result.resumed_parts, result.n_parts, result.shard_parts = len(mine) - len(todo), part_plan.n_parts, len(mine)
-        result.n_extracted = sum(len(part_plan.rows(p)) for p in mine)
+        result.n_extracted = sum(len(part_plan.rows(p)) for p in todo)
+        result.n_reused = sum(len(part_plan.rows(p)) for p in mine if p not in todo)
         need = writer.bytes_needed(len(listing), taps, dtype)
         writer.check_space(out, 2 * need, need, "the parts and the codes file")
-        if early and not early.covers(plan.job_rows, todo):
+        if early and not early.covers(plan.job_rows, part_plan.part_size, todo):
             early = None  # the job turned out otherwise (a file or parts appeared): those decoders stop
         if todo:
             # the workers decode while the network is converted or loaded
-            decoded = (early or decoders(plan.job_rows, todo=todo)).batches
+            decoded = (early or decoders(plan.job_rows, part_size=part_plan.part_size, todo=todo)).batches
             computer = make_computer(network, prep, settings.device, settings.precision, settings.batch_size,
                                      settings.streams)
             result.runtime = computer.describe()
@@ -175,18 +182,22 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         return result
 
 
-def _open_job(parts_dir: Path, part_plan: parts.PartPlan, plan, mine: list[int], rank: shards.Shard,
-              result: ExtractResult, meta: dict, listing) -> set[int]:
+def _open_job(parts_dir: Path, settings: Settings, plan, rank: shards.Shard, result: ExtractResult, meta: dict,
+              listing) -> tuple[parts.PartPlan, set[int]]:
     """Open the parts folder for this job (its digest is the same for every rank: what the parts
-    hold, never who computes them); the parts finished already."""
+    hold, never who computes them); its parts as cut by the run that opened it (sized for its ranks),
+    and those finished already."""
     digest = parts.job_digest({
-        "recipe": meta["recipe"], "part_size": part_plan.part_size, "dtype": meta["dtype"], "root": str(listing.root),
+        "recipe": meta["recipe"], "part_size": settings.part_size, "dtype": meta["dtype"], "root": str(listing.root),
         "rows": [[listing.paths[i], int(listing.file_size[i]), int(listing.file_mtime_ns[i])] for i in plan.job_rows]})
-    job = parts.Job(digest, part_plan.n_parts, part_plan.part_size, meta, rank.count)
+    n_rows = len(plan.job_rows)
+    part_plan = parts.plan_parts(parts_dir, digest, n_rows, settings.part_size_for(n_rows, rank))
+    mine = rank.parts(part_plan.n_parts)
+    job = parts.Job(digest, part_plan.n_parts, part_plan.part_size, meta, rank.count, settings.part_size)
     done, discarded = parts.open_job(parts_dir, job, listing, plan.job_rows, plan.kept, mine, replace=not rank.sharded)
     if discarded:
         result.notes.append("discarded the parts of an earlier interrupted run made with other settings")
-    return done
+    return part_plan, done
 
 
 @contextmanager

@@ -55,7 +55,8 @@ def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path):
     saved = len(list(parts.parts_dir_for(out).glob("part-*.npz")))
     assert saved >= 1
     done = subprocess.run(cmd[:-1], capture_output=True, text=True, check=True)  # without --quiet
-    assert f"resumed from {saved} saved part(s)" in done.stdout
+    assert f"400 images, {400 - 16 * saved} extracted in " in done.stdout  # resumed rows are not counted as extracted
+    assert f"{16 * saved} reused: resumed from {saved} saved part(s)" in done.stdout
     assert codesfile.is_complete(out) and not parts.parts_dir_for(out).exists()
 
 

@@ -155,19 +155,77 @@ def test_shards_one_after_the_other_the_last_assembles_and_other_options_are_ref
     assert "is up to date" in capsys.readouterr().out
 
 
-def test_more_shards_than_parts_each_finishes_and_the_last_assembles(tmp_path, capsys):
-    source = make_images(tmp_path / "images", 6)
+def test_more_shards_than_images_each_finishes_and_the_last_assembles(tmp_path, capsys):
+    source = make_images(tmp_path / "images", 3)
     reference, out = tmp_path / "reference.h5", tmp_path / "codes.h5"
     assert extract(source, reference) == 0
-    for r in (4, 0, 2, 1):  # parts 0 and 1 belong to shards 0 and 1; 2, 3 and 4 have none
+    for r in (4, 0, 2, 1):  # parts of one image: 0, 1 and 2 belong to shards 0, 1 and 2; 3 and 4 have none
         assert extract(source, out, "--shard", f"{r}/5") == 0
         assert out.exists() == (r == 1)
     said = capsys.readouterr().out
-    assert "shard 4/5 done: its 0 of the 2 parts are saved; 2 part(s) of other shards are missing" in said
-    assert f"wrote {out}: 6 images, 2 extracted by shard 1/5" in said
+    assert "shard 4/5 done: its 0 of the 3 parts are saved; 3 part(s) of other shards are missing" in said
+    assert f"wrote {out}: 3 images, 1 extracted by shard 1/5" in said
     assert_same_rows(reference, out)
     assert extract(source, out, "--shard", "3/5") == 0  # no part, and the file is there
     assert "is up to date" in capsys.readouterr().out
+
+
+def test_every_rank_gets_a_part_when_there_are_as_many_images_as_ranks():
+    """Parts shrink to the ranks' share (in whole batches where a share holds one), never past --part-size."""
+    for n_rows in range(0, 70):
+        for ranks in (1, 2, 3, 5, 8):
+            for part_size, batch in ((512, 4), (8, 4), (16, 16), (3, 1)):
+                size = parts.part_size_for(n_rows, ranks, part_size, batch)
+                plan = parts.PartPlan(n_rows, size)
+                assert 1 <= size <= part_size
+                assert sum(bool(Shard(r, ranks).parts(plan.n_parts)) for r in range(ranks)) == min(ranks, n_rows)
+                assert ranks > 1 or size == part_size  # one process keeps its parts as asked
+    assert parts.part_size_for(20, 2, 512, 4) == 12 and parts.part_size_for(500, 2, 512, 32) == 256
+    assert parts.part_size_for(25, 3, 512, 8) == 8 and parts.part_size_for(2000, 2, 512, 32) == 512
+
+
+def extract_default_parts(source: Path, out: Path, *extra: str) -> int:
+    """As ``extract``, with the default --part-size (512: more than the images)."""
+    i = ARGS.index("--part-size")
+    return pipeline.main(["extract", str(source), "-o", str(out), *ARGS[:i], *ARGS[i + 2:], "--workers", "0", *extra])
+
+
+def test_two_shards_of_fewer_images_than_a_part_each_extract_a_part(tmp_path, capsys):
+    source = make_images(tmp_path / "images", 20)
+    reference, out = tmp_path / "reference.h5", tmp_path / "codes.h5"
+    assert extract_default_parts(source, reference) == 0
+    capsys.readouterr()
+    assert extract_default_parts(source, out, "--shard", "0/2") == 0
+    assert "shard 0/2 done: its 1 of the 2 parts are saved" in capsys.readouterr().out and not out.exists()
+    assert extract_default_parts(source, out, "--shard", "1/2", "--part-size", "8") == 2  # the option, not the cut
+    assert "(part size: 512 in the parts, 8 asked for)" in capsys.readouterr().err
+    assert extract_default_parts(source, out, "--shard", "1/2") == 0
+    assert f"wrote {out}: 20 images, 8 extracted by shard 1/2" in capsys.readouterr().out
+    assert_same_rows(reference, out)
+
+
+def test_a_run_resuming_the_parts_of_shards_counts_only_what_it_extracted(tmp_path, capsys):
+    """One process finishes what shard 0/2 left (the parts as the shards cut them); the rows it reused are
+    reported apart, and its rate counts only the rows it extracted."""
+    from extract import extract_codes
+
+    source = make_images(tmp_path / "images", 20)
+    reference, out = tmp_path / "reference.h5", tmp_path / "codes.h5"
+    assert extract_default_parts(source, reference) == 0
+    assert extract_default_parts(source, out, "--shard", "0/2") == 0
+    capsys.readouterr()
+    assert extract_default_parts(source, out) == 0
+    said = capsys.readouterr().out
+    assert f"wrote {out}: 20 images, 8 extracted in " in said and "12 reused: resumed from 1 saved part(s)" in said
+    assert_same_rows(reference, out)
+
+    out.unlink()
+    assert extract_default_parts(source, out, "--shard", "0/2") == 0
+    result = extract_codes(source, out, weights="random", resize=40, crop=32, device="cpu", precision="fp32",
+                           batch_size=4, workers=0, progress=False)
+    assert (result.n_extracted, result.n_reused, result.resumed_parts) == (8, 12, 1)
+    assert result.images_per_second == pytest.approx(8 / result.seconds)
+    assert_same_rows(reference, out)
 
 
 def wait_for(proc: subprocess.Popen, condition, timeout: float = 300.0) -> None:
