@@ -1,10 +1,30 @@
-"""Classify cached CNN codes: train, compare, evaluate and predict with scikit-learn."""
-from .compare import compare
-from .model_io import load_model
-from .models import CLASSIFIERS, DEFAULT_NORMALIZE
-from .predict import predict_codes
-from .report import summarize
-from .train import classify_codes
+"""Classify cached CNN codes: train, compare, evaluate and predict with scikit-learn.
 
-__all__ = ["classify_codes", "compare", "predict_codes", "load_model", "summarize", "CLASSIFIERS",
-           "DEFAULT_NORMALIZE"]
+Names are imported when first used (PEP 562), so that the command line builds its parser without
+scikit-learn. ``classify.compare`` is the function, also once its module of the same name is imported.
+"""
+import sys
+from importlib import import_module
+from types import ModuleType
+
+_WHERE = {"classify_codes": "train", "compare": "compare", "load_model": "model_io", "predict_codes": "predict",
+          "summarize": "report", "CLASSIFIERS": "models", "DEFAULT_NORMALIZE": "models"}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'classify' has no attribute {name!r}")
+    return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+
+
+class _Package(ModuleType):
+    """Keeps the function ``compare`` when the import system binds the submodule ``classify.compare`` here."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "compare" and isinstance(value, ModuleType):
+            value = value.compare
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
