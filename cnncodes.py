@@ -62,12 +62,11 @@ def extract_codes(source: PathLike | Sequence[PathLike], out: PathLike, **option
     command line. Returns an ExtractResult.
     """
     from extract import extract_codes as _extract
-
-    from pipeline import _tap_names
+    from extract.names import tap_names
 
     options = _keywords(options)
     if isinstance(options.get("layers"), str):  # "a,b" or "a+b", as --layer: the taps to extract
-        options["layers"] = _tap_names([options["layers"]])
+        options["layers"] = tap_names([options["layers"]])
     return _extract(source, out, **options)
 
 

@@ -17,3 +17,10 @@ def check_backbone(name: str) -> str:
     if name not in BACKBONE_NAMES:
         raise UsageError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONE_NAMES))}")
     return name
+
+
+def tap_names(values: list[str] | None) -> tuple[str, ...]:
+    """Every tap named in --layer values (a,b and a+b name two), once each, in order: what one forward pass
+    must extract. Split here rather than by classify.data, whose import would load scikit-learn for extract."""
+    names = (t.strip() for value in (values or ["penultimate"]) for t in value.replace("+", ",").split(","))
+    return tuple(dict.fromkeys(t for t in names if t))

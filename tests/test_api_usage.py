@@ -15,6 +15,7 @@ from conftest import FAST, ROOT, make_tree
 from test_finetune import SMALL, run, start_weights, tree  # noqa: F401  (fixtures: a fine-tuned two-class run)
 
 import cnncodes
+import extract.cli
 import pipeline
 from extract.errors import UsageError
 
@@ -188,7 +189,7 @@ def test_an_unexpected_exception_is_exit_1_with_the_traceback_in_a_file(tmp_path
     def broken(args):
         return {}["missing"]  # a bug, not the user's mistake
 
-    monkeypatch.setattr(pipeline, "cmd_info", broken)
+    monkeypatch.setattr(extract.cli, "cmd_info", broken)
     assert pipeline.main(["info", str(tmp_path / "c.h5")]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("cnncodes info: internal error (a bug")
@@ -201,7 +202,7 @@ def test_usage_errors_stay_exit_2(tmp_path, monkeypatch, capsys):
     def refuses(args):
         raise UsageError("a clear line")
 
-    monkeypatch.setattr(pipeline, "cmd_info", refuses)
+    monkeypatch.setattr(extract.cli, "cmd_info", refuses)
     assert pipeline.main(["info", "x.h5"]) == 2
     assert capsys.readouterr().err.strip() == "cnncodes info: error: a clear line"
     monkeypatch.undo()

@@ -1,0 +1,54 @@
+"""The advise command: its parser and handler."""
+from __future__ import annotations
+
+import argparse
+
+from extract.cli_common import (ENVIRONMENT_HELP, EXIT_OK, KeepsEnvironmentHelp, add_column_options,
+                                add_running_options, column_kwargs, positive_int)
+
+
+def add_parsers(sub) -> None:
+    """Register advise on the ``sub`` subparsers."""
+    p = sub.add_parser(
+        "advise", help="which transfer-learning scenario (1-4) fits IMAGES, and the commands to run",
+        epilog=ENVIRONMENT_HELP, formatter_class=KeepsEnvironmentHelp,
+        description="Measure the training images' size (images per class, imbalance) and similarity to ImageNet "
+                    "(one backbone pass over a stratified sample: the ImageNet head's entropy and LEEP on the "
+                    "labels, and cross-validated linear probes of the top and earlier layers), map them to the "
+                    "notes' scenario 1-4 (small/large x similar/different) and print the recommended commands "
+                    "with the figures behind them. Training data only: test/ and val/ are never used when "
+                    "train/ exists.")
+    p.add_argument("images", help="image folder or CSV manifest")
+    p.add_argument("--sample", type=int, default=500,
+                   help="training images for the similarity pass, stratified by class (default: %(default)s)")
+    p.add_argument("--try", dest="try_options", action="store_true",
+                   help="also score the most plausible options side by side: the linear probes, and a 3-epoch "
+                        "fine-tune on at most --sample images, validated on a share of the training images")
+    p.add_argument("--out", metavar="DIR", help="keep advice.json, advice.txt and the --try fine-tune here")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a DIR that holds files already (its advice files are replaced)")
+    p.add_argument("--json", action="store_true", help="print the advice as JSON (for scripts)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the sample, folds and fine-tune (default: 0)")
+    g = p.add_argument_group("backbone")
+    g.add_argument("--backbone", "--model", default="mobilenet_v2",
+                   help="torchvision backbone: mobilenet_v2 (embedded), alexnet, vgg16, resnet18, resnet50 "
+                        "(default: %(default)s)")
+    g.add_argument("--weights", metavar="FILE|random", help="checkpoint (default: found as for extract)")
+    g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, 256)")
+    g.add_argument("--crop", type=positive_int, help="center crop size (default: the backbone's, 224)")
+    add_running_options(p)
+    add_column_options(p)
+    p.set_defaults(func=cmd_advise)
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    import json
+
+    from advise import advise_images, format_advice
+
+    advice = advise_images(args.images, backbone=args.backbone, weights=args.weights, sample=args.sample,
+                           seed=args.seed, resize=args.resize, crop=args.crop, device=args.device,
+                           precision=args.precision, batch_size=args.batch_size, workers=args.workers, try_options=args.try_options,
+                           out_dir=args.out, progress=not args.quiet, overwrite=args.overwrite, **column_kwargs(args))
+    print(json.dumps(advice, indent=2) if args.json else format_advice(advice))
+    return EXIT_OK

@@ -1,0 +1,98 @@
+"""What every stage's command line shares: exit codes, number types, the running and manifest-column options."""
+from __future__ import annotations
+
+import argparse
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MAX_LISTED_FAILURES = 20
+ENVIRONMENT_HELP = """environment:
+  CNNCODES_OFFLINE=1        never download weights
+  CNNCODES_DOWNLOAD_BASE    a mirror to download torchvision checkpoints from
+  TORCH_HOME                where the torch hub cache of checkpoints is ($TORCH_HOME/hub/checkpoints)
+  CNNCODES_CACHE_DIR        where networks converted for OpenVINO are kept between runs, so a rerun
+                            starts faster (default ~/.cache/cnncodes/openvino; off: no cache; delete the
+                            folder to clear it)"""
+
+
+def _number(kind: type, ok, what: str):
+    """An argparse ``type=`` that converts with ``kind`` and refuses values failing ``ok`` in one line."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+non_negative_int = _number(int, lambda v: v >= 0, "0 or a positive integer")
+positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
+fraction = _number(float, lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)")
+cv_folds = _number(int, lambda v: v == 0 or v >= 2, "0 (no cross-validation) or at least 2 folds")
+
+
+def shard_of(text: str) -> tuple[int, int]:
+    """--shard R/N -> (R, N), refused in one line unless 0 <= R < N."""
+    rank, sep, count = text.partition("/")
+    try:
+        r, n = int(rank), int(count)
+    except ValueError:
+        r, n = -1, 0
+    if not sep or not 0 <= r < n:
+        raise argparse.ArgumentTypeError(f"must be R/N with 0 <= R < N (shard R of N), got {text!r}")
+    return r, n
+
+
+class KeepsEnvironmentHelp(argparse.HelpFormatter):
+    """Wraps descriptions as usual, but prints the environment table as it is laid out."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return text if text == ENVIRONMENT_HELP else super()._fill_text(text, width, indent)
+
+
+def add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    r = p.add_argument_group("running")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
+    r.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="compute precision, recorded in the codes file; auto = bf16 on CPUs with native bf16 "
+                        "(AMX, AVX512-BF16), else fp32; bf16/fp16 on GPUs")
+    r.add_argument("--batch-size", type=positive_int, default=None, help="images per forward pass (default: 4 on CPU, where small batches are fastest; 64 on GPU)")
+    r.add_argument("--workers", type=non_negative_int, default=None,
+                   help="image decoding processes; the main process runs the network (on the CPU: OpenVINO, "
+                        "one single-threaded stream per CPU) (default: one per CPU, at most 16; on a GPU CPUs - 1). "
+                        "0: decode in the main process")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    return r
+
+
+COLUMN_KWARGS = ("path_column", "label_column", "split_column")
+
+
+def add_column_options(p: argparse.ArgumentParser) -> None:
+    """--path-column, --label-column, --split-column: which header column of a CSV manifest is which."""
+    g = p.add_argument_group("manifest columns", "which header column of a CSV manifest is which, when it "
+                             "uses other names than path, label, split (a column not understood is refused "
+                             "unless these are given; the columns they leave unnamed are then ignored)")
+    for name in COLUMN_KWARGS:
+        role = name.split("_")[0]
+        g.add_argument(f"--{name.replace('_', '-')}", metavar="NAME", help=f"the manifest's {role} column")
+
+
+def column_kwargs(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in COLUMN_KWARGS}
+
+
+
+def one_or_list(paths: list[str]) -> str | list[str]:
+    """One path as is, several as the list list_images reads as one collection."""
+    return paths[0] if len(paths) == 1 else paths
+
+
+
+def split_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+

@@ -1,0 +1,118 @@
+"""The finetune command: its parser and handler."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from extract.cli_common import (ENVIRONMENT_HELP, EXIT_INTERRUPTED, EXIT_OK, KeepsEnvironmentHelp,
+                                add_column_options, column_kwargs, non_negative_int, positive_int)
+
+
+def add_parsers(sub) -> None:
+    """Register finetune on the ``sub`` subparsers."""
+    p = sub.add_parser(
+        "finetune", help="fine-tune the backbone with a new head (images -> network + report)",
+        epilog=ENVIRONMENT_HELP, formatter_class=KeepsEnvironmentHelp,
+        description="Train part or all of the backbone with a new linear head on IMAGES (a folder tree root/CLASS/* "
+                    "or root/{train,val,test}/CLASS/*, or a CSV manifest) and write into RUN_DIR the same reports "
+                    "as classify (report.json, report.txt, confusion.csv/.png), finetuned.pt (for `cnncodes predict "
+                    "RUN_DIR`), backbone.pth (for `cnncodes extract --weights RUN_DIR/backbone.pth`), epochs.jsonl "
+                    "and learning_curve.png. The test split (else val) is only evaluated; the epoch is chosen on a "
+                    "validation set (the val split when a test split exists too, else a stratified share of "
+                    "train). Each epoch is checkpointed: after Ctrl-C or a kill, the same command resumes.")
+    p.add_argument("images", help="image folder or CSV manifest")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for the network, reports and checkpoint")
+    g = p.add_argument_group("network")
+    g.add_argument("--backbone", "--model", default="mobilenet_v2",
+                   help="torchvision backbone: mobilenet_v2 (embedded), alexnet, vgg16, resnet18, resnet50 "
+                        "(default: %(default)s)")
+    g.add_argument("--weights", metavar="FILE|random", help="starting checkpoint (default: found as for extract)")
+    g.add_argument("--freeze", type=float, default=None, metavar="FRACTION",
+                   help="share of the backbone's blocks kept fixed, counted from the input in the model's own "
+                        "block order: 1 = linear probe (head only), 0 = train everything (default: 1/3, the first "
+                        "third, as the notes advise for small data)")
+    g.add_argument("--freeze-until", metavar="LAYER",
+                   help="freeze every block up to and including the one holding LAYER (an alias or node name of "
+                        "`cnncodes layers MODEL`), instead of --freeze")
+    g.add_argument("--train-bn", action="store_true",
+                   help="update BatchNorm statistics in the trained blocks. Off by default: the statistics of "
+                        "batches of 32 are noisy estimates, and replacing the ImageNet ones with them hurts small "
+                        "data sets; BatchNorm's scale and shift are still trained")
+    g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, 256)")
+    g.add_argument("--crop", type=positive_int, help="training and evaluation crop size (default: the backbone's, 224)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs (default: %(default)s)")
+    t.add_argument("--lp-epochs", type=int, default=0,
+                   help="LP-FT: epochs training the head alone before the fine-tuning epochs (default: 0)")
+    t.add_argument("--batch-size", type=positive_int, default=32, help="images per step (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=0.01,
+                   help="head learning rate (default: %(default)s for SGD; use about 0.001 with adamw)")
+    t.add_argument("--backbone-lr-mult", type=float, default=0.1,
+                   help="backbone learning rate = lr x this (default: %(default)s): pretrained weights move slowly")
+    t.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"), help="SGD with momentum or AdamW "
+                   "(default: %(default)s)")
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
+    t.add_argument("--weight-decay", type=float, default=1e-4,
+                   help="on weights, not on biases or BatchNorm (default: %(default)s)")
+    t.add_argument("--warmup-epochs", type=float, default=1.0,
+                   help="linear warm-up, then cosine decay to 0 (default: %(default)s)")
+    t.add_argument("--label-smoothing", type=float, default=0.1, help="(default: %(default)s)")
+    t.add_argument("--class-weight", default="balanced",
+                   help="loss weights: balanced, none, or CLASS=W,CLASS=W (default: %(default)s)")
+    t.add_argument("--sampling", default="none", choices=("none", "over", "under"),
+                   help="class-balanced draws per epoch: over to the largest class, under to the smallest "
+                        "(default: %(default)s)")
+    t.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random resized crop + flip (on by default)")
+    t.add_argument("--patience", type=int, help="stop when the validation score has not improved for this many "
+                   "epochs (default: run every epoch, keep the best)")
+    s = p.add_argument_group("data splits")
+    s.add_argument("--val-fraction", type=float, default=0.15,
+                   help="stratified share of train that chooses the epoch, when there is no val split besides a "
+                        "test split; 0 keeps the last epoch (default: %(default)s)")
+    s.add_argument("--test-fraction", type=float, help="hold out a stratified share for evaluation instead of the "
+                   "split folders (default: the test split, else val, else 0.25)")
+    s.add_argument("--max-train-images", type=int, help="train on a stratified sample of at most this many images")
+    s.add_argument("--seed", type=int, default=0, help="seed for splits, initialization, order and augmentation")
+    r = p.add_argument_group("running")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
+    r.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto = mixed precision on CUDA (bf16, else fp16 with loss scaling), fp32 on the CPU")
+    r.add_argument("--threads", type=positive_int, help="training threads (default: every CPU)")
+    r.add_argument("--workers", type=non_negative_int, help="decoding processes for the one-time image cache (default: every CPU)")
+    r.add_argument("--overwrite", action="store_true", help="start again instead of resuming RUN_DIR's checkpoint")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_column_options(p)
+    p.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from finetune.options import check_options
+
+    options = dict(
+        backbone=args.backbone, weights=args.weights,
+        freeze=1 / 3 if args.freeze is None and args.freeze_until is None else args.freeze,
+        freeze_until=args.freeze_until, epochs=args.epochs, lp_epochs=args.lp_epochs, batch_size=args.batch_size,
+        lr=args.lr, backbone_lr_mult=args.backbone_lr_mult, weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, optimizer=args.optimizer,
+        momentum=args.momentum, class_weight=args.class_weight, sampling=args.sampling, train_bn=args.train_bn,
+        augment=args.augment, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        patience=args.patience, seed=args.seed, device=args.device, precision=args.precision,
+        threads=args.threads, workers=args.workers, progress=not args.quiet, resize=args.resize, crop=args.crop,
+        max_train_images=args.max_train_images, overwrite=args.overwrite)
+    check_options(options)  # before torch loads: a bad value fails at once
+    from classify.report import summarize
+    from finetune import FinetuneInterrupted, finetune_images
+
+    try:
+        report = finetune_images(args.images, args.out, **options, **column_kwargs(args))
+    except FinetuneInterrupted as err:
+        print(f"\n{err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    out = Path(args.out)
+    print((out / "report.txt").read_text(encoding="utf-8"))
+    print(f"written to {out}/: report.json report.txt confusion.csv confusion.png finetuned.pt backbone.pth "
+          "epochs.jsonl learning_curve.png checkpoint.pt")
+    print(summarize(report))
+    return EXIT_OK
