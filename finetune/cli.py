@@ -6,7 +6,10 @@ import sys
 from pathlib import Path
 
 from extract.cli_common import (ENVIRONMENT_HELP, EXIT_INTERRUPTED, EXIT_OK, KeepsEnvironmentHelp,
-                                add_column_options, column_kwargs, non_negative_int, positive_int)
+                                add_column_options, non_negative_int, positive_int)
+from extract.config import choices, from_args
+
+from .options import FinetuneConfig as F
 
 
 def add_parsers(sub) -> None:
@@ -24,7 +27,7 @@ def add_parsers(sub) -> None:
     p.add_argument("images", help="image folder or CSV manifest")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for the network, reports and checkpoint")
     g = p.add_argument_group("network")
-    g.add_argument("--backbone", "--model", default="mobilenet_v2",
+    g.add_argument("--backbone", "--model", default=F.backbone,
                    help="torchvision backbone: mobilenet_v2 (embedded), alexnet, vgg16, resnet18, resnet50 "
                         "(default: %(default)s)")
     g.add_argument("--weights", metavar="FILE|random", help="starting checkpoint (default: found as for extract)")
@@ -42,25 +45,25 @@ def add_parsers(sub) -> None:
     g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, 256)")
     g.add_argument("--crop", type=positive_int, help="training and evaluation crop size (default: the backbone's, 224)")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs (default: %(default)s)")
-    t.add_argument("--lp-epochs", type=int, default=0,
+    t.add_argument("--epochs", type=int, default=F.epochs, help="fine-tuning epochs (default: %(default)s)")
+    t.add_argument("--lp-epochs", type=int, default=F.lp_epochs,
                    help="LP-FT: epochs training the head alone before the fine-tuning epochs (default: 0)")
-    t.add_argument("--batch-size", type=positive_int, default=32, help="images per step (default: %(default)s)")
-    t.add_argument("--lr", type=float, default=0.01,
+    t.add_argument("--batch-size", type=positive_int, default=F.batch_size, help="images per step (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=F.lr,
                    help="head learning rate (default: %(default)s for SGD; use about 0.001 with adamw)")
-    t.add_argument("--backbone-lr-mult", type=float, default=0.1,
+    t.add_argument("--backbone-lr-mult", type=float, default=F.backbone_lr_mult,
                    help="backbone learning rate = lr x this (default: %(default)s): pretrained weights move slowly")
-    t.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"), help="SGD with momentum or AdamW "
+    t.add_argument("--optimizer", default=F.optimizer, choices=choices(F, "optimizer"), help="SGD with momentum or AdamW "
                    "(default: %(default)s)")
-    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
-    t.add_argument("--weight-decay", type=float, default=1e-4,
+    t.add_argument("--momentum", type=float, default=F.momentum, help="SGD momentum (default: %(default)s)")
+    t.add_argument("--weight-decay", type=float, default=F.weight_decay,
                    help="on weights, not on biases or BatchNorm (default: %(default)s)")
-    t.add_argument("--warmup-epochs", type=float, default=1.0,
+    t.add_argument("--warmup-epochs", type=float, default=F.warmup_epochs,
                    help="linear warm-up, then cosine decay to 0 (default: %(default)s)")
-    t.add_argument("--label-smoothing", type=float, default=0.1, help="(default: %(default)s)")
-    t.add_argument("--class-weight", default="balanced",
+    t.add_argument("--label-smoothing", type=float, default=F.label_smoothing, help="(default: %(default)s)")
+    t.add_argument("--class-weight", default=F.class_weight,
                    help="loss weights: balanced, none, or CLASS=W,CLASS=W (default: %(default)s)")
-    t.add_argument("--sampling", default="none", choices=("none", "over", "under"),
+    t.add_argument("--sampling", default=F.sampling, choices=choices(F, "sampling"),
                    help="class-balanced draws per epoch: over to the largest class, under to the smallest "
                         "(default: %(default)s)")
     t.add_argument("--no-augment", dest="augment", action="store_false",
@@ -68,16 +71,16 @@ def add_parsers(sub) -> None:
     t.add_argument("--patience", type=int, help="stop when the validation score has not improved for this many "
                    "epochs (default: run every epoch, keep the best)")
     s = p.add_argument_group("data splits")
-    s.add_argument("--val-fraction", type=float, default=0.15,
+    s.add_argument("--val-fraction", type=float, default=F.val_fraction,
                    help="stratified share of train that chooses the epoch, when there is no val split besides a "
                         "test split; 0 keeps the last epoch (default: %(default)s)")
     s.add_argument("--test-fraction", type=float, help="hold out a stratified share for evaluation instead of the "
                    "split folders (default: the test split, else val, else 0.25)")
     s.add_argument("--max-train-images", type=int, help="train on a stratified sample of at most this many images")
-    s.add_argument("--seed", type=int, default=0, help="seed for splits, initialization, order and augmentation")
+    s.add_argument("--seed", type=int, default=F.seed, help="seed for splits, initialization, order and augmentation")
     r = p.add_argument_group("running")
-    r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
-    r.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    r.add_argument("--device", default=F.device, help="auto, cpu or cuda[:N] (default: %(default)s)")
+    r.add_argument("--precision", default=F.precision, choices=choices(F, "precision"),
                    help="auto = mixed precision on CUDA (bf16, else fp16 with loss scaling), fp32 on the CPU")
     r.add_argument("--threads", type=positive_int, help="training threads (default: every CPU)")
     r.add_argument("--workers", type=non_negative_int, help="decoding processes for the one-time image cache (default: every CPU)")
@@ -90,23 +93,15 @@ def add_parsers(sub) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from finetune.options import check_options
 
-    options = dict(
-        backbone=args.backbone, weights=args.weights,
-        freeze=1 / 3 if args.freeze is None and args.freeze_until is None else args.freeze,
-        freeze_until=args.freeze_until, epochs=args.epochs, lp_epochs=args.lp_epochs, batch_size=args.batch_size,
-        lr=args.lr, backbone_lr_mult=args.backbone_lr_mult, weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, optimizer=args.optimizer,
-        momentum=args.momentum, class_weight=args.class_weight, sampling=args.sampling, train_bn=args.train_bn,
-        augment=args.augment, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        patience=args.patience, seed=args.seed, device=args.device, precision=args.precision,
-        threads=args.threads, workers=args.workers, progress=not args.quiet, resize=args.resize, crop=args.crop,
-        max_train_images=args.max_train_images, overwrite=args.overwrite)
+    options = from_args(F, args)
+    if args.freeze is None and args.freeze_until is None:
+        options["freeze"] = F.freeze
     check_options(options)  # before torch loads: a bad value fails at once
     from classify.report import summarize
     from finetune import FinetuneInterrupted, finetune_images
 
     try:
-        report = finetune_images(args.images, args.out, **options, **column_kwargs(args))
+        report = finetune_images(args.images, args.out, **options)
     except FinetuneInterrupted as err:
         print(f"\n{err}", file=sys.stderr)
         return EXIT_INTERRUPTED

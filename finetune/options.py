@@ -1,13 +1,14 @@
-"""finetune's options: their allowed values declared once, and checked before torch loads.
+"""finetune's options declared once: ``FinetuneConfig`` holds each option's default and allowed values.
 
-The command line and the Python API (``finetune_images``, ``cnncodes.finetune``) both call
-``check_options``, so a bad value fails in one line at once, not after seconds of imports.
+The command line takes its defaults and choices from it; the command line and the Python API
+(``finetune_images``, ``cnncodes.finetune``) both call ``check_options``, so a bad value fails in one
+line at once, not after seconds of imports.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
 
-from extract.errors import UsageError
+from extract.config import check_config, option, whole, within
 from extract.names import check_backbone
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -15,50 +16,48 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SAMPLING = ("none", "over", "under")
 
 
-def _whole(low: int) -> Callable[[object], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The options of `cnncodes finetune` / ``finetune_images`` (``progress`` is the command line's --quiet,
+    inverted); ``freeze`` None means: ``freeze_until`` decides."""
 
-
-def _within(low: float, high: float, closed_high: bool = False) -> Callable[[float], bool]:
-    return lambda v: low <= v <= high if closed_high else low <= v < high
-
-
-# option: (accepts the value, what the value must be)
-CONSTRAINTS: dict[str, tuple[Callable, str]] = {
-    "freeze": (_within(0, 1, closed_high=True), "between 0 and 1 (1 = linear probe)"),
-    "epochs": (_whole(1), "a whole number >= 1"),
-    "lp_epochs": (_whole(0), "a whole number >= 0"),
-    "batch_size": (_whole(1), "a whole number >= 1"),
-    "lr": (lambda v: v > 0, "positive"),
-    "backbone_lr_mult": (lambda v: v >= 0, ">= 0"),
-    "weight_decay": (lambda v: v >= 0, ">= 0"),
-    "warmup_epochs": (lambda v: v >= 0, ">= 0"),
-    "label_smoothing": (_within(0, 1), "in [0, 1)"),
-    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
-    "momentum": (_within(0, 1), "in [0, 1)"),
-    "sampling": (lambda v: v in SAMPLING, f"one of {', '.join(SAMPLING)}"),
-    "val_fraction": (_within(0, 1), "in [0, 1)"),
-    "test_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "patience": (_whole(1), "a whole number >= 1"),
-    "resize": (_whole(8), "a whole number >= 8"),
-    "crop": (_whole(8), "a whole number >= 8"),
-    "max_train_images": (_whole(2), "a whole number >= 2"),
-    "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-}
-OPTIONAL = {"freeze", "test_fraction", "patience", "resize", "crop", "max_train_images"}  # None: the default
+    backbone: str = option("mobilenet_v2", check=check_backbone)
+    weights: str | None = option(None)
+    freeze: float | None = option(1 / 3, within(0, 1, closed_high=True), "between 0 and 1 (1 = linear probe)",
+                                  optional=True)
+    freeze_until: str | None = option(None)
+    epochs: int = option(6, whole(1), "a whole number >= 1")
+    lp_epochs: int = option(0, whole(0), "a whole number >= 0")
+    batch_size: int = option(32, whole(1), "a whole number >= 1")
+    lr: float = option(0.01, lambda v: v > 0, "positive")
+    backbone_lr_mult: float = option(0.1, lambda v: v >= 0, ">= 0")
+    weight_decay: float = option(1e-4, lambda v: v >= 0, ">= 0")
+    warmup_epochs: float = option(1.0, lambda v: v >= 0, ">= 0")
+    label_smoothing: float = option(0.1, within(0, 1), "in [0, 1)")
+    optimizer: str = option("sgd", choices=OPTIMIZERS)
+    momentum: float = option(0.9, within(0, 1), "in [0, 1)")
+    class_weight: str | dict | None = option("balanced")
+    sampling: str = option("none", choices=SAMPLING)
+    train_bn: bool = option(False)
+    augment: bool = option(True)
+    val_fraction: float = option(0.15, within(0, 1), "in [0, 1)")
+    test_fraction: float | None = option(None, lambda v: 0 < v < 1, "in (0, 1)")
+    patience: int | None = option(None, whole(1), "a whole number >= 1")
+    seed: int = option(0)
+    device: str = option("auto")
+    precision: str = option("auto", choices=PRECISIONS)
+    threads: int | None = option(None, whole(1), "a whole number >= 1")
+    workers: int | None = option(None, whole(0), "a whole number >= 0")
+    progress: bool = option(True)
+    resize: int | None = option(None, whole(8), "a whole number >= 8")
+    crop: int | None = option(None, whole(8), "a whole number >= 8")
+    max_train_images: int | None = option(None, whole(2), "a whole number >= 2")
+    overwrite: bool = option(False)
+    path_column: str | None = option(None)
+    label_column: str | None = option(None)
+    split_column: str | None = option(None)
 
 
 def check_options(options: dict) -> None:
     """Raise UsageError naming the first option of ``options`` outside its allowed values."""
-    if "backbone" in options:
-        check_backbone(options["backbone"])
-    for name, (accepts, what) in CONSTRAINTS.items():
-        if name not in options or (options[name] is None and name in OPTIONAL):
-            continue
-        value = options[name]
-        try:
-            ok = value is not None and bool(accepts(value))
-        except TypeError:  # a string where a number belongs
-            ok = False
-        if not ok:
-            raise UsageError(f"--{name.replace('_', '-')} must be {what}, not {value!r}")
+    check_config(FinetuneConfig, options)
