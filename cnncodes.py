@@ -59,14 +59,17 @@ def extract_codes(source: PathLike | Sequence[PathLike], out: PathLike, **option
     ``source``: a folder tree, a CSV manifest, an image file or a list of image files and folders.
     ``options``: backbone, layers, pool, weights, resize, crop, device, precision, batch_size,
     workers, dtype, overwrite, update, progress, path_column, label_column, split_column... as on the
-    command line. Returns an ExtractResult.
+    command line; checked before torch loads. Returns an ExtractResult.
     """
-    from extract import extract_codes as _extract
     from extract.names import tap_names
+    from extract.options import check_options
 
     options = _keywords(options)
     if isinstance(options.get("layers"), str):  # "a,b" or "a+b", as --layer: the taps to extract
         options["layers"] = tap_names([options["layers"]])
+    check_options(options)  # before torch loads
+    from extract import extract_codes as _extract
+
     return _extract(source, out, **options)
 
 
@@ -143,10 +146,15 @@ def finetune(images: PathLike, out_dir: PathLike, **options) -> dict:
 
 def advise(images: PathLike, **options) -> dict:
     """Which transfer-learning scenario (1-4) fits ``images``, with the evidence and the commands to run
-    (``advise.advise_images``). ``options``: backbone, weights, sample, seed, try, resize, crop, device, quiet..."""
+    (``advise.advise_images``). ``options``: backbone, weights, sample, seed, try, resize, crop, device, quiet...;
+    checked before torch loads."""
+    from advise.options import check_options
+
+    options = _keywords(options)
+    check_options(options)  # before torch loads
     from advise import advise_images
 
-    return advise_images(images, **_keywords(options))
+    return advise_images(images, **options)
 
 
 def load_model(run_dir: PathLike) -> dict:

@@ -5,7 +5,7 @@ Names are imported when first used (PEP 562), so that the command line builds it
 """
 from importlib import import_module
 
-_WHERE = {"advise_images": "advisor", "format_advice": "report", "MIN_SAMPLE": "advisor"}
+_WHERE = {"advise_images": "advisor", "format_advice": "report", "MIN_SAMPLE": "options"}
 __all__ = list(_WHERE)
 
 

@@ -15,16 +15,15 @@ from extract.weights import locate_weights
 
 from . import evidence, scenario, transferability, trial
 from .commands import carried_options, recommend
+from .options import DEFAULT_SAMPLE, MIN_SAMPLE, check_options  # noqa: F401  (MIN_SAMPLE re-exported)
 from .report import build_advice, format_advice
-
-MIN_SAMPLE = 10
 
 __all__ = ["advise_images", "format_advice", "MIN_SAMPLE"]
 
 
 @guards_output("out_dir", images="images")
 def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", weights: str | None = None,
-                  sample: int = evidence.DEFAULT_SAMPLE, seed: int = 0, resize: int | None = None,
+                  sample: int = DEFAULT_SAMPLE, seed: int = 0, resize: int | None = None,
                   crop: int | None = None, device: str = "auto", precision: str = "auto",
                   batch_size: int | None = None,
                   workers: int | None = None, try_options: bool = False, out_dir: str | os.PathLike | None = None,
@@ -40,8 +39,7 @@ def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", 
     """
     started = time.perf_counter()
     log = _logger(progress)
-    if not isinstance(sample, int) or sample < MIN_SAMPLE:
-        raise ValueError(f"--sample must be a whole number of at least {MIN_SAMPLE}, not {sample!r}")
+    check_options({"sample": sample})
     bb = get_backbone(backbone)
     columns = dict(path_column=path_column, label_column=label_column, split_column=split_column)
     listing = list_images(images, **columns)

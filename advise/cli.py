@@ -4,7 +4,11 @@ from __future__ import annotations
 import argparse
 
 from extract.cli_common import (ENVIRONMENT_HELP, EXIT_OK, KeepsEnvironmentHelp, add_column_options,
-                                add_running_options, column_kwargs, positive_int)
+                                add_running_options, positive_int)
+from extract.config import from_args
+
+from .options import AdviseConfig as A
+from .options import check_options
 
 
 def add_parsers(sub) -> None:
@@ -19,7 +23,7 @@ def add_parsers(sub) -> None:
                     "with the figures behind them. Training data only: test/ and val/ are never used when "
                     "train/ exists.")
     p.add_argument("images", help="image folder or CSV manifest")
-    p.add_argument("--sample", type=int, default=500,
+    p.add_argument("--sample", type=int, default=A.sample,
                    help="training images for the similarity pass, stratified by class (default: %(default)s)")
     p.add_argument("--try", dest="try_options", action="store_true",
                    help="also score the most plausible options side by side: the linear probes, and a 3-epoch "
@@ -28,9 +32,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="write into a DIR that holds files already (its advice files are replaced)")
     p.add_argument("--json", action="store_true", help="print the advice as JSON (for scripts)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the sample, folds and fine-tune (default: 0)")
+    p.add_argument("--seed", type=int, default=A.seed, help="seed for the sample, folds and fine-tune (default: 0)")
     g = p.add_argument_group("backbone")
-    g.add_argument("--backbone", "--model", default="mobilenet_v2",
+    g.add_argument("--backbone", "--model", default=A.backbone,
                    help="torchvision backbone: mobilenet_v2 (embedded), alexnet, vgg16, resnet18, resnet50 "
                         "(default: %(default)s)")
     g.add_argument("--weights", metavar="FILE|random", help="checkpoint (default: found as for extract)")
@@ -44,11 +48,10 @@ def add_parsers(sub) -> None:
 def cmd_advise(args: argparse.Namespace) -> int:
     import json
 
+    options = {**from_args(A, args), "out_dir": args.out}
+    check_options(options)  # before torch loads
     from advise import advise_images, format_advice
 
-    advice = advise_images(args.images, backbone=args.backbone, weights=args.weights, sample=args.sample,
-                           seed=args.seed, resize=args.resize, crop=args.crop, device=args.device,
-                           precision=args.precision, batch_size=args.batch_size, workers=args.workers, try_options=args.try_options,
-                           out_dir=args.out, progress=not args.quiet, overwrite=args.overwrite, **column_kwargs(args))
+    advice = advise_images(args.images, **options)
     print(json.dumps(advice, indent=2) if args.json else format_advice(advice))
     return EXIT_OK

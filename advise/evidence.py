@@ -26,7 +26,6 @@ from extract.weights import build_model, locate_weights
 
 from . import transferability as tr
 
-DEFAULT_SAMPLE = 500
 MIN_PER_CLASS_SAMPLED = 2  # a stratified fold needs two images of each class
 PROBE_FOLDS = 5
 PROBE_CLASSIFIER = "softmax"  # classify's softmax on power-normalized codes, C by CV (much faster than svm at large C)

@@ -246,8 +246,7 @@ def _run_into(out: Path, args: argparse.Namespace, layers: list[list[str]], clas
     from extract import extract_codes
 
     codes = out / "codes.h5"
-    result = extract_codes(args.images, codes, overwrite=args.overwrite, update=args.update,
-                           **extract_kwargs(args))
+    result = extract_codes(args.images, codes, **extract_kwargs(args))
     print_extract_summary(result)
     if none_usable(result, "run"):
         return EXIT_FAILURES

@@ -8,10 +8,13 @@ from collections import Counter
 from pathlib import Path
 
 from .cli_common import (ENVIRONMENT_HELP, EXIT_FAILURES, EXIT_OK, MAX_LISTED_FAILURES, KeepsEnvironmentHelp,
-                         add_column_options, add_running_options, column_kwargs, fraction, one_or_list,
+                         add_column_options, add_running_options, fraction, one_or_list,
                          positive_int, shard_of)
+from .config import choices, from_args
 from .errors import UsageError
 from .names import tap_names
+from .options import ExtractConfig as E
+from .options import check_options
 
 
 def add_parsers(sub) -> None:
@@ -87,7 +90,7 @@ def add_parsers(sub) -> None:
 def add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) -> None:
     """The backbone, taps and running options of extract and run."""
     g = p.add_argument_group("backbone and taps")
-    g.add_argument("--backbone", "--model", default="mobilenet_v2",
+    g.add_argument("--backbone", "--model", default=E.backbone,
                    help="torchvision backbone: mobilenet_v2 (embedded, works offline), alexnet, vgg16, resnet18, "
                         "resnet50 (default: %(default)s)")
     if with_layer:
@@ -96,7 +99,7 @@ def add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) -> 
                             "or a torchvision node name; repeat (or a,b) to tap several layers in one forward pass. "
                             "In `run`, each --layer (or comma-separated entry) is one run and a+b concatenates "
                             "taps (default: penultimate)")
-    g.add_argument("--pool", default="avg", choices=("avg", "max", "none"),
+    g.add_argument("--pool", default=E.pool, choices=choices(E, "pool"),
                    help="how conv maps become vectors: global average, global max, or none (whole map, "
                         "guarded by --max-dim) (default: %(default)s)")
     g.add_argument("--weights", metavar="FILE|random",
@@ -104,19 +107,18 @@ def add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) -> 
                         "the embedded checkpoint, then the torch hub cache, then a download")
     g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, 256)")
     g.add_argument("--crop", type=positive_int, help="center crop size (default: the backbone's, 224)")
-    g.add_argument("--max-dim", type=positive_int, default=65536, help="largest code allowed with --pool none (default: %(default)s)")
+    g.add_argument("--max-dim", type=positive_int, default=E.max_dim, help="largest code allowed with --pool none (default: %(default)s)")
     r = add_running_options(p)
-    r.add_argument("--part-size", type=positive_int, default=None,
+    r.add_argument("--part-size", type=positive_int, default=E.part_size,
                    help="images per part file; a killed run recomputes at most one part (default: 512)")
-    r.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored code type")
+    r.add_argument("--dtype", default=E.dtype, choices=choices(E, "dtype"), help="stored code type")
 
 
 def extract_kwargs(args: argparse.Namespace) -> dict:
     """The extract options of ``args`` as extract_codes' keywords (extract and run)."""
-    return dict(backbone=args.backbone, layers=tap_names(args.layers), pool=args.pool,
-                weights=args.weights, device=args.device, precision=args.precision, batch_size=args.batch_size,
-                workers=args.workers, part_size=args.part_size, resize=args.resize, crop=args.crop, dtype=args.dtype,
-                progress=not args.quiet, max_dim=args.max_dim, **column_kwargs(args))
+    options = {**from_args(E, args), "layers": tap_names(args.layers)}
+    check_options(options)
+    return options
 
 
 def check_preprocess(args: argparse.Namespace) -> None:
@@ -137,8 +139,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     check_preprocess(args)
     if Path(args.out).is_dir():
         raise UsageError(f"-o {args.out} is a folder; -o names the codes file to write, e.g. -o codes.h5")
-    result = extract_codes(one_or_list(args.source), args.out, overwrite=args.overwrite, update=args.update,
-                           shard=resolve(args.shard, os.environ), **extract_kwargs(args))
+    result = extract_codes(one_or_list(args.source), args.out, shard=resolve(args.shard, os.environ),
+                           **extract_kwargs(args))
     print_extract_summary(result)
     if result.missing_parts:
         earlier = f" ({result.resumed_parts} by an earlier run)" if result.resumed_parts else ""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import PRECISIONS, ExtractConfig
+
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_LISTED_FAILURES = 20
 ENVIRONMENT_HELP = """environment:
@@ -56,8 +58,8 @@ class KeepsEnvironmentHelp(argparse.HelpFormatter):
 
 def add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     r = p.add_argument_group("running")
-    r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
-    r.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    r.add_argument("--device", default=ExtractConfig.device, help="auto, cpu or cuda[:N] (default: %(default)s)")
+    r.add_argument("--precision", default=ExtractConfig.precision, choices=PRECISIONS,
                    help="compute precision, recorded in the codes file; auto = bf16 on CPUs with native bf16 "
                         "(AMX, AVX512-BF16), else fp32; bf16/fp16 on GPUs")
     r.add_argument("--batch-size", type=positive_int, default=None, help="images per forward pass (default: 4 on CPU, where small batches are fastest; 64 on GPU)")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from .options import PRECISIONS
 # Overrides what the CPU reports (e.g. "FP32,INT8" for a CPU without native bf16), to run or test another CPU's path.
 CAPABILITIES_ENV = "CNNCODES_CPU_CAPABILITIES"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -25,6 +25,7 @@ from .inference import default_batch_size, make_computer
 from .lock import output_lock
 from .outputs import refuse_inside_images
 from .network import prepare
+from .options import check_options
 from .plan import fresh, ignored_note, plan_job
 from .reader import list_images
 from .recipe import DEFAULT_PART_SIZE, Recipe, RunOptions, preprocess_config
@@ -120,8 +121,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     out = Path(out)
     refuse_inside_images(out, source)
     writer.check_writable(out)
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"--dtype must be float32 or float16, not {dtype!r}")
+    check_options({"dtype": dtype})
     rank = shard if isinstance(shard, shards.Shard) else shards.resolve(shard, {})
     if rank.sharded and overwrite:
         raise ValueError(f"--overwrite cannot be used by shards (this is shard {rank}, from {rank.source}): a "

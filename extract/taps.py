@@ -9,10 +9,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from .backbones import Backbone
-
-POOLS = ("avg", "max", "none")
-# --pool none keeps whole conv maps; refuse codes wider than this unless the caller raises the limit.
-MAX_UNPOOLED_DIM = 65536
+from .options import MAX_UNPOOLED_DIM, POOLS
 
 
 @dataclass(frozen=True)

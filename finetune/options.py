@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from extract.config import check_config, option, whole, within
 from extract.names import check_backbone
+from extract.options import PRECISIONS
 
 OPTIMIZERS = ("sgd", "adamw")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SAMPLING = ("none", "over", "under")
 
 

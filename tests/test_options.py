@@ -1,0 +1,123 @@
+"""Issue 23 items 2 and 3: options declared once (a config per command, from which the parsers' defaults and
+choices come, checked by the command line and the Python API before torch loads), and the Python API taking
+the command line's names."""
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+from conftest import ROOT
+
+import pipeline
+from advise.options import AdviseConfig
+from extract.config import defaults
+from extract.options import ExtractConfig
+from finetune.options import FinetuneConfig
+
+CONFIGS = {"extract": ExtractConfig, "run": ExtractConfig, "finetune": FinetuneConfig, "advise": AdviseConfig}
+# the command line's None where the library has a value: --layer unset taps the penultimate layer; --freeze
+# unset is 1/3 unless --freeze-until names the last frozen layer instead
+CLI_DECIDES = {("extract", "layers"), ("run", "layers"), ("finetune", "freeze")}
+CLI_ONLY = {"strict", "json", "out"}  # the exit code, the output's format; --out is the functions' positional
+
+
+def _keyword(command: str, dest: str) -> str:
+    """The library keyword of a command-line option (cnncodes.CLI_NAMES maps the names as typed)."""
+    return {"quiet": "progress"}.get(dest, "out_dir" if (command, dest) == ("advise", "out") else dest)
+
+
+def _parsers() -> dict:
+    sub = next(a for a in pipeline.build_parser()._actions if a.dest == "command")
+    return sub.choices
+
+
+def _options(parser) -> dict:
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help",)}
+
+
+@pytest.mark.parametrize("command", sorted(CONFIGS))
+def test_parser_defaults_and_choices_come_from_the_config(command):
+    config = CONFIGS[command]
+    options = _options(_parsers()[command])
+    declared = {f.name: f for f in fields(config)}
+    for dest, action in options.items():
+        name = _keyword(command, dest)
+        if name not in declared or (command, name) in CLI_DECIDES:
+            continue
+        expected = not declared[name].default if dest == "quiet" else declared[name].default
+        assert action.default == expected, (command, dest)
+        if declared[name].metadata["choices"] is not None:
+            assert tuple(action.choices) == declared[name].metadata["choices"], (command, dest)
+
+
+def _library_functions() -> dict:
+    from advise.advisor import advise_images
+    from extract.runner import extract_codes
+    from finetune.train import finetune_images
+
+    return {ExtractConfig: extract_codes, FinetuneConfig: finetune_images, AdviseConfig: advise_images}
+
+
+@pytest.mark.parametrize("config", [ExtractConfig, FinetuneConfig, AdviseConfig], ids=lambda c: c.__name__)
+def test_the_library_keywords_and_defaults_are_the_configs(config):
+    signature = inspect.signature(_library_functions()[config]).parameters
+    for name, default in defaults(config).items():
+        assert name in signature and signature[name].default == default, name
+
+
+@pytest.mark.parametrize("command, function", [
+    ("extract", "extract.runner:extract_codes"), ("classify", "classify.train:classify_codes"),
+    ("compare", "classify.compare:compare"), ("predict", "finetune.predict:predict_images"),
+    ("finetune", "finetune.train:finetune_images"), ("advise", "advise.advisor:advise_images"),
+    ("export", "extract.export:export_codes"),
+])
+def test_every_option_is_a_python_keyword_with_the_command_lines_name(command, function):
+    """The README's promise: the Python API takes the command line's option names with underscores."""
+    import importlib
+
+    module, name = function.split(":")
+    keywords = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    for dest in _options(_parsers()[command]):
+        if dest not in CLI_ONLY or (command, dest) == ("advise", "out"):
+            assert _keyword(command, dest) in keywords, (command, dest)
+
+
+@pytest.mark.parametrize("call, message", [
+    ("cnncodes.extract_codes('x', 'y.h5', batch_size=0)", "--batch-size must be a whole number >= 1, not 0"),
+    ("cnncodes.extract_codes('x', 'y.h5', pool='mean')", "--pool must be one of avg, max, none, not 'mean'"),
+    ("cnncodes.extract_codes('x', 'y.h5', backbone='resnet9')", "unknown backbone 'resnet9'"),
+    ("cnncodes.advise('x', sample=3)", "--sample must be a whole number of at least 10, not 3"),
+    ("cnncodes.advise('x', workers=-1)", "--workers must be a whole number >= 0, not -1"),
+])
+def test_the_python_api_checks_options_before_torch_is_imported(call, message):
+    code = (f"import sys, cnncodes\ntry:\n    {call}\nexcept ValueError as err:\n"
+            "    print(type(err).__name__, '|', err, '|', 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    kind, text, torch_loaded = done.stdout.strip().split(" | ")
+    assert kind == "UsageError" and text.startswith(message) and torch_loaded == "False"
+
+
+def test_advise_options_fail_before_torch_is_imported(tmp_path):
+    code = ("import sys, pipeline\nrc = pipeline.main(sys.argv[1:])\n"
+            "print(rc, 'torch' in sys.modules, 'sklearn' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, "advise", str(tmp_path), "--sample", "3"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.stdout.split() == ["2", "False", "False"]
+    assert done.stderr.strip() == "cnncodes advise: error: --sample must be a whole number of at least 10, not 3"
+
+
+def test_each_stage_registers_its_own_commands():
+    from advise import cli as advise_cli
+    from classify import cli as classify_cli
+    from extract import cli as extract_cli
+    from finetune import cli as finetune_cli
+
+    parsers = _parsers()
+    owners = {"extract": extract_cli, "assemble": extract_cli, "info": extract_cli, "export": extract_cli,
+              "layers": extract_cli, "dataset": extract_cli, "classify": classify_cli, "compare": classify_cli,
+              "predict": classify_cli, "run": classify_cli, "finetune": finetune_cli, "advise": advise_cli}
+    for command, module in owners.items():
+        assert parsers[command].get_default("func").__module__ == module.__name__, command
