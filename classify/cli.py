@@ -11,6 +11,9 @@ from extract.cli_common import (ENVIRONMENT_HELP, EXIT_FAILURES, EXIT_OK, MAX_LI
                                 one_or_list, positive_float, split_list)
 from extract.errors import UsageError
 
+from .options import CLASSIFIER_NAMES, DEFAULT_CLASSIFIERS, SAMPLING
+from .options import ClassifyConfig as C
+
 
 def add_parsers(sub) -> None:
     """Register classify, compare, predict and run on the ``sub`` subparsers."""
@@ -23,7 +26,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--layer", action="append", dest="layers", metavar="LAYER",
                    help="tap to train on (default: the file's first); a+b, or --layer repeated, concatenates "
                         "taps into one code")
-    p.add_argument("--classifier", default="svm", choices=("svm", "softmax", "knn", "rbf_svm", "forest"),
+    p.add_argument("--classifier", default=C.classifier, choices=CLASSIFIER_NAMES,
                    help="svm = linear SVM, softmax = multinomial logistic regression (default: %(default)s)")
     add_classify_options(p)
     p.add_argument("--calibrate", action="store_true",
@@ -43,7 +46,7 @@ def add_parsers(sub) -> None:
                                    "never used to rank.")
     p.add_argument("codes", help="codes file made by `cnncodes extract`")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the table and one report per run")
-    p.add_argument("--classifiers", default="svm,softmax,knn,rbf_svm",
+    p.add_argument("--classifiers", default=",".join(DEFAULT_CLASSIFIERS),
                    help="comma-separated: svm, softmax, knn, rbf_svm, forest (default: %(default)s)")
     p.add_argument("--layers", help="runs separated by commas, a+b concatenates taps, spaces ignored, e.g. "
                                     "\"block4, block4+penultimate\" (default: every tap of the file, one at a time)")
@@ -93,45 +96,42 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
-SAMPLINGS = ("none", "over", "under", "hybrid")
-
-
 def _sampling_list(text: str) -> str:
     """--sampling of compare / run: one mode or several, comma-separated, to compare."""
     modes = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in modes if m not in SAMPLINGS]
+    bad = [m for m in modes if m not in SAMPLING]
     if bad or not modes:
-        raise argparse.ArgumentTypeError(f"must be {', '.join(SAMPLINGS)} or several of them comma-separated, "
+        raise argparse.ArgumentTypeError(f"must be {', '.join(SAMPLING)} or several of them comma-separated, "
                                          f"got {text!r}")
     return ",".join(modes)
 
 
 def add_classify_options(p: argparse.ArgumentParser, several_samplings: bool = False) -> None:
     g = p.add_argument_group("classifier training")
-    g.add_argument("--normalize", default="power", choices=("none", "standard", "l2", "power"),
+    g.add_argument("--normalize", default=C.normalize, choices=("none", "standard", "l2", "power"),
                    help="code preprocessing: power = signed square root then L2 (default: %(default)s)")
-    g.add_argument("--C", type=positive_float, default=None, help="fix C instead of choosing it by cross-validation")
-    g.add_argument("--cv", type=cv_folds, default=5,
+    g.add_argument("--C", type=positive_float, default=C.C, help="fix C instead of choosing it by cross-validation")
+    g.add_argument("--cv", type=cv_folds, default=C.cv,
                    help="cross-validation folds (at least 2); 0 fits once with --C, or without it with the "
                         "classifier's default (C=1) (default: 5)")
     g.add_argument("--max-iter", type=int, metavar="N",
                    help="iteration limit of the svm / softmax / rbf_svm solver, when a fit reports that it did not "
                         "converge (default: the classifier's, 1000 Newton steps for svm, 5000 for softmax)")
-    g.add_argument("--class-weight", default="balanced",
+    g.add_argument("--class-weight", default=C.class_weight,
                    help="balanced, none, or CLASS=W,CLASS=W (cost-based imbalance handling) (default: %(default)s)")
     sampling_help = ("resample the training split: over / under to the largest / smallest class, hybrid to "
                      "the median class size")
     if several_samplings:
-        g.add_argument("--sampling", default="none", type=_sampling_list, metavar="{none,over,under,hybrid}[,...]",
+        g.add_argument("--sampling", default=C.sampling, type=_sampling_list, metavar="{none,over,under,hybrid}[,...]",
                        help=sampling_help + "; several, comma-separated, are compared (default: %(default)s)")
     else:
-        g.add_argument("--sampling", default="none", choices=SAMPLINGS, help=sampling_help + " (default: %(default)s)")
+        g.add_argument("--sampling", default=C.sampling, choices=SAMPLING, help=sampling_help + " (default: %(default)s)")
     g.add_argument("--max-memory", metavar="SIZE", help="memory budget, e.g. 2G or 512M; codes over it are streamed "
                    "from the file and fitted by SGD (svm, softmax only) (default: a quarter of RAM)")
     s = p.add_argument_group("evaluation split")
     s.add_argument("--test", metavar="OTHER.h5", help="evaluate on another codes file of the same recipe")
     s.add_argument("--test-fraction", type=fraction, help="hold out a stratified share of the labeled images")
-    s.add_argument("--seed", type=int, default=0, help="seed for the split, folds and sampling (default: 0)")
+    s.add_argument("--seed", type=int, default=C.seed, help="seed for the split, folds and sampling (default: 0)")
 
 
 def _layer_runs(values: list[str] | None) -> list[list[str]]:

@@ -8,16 +8,16 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from extract.config import check_config
 from extract.outputs import guards_output
 
 from .data import codes_shape, file_taps, load_dataset, parse_layer_sets, resolve_layers
 from .fileio import ensure_writable, write_files
-from .models import DEFAULT_NORMALIZE
+from .options import DEFAULT_CLASSIFIERS, DEFAULT_NORMALIZE, CompareConfig
 from . import stream, train
 from .stream import check_streamable, classify_streamed, should_stream
-from .train import check_max_iter, check_options, fit_and_report, make_logger
+from .train import check_options, fit_and_report, make_logger
 
-DEFAULT_CLASSIFIERS = ("svm", "softmax", "knn", "rbf_svm")
 COLUMNS = ("rank", "classifier", "layers", "balanced_accuracy", "macro_f1", "accuracy", "cv_score",
            "fit_time_s", "hyperparameter", "n_train", "n_test", "report_dir",
            "sampling", "minority_class", "minority_recall")  # added last, so older readers keep working
@@ -52,11 +52,7 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
     for name in classifiers:
         for mode in samplings:
             check_options(name, normalize, mode)
-    check_max_iter(max_iter)
-    if C is not None and not 0 < C < float("inf"):
-        raise ValueError(f"C must be a positive number, got {C}")
-    if not (cv == 0 or cv >= 2):
-        raise ValueError(f"cv must be 0 (no cross-validation) or at least 2 folds, got {cv}")
+    check_config(CompareConfig, {"C": C, "cv": cv, "max_iter": max_iter})
     layer_sets = check_layer_sets(codes, layers, test)
     streamed = [should_stream(codes, layer_set, max_memory) for layer_set in layer_sets]
     if any(streamed):

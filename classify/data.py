@@ -14,6 +14,8 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from extract.codesfile import CodesFile, Rows, check_recipe, open_codes, read_meta, read_rows
 from extract.errors import UsageError
 
+from .options import check_options
+
 DEFAULT_TEST_FRACTION = 0.25
 EVALUATION_SPLITS = ("test", "val")  # the first present beside train evaluates; it never chooses anything
 BLOCK_BYTES = 64 * 2 ** 20  # codes read at a time by the overlap check (the streamed path passes its budget)
@@ -397,8 +399,7 @@ def require_two_classes(labels: np.ndarray, class_names: list[str], where: str) 
 
 def check_training_set(y_train: np.ndarray, class_names: list[str], cv: int) -> tuple[int, list[str]]:
     """Raise on unusable training labels or ``cv`` (0, or at least 2); return the CV folds to use, and notes."""
-    if not (cv == 0 or cv >= 2):
-        raise ValueError(f"cv must be 0 (no cross-validation) or at least 2 folds, got {cv}")
+    check_options({"cv": cv})
     require_two_classes(y_train, class_names, "the training split")
     counts = np.bincount(y_train, minlength=len(class_names))
     present = np.flatnonzero(counts)

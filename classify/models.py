@@ -23,10 +23,8 @@ from sklearn.utils import check_array
 from sklearn.utils.class_weight import compute_class_weight
 
 from .linear_svm import SquaredHingeSVC
+from .options import check_options
 
-NORMALIZE = ("power", "l2", "standard", "none")
-DEFAULT_NORMALIZE = "power"
-SAMPLING = ("none", "over", "under", "hybrid")
 C_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)  # codes are L2-normalized by default, so useful C values are large
 
 
@@ -58,8 +56,7 @@ def make_normalizer(normalize: str):
     """``power`` (signed sqrt + L2, the default), ``l2``, ``standard`` (z-score) or ``none``."""
     steps = {"power": PowerNormalizer, "l2": lambda: Normalizer("l2"), "standard": StandardScaler,
              "none": lambda: "passthrough"}
-    if normalize not in steps:
-        raise ValueError(f"unknown normalization {normalize!r}; choose one of {', '.join(NORMALIZE)}")
+    check_options({"normalize": normalize})
     return steps[normalize]()
 
 
@@ -114,15 +111,14 @@ def make_samplers(sampling: str, seed: int) -> list[tuple[str, object]]:
       the majority classes down to it, so every class ends at the median: fewer duplicates than
       ``over`` and less discarded data than ``under``.
     """
+    check_options({"sampling": sampling})
     if sampling == "none":
         return []
     if sampling == "over":
         return [("over", RandomOverSampler(sampling_strategy="not majority", random_state=seed))]
     if sampling == "under":
         return [("under", RandomUnderSampler(sampling_strategy="not minority", random_state=seed))]
-    if sampling == "hybrid":
-        return [("hybrid", MedianSampler(random_state=seed))]
-    raise ValueError(f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLING)}")
+    return [("hybrid", MedianSampler(random_state=seed))]
 
 
 def parse_class_weight(spec, class_names: list[str]):
@@ -201,8 +197,7 @@ knn: k-nearest neighbours; rbf_svm: kernel SVC; forest: random forest. ``C`` app
 
 
 def classifier_spec(name: str) -> ClassifierSpec:
-    if name not in CLASSIFIERS:
-        raise ValueError(f"unknown classifier {name!r}; choose one of {', '.join(CLASSIFIERS)}")
+    check_options({"classifier": name})
     return CLASSIFIERS[name]
 
 
@@ -217,8 +212,7 @@ def param_grid(classifier: str, C: float | None, n_train_fold: int) -> dict[str,
     """The values to cross-validate: a fixed ``C`` gives a one-point grid; kNN's k is capped by the fold size."""
     spec = classifier_spec(classifier)
     if C is not None and spec.param == "C":
-        if not C > 0:
-            raise ValueError(f"C must be positive, got {C}")
+        check_options({"C": C})
         return {"clf__C": [float(C)]}
     values = list(spec.grid)
     if spec.param == "n_neighbors":

@@ -36,6 +36,7 @@ from .data import (Plan, check_training_set, codes_shape, cv_sample, cv_splitter
 from .fileio import write_files
 from .model_io import load_model, model_files
 from .models import class_weight_values, make_normalizer, parse_class_weight
+from .options import check_options
 from .report import evaluate, report_files, summarize
 
 # In-memory classify peaks at about this many times the float32 codes it loads (bench/RESULTS.md):
@@ -277,8 +278,7 @@ def _choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds, max_r
     folds into them)."""
     n = len(plan.y_train)
     if C is not None:
-        if not C > 0:
-            raise ValueError(f"C must be positive, got {C}")
+        check_options({"C": C})
         alpha = 1.0 / (C * n)
         return alpha, None, {}, 0, [f"C={C:g} fixed: alpha = 1 / (C x {n:,} training rows) = {alpha:.3g}"]
     if not folds:

@@ -24,11 +24,12 @@ from threadpoolctl import threadpool_limits
 
 from extract.outputs import guards_output
 
+from . import options
 from .data import Dataset, check_training_set, cv_sample, cv_splitter, layer_recipe, load_dataset
 from .fileio import ensure_writable, write_files
 from .model_io import model_files
-from .models import (DEFAULT_NORMALIZE, NORMALIZE, SAMPLING, build_pipeline, classifier_spec, param_grid,
-                     parse_class_weight)
+from .models import build_pipeline, classifier_spec, param_grid, parse_class_weight
+from .options import DEFAULT_NORMALIZE
 from .report import binary_metrics, evaluate, missing_test_classes, positive_scores, report_files, summarize
 from .stream import classify_streamed, should_stream
 
@@ -63,8 +64,8 @@ def classify_codes(codes: str | os.PathLike, out_dir: str | os.PathLike, layers:
     ``max_memory`` (``"2G"``, default a quarter of RAM) are streamed from the file by SGD instead:
     see classify/stream.py.
     """
-    check_options(classifier, normalize, sampling)
-    check_max_iter(max_iter)
+    options.check_options(dict(classifier=classifier, normalize=normalize, sampling=sampling, C=C, cv=cv,
+                               max_iter=max_iter))
     out_dir = ensure_writable(out_dir)
     log = make_logger(progress)
     if should_stream(codes, layers, max_memory):
@@ -82,17 +83,8 @@ def classify_codes(codes: str | os.PathLike, out_dir: str | os.PathLike, layers:
 
 
 def check_options(classifier: str, normalize: str, sampling: str) -> None:
-    """Fail fast on unknown option values, before any data is read."""
-    classifier_spec(classifier)
-    if normalize not in NORMALIZE:
-        raise ValueError(f"unknown normalization {normalize!r}; choose one of {', '.join(NORMALIZE)}")
-    if sampling not in SAMPLING:
-        raise ValueError(f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLING)}")
-
-
-def check_max_iter(max_iter: int | None) -> None:
-    if max_iter is not None and max_iter < 1:
-        raise ValueError(f"max_iter must be a positive number of iterations, got {max_iter}")
+    """Fail fast on unknown option values, before any data is read (the rules: classify/options.py)."""
+    options.check_options(dict(classifier=classifier, normalize=normalize, sampling=sampling))
 
 
 def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: str, C: float | None,
@@ -102,7 +94,7 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
     """Fit (with CV for the hyper-parameter), evaluate on the test split, write every output file.
     ``cv_max_rows`` overrides ``cv_row_limit`` (compare's common CV rows)."""
     log = log or make_logger(False)
-    check_max_iter(max_iter)
+    options.check_options({"max_iter": max_iter})
     names = data.class_names
     positive_index = _positive_index(data.y_train, names, positive)
     weights = parse_class_weight(class_weight, names)

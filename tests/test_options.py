@@ -13,14 +13,16 @@ from conftest import ROOT
 
 import pipeline
 from advise.options import AdviseConfig
+from classify.options import ClassifyConfig, CompareConfig
 from extract.config import defaults
 from extract.options import ExtractConfig
 from finetune.options import FinetuneConfig
 
-CONFIGS = {"extract": ExtractConfig, "run": ExtractConfig, "finetune": FinetuneConfig, "advise": AdviseConfig}
+CONFIGS = {"extract": [ExtractConfig], "run": [ExtractConfig, CompareConfig], "finetune": [FinetuneConfig],
+           "advise": [AdviseConfig], "classify": [ClassifyConfig], "compare": [CompareConfig]}
 # the command line's None where the library has a value: --layer unset taps the penultimate layer; --freeze
-# unset is 1/3 unless --freeze-until names the last frozen layer instead
-CLI_DECIDES = {("extract", "layers"), ("run", "layers"), ("finetune", "freeze")}
+# unset is 1/3 unless --freeze-until names the last frozen layer instead; run compares two classifiers
+CLI_DECIDES = {("extract", "layers"), ("run", "layers"), ("finetune", "freeze"), ("run", "classifiers")}
 CLI_ONLY = {"strict", "json", "out"}  # the exit code, the output's format; --out is the functions' positional
 
 
@@ -40,14 +42,15 @@ def _options(parser) -> dict:
 
 @pytest.mark.parametrize("command", sorted(CONFIGS))
 def test_parser_defaults_and_choices_come_from_the_config(command):
-    config = CONFIGS[command]
     options = _options(_parsers()[command])
-    declared = {f.name: f for f in fields(config)}
+    declared = {f.name: f for config in CONFIGS[command] for f in fields(config)}
     for dest, action in options.items():
         name = _keyword(command, dest)
         if name not in declared or (command, name) in CLI_DECIDES:
             continue
         expected = not declared[name].default if dest == "quiet" else declared[name].default
+        if dest == "classifiers":  # typed comma-separated
+            expected = ",".join(expected)
         assert action.default == expected, (command, dest)
         if declared[name].metadata["choices"] is not None:
             assert tuple(action.choices) == declared[name].metadata["choices"], (command, dest)
@@ -58,14 +61,29 @@ def _library_functions() -> dict:
     from extract.runner import extract_codes
     from finetune.train import finetune_images
 
-    return {ExtractConfig: extract_codes, FinetuneConfig: finetune_images, AdviseConfig: advise_images}
+    from classify.compare import compare
+    from classify.train import classify_codes
+
+    return {ExtractConfig: extract_codes, FinetuneConfig: finetune_images, AdviseConfig: advise_images,
+            ClassifyConfig: classify_codes, CompareConfig: compare}
 
 
-@pytest.mark.parametrize("config", [ExtractConfig, FinetuneConfig, AdviseConfig], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("config", [ExtractConfig, FinetuneConfig, AdviseConfig, ClassifyConfig, CompareConfig],
+                         ids=lambda c: c.__name__)
 def test_the_library_keywords_and_defaults_are_the_configs(config):
     signature = inspect.signature(_library_functions()[config]).parameters
     for name, default in defaults(config).items():
         assert name in signature and signature[name].default == default, name
+
+
+def test_classify_names_are_the_estimators_and_the_parsers_choices():
+    from classify import models, options
+
+    assert options.CLASSIFIER_NAMES == tuple(models.CLASSIFIERS)
+    parser = _options(_parsers()["classify"])
+    assert set(parser["normalize"].choices) == set(options.NORMALIZE)
+    assert tuple(parser["sampling"].choices) == options.SAMPLING
+    assert tuple(parser["classifier"].choices) == options.CLASSIFIER_NAMES
 
 
 @pytest.mark.parametrize("command, function", [
@@ -121,3 +139,20 @@ def test_each_stage_registers_its_own_commands():
               "predict": classify_cli, "run": classify_cli, "finetune": finetune_cli, "advise": advise_cli}
     for command, module in owners.items():
         assert parsers[command].get_default("func").__module__ == module.__name__, command
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(C=-1.0), "C must be a positive number, got -1.0"),
+    (dict(cv=1), "cv must be 0 (no cross-validation) or at least 2 folds, got 1"),
+    (dict(normalize="zscore"), "unknown normalization 'zscore'; choose one of power, l2, standard, none"),
+    (dict(max_iter=0), "max_iter must be a positive number of iterations, got 0"),
+])
+def test_classify_checks_its_options_once_before_reading_the_codes(tmp_path, options, message):
+    """One rule per option (classify/options.py), applied before the file is opened: a missing file is not
+    what the error names, and nothing is written."""
+    from classify import classify_codes
+    from extract.errors import UsageError
+
+    with pytest.raises(UsageError) as err:
+        classify_codes(tmp_path / "missing.h5", tmp_path / "run", **options)
+    assert str(err.value) == message and not (tmp_path / "run").exists()
