@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from .options import PRECISIONS
+from .options import check_options
 # Overrides what the CPU reports (e.g. "FP32,INT8" for a CPU without native bf16), to run or test another CPU's path.
 CAPABILITIES_ENV = "CNNCODES_CPU_CAPABILITIES"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,15 +41,19 @@ def cpu_capabilities() -> list[str]:
     return list(openvino_model.core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """The precision rule of every command: a declared value (extract/options.py), and fp16 only on GPUs."""
+    check_options({"precision": precision})
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 is for GPUs; on the CPU use fp32 or bf16")
+
+
 def pick_precision(precision: str, device: torch.device,
                    capabilities: Callable[[], list[str]] | None = None) -> str:
     """``auto``: bf16 (or fp16) on GPUs; on CPUs bf16 where ``capabilities()`` reports native BF16
     (elsewhere it is emulated and slower than fp32), else fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    check_precision(precision, device)
     if precision != "auto":
-        if precision == "fp16" and device.type == "cpu":
-            raise ValueError("--precision fp16 is for GPUs; on the CPU use fp32 or bf16")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

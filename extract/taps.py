@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from .backbones import Backbone
-from .options import MAX_UNPOOLED_DIM, POOLS
+from .options import MAX_UNPOOLED_DIM, check_options
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,7 @@ def probe_shapes(model: nn.Module, nodes: list[str], crop: int) -> dict[str, tup
 def resolve_taps(backbone: Backbone, model: nn.Module, layers: list[str], pool: str, crop: int,
                  max_unpooled_dim: int = MAX_UNPOOLED_DIM) -> list[Tap]:
     """Turn ``--layer`` values (aliases or node names) into Taps with their code dimensions."""
-    if pool not in POOLS:
-        raise ValueError(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
+    check_options({"pool": pool})
     if not layers:
         raise ValueError("at least one --layer is needed")
     known = graph_nodes(model)

@@ -22,7 +22,7 @@ from extract.batches import decoder_init, fork_context
 from extract.images import ImageDataset
 from extract.reader import ImageList
 
-from .options import SAMPLING
+from .options import check_options
 
 DEFAULT_TEST_FRACTION = 0.25  # as classify, when there is no split column
 CROP_SCALE = (0.25, 1.0)  # RandomResizedCrop area range: milder than ImageNet's 0.08 for short fine-tunes
@@ -140,6 +140,7 @@ def epoch_sampler(labels: np.ndarray, sampling: str, seed: int, epoch: int) -> S
     """The order of one epoch: a shuffle, or class-balanced draws (over: to the largest class, with
     replacement; under: to the smallest, without). Seeded by (seed, epoch), so a resumed run draws
     the same epochs as an uninterrupted one."""
+    check_options({"sampling": sampling})
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     if sampling == "none":
         return RandomSampler(range(len(labels)), generator=generator)
@@ -148,10 +149,8 @@ def epoch_sampler(labels: np.ndarray, sampling: str, seed: int, epoch: int) -> S
     weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
     if sampling == "over":
         return WeightedRandomSampler(weights, int(present.max() * len(present)), replacement=True, generator=generator)
-    if sampling == "under":
-        return WeightedRandomSampler(weights, int(present.min() * len(present)), replacement=False,
-                                     generator=generator)
-    raise ValueError(f"--sampling must be one of {', '.join(SAMPLING)}, not {sampling!r}")
+    return WeightedRandomSampler(weights, int(present.min() * len(present)), replacement=False,  # under
+                                 generator=generator)
 
 
 def resampled_counts(labels: np.ndarray, sampling: str) -> dict[int, int]:

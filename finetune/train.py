@@ -32,7 +32,7 @@ from classify.models import class_weight_values, parse_class_weight
 from classify.report import binary_metrics, evaluate, missing_test_classes, report_files, summarize
 from extract.backbones import get_backbone
 from extract.names import FINETUNED_MODEL
-from extract.device import pick_device
+from extract.device import check_precision, pick_device
 from extract.outputs import guards_output
 from extract.reader import list_images
 from extract.recipe import make_recipe, preprocess_config
@@ -41,8 +41,7 @@ from extract.weights import FINETUNED_BACKBONE, WeightsInfo, build_model, locate
 
 from . import checkpoint
 from . import options as options_module
-from .options import PRECISIONS
-from .data import (SAMPLING, CachedImages, choose_splits, decode, default_workers, epoch_sampler, normalize,
+from .data import (CachedImages, choose_splits, decode, default_workers, epoch_sampler, normalize,
                    resampled_counts)
 from .model import (Network, backbone_state, backbone_units, build_network, frozen_count, head_name, param_groups,
                     set_trainable, train_mode)
@@ -135,8 +134,7 @@ def mixed_precision(device: torch.device, precision: str = "auto",
                     bf16_supported: bool | None = None) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None for fp32, whether a GradScaler is needed). ``auto``: bf16 on CUDA where
     supported, else fp16 with a scaler; fp32 on the CPU (bf16 is slow there without native support)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    check_precision(precision, device)
     if precision == "auto":
         if device.type != "cuda":
             return None, False
@@ -145,8 +143,6 @@ def mixed_precision(device: torch.device, precision: str = "auto",
         precision = "bf16" if bf16_supported else "fp16"
     if precision == "fp32":
         return None, False
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 is for GPUs; on the CPU use fp32 or bf16")
     return (torch.bfloat16, False) if precision == "bf16" else (torch.float16, True)
 
 
