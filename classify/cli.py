@@ -107,6 +107,7 @@ def _sampling_list(text: str) -> str:
 
 
 def add_classify_options(p: argparse.ArgumentParser, several_samplings: bool = False) -> None:
+    """The training and evaluation-split options of classify, compare and run (defaults: ClassifyConfig)."""
     g = p.add_argument_group("classifier training")
     g.add_argument("--normalize", default=C.normalize, choices=("none", "standard", "l2", "power"),
                    help="code preprocessing: power = signed square root then L2 (default: %(default)s)")

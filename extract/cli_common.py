@@ -57,6 +57,7 @@ class KeepsEnvironmentHelp(argparse.HelpFormatter):
 
 
 def add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """--device, --precision, --batch-size, --workers, --quiet of the commands that run the backbone."""
     r = p.add_argument_group("running")
     r.add_argument("--device", default=ExtractConfig.device, help="auto, cpu or cuda[:N] (default: %(default)s)")
     r.add_argument("--precision", default=ExtractConfig.precision, choices=PRECISIONS,
@@ -85,8 +86,8 @@ def add_column_options(p: argparse.ArgumentParser) -> None:
 
 
 def column_kwargs(args: argparse.Namespace) -> dict:
+    """The manifest-column options of ``args`` as keywords."""
     return {name: getattr(args, name) for name in COLUMN_KWARGS}
-
 
 
 def one_or_list(paths: list[str]) -> str | list[str]:
@@ -94,7 +95,7 @@ def one_or_list(paths: list[str]) -> str | list[str]:
     return paths[0] if len(paths) == 1 else paths
 
 
-
 def split_list(text: str) -> list[str]:
+    """A comma-separated option value as its non-empty, stripped entries."""
     return [t.strip() for t in text.split(",") if t.strip()]
 
