@@ -1,4 +1,5 @@
-"""Issue 22, items 2 and 3: symlinked folders are listed (each real folder once), and manifest columns
+"""Listing images: a single file or several paths; split folder names; manifest headers; (issue 22, items 2
+and 3) symlinked folders are listed (each real folder once), and manifest columns
 that are not understood are refused by name unless --path-column/--label-column/--split-column name them."""
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 import cnncodes
 import pipeline
-from conftest import FAST, make_tree
+from conftest import FAST, make_tree, write_image
 from extract.reader import list_images
 from finetune.data import choose_splits
 
@@ -144,3 +145,31 @@ def test_run_and_predict_read_the_named_columns(tmp_path, capsys):
     with open(preds, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(r["true"] for r in rows) == ["cat"] * 3 + ["dog"] * 3
+
+
+def test_a_single_file_or_several_paths_are_listed_under_their_common_root(tmp_path):
+    from extract.reader import list_images
+
+    images = make_tree(tmp_path / "images", per_class=2)
+    one = list_images(images / "cat" / "img_000.png")
+    assert one.paths == ["img_000.png"] and one.root == (images / "cat").resolve() and one.labels.tolist() == [-1]
+
+    odd = tmp_path / "photo.data"  # an image without an image extension is recognised by its content
+    write_image(odd, np.random.default_rng(1), fmt="PNG")
+    assert list_images(odd).paths == ["photo.data"]
+    (tmp_path / "notes.dat").write_text("path,label\n")
+    with pytest.raises(ValueError, match="neither an image"):
+        list_images(tmp_path / "notes.dat")
+
+    several = list_images([images / "dog", images / "cat" / "img_001.png", images / "cat" / "img_001.png"])
+    assert several.root == images.resolve()
+    assert several.paths == ["cat/img_001.png", "dog/img_000.png", "dog/img_001.png"]
+    assert several.labels.tolist() == [-1, -1, -1]  # dog/ alone has no class subfolders: unlabeled
+    labelled = list_images([images, tmp_path / "photo.data"])
+    assert labelled.root == tmp_path.resolve() and labelled.class_names == ["cat", "dog"]
+    assert dict(zip(labelled.paths, labelled.labels.tolist()))["images/dog/img_001.png"] == 1
+    assert dict(zip(labelled.paths, labelled.labels.tolist()))["photo.data"] == -1
+    manifest = images / "list.csv"
+    manifest.write_text("path,label\ncat/img_000.png,cat\n")
+    with pytest.raises(ValueError, match="manifest alone"):
+        list_images([manifest, images / "dog"])
