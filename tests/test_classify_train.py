@@ -14,7 +14,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
 
 import classify.report
 import pipeline
-from classify import classify_codes, load_model, summarize
+from classify import classify_codes, compare, load_model, summarize
 from extract.codesfile import RecipeMismatch
 
 NAMES = ["cat", "dog", "bird"]
@@ -479,3 +479,76 @@ def test_report_text_shows_training_and_resampled_counts(tmp_path):
     assert f"train counts:      {train}\n" in text
     assert f"resampled counts:  {resampled} (what the classifier was fitted on)" in text
     assert len(set(report["resampled_class_counts"].values())) == 1 != len(set(report["train_class_counts"].values()))
+
+
+@pytest.mark.parametrize("counts,target", [((40, 160), 100), ((10, 50, 90), 50), ((7, 30, 31, 100), 30)])
+def test_hybrid_sampling_ends_every_class_at_the_median(counts, target):
+    from classify.models import make_samplers
+
+    y = np.repeat(np.arange(len(counts)), counts)
+    X = np.arange(len(y), dtype=float)[:, None]
+    (_, sampler), = make_samplers("hybrid", seed=0)
+    _, y_res = sampler.fit_resample(X, y)
+    assert np.bincount(y_res).tolist() == [target] * len(counts)
+
+
+def test_hybrid_report_counts_meet_at_the_median(tmp_path):
+    from classify import classify_codes
+
+    codes = make_codes(tmp_path / "codes.h5", n_per_class=(20, 80), class_names=("NORMAL", "PNEUMONIA"),
+                       with_split=False)
+    report = classify_codes(codes, tmp_path / "out", classifier="svm", sampling="hybrid", C=1.0, cv=0,
+                            test_fraction=0.5, progress=False)
+    assert report["train_class_counts"] == {"NORMAL": 10, "PNEUMONIA": 40}
+    assert report["resampled_class_counts"] == {"NORMAL": 25, "PNEUMONIA": 25}
+
+
+def test_class_missing_from_one_side_of_the_split_is_a_note(tmp_path):
+    from classify import classify_codes
+    from codes_fixtures import imbalanced_codes
+
+    codes, y = imbalanced_codes((30, 30, 10))
+    split = np.where(y == 2, "test", np.where(np.arange(len(y)) % 3 == 0, "test", "train"))
+    path = write_codes_file(tmp_path / "codes.h5", codes, y, ["a", "b", "c"], split=list(split))
+    report = classify_codes(path, tmp_path / "out", classifier="svm", C=1.0, cv=0, progress=False)
+    assert any("class c has no training rows" in n for n in report["notes"])
+    assert "class c has no training rows" in (tmp_path / "out" / "report.txt").read_text()
+
+
+def test_test_file_holding_training_images_is_refused(tmp_path, capsys):
+    from classify import classify_codes
+    from codes_fixtures import imbalanced_codes
+
+    codes, y = imbalanced_codes((20, 20))
+    train = write_codes_file(tmp_path / "train.h5", codes, y, ["a", "b"])
+    other, y_other = imbalanced_codes((10, 10), seed=3)
+    mixed = {tap: np.vstack([other[tap], codes[tap][:3]]) for tap in codes}  # 3 training images slipped in
+    test = write_codes_file(tmp_path / "test.h5", mixed, np.r_[y_other, y[:3]], ["a", "b"],
+                            paths=[f"new/{i}.png" for i in range(20)] + ["img/00000.png", "img/00001.png",
+                                                                         "img/00002.png"])
+    with pytest.raises(ValueError, match=r"holds 3 of the 40 training images .*first: img/00000.png"):
+        classify_codes(train, tmp_path / "out", test=test, C=1.0, cv=0, progress=False)
+    assert pipeline.main(["compare", str(train), "--out", str(tmp_path / "cmp"), "--test", str(test),
+                          "--classifiers", "svm", "--cv", "0", "--C", "1", "--quiet"]) == 2
+    assert "overstates accuracy" in capsys.readouterr().err
+
+
+def test_test_file_of_other_images_is_accepted(tmp_path):
+    from classify import classify_codes
+
+    train = make_codes(tmp_path / "train.h5", with_split=False)
+    test = make_codes(tmp_path / "test.h5", with_split=False, seed=5)  # same paths and sizes, other codes
+    report = classify_codes(train, tmp_path / "out", test=test, C=1.0, cv=0, progress=False)
+    assert report["n_test"] == 102
+
+
+def test_api_refuses_bad_cv_and_notes_no_cv(tmp_path):
+    from classify import classify_codes
+
+    codes = make_codes(tmp_path / "codes.h5")
+    with pytest.raises(ValueError, match="cv must be 0 .* got 1"):
+        classify_codes(codes, tmp_path / "a", cv=1, progress=False)
+    with pytest.raises(ValueError, match="C must be a positive number"):
+        compare(codes, tmp_path / "b", classifiers=("svm",), C=-1.0, cv=0, progress=False)
+    report = classify_codes(codes, tmp_path / "c", cv=0, progress=False)
+    assert any("no cross-validation (cv=0)" in n for n in report["notes"]) and report["hyperparameter"] == "C=1"

@@ -197,3 +197,40 @@ def test_run_twice_retrains_into_its_own_folders(tmp_path):
             "--cv", "0", "--C", "1"]
     assert pipeline.main(args) == 0
     assert pipeline.main(args) == 0
+
+
+def _relative_files(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def test_dataset_refuses_a_non_empty_folder(tmp_path, capsys):
+    target = make_tree(tmp_path / "images", per_class=1)
+    before = _relative_files(target)
+    assert pipeline.main(["dataset", "digits", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnncodes dataset: error:") and "--overwrite" in err and "\n" not in err
+    assert _relative_files(target) == before
+
+
+def test_dataset_overwrite_replaces_whole_folder_without_leakage(tmp_path):
+    from extract.datasets import write_digits
+
+    target = make_tree(tmp_path / "digits", per_class=1)  # stale files that must not survive
+    write_digits(target, test_fraction=0.3, per_class=10, overwrite=True)
+    write_digits(target, test_fraction=0.5, per_class=10, overwrite=True)
+    files = _relative_files(target)
+    assert not any(f.startswith(("cat/", "dog/")) for f in files)
+    train = {f.split("/", 1)[1] for f in files if f.startswith("train/")}
+    test = {f.split("/", 1)[1] for f in files if f.startswith("test/")}
+    assert len(train) == len(test) == 50 and not train & test
+    assert [p.name for p in tmp_path.iterdir()] == ["digits"]  # no staging or old folder left beside it
+
+
+def test_output_at_the_image_folder_is_refused(tmp_path, capsys):
+    images = make_tree(tmp_path / "images", per_class=1)
+    assert pipeline.main(["extract", str(images), "-o", str(images), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder; -o names the codes file to write" in err and "--overwrite" not in err
+    assert pipeline.main(["run", str(images), "--out", str(images / "run"), *FAST]) == 2
+    assert "inside the image folder" in capsys.readouterr().err
+    assert not (images / "run").exists()

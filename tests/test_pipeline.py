@@ -11,7 +11,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
 import pipeline
 from classify import load_model
-from conftest import FAST, make_tree
+from conftest import FAST, make_tree, write_image
 from extract import open_codes
 
 
@@ -190,3 +190,38 @@ def test_version_is_printed_without_importing_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=pipeline.__file__.rsplit("/", 1)[0], check=True)
     assert done.stdout.splitlines() == [f"cnncodes {pipeline.package_version()}", "torch not loaded"]
+
+
+@pytest.mark.parametrize("option, message", [(["--classifiers", "svm,logreg"], "unknown classifier 'logreg'"),
+                                             (["--layer", "fc7"], "mobilenet_v2 has no layer 'fc7'")])
+def test_run_checks_classifier_and_layer_names_before_extracting(tmp_path, capsys, option, message):
+    images = make_tree(tmp_path / "images", per_class=2)
+    out = tmp_path / "run"
+    assert pipeline.main(["run", str(images), "--out", str(out), *FAST, *option]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "codes.h5").exists()
+
+
+def test_run_layer_values_are_runs_and_plus_concatenates(tmp_path):
+    images = make_tree(tmp_path / "images", per_class=4, splits=("train", "test"))
+    out = tmp_path / "run"
+    assert pipeline.main(["run", str(images), "--out", str(out), *FAST, "--workers", "0", "--layer",
+                          "block4, block4+penultimate", "--classifiers", "svm", "--cv", "2"]) == 0
+    with open(out / "compare" / "compare.csv", newline="") as fh:
+        assert sorted(r["layers"] for r in csv.DictReader(fh)) == ["block4", "block4+penultimate"]
+
+
+def test_run_has_the_update_and_overwrite_it_suggests(tmp_path, capsys):
+    images = make_tree(tmp_path / "images", per_class=4, splits=("train", "test"))
+    out = tmp_path / "run"
+    common = ["run", str(images), "--out", str(out), *FAST, "--workers", "0", "--classifiers", "svm", "--cv", "2"]
+    assert pipeline.main(common) == 0
+    write_image(images / "train" / "cat" / "new.png", np.random.default_rng(3))  # one more image
+    capsys.readouterr()
+    assert pipeline.main(common) == 2
+    err = capsys.readouterr().err
+    assert "--update" in err
+    assert pipeline.main([*common, "--update"]) == 0
+    assert "1 extracted" in capsys.readouterr().out
+    assert pipeline.main([*common, "--overwrite", "--layer", "block4"]) == 0
+    assert json.loads((out / "classify" / "report.json").read_text())["layers"] == ["block4"]

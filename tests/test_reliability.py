@@ -251,3 +251,18 @@ def test_early_decoders_for_a_job_that_turned_out_otherwise_are_replaced(image_t
     again = tmp_path / "again.h5"
     assert extract(image_tree, again) == 0
     assert files_equal(out, again)
+
+
+def test_a_collection_with_no_readable_image_fails_in_one_line(tmp_path, capsys):
+    images = tmp_path / "images"
+    for cls in ("cat", "dog"):
+        (images / cls).mkdir(parents=True)
+        (images / cls / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    codes = tmp_path / "codes.h5"
+    assert pipeline.main(["extract", str(images), "-o", str(codes), *FAST, "--workers", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("cnncodes extract: error: none of the 2 image(s) could be read (first: cat/broken.png")
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "has no readable, labeled rows to train on (2 of 2 images could not be read" in err
+    assert "n_samples" not in err
