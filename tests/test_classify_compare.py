@@ -11,7 +11,6 @@ from codes_fixtures import make_codes, write_codes_file
 
 import pipeline
 from classify import compare
-from classify.compare import DEFAULT_CLASSIFIERS
 
 CLASSIFIERS = ("svm", "softmax", "knn", "rbf_svm")
 
@@ -69,9 +68,15 @@ def test_csv_and_markdown(result):
         assert cells[-1] == row["hyperparameter"]
 
 
-def test_defaults_include_linear_knn_and_nonlinear():
-    assert {"svm", "softmax", "knn"} <= set(DEFAULT_CLASSIFIERS)
-    assert {"rbf_svm", "forest"} & set(DEFAULT_CLASSIFIERS)
+def test_by_default_compare_runs_linear_knn_and_nonlinear_classifiers_from_the_api_and_the_cli(tmp_path):
+    codes = make_codes(tmp_path / "codes.h5")
+    api = {r["classifier"] for r in compare(codes, tmp_path / "api", layers=["block4"], cv=0, progress=False)}
+    assert pipeline.main(["compare", str(codes), "--out", str(tmp_path / "cli"), "--layers", "block4", "--cv", "0",
+                          "--quiet"]) == 0
+    with open(tmp_path / "cli" / "compare.csv", newline="") as fh:
+        assert {r["classifier"] for r in csv.DictReader(fh)} == api
+    assert {"svm", "softmax", "knn"} <= api
+    assert {"rbf_svm", "forest"} & api
 
 
 def test_concatenated_layer_and_default_layers(tmp_path):
