@@ -338,17 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _layer_runs(values: list[str] | None) -> list[list[str]]:
-    """--layer values as runs: commas separate runs, + concatenates taps (spaces ignored)."""
-    from classify.data import parse_layer_sets
+    """--layer values as runs (``extract.names.layer_runs``)."""
+    from extract.names import layer_runs
 
-    return [run for value in (values or ["penultimate"]) for run in parse_layer_sets(value)]
+    return layer_runs(values or ["penultimate"])
 
 
 def _tap_names(values: list[str] | None) -> tuple[str, ...]:
-    """Every tap named in --layer values (a,b and a+b name two), once each, in order: what one forward pass
-    must extract. Split here rather than by classify.data, whose import would load scikit-learn for extract."""
-    names = (t.strip() for value in (values or ["penultimate"]) for t in value.replace("+", ",").split(","))
-    return tuple(dict.fromkeys(t for t in names if t))
+    """Every tap named in --layer values, once each: what one forward pass must extract."""
+    from extract.names import tap_names
+
+    return tap_names(values or ["penultimate"])
 
 
 def _add_finetune_parser(sub) -> None:

@@ -8,9 +8,10 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from extract.names import layer_runs
 from extract.outputs import guards_output
 
-from .data import codes_shape, file_taps, load_dataset, parse_layer_sets, resolve_layers
+from .data import codes_shape, file_taps, load_dataset, resolve_layers
 from .fileio import ensure_writable, write_files
 from .models import DEFAULT_NORMALIZE
 from . import stream, train
@@ -119,7 +120,7 @@ def minority_recall(report: dict) -> dict:
 
 def check_layer_sets(codes, layers, test=None) -> list[list[str]]:
     """Every run's taps, each checked against the codes file (and the test file) before any training."""
-    layer_sets = [[t] for t in file_taps(codes)] if layers is None else parse_layer_sets(layers)
+    layer_sets = [[t] for t in file_taps(codes)] if layers is None else layer_runs(layers)
     for layer_set in layer_sets:
         resolve_layers(codes, layer_set)
         if test is not None:
