@@ -7,6 +7,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from extract.device import PRECISIONS
+
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _HERE = Path(__file__).resolve().parent
 OWN_CODE = {_HERE / "extract", _HERE / "classify", _HERE / "finetune", _HERE / "advise", _HERE}  # see is_usage_error
@@ -63,7 +65,7 @@ class _KeepsEnvironmentHelp(argparse.HelpFormatter):
 def _add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
-    r.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    r.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="compute precision, recorded in the codes file; auto = bf16 on CPUs with native bf16 "
                         "(AMX, AVX512-BF16), else fp32; bf16/fp16 on GPUs")
     r.add_argument("--batch-size", type=positive_int, default=None, help="images per forward pass (default: 4 on CPU, where small batches are fastest; 64 on GPU)")
@@ -418,7 +420,7 @@ def _add_finetune_parser(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed for splits, initialization, order and augmentation")
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
-    r.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    r.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto = mixed precision on CUDA (bf16, else fp16 with loss scaling), fp32 on the CPU")
     r.add_argument("--threads", type=positive_int, help="training threads (default: every CPU)")
     r.add_argument("--workers", type=non_negative_int, help="decoding processes for the one-time image cache (default: every CPU)")

@@ -73,8 +73,7 @@ class Settings:
     @classmethod
     def of(cls, options: RunOptions, shard: shards.Shard = shards.Shard()) -> Settings:
         """Ranks sharing a machine share its CPUs, and each takes its own GPU (see shards.Shard)."""
-        cuda_count = torch.cuda.device_count() if options.device in ("auto", "cuda") and shard.local_count > 1 else 0
-        dev = pick_device(shard.device(options.device, cuda_count))
+        dev = pick_device(options.device, shard)
         bs = options.batch_size or default_batch_size(dev)
         part_size = max(bs, (options.part_size or DEFAULT_PART_SIZE) // bs * bs)
         cpus = shard.cpus()

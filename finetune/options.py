@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+from extract.device import PRECISIONS
 from extract.errors import UsageError
 from extract.names import check_backbone
 
 OPTIMIZERS = ("sgd", "adamw")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SAMPLING = ("none", "over", "under")
 
 

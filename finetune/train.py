@@ -32,7 +32,7 @@ from classify.models import class_weight_values, parse_class_weight
 from classify.report import binary_metrics, evaluate, missing_test_classes, report_files, summarize
 from extract.backbones import get_backbone
 from extract.names import FINETUNED_MODEL
-from extract.device import pick_device
+from extract.device import autocast_dtype, pick_device, pick_precision
 from extract.outputs import guards_output
 from extract.reader import list_images
 from extract.recipe import make_recipe, preprocess_config
@@ -41,7 +41,6 @@ from extract.weights import FINETUNED_BACKBONE, WeightsInfo, build_model, locate
 
 from . import checkpoint
 from . import options as options_module
-from .options import PRECISIONS
 from .data import (SAMPLING, CachedImages, choose_splits, decode, default_workers, epoch_sampler, normalize,
                    resampled_counts)
 from .model import (Network, backbone_state, backbone_units, build_network, frozen_count, head_name, param_groups,
@@ -131,25 +130,6 @@ def check_options(*, backbone: str, freeze_until, **options) -> None:
         frozen_count(backbone_units(model, head_name(model)), None, freeze_until, bb)
 
 
-def mixed_precision(device: torch.device, precision: str = "auto",
-                    bf16_supported: bool | None = None) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None for fp32, whether a GradScaler is needed). ``auto``: bf16 on CUDA where
-    supported, else fp16 with a scaler; fp32 on the CPU (bf16 is slow there without native support)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision == "auto":
-        if device.type != "cuda":
-            return None, False
-        if bf16_supported is None:
-            bf16_supported = torch.cuda.is_bf16_supported()
-        precision = "bf16" if bf16_supported else "fp16"
-    if precision == "fp32":
-        return None, False
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 is for GPUs; on the CPU use fp32 or bf16")
-    return (torch.bfloat16, False) if precision == "bf16" else (torch.float16, True)
-
-
 def lr_lambda(warmup_steps: int, total_steps: int, start: int = 0) -> Callable[[int], float]:
     """Multiplier of the base lr at a step: 0 before ``start``, linear warm-up, then cosine to 0."""
     def factor(step: int) -> float:
@@ -194,9 +174,9 @@ class Trainer:
                  device: torch.device, precision: str, out: Path, log, progress: bool):
         self.net, self.data, self.names, self.opt, self.config = net, data, class_names, options, config
         self.device, self.out, self.log, self.progress = device, out, log, progress
-        self.amp_dtype, scaler = mixed_precision(device, precision)
-        self.scaler = torch.amp.GradScaler("cuda") if scaler else None
-        self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        self.precision = pick_precision(precision, device, training=True)
+        self.amp_dtype = autocast_dtype(self.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None  # fp16 needs loss scaling
         y_train = data["train_labels"]
         n_draw = sum(resampled_counts(y_train, options["sampling"]).values())
         self.drop_last = options["train_bn"] and n_draw > options["batch_size"]

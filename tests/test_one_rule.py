@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pytest
+import torch
 from codes_fixtures import make_codes
-from conftest import FAST, make_tree
+from conftest import FAST, ROOT, make_tree
 
 import cnncodes
 import pipeline
@@ -43,3 +46,30 @@ def test_the_api_extracts_every_tap_its_layer_values_name_as_the_command_line(tm
                            workers=0, progress=False)
     with h5py.File(tmp_path / "c.h5", "r") as h5:
         assert sorted(h5["codes"]) == ["block4", "penultimate"]
+
+
+# --- the device and precision policy (extract.device) -----------------------------------------------------
+
+def test_the_device_policy_loads_without_torch_for_the_option_checks():
+    code = "import sys, extract.device, finetune.options, pipeline\nprint('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "False"
+    from extract.device import PRECISIONS
+    from finetune.options import CONSTRAINTS
+
+    assert [p for p in PRECISIONS + ("fp8",) if CONSTRAINTS["precision"][0](p)] == list(PRECISIONS)
+
+
+def test_one_precision_policy_for_inference_and_training(monkeypatch):
+    from extract import device
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(device.CAPABILITIES_ENV, "BF16,FP32")
+    assert device.pick_precision("auto", cpu) == "bf16"  # inference: native bf16 is faster
+    assert device.pick_precision("auto", cpu, training=True) == "fp32"
+    assert device.mixed_precision(cpu, "bf16") == (torch.bfloat16, False)
+    assert device.pick_precision("auto", torch.device("cuda"), bf16_supported=False) == "fp16"
+    assert device.mixed_precision(torch.device("cuda"), bf16_supported=False) == (torch.float16, True)
+    for pick in (lambda: device.pick_precision("fp16", cpu), lambda: device.mixed_precision(cpu, "fp16")):
+        with pytest.raises(UsageError, match="^--precision fp16 is for GPUs; on the CPU use fp32 or bf16$"):
+            pick()
