@@ -1,4 +1,5 @@
-"""Issue 23, item 1: each rule in one function, used by every command and by the Python API alike."""
+"""Issue 23, item 1: each rule in one function (the layer syntax, the device and precision policy, the report,
+the option checks), used by every command and by the Python API alike."""
 from __future__ import annotations
 
 import json
@@ -11,9 +12,11 @@ import pytest
 import torch
 from codes_fixtures import make_codes
 from conftest import FAST, ROOT, make_tree
+from test_finetune import run, start_weights, tree  # noqa: F401  (fixtures: a fine-tuned two-class run)
 
 import cnncodes
 import pipeline
+from classify.report import REPORT_SETTINGS
 from extract.errors import UsageError
 
 
@@ -73,3 +76,16 @@ def test_one_precision_policy_for_inference_and_training(monkeypatch):
     for pick in (lambda: device.pick_precision("fp16", cpu), lambda: device.mixed_precision(cpu, "fp16")):
         with pytest.raises(UsageError, match="^--precision fp16 is for GPUs; on the CPU use fp32 or bf16$"):
             pick()
+
+
+# --- the report (classify.report.build_report) ------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:alpha was chosen on too few rows")  # a 1-byte budget samples little
+def test_codes_streamed_and_finetuned_reports_have_the_same_keys_in_the_same_order(run, tmp_path):
+    codes = make_codes(tmp_path / "codes.h5")
+    in_memory = cnncodes.train(codes, tmp_path / "memory", cv=2, quiet=True)
+    streamed = cnncodes.train(codes, tmp_path / "streamed", cv=2, max_memory=1, quiet=True)  # streams
+    assert streamed["hyperparameter"].endswith("streamed SGD") and list(streamed) == list(in_memory)
+    _, tuned = run
+    assert list(tuned) == list(in_memory) + ["val_balanced_accuracy", "finetune"]
+    assert set(REPORT_SETTINGS) <= set(in_memory)
