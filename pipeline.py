@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from extract.checks import CONSTRAINTS, DTYPES, SHARD_FORMAT
 from extract.device import PRECISIONS
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -38,9 +39,9 @@ def _number(kind: type, ok, what: str):
 
 positive_int = _number(int, lambda v: v > 0, "a positive integer")
 non_negative_int = _number(int, lambda v: v >= 0, "0 or a positive integer")
-positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
-fraction = _number(float, lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)")
-cv_folds = _number(int, lambda v: v == 0 or v >= 2, "0 (no cross-validation) or at least 2 folds")
+positive_float = _number(float, *CONSTRAINTS["C"])
+fraction = _number(float, *CONSTRAINTS["test_fraction"])
+cv_folds = _number(int, *CONSTRAINTS["cv"])
 
 
 def shard_of(text: str) -> tuple[int, int]:
@@ -50,8 +51,8 @@ def shard_of(text: str) -> tuple[int, int]:
         r, n = int(rank), int(count)
     except ValueError:
         r, n = -1, 0
-    if not sep or not 0 <= r < n:
-        raise argparse.ArgumentTypeError(f"must be R/N with 0 <= R < N (shard R of N), got {text!r}")
+    if not sep or not CONSTRAINTS["shard"][0]((r, n)):
+        raise argparse.ArgumentTypeError(f"must be {SHARD_FORMAT} (shard R of N), got {text!r}")
     return r, n
 
 
@@ -117,7 +118,7 @@ def _add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) ->
     r = _add_running_options(p)
     r.add_argument("--part-size", type=positive_int, default=None,
                    help="images per part file; a killed run recomputes at most one part (default: 512)")
-    r.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored code type")
+    r.add_argument("--dtype", default="float32", choices=DTYPES, help="stored code type")
 
 
 SAMPLINGS = ("none", "over", "under", "hybrid")

@@ -52,12 +52,8 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
     samplings = sampling_modes(sampling)
     for name in classifiers:
         for mode in samplings:
-            check_options(name, normalize, mode)
+            check_options(name, normalize, mode, C, cv, test_fraction)
     check_max_iter(max_iter)
-    if C is not None and not 0 < C < float("inf"):
-        raise ValueError(f"C must be a positive number, got {C}")
-    if not (cv == 0 or cv >= 2):
-        raise ValueError(f"cv must be 0 (no cross-validation) or at least 2 folds, got {cv}")
     layer_sets = check_layer_sets(codes, layers, test)
     streamed = [should_stream(codes, layer_set, max_memory) for layer_set in layer_sets]
     if any(streamed):

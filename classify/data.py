@@ -172,8 +172,6 @@ def plan_split(codes, layers: list[str], test=None, test_fraction: float | None 
     ``block_bytes`` at a time."""
     if test is not None and test_fraction is not None:
         raise ValueError("give either a test codes file or a test fraction, not both")
-    if test_fraction is not None and not 0 < test_fraction < 1:
-        raise ValueError(f"test fraction must be between 0 and 1, got {test_fraction}")
     meta, rows = meta_rows(codes)
     names = class_names_of(_Named(meta, rows))
     ok, y = rows.ok.astype(bool), rows.labels
@@ -379,9 +377,8 @@ def require_two_classes(labels: np.ndarray, class_names: list[str], where: str) 
 
 
 def check_training_set(y_train: np.ndarray, class_names: list[str], cv: int) -> tuple[int, list[str]]:
-    """Raise on unusable training labels or ``cv`` (0, or at least 2); return the CV folds to use, and notes."""
-    if not (cv == 0 or cv >= 2):
-        raise ValueError(f"cv must be 0 (no cross-validation) or at least 2 folds, got {cv}")
+    """Raise on unusable training labels; return the CV folds to use (``cv`` checked by train.check_options),
+    and notes."""
     require_two_classes(y_train, class_names, "the training split")
     counts = np.bincount(y_train, minlength=len(class_names))
     present = np.flatnonzero(counts)

@@ -276,8 +276,6 @@ def _choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds, max_r
     folds into them)."""
     n = len(plan.y_train)
     if C is not None:
-        if not C > 0:
-            raise ValueError(f"C must be positive, got {C}")
         alpha = 1.0 / (C * n)
         return alpha, None, {}, 0, [f"C={C:g} fixed: alpha = 1 / (C x {n:,} training rows) = {alpha:.3g}"]
     if not folds:

@@ -21,6 +21,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import GridSearchCV
 from threadpoolctl import threadpool_limits
 
+from extract.checks import check
 from extract.outputs import guards_output
 
 from .data import Dataset, check_training_set, cv_sample, cv_splitter, layer_recipe, load_dataset
@@ -63,7 +64,7 @@ def classify_codes(codes: str | os.PathLike, out_dir: str | os.PathLike, layers:
     ``max_memory`` (``"2G"``, default a quarter of RAM) are streamed from the file by SGD instead:
     see classify/stream.py.
     """
-    check_options(classifier, normalize, sampling)
+    check_options(classifier, normalize, sampling, C, cv, test_fraction)
     check_max_iter(max_iter)
     out_dir = ensure_writable(out_dir)
     log = make_logger(progress)
@@ -81,8 +82,12 @@ def classify_codes(codes: str | os.PathLike, out_dir: str | os.PathLike, layers:
                           max_iter=max_iter, positive=positive)
 
 
-def check_options(classifier: str, normalize: str, sampling: str) -> None:
-    """Fail fast on unknown option values, before any data is read."""
+def check_options(classifier: str, normalize: str, sampling: str, C: float | None = None, cv: int | None = None,
+                  test_fraction: float | None = None) -> None:
+    """Fail fast on unknown option values, before any data is read: the one check of each (the streamed and
+    in-memory trainers, compare and the command line rely on it)."""
+    for name, value in (("C", C), ("cv", cv), ("test_fraction", test_fraction)):
+        check(name, value)
     classifier_spec(classifier)
     if normalize not in NORMALIZE:
         raise ValueError(f"unknown normalization {normalize!r}; choose one of {', '.join(NORMALIZE)}")

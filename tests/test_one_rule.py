@@ -3,6 +3,7 @@ the option checks), used by every command and by the Python API alike."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -89,3 +90,36 @@ def test_codes_streamed_and_finetuned_reports_have_the_same_keys_in_the_same_ord
     _, tuned = run
     assert list(tuned) == list(in_memory) + ["val_balanced_accuracy", "finetune"]
     assert set(REPORT_SETTINGS) <= set(in_memory)
+
+
+# --- the shared option checks (extract.checks), at the boundary ------------------------------------------
+
+@pytest.mark.parametrize("options, message", [
+    (dict(classifier="knn", C=-1.0), "--C must be a positive number, got -1.0"),  # knn has no C: refused all the same
+    (dict(C=float("inf")), "--C must be a positive number, got inf"),
+    (dict(cv=1), "--cv must be 0 (no cross-validation) or at least 2 folds, got 1"),
+    (dict(test_fraction=1.0), "--test-fraction must be a fraction between 0 and 1 (exclusive), got 1.0"),
+])
+def test_train_and_compare_refuse_a_bad_option_alike_before_any_work(tmp_path, options, message):
+    codes = make_codes(tmp_path / "codes.h5")
+    classifier = options.pop("classifier", "svm")
+    calls = [lambda: cnncodes.train(codes, tmp_path / "out", classifier=classifier, **options, quiet=True),
+             lambda: cnncodes.train(codes, tmp_path / "out", classifier=classifier, max_memory=1, **options, quiet=True),
+             lambda: cnncodes.compare(codes, tmp_path / "out", classifiers=(classifier,), **options, progress=False)]
+    for call in calls:
+        with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
+            call()
+        assert not (tmp_path / "out").exists()
+
+
+def test_the_command_line_and_the_api_share_one_shard_and_dtype_check(tmp_path, capsys):
+    from extract.checks import check
+
+    with pytest.raises(UsageError, match=r"^--shard must be R/N with 0 <= R < N, got 2/2$"):
+        cnncodes.extract_codes(make_tree(tmp_path / "images", per_class=1), tmp_path / "c.h5", shard=(2, 2))
+    with pytest.raises(UsageError, match="^--dtype must be float32 or float16, got 'float64'$"):
+        check("dtype", "float64")
+    with pytest.raises(SystemExit):
+        pipeline.main(["extract", "x", "-o", str(tmp_path / "c.h5"), "--shard", "2/2"])
+    assert "argument --shard: must be R/N with 0 <= R < N (shard R of N), got '2/2'" in capsys.readouterr().err
+    assert not (tmp_path / "c.h5").exists()
