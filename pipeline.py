@@ -7,6 +7,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from extract.checks import CONSTRAINTS, DTYPES, SHARD_FORMAT
+from extract.device import PRECISIONS
+
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _HERE = Path(__file__).resolve().parent
 OWN_CODE = {_HERE / "extract", _HERE / "classify", _HERE / "finetune", _HERE / "advise", _HERE}  # see is_usage_error
@@ -36,9 +39,9 @@ def _number(kind: type, ok, what: str):
 
 positive_int = _number(int, lambda v: v > 0, "a positive integer")
 non_negative_int = _number(int, lambda v: v >= 0, "0 or a positive integer")
-positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
-fraction = _number(float, lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)")
-cv_folds = _number(int, lambda v: v == 0 or v >= 2, "0 (no cross-validation) or at least 2 folds")
+positive_float = _number(float, *CONSTRAINTS["C"])
+fraction = _number(float, *CONSTRAINTS["test_fraction"])
+cv_folds = _number(int, *CONSTRAINTS["cv"])
 
 
 def shard_of(text: str) -> tuple[int, int]:
@@ -48,8 +51,8 @@ def shard_of(text: str) -> tuple[int, int]:
         r, n = int(rank), int(count)
     except ValueError:
         r, n = -1, 0
-    if not sep or not 0 <= r < n:
-        raise argparse.ArgumentTypeError(f"must be R/N with 0 <= R < N (shard R of N), got {text!r}")
+    if not sep or not CONSTRAINTS["shard"][0]((r, n)):
+        raise argparse.ArgumentTypeError(f"must be {SHARD_FORMAT} (shard R of N), got {text!r}")
     return r, n
 
 
@@ -63,7 +66,7 @@ class _KeepsEnvironmentHelp(argparse.HelpFormatter):
 def _add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
-    r.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    r.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="compute precision, recorded in the codes file; auto = bf16 on CPUs with native bf16 "
                         "(AMX, AVX512-BF16), else fp32; bf16/fp16 on GPUs")
     r.add_argument("--batch-size", type=positive_int, default=None, help="images per forward pass (default: 4 on CPU, where small batches are fastest; 64 on GPU)")
@@ -115,7 +118,7 @@ def _add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) ->
     r = _add_running_options(p)
     r.add_argument("--part-size", type=positive_int, default=None,
                    help="images per part file; a killed run recomputes at most one part (default: 512)")
-    r.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored code type")
+    r.add_argument("--dtype", default="float32", choices=DTYPES, help="stored code type")
 
 
 SAMPLINGS = ("none", "over", "under", "hybrid")
@@ -338,17 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _layer_runs(values: list[str] | None) -> list[list[str]]:
-    """--layer values as runs: commas separate runs, + concatenates taps (spaces ignored)."""
-    from classify.data import parse_layer_sets
+    """--layer values as runs (``extract.names.layer_runs``)."""
+    from extract.names import layer_runs
 
-    return [run for value in (values or ["penultimate"]) for run in parse_layer_sets(value)]
+    return layer_runs(values or ["penultimate"])
 
 
 def _tap_names(values: list[str] | None) -> tuple[str, ...]:
-    """Every tap named in --layer values (a,b and a+b name two), once each, in order: what one forward pass
-    must extract. Split here rather than by classify.data, whose import would load scikit-learn for extract."""
-    names = (t.strip() for value in (values or ["penultimate"]) for t in value.replace("+", ",").split(","))
-    return tuple(dict.fromkeys(t for t in names if t))
+    """Every tap named in --layer values, once each: what one forward pass must extract."""
+    from extract.names import tap_names
+
+    return tap_names(values or ["penultimate"])
 
 
 def _add_finetune_parser(sub) -> None:
@@ -418,7 +421,7 @@ def _add_finetune_parser(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed for splits, initialization, order and augmentation")
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
-    r.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    r.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto = mixed precision on CUDA (bf16, else fp16 with loss scaling), fp32 on the CPU")
     r.add_argument("--threads", type=positive_int, help="training threads (default: every CPU)")
     r.add_argument("--workers", type=non_negative_int, help="decoding processes for the one-time image cache (default: every CPU)")

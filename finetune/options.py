@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+from extract.checks import CONSTRAINTS as SHARED
+from extract.device import PRECISIONS
 from extract.errors import UsageError
 from extract.names import check_backbone
 
 OPTIMIZERS = ("sgd", "adamw")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SAMPLING = ("none", "over", "under")
 
 
@@ -38,7 +39,7 @@ CONSTRAINTS: dict[str, tuple[Callable, str]] = {
     "momentum": (_within(0, 1), "in [0, 1)"),
     "sampling": (lambda v: v in SAMPLING, f"one of {', '.join(SAMPLING)}"),
     "val_fraction": (_within(0, 1), "in [0, 1)"),
-    "test_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "test_fraction": SHARED["test_fraction"],
     "patience": (_whole(1), "a whole number >= 1"),
     "resize": (_whole(8), "a whole number >= 8"),
     "crop": (_whole(8), "a whole number >= 8"),
