@@ -65,8 +65,8 @@ def extract_codes(source: PathLike | Sequence[PathLike], out: PathLike, **option
     from extract.options import check_options
 
     options = _keywords(options)
-    if isinstance(options.get("layers"), str):  # "a,b" or "a+b", as --layer: the taps to extract
-        options["layers"] = tap_names([options["layers"]])
+    if options.get("layers") is not None:  # "a,b", "a+b" or a list, as --layer: the taps to extract
+        options["layers"] = tap_names(options["layers"])
     check_options(options)  # before torch loads
     from extract import extract_codes as _extract
 
@@ -90,12 +90,14 @@ def load_codes(path: PathLike, layers: str | Sequence[str] | None = None, split:
     naming those it has); rows whose image failed
     (NaN codes) are left out unless ``include_failed``. Uses h5py only (no torch, no scikit-learn).
     """
+    from extract.names import concatenated_taps
+
     with h5py.File(path, "r") as h5:
         if "codes" not in h5:
             raise ValueError(f"{path} is not a cnncodes codes file (no /codes group)")
         available = list(h5["codes"].keys())
         taps = [t["name"] for t in json.loads(h5.attrs.get("taps", "[]")) if t["name"] in available] or available
-        wanted = taps[:1] if layers is None else (layers.split("+") if isinstance(layers, str) else list(layers))
+        wanted = taps[:1] if layers is None else concatenated_taps(layers)
         missing = [t for t in wanted if t not in available]
         if missing:
             raise ValueError(f"{path} has no {', '.join(missing)}; it has {', '.join(available)}")
@@ -223,7 +225,9 @@ def _codes_transformer_class() -> type:
             paths = [Path(p).resolve() for p in (X.tolist() if isinstance(X, np.ndarray) else X)]
             if not paths:
                 raise ValueError("CodesTransformer.transform needs at least one image path")
-            layers = self.layer.split("+")
+            from extract.names import concatenated_taps
+
+            layers = concatenated_taps(self.layer)
             with tempfile.TemporaryDirectory(prefix="cnncodes-transform-") as tmp:
                 out = Path(tmp) / "codes.h5"
                 result = extract_codes([str(p) for p in paths], out, backbone=self.backbone, layers=tuple(layers),

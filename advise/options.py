@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from extract.config import check_config, option, whole
+from extract.device import PRECISIONS, check_precision
 from extract.names import check_backbone
-from extract.options import PRECISIONS
 
 DEFAULT_SAMPLE = 500
 MIN_SAMPLE = 10
@@ -27,7 +27,7 @@ class AdviseConfig:
     resize: int | None = option(None, whole(1), "a whole number >= 1")
     crop: int | None = option(None, whole(1), "a whole number >= 1")
     device: str = option("auto")
-    precision: str = option("auto", choices=PRECISIONS)
+    precision: str = option("auto", choices=PRECISIONS, check=check_precision)
     batch_size: int | None = option(None, whole(1), "a whole number >= 1")
     workers: int | None = option(None, whole(0), "a whole number >= 0")
     try_options: bool = option(False)

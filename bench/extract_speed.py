@@ -246,10 +246,11 @@ def _openvino_alone(model, bs: int, n_images: int) -> dict:
     import torch
 
     from extract import openvino_model
+    from extract.device import native_bf16
 
     ov = openvino_model.ov()  # without its telemetry, as cnncodes imports it
     core = ov.Core()
-    precision = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+    precision = "bf16" if native_bf16() else "f32"
     with openvino_model.no_telemetry():  # offline, as cnncodes converts
         converted = ov.convert_model(torch.export.export(model, (torch.zeros(bs, 3, 224, 224),)))
     compiled = core.compile_model(converted, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT",

@@ -136,10 +136,10 @@ def add_classify_options(p: argparse.ArgumentParser, several_samplings: bool = F
 
 
 def _layer_runs(values: list[str] | None) -> list[list[str]]:
-    """--layer values as runs: commas separate runs, + concatenates taps (spaces ignored)."""
-    from classify.data import parse_layer_sets
+    """--layer values as runs (``extract.names.layer_runs``)."""
+    from extract.names import layer_runs
 
-    return [run for value in (values or ["penultimate"]) for run in parse_layer_sets(value)]
+    return layer_runs(values or ["penultimate"])
 
 
 

@@ -9,9 +9,10 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from extract.config import check_config
+from extract.names import layer_runs
 from extract.outputs import guards_output
 
-from .data import codes_shape, file_taps, load_dataset, parse_layer_sets, resolve_layers
+from .data import codes_shape, file_taps, load_dataset, resolve_layers
 from .fileio import ensure_writable, write_files
 from .options import DEFAULT_CLASSIFIERS, DEFAULT_NORMALIZE, CompareConfig
 from . import stream, train
@@ -52,7 +53,7 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
     for name in classifiers:
         for mode in samplings:
             check_options(name, normalize, mode)
-    check_config(CompareConfig, {"C": C, "cv": cv, "max_iter": max_iter})
+    check_config(CompareConfig, {"C": C, "cv": cv, "test_fraction": test_fraction, "max_iter": max_iter})
     layer_sets = check_layer_sets(codes, layers, test)
     streamed = [should_stream(codes, layer_set, max_memory) for layer_set in layer_sets]
     if any(streamed):
@@ -115,7 +116,7 @@ def minority_recall(report: dict) -> dict:
 
 def check_layer_sets(codes, layers, test=None) -> list[list[str]]:
     """Every run's taps, each checked against the codes file (and the test file) before any training."""
-    layer_sets = [[t] for t in file_taps(codes)] if layers is None else parse_layer_sets(layers)
+    layer_sets = [[t] for t in file_taps(codes)] if layers is None else layer_runs(layers)
     for layer_set in layer_sets:
         resolve_layers(codes, layer_set)
         if test is not None:

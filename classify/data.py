@@ -13,8 +13,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from extract.codesfile import CodesFile, Rows, check_recipe, open_codes, read_meta, read_rows
 from extract.errors import UsageError
-
-from .options import check_options
+from extract.names import concatenated_taps
 
 DEFAULT_TEST_FRACTION = 0.25
 EVALUATION_SPLITS = ("test", "val")  # the first present beside train evaluates; it never chooses anything
@@ -56,24 +55,6 @@ def file_taps(path: str | os.PathLike) -> list[str]:
     meta, stored = file_meta(path)
     listed = [t["name"] for t in meta.get("taps", []) if t.get("name") in stored]
     return listed + [t for t in stored if t not in listed]
-
-
-def concatenated_taps(layers: str | Sequence[str]) -> list[str]:
-    """One concatenation of taps: ``"a+b"``, ``"a + b"`` or a list whose items may themselves be ``a+b``."""
-    items = [layers] if isinstance(layers, str) else [str(t) for t in layers]
-    return [t.strip() for item in items for t in item.split("+") if t.strip()]
-
-
-def parse_layer_sets(spec: str | Sequence[str | Sequence[str]]) -> list[list[str]]:
-    """The runs of ``compare``: commas separate runs, ``+`` concatenates taps, spaces are ignored.
-
-    ``"block4, block4+penultimate"`` -> ``[["block4"], ["block4", "penultimate"]]``; a list holds one run per item.
-    """
-    items = [t for t in spec.split(",")] if isinstance(spec, str) else list(spec)
-    runs = [concatenated_taps(item) for item in items]
-    if not runs or any(not run for run in runs):
-        raise ValueError(f"layers {spec!r}: an empty entry; write runs separated by commas, taps joined by +")
-    return runs
 
 
 def resolve_layers(path: str | os.PathLike, layers: str | Sequence[str] | None) -> list[str]:
@@ -191,8 +172,6 @@ def plan_split(codes, layers: list[str], test=None, test_fraction: float | None 
     ``block_bytes`` at a time."""
     if test is not None and test_fraction is not None:
         raise ValueError("give either a test codes file or a test fraction, not both")
-    if test_fraction is not None and not 0 < test_fraction < 1:
-        raise ValueError(f"test fraction must be between 0 and 1, got {test_fraction}")
     meta, rows = meta_rows(codes)
     names = class_names_of(_Named(meta, rows))
     ok, y = rows.ok.astype(bool), rows.labels
@@ -398,8 +377,8 @@ def require_two_classes(labels: np.ndarray, class_names: list[str], where: str) 
 
 
 def check_training_set(y_train: np.ndarray, class_names: list[str], cv: int) -> tuple[int, list[str]]:
-    """Raise on unusable training labels or ``cv`` (0, or at least 2); return the CV folds to use, and notes."""
-    check_options({"cv": cv})
+    """Raise on unusable training labels; return the CV folds to use (``cv`` checked at the boundary: classify.options),
+    and notes."""
     require_two_classes(y_train, class_names, "the training split")
     counts = np.bincount(y_train, minlength=len(class_names))
     present = np.flatnonzero(counts)

@@ -212,7 +212,6 @@ def param_grid(classifier: str, C: float | None, n_train_fold: int) -> dict[str,
     """The values to cross-validate: a fixed ``C`` gives a one-point grid; kNN's k is capped by the fold size."""
     spec = classifier_spec(classifier)
     if C is not None and spec.param == "C":
-        check_options({"C": C})
         return {"clf__C": [float(C)]}
     values = list(spec.grid)
     if spec.param == "n_neighbors":

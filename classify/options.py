@@ -1,8 +1,8 @@
 """classify's and compare's options declared once: ``ClassifyConfig`` and ``CompareConfig`` hold each
 option's default and allowed values.
 
-The command line takes its defaults and choices from them; ``check_options`` is the one check of those
-values, used by the command line, the trainers (in memory or streamed) and the estimators' builders.
+The command line takes its defaults and choices from them (C, cv and test_fraction name the shared
+constraints of extract/checks.py); ``check_options`` is the one check of those values, used by the command line, the trainers (in memory or streamed) and the estimators' builders.
 scikit-learn-free, so that a bad value fails before anything heavy loads.
 """
 from __future__ import annotations
@@ -39,9 +39,6 @@ def _must(accepts: Callable, message: str) -> Callable[[object], None]:
     return check
 
 
-_positive_C = _must(lambda v: 0 < v < float("inf"), "C must be a positive number, got {}")
-_folds = _must(lambda v: whole(0)(v) and (v == 0 or v >= 2), "cv must be 0 (no cross-validation) or at least 2 "
-               "folds, got {}")
 _iterations = _must(whole(1), "max_iter must be a positive number of iterations, got {}")
 
 
@@ -53,13 +50,13 @@ class ClassifyConfig:
     layers: str | Sequence[str] | None = option(None)
     classifier: str = option("svm", check=_known("classifier", CLASSIFIER_NAMES))
     normalize: str = option(DEFAULT_NORMALIZE, check=_known("normalization", NORMALIZE))
-    C: float | None = option(None, check=_positive_C)
+    C: float | None = option(None, "C")
     class_weight: str | dict | None = option("balanced", optional=True)
     sampling: str = option("none", check=_known("sampling", SAMPLING))
     test: str | None = option(None)
-    test_fraction: float | None = option(None)
+    test_fraction: float | None = option(None, "test_fraction")
     seed: int = option(0)
-    cv: int = option(5, check=_folds)
+    cv: int = option(5, "cv")
     progress: bool = option(True)
     n_jobs: int | None = option(None)
     calibrate: bool = option(False)
@@ -77,13 +74,13 @@ class CompareConfig:
     classifiers: Sequence[str] = option(DEFAULT_CLASSIFIERS)
     layers: str | Sequence | None = option(None)
     normalize: str = option(DEFAULT_NORMALIZE, check=_known("normalization", NORMALIZE))
-    C: float | None = option(None, check=_positive_C)
+    C: float | None = option(None, "C")
     class_weight: str | dict | None = option("balanced", optional=True)
     sampling: str | Sequence[str] = option("none")
     test: str | None = option(None)
-    test_fraction: float | None = option(None)
+    test_fraction: float | None = option(None, "test_fraction")
     seed: int = option(0)
-    cv: int = option(5, check=_folds)
+    cv: int = option(5, "cv")
     progress: bool = option(True)
     n_jobs: int | None = option(None)
     max_iter: int | None = option(None, check=_iterations)

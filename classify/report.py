@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import io
 import json
 import warnings
@@ -11,6 +12,51 @@ import numpy as np
 from sklearn.metrics import (ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay, accuracy_score,
                              average_precision_score, balanced_accuracy_score, classification_report,
                              confusion_matrix, f1_score, precision_recall_curve, roc_auc_score, roc_curve)
+
+
+# The report contract of every kind of run (codes, streamed, fine-tuned): these settings, in this order, then the
+# counts, fit time and evaluate()'s metrics (see build_report)
+REPORT_SETTINGS = ("codes", "test_codes", "split_source", "layers", "classifier", "normalize", "sampling", "seed",
+                   "C", "best_params", "hyperparameter", "cv_score", "cv_folds", "cv_scoring", "cv_grid",
+                   "n_failed_excluded", "n_unlabeled_excluded", "max_iter", "calibrated", "recipe", "versions")
+
+
+def build_report(settings: dict, class_names: list[str], y_train: np.ndarray, y_test: np.ndarray,
+                 y_pred: np.ndarray, *, class_weight, weights, fit_time: float, binary: dict | None, notes: list[str],
+                 resampled_class_counts: dict[str, int] | None = None, extra: dict | None = None) -> dict:
+    """The one report of classify, its streamed path and finetune: the same keys, so that runs of any kind compare.
+
+    ``settings`` holds exactly REPORT_SETTINGS; ``weights`` are the applied class weights (by index, or a name
+    such as "balanced"); ``resampled_class_counts`` defaults to the training counts; ``extra`` keys come last."""
+    if settings.keys() != set(REPORT_SETTINGS):
+        raise TypeError(f"report settings differ from the contract: {sorted(settings.keys() ^ set(REPORT_SETTINGS))}")
+    s, names = settings, class_names
+    train_counts = class_counts(y_train, names)
+    return {
+        "codes": s["codes"], "test_codes": s["test_codes"], "split_source": s["split_source"], "layers": s["layers"],
+        "classifier": s["classifier"], "normalize": s["normalize"],
+        "class_weight": class_weight if isinstance(class_weight, (str, type(None))) else dict(class_weight),
+        "class_weight_applied": {names[k]: v for k, v in weights.items()} if isinstance(weights, dict) else weights,
+        "sampling": s["sampling"], "seed": s["seed"], "C": s["C"], "best_params": s["best_params"],
+        "hyperparameter": s["hyperparameter"], "cv_score": s["cv_score"], "cv_folds": s["cv_folds"],
+        "cv_scoring": s["cv_scoring"], "cv_grid": s["cv_grid"],
+        "n_train": int(len(y_train)), "n_test": int(len(y_test)),
+        "n_failed_excluded": s["n_failed_excluded"], "n_unlabeled_excluded": s["n_unlabeled_excluded"],
+        "train_class_counts": train_counts,
+        "resampled_class_counts": train_counts if resampled_class_counts is None else resampled_class_counts,
+        "test_class_counts": class_counts(y_test, names),
+        "fit_time_s": round(fit_time, 4), "max_iter": s["max_iter"], "calibrated": s["calibrated"],
+        **evaluate(y_test, y_pred, names),
+        "binary": binary, "notes": notes, "recipe": s["recipe"], "versions": s["versions"],
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+
+
+def class_counts(y: np.ndarray, names: list[str]) -> dict[str, int]:
+    """Rows per class present in ``y``, by name, in class-index order."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=len(names))
+    return {names[c]: int(n) for c, n in enumerate(counts) if n}
 
 
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:

@@ -9,7 +9,6 @@ and model files are those of ``classify_codes`` (same report.json keys, same mod
 """
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import re
 import time
@@ -36,8 +35,7 @@ from .data import (Plan, check_training_set, codes_shape, cv_sample, cv_splitter
 from .fileio import write_files
 from .model_io import load_model, model_files
 from .models import class_weight_values, make_normalizer, parse_class_weight
-from .options import check_options
-from .report import evaluate, report_files, summarize
+from .report import build_report, report_files, summarize
 
 # In-memory classify peaks at about this many times the float32 codes it loads (bench/RESULTS.md):
 # the loaded file, the selected rows, the normalized copy and the solver's own copy.
@@ -278,7 +276,6 @@ def _choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds, max_r
     folds into them)."""
     n = len(plan.y_train)
     if C is not None:
-        check_options({"C": C})
         alpha = 1.0 / (C * n)
         return alpha, None, {}, 0, [f"C={C:g} fixed: alpha = 1 / (C x {n:,} training rows) = {alpha:.3g}"]
     if not folds:
@@ -321,34 +318,18 @@ def _predict_rows(model, path, layers, index: np.ndarray, budget: int, paths) ->
 
 def _report(plan: Plan, layers, classifier, normalize, class_weight, weights, sampling, seed, alpha, cv_score,
             folds, grid, fit_time, y_pred, notes) -> dict:
-    """The report of classify_codes (same keys), alpha being the hyper-parameter."""
-    names = plan.class_names
-    counts = _counts(plan.y_train, names)
-    return {
-        "codes": plan.codes_path, "test_codes": plan.test_codes,
-        "split_source": plan.split_source, "layers": layers, "classifier": classifier, "normalize": normalize,
-        "class_weight": class_weight if isinstance(class_weight, (str, type(None))) else dict(class_weight),
-        "class_weight_applied": None if weights is None else {names[k]: v for k, v in weights.items()},
-        "sampling": sampling, "seed": seed, "C": None, "best_params": {"alpha": alpha},
-        "hyperparameter": f"alpha={alpha:g}, streamed SGD",
+    """The report of classify_codes (report.build_report), alpha being the hyper-parameter."""
+    settings = {
+        "codes": plan.codes_path, "test_codes": plan.test_codes, "split_source": plan.split_source,
+        "layers": layers, "classifier": classifier, "normalize": normalize, "sampling": sampling, "seed": seed,
+        "C": None, "best_params": {"alpha": alpha}, "hyperparameter": f"alpha={alpha:g}, streamed SGD",
         "cv_score": cv_score, "cv_folds": folds, "cv_scoring": CV_SCORING, "cv_grid": grid,
-        "n_train": int(len(plan.y_train)), "n_test": int(len(plan.y_test)),
         "n_failed_excluded": plan.n_failed_excluded, "n_unlabeled_excluded": plan.n_unlabeled_excluded,
-        "train_class_counts": counts, "resampled_class_counts": counts,
-        "test_class_counts": _counts(plan.y_test, names),
-        "fit_time_s": round(fit_time, 4), "max_iter": None, "calibrated": False,
-        **evaluate(plan.y_test, y_pred, names),
-        "binary": None,
-        "notes": notes,
-        "recipe": plan.recipe,
+        "max_iter": None, "calibrated": False, "recipe": plan.recipe,
         "versions": {"scikit-learn": sklearn.__version__, "imbalanced-learn": imblearn.__version__},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def _counts(y: np.ndarray, names: list[str]) -> dict[str, int]:
-    counts = Counter(int(v) for v in y)
-    return {names[i]: counts[i] for i in sorted(counts)}
+    return build_report(settings, plan.class_names, plan.y_train, plan.y_test, y_pred, class_weight=class_weight,
+                        weights=weights, fit_time=fit_time, binary=None, notes=notes)
 
 
 # ------------------------------------------------------------------------------------------- predict

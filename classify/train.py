@@ -1,7 +1,6 @@
 """classify_codes: fit one classifier on cached codes, evaluate it, write the model and reports."""
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import sys
 import time
@@ -30,7 +29,8 @@ from .fileio import ensure_writable, write_files
 from .model_io import model_files
 from .models import build_pipeline, classifier_spec, param_grid, parse_class_weight
 from .options import DEFAULT_NORMALIZE
-from .report import binary_metrics, evaluate, missing_test_classes, positive_scores, report_files, summarize
+from .report import (binary_metrics, build_report, class_counts, missing_test_classes, positive_scores,
+                     report_files, summarize)
 from .stream import classify_streamed, should_stream
 
 CV_SCORING = "balanced_accuracy"
@@ -65,7 +65,7 @@ def classify_codes(codes: str | os.PathLike, out_dir: str | os.PathLike, layers:
     see classify/stream.py.
     """
     options.check_options(dict(classifier=classifier, normalize=normalize, sampling=sampling, C=C, cv=cv,
-                               max_iter=max_iter))
+                               test_fraction=test_fraction, max_iter=max_iter))
     out_dir = ensure_writable(out_dir)
     log = make_logger(progress)
     if should_stream(codes, layers, max_memory):
@@ -156,30 +156,21 @@ def fit_and_report(data: Dataset, out_dir: Path, *, classifier: str, normalize: 
         scores, score_kind = positive_scores(model, data.X_test, positive_index)
         binary = binary_metrics(data.y_test, y_pred, scores, positive_index, names, score_kind)
         notes += binary.pop("notes")
-    report = {
+    settings = {
         "codes": data.codes_path, "test_codes": data.test_path, "split_source": data.split_source,
-        "layers": data.layers, "classifier": classifier, "normalize": normalize,
-        "class_weight": class_weight if isinstance(class_weight, (str, type(None))) else dict(class_weight),
-        "class_weight_applied": {names[k]: v for k, v in weights.items()} if isinstance(weights, dict) else weights,
-        "sampling": sampling, "seed": seed,
+        "layers": data.layers, "classifier": classifier, "normalize": normalize, "sampling": sampling, "seed": seed,
         "C": best if spec.param == "C" else None, "best_params": {spec.param: best},
         "hyperparameter": f"{spec.param}={best:g}" if isinstance(best, float) else f"{spec.param}={best}",
         "cv_score": None if cv_score is None else float(cv_score), "cv_folds": folds, "cv_scoring": CV_SCORING,
         "cv_grid": {k.removeprefix("clf__"): v for k, v in grid.items()},
-        "n_train": int(len(data.y_train)), "n_test": int(len(data.y_test)),
         "n_failed_excluded": data.n_failed_excluded, "n_unlabeled_excluded": data.n_unlabeled_excluded,
-        "train_class_counts": _counts(data.y_train, names),
-        "resampled_class_counts": _counts(resampled, names),
-        "test_class_counts": _counts(data.y_test, names),
-        "fit_time_s": round(fit_time, 4), "max_iter": max_iter,
-        "calibrated": isinstance(model.named_steps["clf"], CalibratedClassifierCV),
-        **evaluate(data.y_test, y_pred, names),
-        "binary": binary,
-        "notes": notes,
+        "max_iter": max_iter, "calibrated": isinstance(model.named_steps["clf"], CalibratedClassifierCV),
         "recipe": data.recipe,
         "versions": {"scikit-learn": sklearn.__version__, "imbalanced-learn": imblearn.__version__},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    report = build_report(settings, names, data.y_train, data.y_test, y_pred, class_weight=class_weight,
+                          weights=weights, fit_time=fit_time, binary=binary, notes=notes,
+                          resampled_class_counts=class_counts(resampled, names))
     bundle = {"pipeline": model, "class_names": names, "layers": data.layers, "recipe": data.recipe,
               "layer_recipe": layer_recipe(data.recipe, data.layers),
               "settings": {k: report[k] for k in ("classifier", "normalize", "class_weight", "sampling", "seed",
@@ -306,11 +297,6 @@ def resampled_labels(model, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         if hasattr(step, "fit_resample"):
             X, y = clone(step).fit_resample(X, y)
     return y
-
-
-def _counts(y: np.ndarray, names: list[str]) -> dict[str, int]:
-    counts = Counter(int(v) for v in y)
-    return {names[i]: counts[i] for i in sorted(counts)}
 
 
 def make_logger(progress: bool):

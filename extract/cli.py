@@ -116,7 +116,7 @@ def add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) -> 
 
 def extract_kwargs(args: argparse.Namespace) -> dict:
     """The extract options of ``args`` as extract_codes' keywords (extract and run)."""
-    options = {**from_args(E, args), "layers": tap_names(args.layers)}
+    options = {**from_args(E, args), "layers": tap_names(args.layers or E.layers)}
     check_options(options)
     return options
 

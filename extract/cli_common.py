@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from .options import PRECISIONS, ExtractConfig
+from .checks import CONSTRAINTS, SHARD_FORMAT
+from .config import choices
+from .options import ExtractConfig
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_LISTED_FAILURES = 20
@@ -32,9 +34,9 @@ def _number(kind: type, ok, what: str):
 
 positive_int = _number(int, lambda v: v > 0, "a positive integer")
 non_negative_int = _number(int, lambda v: v >= 0, "0 or a positive integer")
-positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
-fraction = _number(float, lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)")
-cv_folds = _number(int, lambda v: v == 0 or v >= 2, "0 (no cross-validation) or at least 2 folds")
+positive_float = _number(float, *CONSTRAINTS["C"])
+fraction = _number(float, *CONSTRAINTS["test_fraction"])
+cv_folds = _number(int, *CONSTRAINTS["cv"])
 
 
 def shard_of(text: str) -> tuple[int, int]:
@@ -44,8 +46,8 @@ def shard_of(text: str) -> tuple[int, int]:
         r, n = int(rank), int(count)
     except ValueError:
         r, n = -1, 0
-    if not sep or not 0 <= r < n:
-        raise argparse.ArgumentTypeError(f"must be R/N with 0 <= R < N (shard R of N), got {text!r}")
+    if not sep or not CONSTRAINTS["shard"][0]((r, n)):
+        raise argparse.ArgumentTypeError(f"must be {SHARD_FORMAT} (shard R of N), got {text!r}")
     return r, n
 
 
@@ -60,7 +62,7 @@ def add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """--device, --precision, --batch-size, --workers, --quiet of the commands that run the backbone."""
     r = p.add_argument_group("running")
     r.add_argument("--device", default=ExtractConfig.device, help="auto, cpu or cuda[:N] (default: %(default)s)")
-    r.add_argument("--precision", default=ExtractConfig.precision, choices=PRECISIONS,
+    r.add_argument("--precision", default=ExtractConfig.precision, choices=choices(ExtractConfig, "precision"),
                    help="compute precision, recorded in the codes file; auto = bf16 on CPUs with native bf16 "
                         "(AMX, AVX512-BF16), else fp32; bf16/fp16 on GPUs")
     r.add_argument("--batch-size", type=positive_int, default=None, help="images per forward pass (default: 4 on CPU, where small batches are fastest; 64 on GPU)")

@@ -1,34 +1,28 @@
 """Options declared once: a dataclass per command (``FinetuneConfig``...) holds each option's default and the
 values it accepts; the command line takes its defaults and choices from it, and the command line and the
 Python API check their options against it before torch loads (scikit-learn's parameter constraints are the
-model). Torch-free."""
+model). A constraint that several commands share is named, not copied: it lives in extract/checks.py.
+Torch-free."""
 from __future__ import annotations
 
 from dataclasses import Field, field, fields
 from typing import Any, Callable
 
-from .errors import UsageError
+from .checks import CONSTRAINTS, require, whole, within  # noqa: F401  (whole, within: for the configs)
 
 
-def option(default: Any, accepts: Callable[[Any], bool] | None = None, what: str = "",
+def option(default: Any, accepts: Callable[[Any], bool] | str | None = None, what: str = "",
            choices: tuple | None = None, check: Callable[[Any], Any] | None = None, optional: bool = False) -> Any:
-    """A config field: its default and what it accepts: ``choices``, a predicate ``accepts`` described by
-    ``what``, or ``check`` (raises its own UsageError). None is accepted when the default is None or
-    ``optional`` (the library then decides)."""
-    if choices is not None:
+    """A config field: its default and what it accepts: a predicate ``accepts`` described by ``what``, the
+    name of a shared constraint (``accepts="C"``: extract.checks.CONSTRAINTS), ``choices`` (also argparse's),
+    or ``check`` (raises its own UsageError). None is accepted when the default is None or ``optional`` (the
+    library then decides)."""
+    if isinstance(accepts, str):
+        accepts, what = CONSTRAINTS[accepts]
+    elif accepts is None and check is None and choices is not None:
         accepts, what = (lambda v: v in choices), f"one of {', '.join(choices)}"
     return field(default=default, metadata={"accepts": accepts, "what": what, "choices": choices, "check": check,
                                             "optional": optional or default is None})
-
-
-def whole(low: int) -> Callable[[Any], bool]:
-    """Accepts whole numbers (not booleans) of at least ``low``."""
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
-def within(low: float, high: float, closed_high: bool = False) -> Callable[[float], bool]:
-    """Accepts numbers in [low, high), or [low, high] when ``closed_high``."""
-    return lambda v: low <= v <= high if closed_high else low <= v < high
 
 
 def defaults(config: type) -> dict[str, Any]:
@@ -61,15 +55,8 @@ def check_config(config: type, options: dict[str, Any]) -> None:
             continue
         if meta["check"] is not None:
             meta["check"](value)
-        if meta["accepts"] is not None and not _accepts(meta["accepts"], value):
-            raise UsageError(f"--{name.replace('_', '-')} must be {meta['what']}, not {value!r}")
-
-
-def _accepts(accepts: Callable[[Any], bool], value: Any) -> bool:
-    try:
-        return value is not None and bool(accepts(value))
-    except TypeError:  # a string where a number belongs
-        return False
+        if meta["accepts"] is not None:
+            require(name, value, meta["accepts"], meta["what"])
 
 
 def _field(config: type, name: str) -> Field:

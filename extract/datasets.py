@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .checks import check
+
 
 def write_digits(root: str | os.PathLike, size: int = 32, test_fraction: float = 0.3, seed: int = 0,
                  per_class: int | None = None, overwrite: bool = False) -> dict[str, int]:
@@ -25,8 +27,7 @@ def write_digits(root: str | os.PathLike, size: int = 32, test_fraction: float =
     from sklearn.model_selection import train_test_split
 
     root = Path(root)
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+    check("test_fraction", test_fraction)
     _check_target(root, overwrite)
     digits = load_digits()
     index = np.arange(len(digits.target))

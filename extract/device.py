@@ -1,26 +1,76 @@
-"""Choose the compute device and precision."""
+"""The device and precision policy of every command (extract, finetune, predict, advise): CPU or CUDA, and
+which precision ``auto`` means there. Torch is imported only where a device is picked, so that the names and
+the checks load without it (assembling, option checks)."""
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
+from .checks import require
+from .errors import UsageError
 
-from .options import check_options
+if TYPE_CHECKING:
+    import torch
+
+    from .shards import Shard
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Overrides what the CPU reports (e.g. "FP32,INT8" for a CPU without native bf16), to run or test another CPU's path.
 CAPABILITIES_ENV = "CNNCODES_CPU_CAPABILITIES"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else CPU; an unavailable CUDA is a clear error."""
+def pick_device(device: str = "auto", shard: Shard | None = None) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; an unavailable CUDA is a clear error. Ranks sharing a machine
+    with GPUs (``shard``) each take their own: ``auto`` or ``cuda`` becomes ``cuda:LOCAL_RANK`` modulo the GPUs."""
+    import torch
+
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+        raise UsageError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
     if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda[:N], not {device!r}")
+        raise UsageError(f"--device must be auto, cpu or cuda[:N], not {device!r}")
+    if shard is not None and device == "cuda":
+        device = shard.device(device, torch.cuda.device_count())
     return torch.device(device)
+
+
+def check_precision(precision: str, device_type: str | None = None) -> str:
+    """``precision`` if it is a known one (and not fp16 on a CPU), else a UsageError."""
+    require("precision", precision, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device_type == "cpu":
+        raise UsageError("--precision fp16 is for GPUs; on the CPU use fp32 or bf16")
+    return precision
+
+
+def pick_precision(precision: str, device: torch.device, capabilities: Callable[[], list[str]] | None = None,
+                   training: bool = False, bf16_supported: bool | None = None) -> str:
+    """``auto``: bf16 on GPUs where supported, else fp16. On CPUs inference takes bf16 where ``capabilities()``
+    reports native BF16 (elsewhere it is emulated and slower than fp32), else fp32; training takes fp32."""
+    if check_precision(precision, device.type) != "auto":
+        return precision
+    if device.type == "cuda":
+        if bf16_supported is None:
+            import torch
+
+            bf16_supported = torch.cuda.is_bf16_supported()
+        return "bf16" if bf16_supported else "fp16"
+    return "bf16" if not training and native_bf16(capabilities) else "fp32"
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The torch.autocast dtype of a picked precision; None for fp32 (no autocast)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def mixed_precision(device: torch.device, precision: str = "auto",
+                    bf16_supported: bool | None = None) -> tuple[torch.dtype | None, bool]:
+    """Training's (autocast dtype or None for fp32, whether a GradScaler is needed): fp16 needs loss scaling."""
+    picked = pick_precision(precision, device, training=True, bf16_supported=bf16_supported)
+    return autocast_dtype(picked), picked == "fp16"
 
 
 def usable_cpus() -> int:
@@ -39,25 +89,6 @@ def cpu_capabilities() -> list[str]:
     if not openvino_model.available():
         return []
     return list(openvino_model.core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    """The precision rule of every command: a declared value (extract/options.py), and fp16 only on GPUs."""
-    check_options({"precision": precision})
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 is for GPUs; on the CPU use fp32 or bf16")
-
-
-def pick_precision(precision: str, device: torch.device,
-                   capabilities: Callable[[], list[str]] | None = None) -> str:
-    """``auto``: bf16 (or fp16) on GPUs; on CPUs bf16 where ``capabilities()`` reports native BF16
-    (elsewhere it is emulated and slower than fp32), else fp32."""
-    check_precision(precision, device)
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if native_bf16(capabilities) else "fp32"
 
 
 def native_bf16(capabilities: Callable[[], list[str]] | None = None) -> bool:

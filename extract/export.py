@@ -18,6 +18,7 @@ import numpy as np
 
 from .atomic import temporary_name, writing
 from .codesfile import open_codes
+from .outputs import claim_output
 
 FORMATS = ("npy", "parquet")
 ROWS_FILE = "rows.parquet"
@@ -31,12 +32,9 @@ def export_codes(codes: str | os.PathLike, out: str | os.PathLike, to: str = "np
     refused unless ``overwrite``."""
     if to not in FORMATS:
         raise ValueError(f"--to must be one of {', '.join(FORMATS)}, not {to!r}")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
     cf = open_codes(codes, taps=[])  # one clear error for a missing, foreign or incomplete file
     meta, rows = cf.meta, cf.rows
-    with h5py.File(codes, "r") as h5:
+    with claim_output(out, folder=to == "npy", overwrite=overwrite) as out, h5py.File(codes, "r") as h5:
         keep = np.flatnonzero(rows.ok) if ok_only else np.arange(len(rows))
         table = _rows_table(rows, keep, meta)
         if to == "npy":

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import device as devices
 from . import openvino_model
-from .device import DTYPES
+from .device import autocast_dtype
 from .fusion import fold_batchnorm
 from .network import Network
 from .taps import Tap, TapModel
@@ -72,8 +72,8 @@ class CodeComputer:
         if self.device.type == "cuda":
             images = images.pin_memory()
         x = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=DTYPES.get(self.precision),
-                                                     enabled=self.precision in DTYPES):
+        dtype = autocast_dtype(self.precision)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             out = self.module(x)
         return {name: value.float().cpu() for name, value in out.items()}
 

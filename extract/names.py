@@ -1,6 +1,8 @@
 """Names cnncodes recognizes, torch-free so that a command checks its input before torch loads: the
-backbones, and the files that tell what a run folder holds."""
+backbones, the layer syntax, and the files that tell what a run folder holds."""
 from __future__ import annotations
+
+from typing import Sequence
 
 from .errors import UsageError
 
@@ -19,8 +21,32 @@ def check_backbone(name: str) -> str:
     return name
 
 
-def tap_names(values: list[str] | None) -> tuple[str, ...]:
-    """Every tap named in --layer values (a,b and a+b name two), once each, in order: what one forward pass
-    must extract. Split here rather than by classify.data, whose import would load scikit-learn for extract."""
-    names = (t.strip() for value in (values or ["penultimate"]) for t in value.replace("+", ",").split(","))
-    return tuple(dict.fromkeys(t for t in names if t))
+def layer_runs(spec: str | Sequence[str | Sequence[str]]) -> list[list[str]]:
+    """The layer syntax of every command and of the API: commas separate runs, ``+`` concatenates taps, spaces
+    are ignored. ``"block4, block4 + penultimate"`` -> ``[["block4"], ["block4", "penultimate"]]``.
+
+    A list is read as repeated ``--layer`` values: a text item may hold several runs, a list item is one run."""
+    items = [spec] if isinstance(spec, str) else list(spec)
+    runs = [_taps(part) for item in items
+            for part in (item.split(",") if isinstance(item, str) else ["+".join(map(str, item))])]
+    if not runs or any("" in run for run in runs):
+        raise UsageError(f"layers {spec!r}: an empty entry; write runs separated by commas, taps joined by +")
+    return runs
+
+
+def concatenated_taps(spec: str | Sequence[str]) -> list[str]:
+    """The taps of one run, side by side: ``"a+b"``, ``"a + b"``, or a list of taps (``--layer`` repeated)."""
+    items = [spec] if isinstance(spec, str) else list(spec)
+    runs = [layer_runs(str(item)) for item in items]
+    if any(len(found) > 1 for found in runs):
+        raise UsageError(f"layers {spec!r}: a comma separates runs, and this takes one; join taps with + (a+b)")
+    return [t for found in runs for t in found[0]]
+
+
+def tap_names(spec: str | Sequence[str | Sequence[str]]) -> tuple[str, ...]:
+    """Every tap that ``spec``'s runs name, once each, in order: what one forward pass must extract."""
+    return tuple(dict.fromkeys(t for run in layer_runs(spec) for t in run))
+
+
+def _taps(text: str) -> list[str]:
+    return [t.strip() for t in text.split("+")]

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .checks import DTYPES
 from .config import check_config, option, whole
+from .device import PRECISIONS, check_precision
 from .names import check_backbone
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLS = ("avg", "max", "none")
-DTYPES = ("float32", "float16")
 MAX_UNPOOLED_DIM = 65536  # --pool none keeps whole conv maps; codes wider than this are refused unless raised
 
 
@@ -26,13 +26,13 @@ class ExtractConfig:
     pool: str = option("avg", choices=POOLS)
     weights: str | None = option(None)
     device: str = option("auto")
-    precision: str = option("auto", choices=PRECISIONS)
+    precision: str = option("auto", choices=PRECISIONS, check=check_precision)
     batch_size: int | None = option(None, whole(1), "a whole number >= 1")
     workers: int | None = option(None, whole(0), "a whole number >= 0")
     part_size: int | None = option(None, whole(1), "a whole number >= 1")
     resize: int | None = option(None, whole(1), "a whole number >= 1")
     crop: int | None = option(None, whole(1), "a whole number >= 1")
-    dtype: str = option("float32", choices=DTYPES)
+    dtype: str = option("float32", "dtype", choices=DTYPES)
     overwrite: bool = option(False)
     update: bool = option(False)
     progress: bool = option(True)

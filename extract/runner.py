@@ -19,13 +19,13 @@ import torch
 from . import parts, shards, writer
 from .backbones import DEFAULT_BACKBONE, get_backbone
 from .batches import Decoders
+from .checks import check
 from .device import pick_device, pick_precision, usable_cpus
 from .errors import ExtractionError, ExtractionInterrupted  # noqa: F401  (re-exported)
 from .inference import default_batch_size, make_computer
 from .lock import output_lock
 from .outputs import refuse_inside_images
 from .network import prepare
-from .options import check_options
 from .plan import fresh, ignored_note, plan_job
 from .reader import list_images
 from .recipe import DEFAULT_PART_SIZE, Recipe, RunOptions, preprocess_config
@@ -74,8 +74,7 @@ class Settings:
     @classmethod
     def of(cls, options: RunOptions, shard: shards.Shard = shards.Shard()) -> Settings:
         """Ranks sharing a machine share its CPUs, and each takes its own GPU (see shards.Shard)."""
-        cuda_count = torch.cuda.device_count() if options.device in ("auto", "cuda") and shard.local_count > 1 else 0
-        dev = pick_device(shard.device(options.device, cuda_count))
+        dev = pick_device(options.device, shard)
         bs = options.batch_size or default_batch_size(dev)
         part_size = max(bs, (options.part_size or DEFAULT_PART_SIZE) // bs * bs)
         cpus = shard.cpus()
@@ -121,7 +120,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     out = Path(out)
     refuse_inside_images(out, source)
     writer.check_writable(out)
-    check_options({"dtype": dtype})
+    check("dtype", dtype)
     rank = shard if isinstance(shard, shards.Shard) else shards.resolve(shard, {})
     if rank.sharded and overwrite:
         raise ValueError(f"--overwrite cannot be used by shards (this is shard {rank}, from {rank.source}): a "

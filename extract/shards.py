@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import codesfile, parts, writer
+from .checks import check
 from .errors import ExtractionError
 from .lock import JOINER, OutputLock, output_lock
 
-SHARD_FORMAT = "R/N with 0 <= R < N"
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,7 @@ class Shard:
 def resolve(shard: tuple[int, int] | None, environ: Mapping[str, str]) -> Shard:
     """The shard of this process: torchrun's environment (WORLD_SIZE > 1), ``shard``, or the whole job.
     When both are given they must agree."""
-    if shard and not 0 <= shard[0] < shard[1]:
-        raise ValueError(f"--shard must be {SHARD_FORMAT}, got {shard[0]}/{shard[1]}")
+    check("shard", tuple(shard) if shard else None)
     world = int(environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         return Shard(*shard, source="--shard") if shard else Shard()

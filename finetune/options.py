@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from extract.config import check_config, option, whole, within
+from extract.device import PRECISIONS, check_precision
 from extract.names import check_backbone
-from extract.options import PRECISIONS
 
 OPTIMIZERS = ("sgd", "adamw")
 SAMPLING = ("none", "over", "under")
@@ -41,11 +41,11 @@ class FinetuneConfig:
     train_bn: bool = option(False)
     augment: bool = option(True)
     val_fraction: float = option(0.15, within(0, 1), "in [0, 1)")
-    test_fraction: float | None = option(None, lambda v: 0 < v < 1, "in (0, 1)")
+    test_fraction: float | None = option(None, "test_fraction")
     patience: int | None = option(None, whole(1), "a whole number >= 1")
     seed: int = option(0)
     device: str = option("auto")
-    precision: str = option("auto", choices=PRECISIONS)
+    precision: str = option("auto", choices=PRECISIONS, check=check_precision)
     threads: int | None = option(None, whole(1), "a whole number >= 1")
     workers: int | None = option(None, whole(0), "a whole number >= 0")
     progress: bool = option(True)

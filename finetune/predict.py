@@ -16,13 +16,13 @@ from classify.fileio import write_files
 from classify.predict import apply_threshold, binary_rule, evaluate_known, threshold_entry
 from classify.runs import is_codes_file, is_finetuned_run  # noqa: F401  (is_finetuned_run: re-exported)
 from extract.backbones import get_backbone
-from extract.device import pick_device
+from extract.device import mixed_precision, pick_device
 from extract.errors import UsageError
 from extract.outputs import guards_output
 from extract.reader import list_images
 
 from .data import decode, default_workers
-from .train import MODEL_FILE, forward_probs, mixed_precision
+from .train import MODEL_FILE, forward_probs
 
 
 def load_network(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:

@@ -7,7 +7,6 @@ weights are kept. Rerunning the same command resumes after the last completed ep
 """
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import math
@@ -29,10 +28,10 @@ from tqdm import tqdm
 from classify.fileio import ensure_writable, write_files
 from classify.data import coverage_notes, require_two_classes
 from classify.models import class_weight_values, parse_class_weight
-from classify.report import binary_metrics, evaluate, missing_test_classes, report_files, summarize
+from classify.report import binary_metrics, build_report, missing_test_classes, report_files, summarize
 from extract.backbones import get_backbone
 from extract.names import FINETUNED_MODEL
-from extract.device import check_precision, pick_device
+from extract.device import autocast_dtype, check_precision, pick_device, pick_precision
 from extract.outputs import guards_output
 from extract.reader import list_images
 from extract.recipe import make_recipe, preprocess_config
@@ -91,6 +90,7 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
                    patience=patience, seed=seed, resize=resize, crop=crop, max_train_images=max_train_images)
     check_options(**options, precision=precision)
     dev = pick_device(device)
+    check_precision(precision, dev.type)  # fp16 on a CPU fails before the images are decoded
     out = ensure_writable(out_dir)
     log = _logger(progress)
     bb = get_backbone(backbone)
@@ -128,22 +128,6 @@ def check_options(*, backbone: str, freeze_until, **options) -> None:
         with torch.device("meta"):  # the architecture only: no memory, no weights
             model = bb.build()
         frozen_count(backbone_units(model, head_name(model)), None, freeze_until, bb)
-
-
-def mixed_precision(device: torch.device, precision: str = "auto",
-                    bf16_supported: bool | None = None) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None for fp32, whether a GradScaler is needed). ``auto``: bf16 on CUDA where
-    supported, else fp16 with a scaler; fp32 on the CPU (bf16 is slow there without native support)."""
-    check_precision(precision, device)
-    if precision == "auto":
-        if device.type != "cuda":
-            return None, False
-        if bf16_supported is None:
-            bf16_supported = torch.cuda.is_bf16_supported()
-        precision = "bf16" if bf16_supported else "fp16"
-    if precision == "fp32":
-        return None, False
-    return (torch.bfloat16, False) if precision == "bf16" else (torch.float16, True)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, start: int = 0) -> Callable[[int], float]:
@@ -190,9 +174,9 @@ class Trainer:
                  device: torch.device, precision: str, out: Path, log, progress: bool):
         self.net, self.data, self.names, self.opt, self.config = net, data, class_names, options, config
         self.device, self.out, self.log, self.progress = device, out, log, progress
-        self.amp_dtype, scaler = mixed_precision(device, precision)
-        self.scaler = torch.amp.GradScaler("cuda") if scaler else None
-        self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        self.precision = pick_precision(precision, device, training=True)
+        self.amp_dtype = autocast_dtype(self.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None  # fp16 needs loss scaling
         y_train = data["train_labels"]
         n_draw = sum(resampled_counts(y_train, options["sampling"]).values())
         self.drop_last = options["train_bn"] and n_draw > options["batch_size"]
@@ -474,7 +458,7 @@ def _finish(trainer: Trainer, out: Path, bb, winfo: WeightsInfo, listing, splits
     probe = bb.build()
     taps = resolve_taps(bb, probe.eval(), ["penultimate"], "avg", prep["crop"])
     recipe = make_recipe(bb, WeightsInfo("file", BACKBONE_FILE, sha, str((out / BACKBONE_FILE).resolve())), taps, prep)
-    report = build_report(trainer, listing, splits, data, options, probs, recipe, winfo)
+    report = finetune_report(trainer, listing, splits, data, options, probs, recipe, winfo)
     bundle = {"format": FORMAT_VERSION, "state_dict": {k: v.detach().cpu() for k, v in net.model.state_dict().items()},
               "backbone": bb.name, "head": net.head, "n_classes": len(listing.class_names),
               "class_names": listing.class_names, "preprocess": prep, "recipe": recipe,
@@ -494,8 +478,8 @@ def _torch_bytes(obj) -> bytes:
     return buf.getvalue()
 
 
-def build_report(trainer: Trainer, listing, splits, data: dict, options: dict, probs: np.ndarray, recipe: dict,
-                 winfo: WeightsInfo) -> dict:
+def finetune_report(trainer: Trainer, listing, splits, data: dict, options: dict, probs: np.ndarray, recipe: dict,
+                    winfo: WeightsInfo) -> dict:
     """classify's report keys, filled for a fine-tuned network, plus ``val_balanced_accuracy`` and ``finetune``.
 
     Two classes get classify's binary section (ROC / PR on the second class's probability, its default positive).
@@ -526,27 +510,17 @@ def build_report(trainer: Trainer, listing, splits, data: dict, options: dict, p
     if len(names) == 2:
         binary = binary_metrics(y_test, y_pred, probs[:, 1], 1, names, "softmax")
         notes += binary.pop("notes")
-    return {
-        "codes": None, "test_codes": None, "split_source": splits.split_source,
-        "layers": [], "classifier": "finetune", "normalize": "imagenet mean/std",
-        "class_weight": options["class_weight"] if isinstance(options["class_weight"], (str, type(None)))
-        else dict(options["class_weight"]),
-        "class_weight_applied": {names[k]: v for k, v in weights.items()} if isinstance(weights, dict) else weights,
-        "sampling": options["sampling"], "seed": options["seed"], "C": None,
-        "best_params": {"epoch": best["epoch"], "frozen_units": len(frozen)},
+    settings = {
+        "codes": None, "test_codes": None, "split_source": splits.split_source, "layers": [],
+        "classifier": "finetune", "normalize": "imagenet mean/std", "sampling": options["sampling"],
+        "seed": options["seed"], "C": None, "best_params": {"epoch": best["epoch"], "frozen_units": len(frozen)},
         "hyperparameter": hyper, "cv_score": best["score"], "cv_folds": 0,
         "cv_scoring": "balanced_accuracy on the validation set", "cv_grid": {},
-        "n_train": int(len(y_train)), "n_test": int(len(y_test)),
         "n_failed_excluded": n_failed, "n_unlabeled_excluded": int((listing.labels < 0).sum()),
-        "train_class_counts": _counts(y_train, names),
-        "resampled_class_counts": {names[c]: n for c, n in resampled_counts(y_train, options["sampling"]).items()},
-        "test_class_counts": _counts(y_test, names),
-        "fit_time_s": round(sum(r["seconds"] for r in trainer.history), 4), "max_iter": None, "calibrated": False,
-        **evaluate(y_test, y_pred, names),
-        "binary": binary,
-        "notes": notes, "recipe": recipe,
+        "max_iter": None, "calibrated": False, "recipe": recipe,
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    extra = {
         "val_balanced_accuracy": best["score"],
         "finetune": {"options": options, "images": str(listing.root), "n_val": int(len(data["val_labels"])),
                      "val_source": splits.val_source, "frozen_units": frozen, "trained_units": net.units[len(frozen):],
@@ -556,10 +530,10 @@ def build_report(trainer: Trainer, listing, splits, data: dict, options: dict, p
                      "device": str(trainer.device), "initial_weights": winfo.as_dict(), "history": trainer.history,
                      "failures": [list(f) for f in data["failures"]]},
     }
-
-
-def _counts(y: np.ndarray, names: list[str]) -> dict[str, int]:
-    return {names[c]: int(n) for c, n in enumerate(np.bincount(y, minlength=len(names))) if n}
+    resampled = {names[c]: n for c, n in resampled_counts(y_train, options["sampling"]).items()}
+    return build_report(settings, names, y_train, y_test, y_pred, class_weight=options["class_weight"],
+                        weights=weights, fit_time=sum(r["seconds"] for r in trainer.history), binary=binary,
+                        notes=notes, resampled_class_counts=resampled, extra=extra)
 
 
 def plot_curve(history: list[dict], path: Path, best_epoch: int) -> None:

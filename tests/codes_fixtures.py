@@ -82,3 +82,9 @@ def make_codes(path, n_per_class=(60, 30, 12), class_names=("cat", "dog", "bird"
     codes, y = imbalanced_codes(n_per_class, seed=seed)
     split = split_column(y, seed=seed) if with_split else None
     return write_codes_file(path, codes, y, class_names, split=split, **kwargs)
+
+
+def binary_codes(folder, name: str = "train.h5", n=(40, 20)) -> tuple[Path, dict[str, np.ndarray], np.ndarray]:
+    """A two-class ("no", "yes") file of overlapping classes with a split column; its path, codes and labels."""
+    codes, y = imbalanced_codes(n, sep=0.8)
+    return write_codes_file(Path(folder) / name, codes, y, ["no", "yes"], split=split_column(y)), codes, y

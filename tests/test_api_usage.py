@@ -1,6 +1,7 @@
 """Issue 22 items 18, 19, 21, 23, 24 and issue 23's exit codes: predict on either kind of run (thresholds,
 codes files, nothing predicted), option checks before torch loads, --weights messages, the Python API
-(finetune, advise, load_model / predict on a fine-tuned run, the command line's names), and exit 1 for bugs."""
+(finetune, advise, load_model / predict on a fine-tuned run, the command line's names, load_codes,
+CodesTransformer, the README example), and exit 1 for bugs."""
 from __future__ import annotations
 
 import csv
@@ -9,8 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from codes_fixtures import make_codes
+from codes_fixtures import imbalanced_codes, make_codes, split_column, write_codes_file
 from conftest import FAST, ROOT, make_tree
 from test_finetune import SMALL, run, start_weights, tree  # noqa: F401  (fixtures: a fine-tuned two-class run)
 
@@ -99,7 +101,7 @@ def test_python_api_checks_finetune_options_before_torch_is_imported(tmp_path):
     code = ("import sys, cnncodes\ntry:\n    cnncodes.finetune('x', 'y', epochs=0)\nexcept ValueError as err:\n"
             "    print(type(err).__name__, '|', err, '|', 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert done.stdout.strip() == "UsageError | --epochs must be a whole number >= 1, not 0 | False"
+    assert done.stdout.strip() == "UsageError | --epochs must be a whole number >= 1, got 0 | False"
 
 
 def test_run_on_a_one_class_folder_is_refused_before_extraction(tmp_path, capsys):
@@ -211,3 +213,96 @@ def test_usage_errors_stay_exit_2(tmp_path, monkeypatch, capsys):
     h5py.File(tmp_path / "other.h5", "w").close()  # HDF5, but not a codes file: our own ValueError
     assert pipeline.main(["info", str(tmp_path / "other.h5")]) == 2
     assert "not a cnncodes codes file" in capsys.readouterr().err
+
+
+NAMES = ["cat", "dog", "bird"]
+FAST_OPTIONS = dict(weights="random", resize=72, crop=64, workers=0, progress=False)
+
+
+def test_import_cnncodes_loads_neither_torch_nor_sklearn():
+    import subprocess
+    import sys
+
+    code = ("import sys, cnncodes\nprint(sorted(m for m in ('torch', 'sklearn', 'extract', 'classify') "
+            "if m in sys.modules))\nprint(cnncodes.__version__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=pipeline.__file__.rsplit("/", 1)[0], check=True)
+    assert done.stdout.splitlines()[0] == "[]" and done.stdout.splitlines()[1]
+
+
+def test_load_codes_gives_numpy_by_layers_and_split_leaving_failed_rows_out(tmp_path):
+    import cnncodes
+    from extract import open_codes
+
+    codes, y = imbalanced_codes()
+    ok = np.ones(len(y), bool)
+    ok[[0, 5]] = False
+    split = split_column(y)
+    path = write_codes_file(tmp_path / "c.h5", codes, y, NAMES, split=split, ok=ok)
+    train = cnncodes.load_codes(path, layers="block4+penultimate", split="train")
+    keep = ok & (np.array(split) == "train")
+    cf = open_codes(path)
+    assert train.X.dtype == np.float32 and train.X.shape == (keep.sum(), 40)
+    assert np.array_equal(train.X, np.hstack([cf.codes["block4"][keep], cf.codes["penultimate"][keep]]))
+    assert train.y.tolist() == y[keep].tolist() and train.class_names == NAMES
+    assert train.paths == cf.rows.paths[keep].tolist()
+    assert cnncodes.load_codes(path).X.shape == (ok.sum(), 24)  # default: the first tap, failed rows left out
+    assert len(cnncodes.load_codes(path, include_failed=True).y) == len(y)
+    with pytest.raises(ValueError, match="has no fc7; it has block4, penultimate"):
+        cnncodes.load_codes(path, layers="fc7")
+
+
+def test_codes_transformer_in_a_sklearn_pipeline_gives_the_extracted_codes(tmp_path):
+    from sklearn.base import clone
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    import cnncodes
+    from extract import open_codes
+
+    images = make_tree(tmp_path / "images", classes=("cat", "dog"), per_class=5)
+    paths = sorted(str(p) for p in images.glob("*/*.png"))[::-1]  # not in the folder's order
+    labels = [p.split("/")[-2] for p in paths]
+    step = cnncodes.CodesTransformer(layer="block4", weights="random", resize=72, crop=64, workers=0)
+    pipe = make_pipeline(step, StandardScaler(), LinearSVC(C=1.0))
+    pipe.fit(paths, labels)
+    assert clone(pipe).get_params()["codestransformer__layer"] == "block4"
+
+    cnncodes.extract_codes(images, tmp_path / "all.h5", layers=["block4"], **FAST_OPTIONS)
+    cf = open_codes(tmp_path / "all.h5")
+    row = {p: i for i, p in enumerate(cf.rows.paths)}
+    expected = cf.codes["block4"][[row["/".join(p.split("/")[-2:])] for p in paths]]
+    X = step.transform(paths)
+    assert X.shape == (10, expected.shape[1]) and np.allclose(X, expected, atol=1e-5)
+    direct = make_pipeline(StandardScaler(), LinearSVC(C=1.0)).fit(expected, labels)
+    assert pipe.predict(paths[:4]).tolist() == direct.predict(expected[:4]).tolist()
+    (images / "cat" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="could not be read.*broken.png"):
+        step.transform([str(images / "cat" / "broken.png"), paths[0]])
+
+
+def test_readme_python_api_example_runs(tmp_path, monkeypatch):
+    """The README's notebook-style example, run as written on a tiny digits-like tree (fast extraction)."""
+    import re
+    from pathlib import Path
+
+    import cnncodes
+
+    readme = (Path(pipeline.__file__).parent / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    make_tree(tmp_path / "data" / "digits", classes=("3", "7"), per_class=5, splits=("train", "test"))
+    monkeypatch.chdir(tmp_path)
+    real = cnncodes.extract_codes
+    monkeypatch.setattr(cnncodes, "extract_codes", lambda source, out, **kw: real(source, out, **{**kw, **FAST_OPTIONS}))
+    import classify.predict
+
+    predict_images = classify.predict.predict_images
+    monkeypatch.setattr(classify.predict, "predict_images",
+                        lambda *args, **kw: predict_images(*args, **{**kw, "workers": 0, "progress": False}))
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert (tmp_path / "runs" / "api" / "model.joblib").is_file() and (tmp_path / "preds.csv").is_file()
+    assert namespace["result"]["evaluation"]["n_evaluated"] == 10
+    assert namespace["train"].X.shape[0] == 10 and set(namespace["pipe"].predict(namespace["test_paths"])) <= {"3", "7"}

@@ -1,14 +1,16 @@
-"""compare: every (classifier, layer) on the same codes, ranked best first, in Markdown and CSV."""
+"""compare: every (classifier, layer, sampling) on the same codes, ranked best first by CV on the training split,
+in Markdown and CSV; one layer syntax everywhere."""
 from __future__ import annotations
 
 import csv
 import json
 
+import numpy as np
 import pytest
-from codes_fixtures import make_codes
+from codes_fixtures import make_codes, write_codes_file
 
+import pipeline
 from classify import compare
-from classify.compare import DEFAULT_CLASSIFIERS
 
 CLASSIFIERS = ("svm", "softmax", "knn", "rbf_svm")
 
@@ -66,9 +68,15 @@ def test_csv_and_markdown(result):
         assert cells[-1] == row["hyperparameter"]
 
 
-def test_defaults_include_linear_knn_and_nonlinear():
-    assert {"svm", "softmax", "knn"} <= set(DEFAULT_CLASSIFIERS)
-    assert {"rbf_svm", "forest"} & set(DEFAULT_CLASSIFIERS)
+def test_by_default_compare_runs_linear_knn_and_nonlinear_classifiers_from_the_api_and_the_cli(tmp_path):
+    codes = make_codes(tmp_path / "codes.h5")
+    api = {r["classifier"] for r in compare(codes, tmp_path / "api", layers=["block4"], cv=0, progress=False)}
+    assert pipeline.main(["compare", str(codes), "--out", str(tmp_path / "cli"), "--layers", "block4", "--cv", "0",
+                          "--quiet"]) == 0
+    with open(tmp_path / "cli" / "compare.csv", newline="") as fh:
+        assert {r["classifier"] for r in csv.DictReader(fh)} == api
+    assert {"svm", "softmax", "knn"} <= api
+    assert {"rbf_svm", "forest"} & api
 
 
 def test_concatenated_layer_and_default_layers(tmp_path):
@@ -129,3 +137,86 @@ def test_candidates_are_cross_validated_on_the_same_rows(tmp_path, monkeypatch):
     for row in rows:
         notes = json.loads((tmp_path / "out" / row["report_dir"] / "report.json").read_text())["notes"]
         assert any(f"stratified sample of 40 of {row['n_train']} training rows" in n for n in notes), row["classifier"]
+
+
+def _two_layer_trap(path, n: int = 40, seed: int = 0):
+    """Layer "signal" separates the classes on train but is inverted on test; layer "noise" is noise.
+
+    Ranked by held-out score, "noise" wins; ranked by CV on the training split, "signal" does.
+    """
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n)
+    split = np.array(["train", "test"] * n, dtype=object)
+    signal = np.zeros((2 * n, 4))
+    shown = np.where(split == "train", y, 1 - y)  # the test rows carry the other class's pattern
+    signal[np.arange(2 * n), shown] = 1.0
+    signal += rng.uniform(0, 0.1, signal.shape)
+    noise = rng.uniform(0, 1, (2 * n, 4))
+    return write_codes_file(path, {"signal": signal, "noise": noise}, y, ["a", "b"], split=list(split))
+
+
+def test_compare_ranks_by_cv_on_training_split_not_held_out(tmp_path):
+    codes = _two_layer_trap(tmp_path / "codes.h5")
+    rows = compare(codes, tmp_path / "out", classifiers=("svm",), layers=["noise", "signal"], cv=3, progress=False)
+    assert [r["layers"] for r in rows] == ["signal", "noise"]
+    assert rows[0]["cv_score"] > rows[1]["cv_score"] and rows[0]["balanced_accuracy"] < rows[1]["balanced_accuracy"]
+    assert [r["rank"] for r in rows] == [1, 2]
+    header = (tmp_path / "out" / "compare.md").read_text().splitlines()[0]
+    assert "ranked by CV balanced accuracy on the training split" in header and "not used to choose" in header
+    with open(tmp_path / "out" / "compare.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert {"balanced_accuracy", "macro_f1", "accuracy", "cv_score", "rank"} <= set(table[0])
+
+
+def test_compare_without_cv_ranks_nothing(tmp_path):
+    codes = make_codes(tmp_path / "codes.h5")
+    rows = compare(codes, tmp_path / "out", classifiers=("svm", "softmax"), layers=["block4"], C=1.0, cv=0,
+                   progress=False)
+    assert [r["rank"] for r in rows] == [None, None] and [r["classifier"] for r in rows] == ["softmax", "svm"]
+    assert "not ranked" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_compare_checks_every_layer_before_training(tmp_path, capsys):
+    codes = make_codes(tmp_path / "codes.h5")
+    out = tmp_path / "out"
+    assert pipeline.main(["compare", str(codes), "--out", str(out), "--layers", "block4,fc7", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no layer fc7" in err and "available layers: block4, penultimate" in err
+    assert not out.exists()  # nothing trained, nothing written
+
+
+def test_layer_sets_are_written_one_way_in_compare_classify_and_the_cli(tmp_path):
+    from classify import classify_codes
+
+    codes = make_codes(tmp_path / "codes.h5")
+    rows = compare(codes, tmp_path / "cmp", classifiers=("svm",), layers="block4, block4 + penultimate", C=1.0,
+                   cv=0, progress=False)
+    assert sorted(r["layers"] for r in rows) == ["block4", "block4+penultimate"]
+    for i, layers in enumerate(["block4+penultimate", ["block4", "penultimate"], ["block4+ penultimate"]]):
+        report = classify_codes(codes, tmp_path / f"c{i}", layers=layers, C=1.0, cv=0, progress=False)
+        assert report["layers"] == ["block4", "penultimate"]
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "cli"), "--layer", "block4+penultimate",
+                          "--C", "1", "--cv", "0", "--quiet"]) == 0
+    assert json.loads((tmp_path / "cli" / "report.json").read_text())["layers"] == ["block4", "penultimate"]
+
+
+def test_compare_runs_several_samplings_and_reports_minority_recall(tmp_path, capsys):
+    codes = make_codes(tmp_path / "codes.h5")  # cat 60, dog 30, bird 12: bird is the minority
+    out = tmp_path / "out"
+    assert pipeline.main(["compare", str(codes), "--out", str(out), "--classifiers", "svm", "--layers", "block4",
+                          "--sampling", "none, over,hybrid", "--cv", "2", "--quiet"]) == 0
+    with open(out / "compare.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["sampling"] for r in rows) == ["hybrid", "none", "over"]
+    assert {r["report_dir"] for r in rows} == {f"svm__block4__{m}" for m in ("none", "over", "hybrid")}
+    for row in rows:
+        report = json.loads((out / row["report_dir"] / "report.json").read_text())
+        assert report["sampling"] == row["sampling"] and row["minority_class"] == "bird"
+        assert float(row["minority_recall"]) == pytest.approx(report["per_class"]["bird"]["recall"])
+    md = (out / "compare.md").read_text()
+    assert "Minority recall: held-out recall of bird, the class with the fewest training rows" in md
+    assert "| sampling |" in md
+    assert "pick: svm on block4 with sampling" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        pipeline.main(["compare", str(codes), "--out", str(tmp_path / "x"), "--sampling", "none,smote"])
+    assert "argument --sampling: must be none, over, under, hybrid" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""model.joblib + sha256 sidecar, and predict_codes end to end on codes files."""
+"""model.joblib + sha256 sidecar, and predict_codes end to end on codes files: probability columns, thresholds,
+labelled input scored, and predict's messages."""
 from __future__ import annotations
 
 import csv
@@ -7,8 +8,10 @@ import pickle
 
 import numpy as np
 import pytest
-from codes_fixtures import imbalanced_codes, recipe, write_codes_file
+from codes_fixtures import binary_codes, imbalanced_codes, make_codes, recipe, write_codes_file
+from sklearn.metrics import balanced_accuracy_score
 
+import pipeline
 from classify import classify_codes, load_model, predict_codes
 from extract.codesfile import RecipeMismatch
 
@@ -169,3 +172,120 @@ def test_predict_missing_layer_lists_available(trained, tmp_path):
     path = write_codes_file(tmp_path / "b4.h5", {"block4": codes["block4"]}, np.full(12, -1), [], rec=rec)
     with pytest.raises(ValueError, match="has no penultimate; it has block4"):
         predict_codes(trained, path, tmp_path / "pred.csv")
+
+
+def test_predict_writes_probability_columns_for_softmax(tmp_path):
+    train = make_codes(tmp_path / "train.h5")
+    classify_codes(train, tmp_path / "run", classifier="softmax", C=1.0, cv=0, progress=False)
+    new, _ = imbalanced_codes((6, 4, 2), seed=7)
+    path = write_codes_file(tmp_path / "new.h5", new, np.full(12, -1), [])
+    summary = predict_codes(tmp_path / "run", path, tmp_path / "pred.csv")
+    rows = _read(tmp_path / "pred.csv")
+    assert list(rows[0]) == ["path", "predicted", *(f"score_{c}" for c in NAMES), *(f"prob_{c}" for c in NAMES),
+                             "error"]
+    probs = np.array([[float(r[f"prob_{c}"]) for c in NAMES] for r in rows])
+    pipe = load_model(tmp_path / "run")["pipeline"]
+    assert probs == pytest.approx(pipe.predict_proba(new["block4"].astype(np.float32)), abs=1e-5)
+    assert probs.sum(axis=1) == pytest.approx(np.ones(12), abs=1e-5) and summary["probabilities"]
+
+
+def test_svm_has_no_probabilities_unless_calibrated(tmp_path):
+    train = make_codes(tmp_path / "train.h5")
+    classify_codes(train, tmp_path / "plain", C=1.0, cv=0, progress=False)
+    predict_codes(tmp_path / "plain", train, tmp_path / "plain.csv")
+    assert not any(k.startswith("prob_") for k in _read(tmp_path / "plain.csv")[0])
+
+    report = classify_codes(train, tmp_path / "cal", C=1.0, cv=0, calibrate=True, progress=False)
+    assert report["calibrated"] and any("sigmoid calibration" in n for n in report["notes"])
+    assert "sigmoid-calibrated" in (tmp_path / "cal" / "report.txt").read_text()
+    predict_codes(tmp_path / "cal", train, tmp_path / "cal.csv")
+    rows = _read(tmp_path / "cal.csv")
+    probs = np.array([[float(r[f"prob_{c}"]) for c in NAMES] for r in rows])
+    assert probs.sum(axis=1) == pytest.approx(np.ones(len(rows)), abs=1e-5)
+    assert [NAMES[i] for i in probs.argmax(axis=1)] == [r["predicted"] for r in rows]
+
+
+def test_threshold_on_the_positive_class_probability_decides_the_prediction(tmp_path):
+    train, _, _ = binary_codes(tmp_path)
+    classify_codes(train, tmp_path / "run", classifier="softmax", C=1.0, cv=0, progress=False)
+    for threshold, positive in ((0.8, None), (0.2, None), (0.7, "no")):
+        out = tmp_path / f"p{threshold}{positive}.csv"
+        summary = predict_codes(tmp_path / "run", train, out, threshold=threshold, positive=positive)
+        pos = positive or "yes"
+        neg = "no" if pos == "yes" else "yes"
+        rows = _read(out)
+        assert [r["predicted"] for r in rows] == [pos if float(r[f"prob_{pos}"]) >= threshold else neg for r in rows]
+        assert summary["threshold"] == {"positive_class": pos, "threshold": threshold, "on": f"prob_{pos}"}
+    low = [r["predicted"] for r in _read(tmp_path / "p0.2None.csv")]
+    high = [r["predicted"] for r in _read(tmp_path / "p0.8None.csv")]
+    assert low.count("yes") > high.count("yes")
+
+
+def test_threshold_on_svm_score_and_bad_thresholds_refused(tmp_path):
+    train, _, _ = binary_codes(tmp_path)
+    classify_codes(train, tmp_path / "run", C=1.0, cv=0, progress=False)
+    summary = predict_codes(tmp_path / "run", train, tmp_path / "s.csv", threshold=-0.5)
+    rows = _read(tmp_path / "s.csv")
+    assert summary["threshold"]["on"] == "score_yes"
+    assert [r["predicted"] for r in rows] == ["yes" if float(r["score_yes"]) >= -0.5 else "no" for r in rows]
+    with pytest.raises(ValueError, match="not a class of the model"):
+        predict_codes(tmp_path / "run", train, tmp_path / "x.csv", threshold=0.0, positive="maybe")
+    with pytest.raises(ValueError, match="give a threshold"):
+        predict_codes(tmp_path / "run", train, tmp_path / "x.csv", positive="yes")
+    classify_codes(train, tmp_path / "soft", classifier="softmax", C=1.0, cv=0, progress=False)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        predict_codes(tmp_path / "soft", train, tmp_path / "x.csv", threshold=2.0)
+    three = make_codes(tmp_path / "three.h5")
+    classify_codes(three, tmp_path / "three", C=1.0, cv=0, progress=False)
+    with pytest.raises(ValueError, match="two-class model"):
+        predict_codes(tmp_path / "three", three, tmp_path / "x.csv", threshold=0.5)
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_predict_on_labelled_codes_adds_true_column_and_scores_known_classes(tmp_path):
+    train = make_codes(tmp_path / "train.h5")
+    classify_codes(train, tmp_path / "run", C=1.0, cv=0, progress=False)
+    new, y = imbalanced_codes((6, 4, 2), seed=7)
+    y = y.copy()
+    y[:2] = 3  # a class the model never saw
+    y[2] = -1  # unlabeled
+    path = write_codes_file(tmp_path / "new.h5", new, y, ["cat", "dog", "bird", "fox"])
+    summary = predict_codes(tmp_path / "run", path, tmp_path / "pred.csv")
+    rows = _read(tmp_path / "pred.csv")
+    assert list(rows[0])[:3] == ["path", "predicted", "true"]
+    names = ["cat", "dog", "bird", "fox"]
+    assert [r["true"] for r in rows] == [names[v] if v >= 0 else "" for v in y]
+    scored = [r for r in rows if r["true"] in NAMES]
+    ev = summary["evaluation"]
+    assert ev["n_evaluated"] == len(scored) == 9 and ev["unknown_labels"] == {"fox": 2}
+    assert ev["accuracy"] == pytest.approx(np.mean([r["true"] == r["predicted"] for r in scored]))
+    assert ev["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score([r["true"] for r in scored], [r["predicted"] for r in scored]))
+
+
+def test_predict_messages_name_the_layer_the_swap_and_the_compare_runs(tmp_path, capsys):
+    codes = make_codes(tmp_path / "codes.h5")
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "b4"), "--layer", "block4", "--cv", "0",
+                          "--C", "1", "--quiet"]) == 0
+    new, _ = imbalanced_codes((6, 4, 2), seed=7)
+    only_pen = {**recipe({"block4": 24, "penultimate": 16})}
+    only_pen["taps"] = [t for t in only_pen["taps"] if t["name"] == "penultimate"]
+    pen = write_codes_file(tmp_path / "pen.h5", {"penultimate": new["penultimate"]}, np.full(12, -1), [],
+                           rec=only_pen)
+    capsys.readouterr()
+    assert pipeline.main(["predict", str(tmp_path / "b4"), str(pen), "-o", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "has no block4; it has penultimate" in err and "{" not in err
+
+    assert pipeline.main(["predict", str(codes), str(tmp_path / "b4"), "-o", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "is a codes file, not a model" in err and "RUN_DIR" in err and "checksum" not in err
+
+    assert pipeline.main(["compare", str(codes), "--out", str(tmp_path / "cmp"), "--classifiers", "svm,softmax",
+                          "--layers", "block4", "--cv", "0", "--C", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    assert pipeline.main(["predict", str(tmp_path / "cmp"), str(codes), "-o", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "subfolders do; pick one" in err
+    assert str(tmp_path / "cmp" / "softmax__block4") in err and str(tmp_path / "cmp" / "svm__block4") in err
+    assert not (tmp_path / "p.csv").exists()

@@ -1,4 +1,5 @@
-"""classify_codes on real HDF5 codes files: splits, metrics, imbalance options, errors, report files."""
+"""classify_codes on real HDF5 codes files: splits, metrics, imbalance options, errors, report files
+(the two-class section, class counts, warnings as one line)."""
 from __future__ import annotations
 
 import csv
@@ -7,12 +8,13 @@ import json
 import h5py
 import numpy as np
 import pytest
-from codes_fixtures import imbalanced_codes, make_codes, recipe, split_column, write_codes_file
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classification_report, confusion_matrix,
-                             f1_score)
+from codes_fixtures import binary_codes, imbalanced_codes, make_codes, recipe, split_column, write_codes_file
+from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, classification_report,
+                             confusion_matrix, f1_score, roc_auc_score)
 
 import classify.report
-from classify import classify_codes, load_model, summarize
+import pipeline
+from classify import classify_codes, compare, load_model, summarize
 from extract.codesfile import RecipeMismatch
 
 NAMES = ["cat", "dog", "bird"]
@@ -403,3 +405,150 @@ def test_cv_sample_keeps_every_class_in_every_fold():
     index, folds = cv_sample(y, 10, 5, seed=0)
     assert folds == 5 and np.bincount(y[index]).min() >= 5 and np.all(np.diff(index) > 0)
     assert cv_sample(y, 1000, 5, seed=0)[0].tolist() == list(range(90))  # small enough: every row
+
+
+def test_binary_report_has_roc_pr_sensitivity_specificity(tmp_path):
+    train, codes, y = binary_codes(tmp_path)
+    report = classify_codes(train, tmp_path / "run", C=1.0, cv=0, progress=False)
+    binary = report["binary"]
+    pipe = load_model(tmp_path / "run")["pipeline"]
+    test = np.array(split_column(y)) == "test"
+    X, y_test = codes["block4"][test].astype(np.float32), y[test]
+    scores = pipe.decision_function(X)
+    assert binary["positive_class"] == "yes" and binary["negative_class"] == "no"
+    assert binary["score"] == "decision_function"
+    assert binary["roc_auc"] == pytest.approx(roc_auc_score(y_test, scores))
+    assert binary["average_precision"] == pytest.approx(average_precision_score(y_test, scores))
+    assert binary["sensitivity"] == pytest.approx(report["per_class"]["yes"]["recall"])
+    assert binary["specificity"] == pytest.approx(report["per_class"]["no"]["recall"])
+    assert len(binary["pr_curve"]["precision"]) == len(binary["pr_curve"]["recall"]) > 2
+    for name in ("pr_curve.png", "roc.png"):
+        assert (tmp_path / "run" / name).read_bytes()[:4] == b"\x89PNG"
+    text = (tmp_path / "run" / "report.txt").read_text()
+    assert f"sensitivity:       {binary['sensitivity']:.4f}" in text
+    assert f"specificity:       {binary['specificity']:.4f}" in text and "ROC AUC:" in text
+    json.loads((tmp_path / "run" / "report.json").read_text())  # strict JSON: no Infinity thresholds
+
+    flipped = classify_codes(train, tmp_path / "flip", C=1.0, cv=0, positive="no", progress=False)["binary"]
+    assert flipped["positive_class"] == "no" and flipped["sensitivity"] == pytest.approx(binary["specificity"])
+    assert flipped["roc_auc"] == pytest.approx(binary["roc_auc"])
+
+
+def test_multiclass_report_has_no_binary_section(tmp_path):
+    report = classify_codes(make_codes(tmp_path / "c.h5"), tmp_path / "run", C=1.0, cv=0, progress=False)
+    assert report["binary"] is None and not (tmp_path / "run" / "roc.png").exists()
+    with pytest.raises(ValueError, match="two-class"):
+        classify_codes(tmp_path / "c.h5", tmp_path / "run2", C=1.0, cv=0, positive="cat", progress=False)
+
+
+def test_convergence_warnings_become_one_clean_line_and_a_note(tmp_path, capsys):
+    codes = make_codes(tmp_path / "codes.h5")
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "r"), "--max-iter", "1", "--cv", "3",
+                          "--quiet"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "ConvergenceWarning" in line]
+    assert len(lines) == 1 and lines[0].startswith("cnncodes classify: warning: ConvergenceWarning in svm (")
+    assert "--max-iter" in lines[0] and ".py" not in err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["max_iter"] == 1 and any("ConvergenceWarning" in n for n in report["notes"])
+    assert load_model(tmp_path / "r")["pipeline"].named_steps["clf"].max_iter == 1
+    assert pipeline.main(["compare", str(codes), "--out", str(tmp_path / "c"), "--classifiers", "softmax",
+                          "--layers", "block4", "--max-iter", "7", "--cv", "0", "--quiet"]) == 0
+    assert load_model(tmp_path / "c" / "softmax__block4")["pipeline"].named_steps["clf"].max_iter == 7
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "r0"), "--max-iter", "0"]) == 2
+    assert "max_iter must be a positive" in capsys.readouterr().err
+
+
+def test_too_many_folds_is_one_clean_line_and_cv0_says_fixed(tmp_path, capsys):
+    codes = make_codes(tmp_path / "codes.h5")
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "r"), "--cv", "50", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "cnncodes classify: warning: cross-validation reduced from 50 to" in err and ".py" not in err
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "r0"), "--cv", "0", "--C", "1",
+                          "--quiet"]) == 0
+    text = (tmp_path / "r0" / "report.txt").read_text()
+    assert "(C=1, fixed, no cross-validation)" in text and "no-fold" not in text
+
+
+def test_report_text_shows_training_and_resampled_counts(tmp_path):
+    report = classify_codes(make_codes(tmp_path / "c.h5"), tmp_path / "r", sampling="over", C=1.0, cv=0,
+                            progress=False)
+    text = (tmp_path / "r" / "report.txt").read_text()
+    train = ", ".join(f"{k} {v}" for k, v in report["train_class_counts"].items())
+    resampled = ", ".join(f"{k} {v}" for k, v in report["resampled_class_counts"].items())
+    assert f"train counts:      {train}\n" in text
+    assert f"resampled counts:  {resampled} (what the classifier was fitted on)" in text
+    assert len(set(report["resampled_class_counts"].values())) == 1 != len(set(report["train_class_counts"].values()))
+
+
+@pytest.mark.parametrize("counts,target", [((40, 160), 100), ((10, 50, 90), 50), ((7, 30, 31, 100), 30)])
+def test_hybrid_sampling_ends_every_class_at_the_median(counts, target):
+    from classify.models import make_samplers
+
+    y = np.repeat(np.arange(len(counts)), counts)
+    X = np.arange(len(y), dtype=float)[:, None]
+    (_, sampler), = make_samplers("hybrid", seed=0)
+    _, y_res = sampler.fit_resample(X, y)
+    assert np.bincount(y_res).tolist() == [target] * len(counts)
+
+
+def test_hybrid_report_counts_meet_at_the_median(tmp_path):
+    from classify import classify_codes
+
+    codes = make_codes(tmp_path / "codes.h5", n_per_class=(20, 80), class_names=("NORMAL", "PNEUMONIA"),
+                       with_split=False)
+    report = classify_codes(codes, tmp_path / "out", classifier="svm", sampling="hybrid", C=1.0, cv=0,
+                            test_fraction=0.5, progress=False)
+    assert report["train_class_counts"] == {"NORMAL": 10, "PNEUMONIA": 40}
+    assert report["resampled_class_counts"] == {"NORMAL": 25, "PNEUMONIA": 25}
+
+
+def test_class_missing_from_one_side_of_the_split_is_a_note(tmp_path):
+    from classify import classify_codes
+    from codes_fixtures import imbalanced_codes
+
+    codes, y = imbalanced_codes((30, 30, 10))
+    split = np.where(y == 2, "test", np.where(np.arange(len(y)) % 3 == 0, "test", "train"))
+    path = write_codes_file(tmp_path / "codes.h5", codes, y, ["a", "b", "c"], split=list(split))
+    report = classify_codes(path, tmp_path / "out", classifier="svm", C=1.0, cv=0, progress=False)
+    assert any("class c has no training rows" in n for n in report["notes"])
+    assert "class c has no training rows" in (tmp_path / "out" / "report.txt").read_text()
+
+
+def test_test_file_holding_training_images_is_refused(tmp_path, capsys):
+    from classify import classify_codes
+    from codes_fixtures import imbalanced_codes
+
+    codes, y = imbalanced_codes((20, 20))
+    train = write_codes_file(tmp_path / "train.h5", codes, y, ["a", "b"])
+    other, y_other = imbalanced_codes((10, 10), seed=3)
+    mixed = {tap: np.vstack([other[tap], codes[tap][:3]]) for tap in codes}  # 3 training images slipped in
+    test = write_codes_file(tmp_path / "test.h5", mixed, np.r_[y_other, y[:3]], ["a", "b"],
+                            paths=[f"new/{i}.png" for i in range(20)] + ["img/00000.png", "img/00001.png",
+                                                                         "img/00002.png"])
+    with pytest.raises(ValueError, match=r"holds 3 of the 40 training images .*first: img/00000.png"):
+        classify_codes(train, tmp_path / "out", test=test, C=1.0, cv=0, progress=False)
+    assert pipeline.main(["compare", str(train), "--out", str(tmp_path / "cmp"), "--test", str(test),
+                          "--classifiers", "svm", "--cv", "0", "--C", "1", "--quiet"]) == 2
+    assert "overstates accuracy" in capsys.readouterr().err
+
+
+def test_test_file_of_other_images_is_accepted(tmp_path):
+    from classify import classify_codes
+
+    train = make_codes(tmp_path / "train.h5", with_split=False)
+    test = make_codes(tmp_path / "test.h5", with_split=False, seed=5)  # same paths and sizes, other codes
+    report = classify_codes(train, tmp_path / "out", test=test, C=1.0, cv=0, progress=False)
+    assert report["n_test"] == 102
+
+
+def test_api_refuses_bad_cv_and_notes_no_cv(tmp_path):
+    from classify import classify_codes
+
+    codes = make_codes(tmp_path / "codes.h5")
+    with pytest.raises(ValueError, match="cv must be 0 .* got 1"):
+        classify_codes(codes, tmp_path / "a", cv=1, progress=False)
+    with pytest.raises(ValueError, match="C must be a positive number"):
+        compare(codes, tmp_path / "b", classifiers=("svm",), C=-1.0, cv=0, progress=False)
+    report = classify_codes(codes, tmp_path / "c", cv=0, progress=False)
+    assert any("no cross-validation (cv=0)" in n for n in report["notes"]) and report["hyperparameter"] == "C=1"

@@ -57,7 +57,7 @@ def test_export_refuses_an_existing_output_without_overwrite(codes_with_failures
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
     assert pipeline.main(["export", str(codes_with_failures), "--to", "npy", str(out)]) == 2
-    assert "exists: pass --overwrite" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep me"
+    assert "already holds files (mine.txt)" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep me"
     assert pipeline.main(["export", str(codes_with_failures), "--to", "npy", str(out), "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["block4.npy", "penultimate.npy", "rows.parquet"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

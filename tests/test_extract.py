@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pipeline
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, make_tree
 from extract import extract_codes, open_codes
 from extract.backbones import BACKBONES, get_backbone
 from extract.images import load_image
@@ -381,3 +381,22 @@ def test_a_moved_image_folder_is_refused_naming_only_what_differs(image_tree, tm
     assert pipeline.main(["extract", str(moved), "-o", str(out), *common]) == 2
     err = capsys.readouterr().err
     assert f"the images are now in {moved}" in err and "classes" not in err  # the same classes: not listed twice
+
+
+def test_layers_lists_every_alias_of_resnet18(capsys):
+    from extract.backbones import get_backbone
+
+    assert pipeline.main(["layers", "resnet18", "--crop", "64"]) == 0
+    listed = {a.strip() for line in capsys.readouterr().out.splitlines()[2:]
+              for a in line.split("  ")[-1].split(",") if a.strip()}
+    assert set(get_backbone("resnet18").aliases) <= listed
+
+
+@pytest.mark.parametrize("backbone,logits", [("mobilenet_v2", "classifier.1"), ("resnet18", "fc")])
+def test_tapping_the_imagenet_logits_is_refused(tmp_path, capsys, backbone, logits):
+    images = make_tree(tmp_path / "images", per_class=1)
+    assert pipeline.main(["extract", str(images), "-o", str(tmp_path / "c.h5"), "--backbone", backbone,
+                          "--layer", logits, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "output layer (the ImageNet logits" in err and f"cnncodes layers {backbone}" in err
+    assert not (tmp_path / "c.h5").exists()

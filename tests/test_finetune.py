@@ -21,11 +21,12 @@ import torch
 from conftest import ROOT, make_tree
 from extract.backbones import get_backbone
 from extract.codesfile import RECIPE_KEYS, open_codes
+from extract.device import mixed_precision
 from extract.weights import RANDOM, WeightsInfo, build_model, sha256_of
 from finetune import finetune_images
 from finetune.data import choose_splits
 from finetune.model import build_network, param_groups
-from finetune.train import check_options, lr_lambda, mixed_precision
+from finetune.train import check_options, lr_lambda
 from pipeline import main
 
 SMALL = dict(resize=36, crop=32, batch_size=4, workers=0, threads=1, progress=False)

@@ -1,4 +1,5 @@
-"""Issue 22, items 2 and 3: symlinked folders are listed (each real folder once), and manifest columns
+"""Listing images: a single file or several paths; split folder names; manifest headers; (issue 22, items 2
+and 3) symlinked folders are listed (each real folder once), and manifest columns
 that are not understood are refused by name unless --path-column/--label-column/--split-column name them."""
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 import cnncodes
 import pipeline
-from conftest import FAST, make_tree
+from conftest import FAST, make_tree, write_image
 from extract.reader import list_images
 from finetune.data import choose_splits
 
@@ -144,3 +145,86 @@ def test_run_and_predict_read_the_named_columns(tmp_path, capsys):
     with open(preds, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(r["true"] for r in rows) == ["cat"] * 3 + ["dog"] * 3
+
+
+def test_a_single_file_or_several_paths_are_listed_under_their_common_root(tmp_path):
+    from extract.reader import list_images
+
+    images = make_tree(tmp_path / "images", per_class=2)
+    one = list_images(images / "cat" / "img_000.png")
+    assert one.paths == ["img_000.png"] and one.root == (images / "cat").resolve() and one.labels.tolist() == [-1]
+
+    odd = tmp_path / "photo.data"  # an image without an image extension is recognised by its content
+    write_image(odd, np.random.default_rng(1), fmt="PNG")
+    assert list_images(odd).paths == ["photo.data"]
+    (tmp_path / "notes.dat").write_text("path,label\n")
+    with pytest.raises(ValueError, match="neither an image"):
+        list_images(tmp_path / "notes.dat")
+
+    several = list_images([images / "dog", images / "cat" / "img_001.png", images / "cat" / "img_001.png"])
+    assert several.root == images.resolve()
+    assert several.paths == ["cat/img_001.png", "dog/img_000.png", "dog/img_001.png"]
+    assert several.labels.tolist() == [-1, -1, -1]  # dog/ alone has no class subfolders: unlabeled
+    labelled = list_images([images, tmp_path / "photo.data"])
+    assert labelled.root == tmp_path.resolve() and labelled.class_names == ["cat", "dog"]
+    assert dict(zip(labelled.paths, labelled.labels.tolist()))["images/dog/img_001.png"] == 1
+    assert dict(zip(labelled.paths, labelled.labels.tolist()))["photo.data"] == -1
+    manifest = images / "list.csv"
+    manifest.write_text("path,label\ncat/img_000.png,cat\n")
+    with pytest.raises(ValueError, match="manifest alone"):
+        list_images([manifest, images / "dog"])
+
+
+@pytest.mark.parametrize("folder", ["valid", "validation", "dev", "Val"])
+def test_split_folder_names_are_recognised(tmp_path, folder):
+    from extract.reader import list_images
+
+    root = make_tree(tmp_path / "images", per_class=2, splits=("train", folder))
+    listing = list_images(root)
+    assert listing.class_names == ["cat", "dog"]
+    assert sorted(set(listing.splits)) == ["train", "val"]
+
+
+def test_split_folders_mixed_with_class_folders_are_refused(tmp_path):
+    from extract.reader import list_images
+
+    root = make_tree(tmp_path / "images", per_class=1, splits=("train", "valid"))
+    make_tree(root, classes=("owl",), per_class=1)
+    with pytest.raises(ValueError, match=r"train, valid look like splits but owl do not"):
+        list_images(root)
+
+
+@pytest.mark.parametrize("header,order", [("filename,class", "pl"), ("image,label", "pl"), ("file,target", "pl"),
+                                          ("path,class,split", "pls"), ("Label,Filepath", "lp"),
+                                          ("img,category,subset", "pls")])
+def test_manifest_accepts_common_header_names(tmp_path, header, order):
+    from extract.reader import list_images
+
+    make_tree(tmp_path / "images", per_class=2)
+    lines = [header]
+    for cls in ("cat", "dog"):
+        for k, split in enumerate(("train", "validation")):
+            cells = {"p": f"images/{cls}/img_{k:03d}.png", "l": cls, "s": split}
+            lines.append(",".join(cells[c] for c in order))
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    listing = list_images(tmp_path / "list.csv")
+    assert listing.class_names == ["cat", "dog"] and len(listing) == 4
+    assert set(listing.splits) == ({"train", "val"} if "s" in order else {""})
+
+
+def test_manifest_with_an_unknown_header_is_refused(tmp_path):
+    from extract.reader import list_images
+
+    make_tree(tmp_path / "images", per_class=1)
+    (tmp_path / "list.csv").write_text("picture,kind\nimages/cat/img_000.png,cat\n")
+    with pytest.raises(ValueError, match=r"first row \(picture,kind\) looks like a header.*expected the header path,label"):
+        list_images(tmp_path / "list.csv")
+
+
+def test_manifest_without_header_still_reads_its_first_row(tmp_path):
+    from extract.reader import list_images
+
+    make_tree(tmp_path / "images", per_class=1)
+    (tmp_path / "list.csv").write_text("images/cat/img_000.png,cat\nimages/dog/img_000.png,dog,test\n")
+    listing = list_images(tmp_path / "list.csv")
+    assert listing.class_names == ["cat", "dog"] and listing.splits == ["", "test"]

@@ -104,11 +104,11 @@ def test_every_option_is_a_python_keyword_with_the_command_lines_name(command, f
 
 
 @pytest.mark.parametrize("call, message", [
-    ("cnncodes.extract_codes('x', 'y.h5', batch_size=0)", "--batch-size must be a whole number >= 1, not 0"),
-    ("cnncodes.extract_codes('x', 'y.h5', pool='mean')", "--pool must be one of avg, max, none, not 'mean'"),
+    ("cnncodes.extract_codes('x', 'y.h5', batch_size=0)", "--batch-size must be a whole number >= 1, got 0"),
+    ("cnncodes.extract_codes('x', 'y.h5', pool='mean')", "--pool must be one of avg, max, none, got 'mean'"),
     ("cnncodes.extract_codes('x', 'y.h5', backbone='resnet9')", "unknown backbone 'resnet9'"),
-    ("cnncodes.advise('x', sample=3)", "--sample must be a whole number of at least 10, not 3"),
-    ("cnncodes.advise('x', workers=-1)", "--workers must be a whole number >= 0, not -1"),
+    ("cnncodes.advise('x', sample=3)", "--sample must be a whole number of at least 10, got 3"),
+    ("cnncodes.advise('x', workers=-1)", "--workers must be a whole number >= 0, got -1"),
 ])
 def test_the_python_api_checks_options_before_torch_is_imported(call, message):
     code = (f"import sys, cnncodes\ntry:\n    {call}\nexcept ValueError as err:\n"
@@ -124,7 +124,7 @@ def test_advise_options_fail_before_torch_is_imported(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, "advise", str(tmp_path), "--sample", "3"],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.stdout.split() == ["2", "False", "False"]
-    assert done.stderr.strip() == "cnncodes advise: error: --sample must be a whole number of at least 10, not 3"
+    assert done.stderr.strip() == "cnncodes advise: error: --sample must be a whole number of at least 10, got 3"
 
 
 def test_each_stage_registers_its_own_commands():
@@ -142,8 +142,8 @@ def test_each_stage_registers_its_own_commands():
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(C=-1.0), "C must be a positive number, got -1.0"),
-    (dict(cv=1), "cv must be 0 (no cross-validation) or at least 2 folds, got 1"),
+    (dict(C=-1.0), "--C must be a positive number, got -1.0"),
+    (dict(cv=1), "--cv must be 0 (no cross-validation) or at least 2 folds, got 1"),
     (dict(normalize="zscore"), "unknown normalization 'zscore'; choose one of power, l2, standard, none"),
     (dict(max_iter=0), "max_iter must be a positive number of iterations, got 0"),
 ])

@@ -14,7 +14,7 @@ import pytest
 
 import cnncodes
 import pipeline
-from classify import classify_codes
+from classify import classify_codes, load_model
 from codes_fixtures import make_codes
 from conftest import FAST, ROOT, make_tree
 from extract.errors import ExtractionError
@@ -168,3 +168,69 @@ def test_errors_leave_no_output_folder_behind(tmp_path, capsys, case):
     code, err = _main(capsys, *argv)
     assert code == 2 and "\n" not in err
     assert not (tmp_path / "new").exists()  # neither the folder nor the parents made for it
+
+
+def test_classify_and_compare_refuse_to_replace_a_model_unless_overwrite(tmp_path, capsys):
+    codes = make_codes(tmp_path / "codes.h5")
+    run = tmp_path / "run"
+    args = ["classify", str(codes), "--out", str(run), "--cv", "0", "--C", "1", "--quiet"]
+    assert pipeline.main(args) == 0
+    before = (run / "model.joblib").read_bytes()
+    assert pipeline.main([*args, "--classifier", "softmax"]) == 2
+    assert "already holds a trained model" in capsys.readouterr().err
+    assert (run / "model.joblib").read_bytes() == before
+    assert pipeline.main([*args, "--classifier", "softmax", "--overwrite"]) == 0
+    assert load_model(run)["settings"]["classifier"] == "softmax"
+
+    cmp_args = ["compare", str(codes), "--out", str(tmp_path / "cmp"), "--classifiers", "svm", "--layers", "block4",
+                "--cv", "0", "--quiet"]
+    assert pipeline.main(cmp_args) == 0
+    assert pipeline.main(cmp_args) == 2
+    err = capsys.readouterr().err
+    assert "already holds a comparison (" in err and "svm__block4" in err
+    assert pipeline.main([*cmp_args, "--overwrite"]) == 0
+
+
+def test_run_twice_retrains_into_its_own_folders(tmp_path):
+    images = make_tree(tmp_path / "images", per_class=6, splits=("train", "test"))
+    args = ["run", str(images), "--out", str(tmp_path / "out"), *FAST, "--workers", "0", "--classifiers", "svm",
+            "--cv", "0", "--C", "1"]
+    assert pipeline.main(args) == 0
+    assert pipeline.main(args) == 0
+
+
+def _relative_files(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def test_dataset_refuses_a_non_empty_folder(tmp_path, capsys):
+    target = make_tree(tmp_path / "images", per_class=1)
+    before = _relative_files(target)
+    assert pipeline.main(["dataset", "digits", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnncodes dataset: error:") and "--overwrite" in err and "\n" not in err
+    assert _relative_files(target) == before
+
+
+def test_dataset_overwrite_replaces_whole_folder_without_leakage(tmp_path):
+    from extract.datasets import write_digits
+
+    target = make_tree(tmp_path / "digits", per_class=1)  # stale files that must not survive
+    write_digits(target, test_fraction=0.3, per_class=10, overwrite=True)
+    write_digits(target, test_fraction=0.5, per_class=10, overwrite=True)
+    files = _relative_files(target)
+    assert not any(f.startswith(("cat/", "dog/")) for f in files)
+    train = {f.split("/", 1)[1] for f in files if f.startswith("train/")}
+    test = {f.split("/", 1)[1] for f in files if f.startswith("test/")}
+    assert len(train) == len(test) == 50 and not train & test
+    assert [p.name for p in tmp_path.iterdir()] == ["digits"]  # no staging or old folder left beside it
+
+
+def test_output_at_the_image_folder_is_refused(tmp_path, capsys):
+    images = make_tree(tmp_path / "images", per_class=1)
+    assert pipeline.main(["extract", str(images), "-o", str(images), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder; -o names the codes file to write" in err and "--overwrite" not in err
+    assert pipeline.main(["run", str(images), "--out", str(images / "run"), *FAST]) == 2
+    assert "inside the image folder" in capsys.readouterr().err
+    assert not (images / "run").exists()

@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from codes_fixtures import binary_codes
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
 import pipeline
 from classify import load_model
-from conftest import FAST, make_tree
+from conftest import FAST, make_tree, write_image
 from extract import open_codes
 
 
@@ -120,3 +121,107 @@ def test_help_lists_the_environment_variables_the_code_reads(command, capsys):
     source = "".join(p.read_text() for p in (Path(pipeline.__file__).parent / "extract").glob("*.py"))
     assert "CNNCODES_CACHE_DIR" in listed and "CNNCODES_OFFLINE" in listed
     assert all(name in source for name in listed), listed
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_calibrated_run_predicts_with_a_threshold_from_the_command_line(tmp_path, capsys):
+    train, _, _ = binary_codes(tmp_path)
+    run = tmp_path / "run"
+    assert pipeline.main(["classify", str(train), "--out", str(run), "--calibrate", "--cv", "0", "--C", "1",
+                          "--quiet"]) == 0
+    assert "sensitivity:" in capsys.readouterr().out
+    out = tmp_path / "p.csv"
+    assert pipeline.main(["predict", str(run), str(train), "-o", str(out), "--threshold", "0.3"]) == 0
+    assert "threshold: yes where prob_yes >= 0.3" in capsys.readouterr().out
+    rows = _read(out)
+    assert [r["predicted"] for r in rows] == ["yes" if float(r["prob_yes"]) >= 0.3 else "no" for r in rows]
+
+
+def test_cli_predict_on_labelled_folder_prints_accuracy(tmp_path, capsys):
+    images = make_tree(tmp_path / "images", per_class=6, splits=("train", "test"))
+    run = tmp_path / "out"
+    assert pipeline.main(["run", str(images), "--out", str(run), *FAST, "--workers", "0", "--classifiers", "svm",
+                          "--cv", "0", "--C", "1"]) == 0
+    capsys.readouterr()
+    assert pipeline.main(["predict", str(run / "classify"), str(images / "test"), "-o", str(tmp_path / "p.csv"),
+                          "--workers", "0", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    rows = _read(tmp_path / "p.csv")
+    accuracy = np.mean([r["true"] == r["predicted"] for r in rows])
+    assert {r["true"] for r in rows} == {"cat", "dog"}
+    assert f"12 labelled images of classes the model knows): accuracy {accuracy:.4f}" in printed
+
+
+def test_cli_predict_and_extract_take_one_image_or_several(tmp_path, capsys):
+    images = make_tree(tmp_path / "images", per_class=6, splits=("train", "test"))
+    run = tmp_path / "out"
+    assert pipeline.main(["run", str(images), "--out", str(run), *FAST, "--workers", "0", "--classifiers", "svm",
+                          "--cv", "0", "--C", "1"]) == 0
+    photo = images / "test" / "dog" / "img_003.png"
+    assert pipeline.main(["predict", str(run / "classify"), str(photo), "-o", str(tmp_path / "one.csv"),
+                          "--workers", "0", "--quiet"]) == 0
+    rows = _read(tmp_path / "one.csv")
+    assert [r["path"] for r in rows] == ["img_003.png"] and rows[0]["predicted"] in ("cat", "dog")
+    assert pipeline.main(["predict", str(run / "classify"), str(photo), str(images / "test" / "cat"), "-o",
+                          str(tmp_path / "two.csv"), "--workers", "0", "--quiet"]) == 0
+    rows = _read(tmp_path / "two.csv")
+    assert len(rows) == 7 and "dog/img_003.png" in {r["path"] for r in rows}
+    capsys.readouterr()
+    out = tmp_path / "two.h5"
+    assert pipeline.main(["extract", str(photo), str(images / "train" / "cat" / "img_000.png"), "-o", str(out),
+                          *FAST, "--workers", "0"]) == 0
+    from extract import open_codes
+
+    cf = open_codes(out)
+    assert sorted(cf.rows.paths) == ["test/dog/img_003.png", "train/cat/img_000.png"]
+    assert cf.meta["image_root"] == str(images.resolve())
+
+
+def test_version_is_printed_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline\ntry:\n    pipeline.main(['--version'])\nexcept SystemExit:\n    pass\n"
+            "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=pipeline.__file__.rsplit("/", 1)[0], check=True)
+    assert done.stdout.splitlines() == [f"cnncodes {pipeline.package_version()}", "torch not loaded"]
+
+
+@pytest.mark.parametrize("option, message", [(["--classifiers", "svm,logreg"], "unknown classifier 'logreg'"),
+                                             (["--layer", "fc7"], "mobilenet_v2 has no layer 'fc7'")])
+def test_run_checks_classifier_and_layer_names_before_extracting(tmp_path, capsys, option, message):
+    images = make_tree(tmp_path / "images", per_class=2)
+    out = tmp_path / "run"
+    assert pipeline.main(["run", str(images), "--out", str(out), *FAST, *option]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "codes.h5").exists()
+
+
+def test_run_layer_values_are_runs_and_plus_concatenates(tmp_path):
+    images = make_tree(tmp_path / "images", per_class=4, splits=("train", "test"))
+    out = tmp_path / "run"
+    assert pipeline.main(["run", str(images), "--out", str(out), *FAST, "--workers", "0", "--layer",
+                          "block4, block4+penultimate", "--classifiers", "svm", "--cv", "2"]) == 0
+    with open(out / "compare" / "compare.csv", newline="") as fh:
+        assert sorted(r["layers"] for r in csv.DictReader(fh)) == ["block4", "block4+penultimate"]
+
+
+def test_run_has_the_update_and_overwrite_it_suggests(tmp_path, capsys):
+    images = make_tree(tmp_path / "images", per_class=4, splits=("train", "test"))
+    out = tmp_path / "run"
+    common = ["run", str(images), "--out", str(out), *FAST, "--workers", "0", "--classifiers", "svm", "--cv", "2"]
+    assert pipeline.main(common) == 0
+    write_image(images / "train" / "cat" / "new.png", np.random.default_rng(3))  # one more image
+    capsys.readouterr()
+    assert pipeline.main(common) == 2
+    err = capsys.readouterr().err
+    assert "--update" in err
+    assert pipeline.main([*common, "--update"]) == 0
+    assert "1 extracted" in capsys.readouterr().out
+    assert pipeline.main([*common, "--overwrite", "--layer", "block4"]) == 0
+    assert json.loads((out / "classify" / "report.json").read_text())["layers"] == ["block4"]

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import pipeline
 from conftest import FAST
 from extract import codesfile, open_codes, parts
 from fault_injection import bad_corpus_expectations, extract_command, files_equal, kill_and_resume, make_images
+from paused_run import PausedRun
 
 
 def digest(path: Path) -> str:
@@ -38,24 +38,20 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_file(tmp_
 
 
 def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path):
-    source = make_images(tmp_path / "images", 400)
+    source = make_images(tmp_path / "images", 64)
     out = tmp_path / "codes.h5"
     cmd = extract_command(source, out, part_size=16)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(parts.parts_dir_for(out).glob("part-*.npz")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.fail("the run finished before SIGINT arrived; make the image set larger")
-    assert proc.returncode == 130
+    run = PausedRun(cmd[2:])  # paused once its first part is saved: 3 of 4 parts are left to do
+    run.proc.send_signal(signal.SIGINT)
+    code, _, err = run.finish(timeout=60)
+    assert code == 130
     assert "interrupted" in err and "run the same command again to resume" in err and "Traceback" not in err
+    assert "interrupted: 1 of 4 parts are saved" in err
     assert not out.exists()
     saved = len(list(parts.parts_dir_for(out).glob("part-*.npz")))
-    assert saved >= 1
+    assert saved == 1
     done = subprocess.run(cmd[:-1], capture_output=True, text=True, check=True)  # without --quiet
-    assert f"400 images, {400 - 16 * saved} extracted in " in done.stdout  # resumed rows are not counted as extracted
+    assert f"64 images, {64 - 16 * saved} extracted in " in done.stdout  # resumed rows are not counted as extracted
     assert f"{16 * saved} reused: resumed from {saved} saved part(s)" in done.stdout
     assert codesfile.is_complete(out) and not parts.parts_dir_for(out).exists()
 
@@ -251,3 +247,18 @@ def test_early_decoders_for_a_job_that_turned_out_otherwise_are_replaced(image_t
     again = tmp_path / "again.h5"
     assert extract(image_tree, again) == 0
     assert files_equal(out, again)
+
+
+def test_a_collection_with_no_readable_image_fails_in_one_line(tmp_path, capsys):
+    images = tmp_path / "images"
+    for cls in ("cat", "dog"):
+        (images / cls).mkdir(parents=True)
+        (images / cls / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    codes = tmp_path / "codes.h5"
+    assert pipeline.main(["extract", str(images), "-o", str(codes), *FAST, "--workers", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("cnncodes extract: error: none of the 2 image(s) could be read (first: cat/broken.png")
+    assert pipeline.main(["classify", str(codes), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "has no readable, labeled rows to train on (2 of 2 images could not be read" in err
+    assert "n_samples" not in err

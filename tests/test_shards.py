@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from extract.recipe import RunOptions
 from extract.runner import Settings
 from extract.shards import Shard, resolve
 from fault_injection import make_images
+from paused_run import PausedRun
 
 ARGS = ["--weights", "random", "--resize", "40", "--crop", "32", "--device", "cpu", "--precision", "fp32",
         "--batch-size", "4", "--part-size", "4", "--quiet"]
@@ -228,26 +228,16 @@ def test_a_run_resuming_the_parts_of_shards_counts_only_what_it_extracted(tmp_pa
     assert_same_rows(reference, out)
 
 
-def wait_for(proc: subprocess.Popen, condition, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the shard wrote no part"
-        time.sleep(0.005)
-
-
 def test_a_killed_shard_reruns_only_its_missing_parts_and_assemble_names_what_is_missing(
         images_and_reference, tmp_path, capsys, monkeypatch):
     source, reference = images_and_reference
     out = tmp_path / "codes.h5"
     parts_dir = parts.parts_dir_for(out)
-    killed = subprocess.Popen(command(source, out, "--shard", "1/2"), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_for(killed, lambda: parts.part_path(parts_dir, 1).exists())
+    killed = PausedRun(command(source, out, "--shard", "1/2")[2:], start_new_session=True)  # after its first part
     os.killpg(killed.pid, signal.SIGKILL)  # the shard and its decode worker
-    killed.wait(timeout=60)
+    killed.finish(timeout=60)
     saved = {p: p.stat().st_ino for p in parts_dir.glob("part-*.npz")}
-    assert 1 <= len(saved) < 20, "the kill came after the shard finished; make the image set larger"
+    assert list(saved) == [parts.part_path(parts_dir, 1)]
 
     assert pipeline.main(["assemble", str(out)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
@@ -280,11 +270,8 @@ def test_a_killed_shard_reruns_only_its_missing_parts_and_assemble_names_what_is
 def test_the_same_shard_twice_is_refused_while_other_shards_run_beside_it(images_and_reference, tmp_path, capsys):
     source, reference = images_and_reference
     out = tmp_path / "codes.h5"
-    first = subprocess.Popen(command(source, out, "--shard", "0/2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    first = PausedRun(command(source, out, "--shard", "0/2")[2:])  # between parts: it holds shard 0, not the step
     try:
-        wait_for(first, lambda: parts.part_path(parts.parts_dir_for(out), 0).exists())
-        os.kill(first.pid, signal.SIGSTOP)  # mid-extraction, between parts: it holds shard 0, not the step
         assert extract(source, out, "--shard", "0/2") == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert f"shard 0 of {out} is being written by another extraction (process {first.pid} on " \
@@ -294,9 +281,8 @@ def test_the_same_shard_twice_is_refused_while_other_shards_run_beside_it(images
         assert extract(source, out, "--shard", "1/2") == 0  # another shard runs beside it
         assert "shard 1/2 done" in capsys.readouterr().out
     finally:
-        os.kill(first.pid, signal.SIGCONT)
-    said, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err
+        code, said, err = first.finish()
+    assert code == 0, err
     assert f"wrote {out}" in said
     assert_same_rows(reference, out)
 
