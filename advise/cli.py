@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from extract.cli_common import (ENVIRONMENT_HELP, EXIT_OK, KeepsEnvironmentHelp, add_column_options,
-                                add_running_options, positive_int)
+                                add_running_options, declared)
 from extract.config import from_args
 
 from .options import AdviseConfig as A
@@ -38,8 +38,8 @@ def add_parsers(sub) -> None:
                    help="torchvision backbone: mobilenet_v2 (embedded), alexnet, vgg16, resnet18, resnet50 "
                         "(default: %(default)s)")
     g.add_argument("--weights", metavar="FILE|random", help="checkpoint (default: found as for extract)")
-    g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, 256)")
-    g.add_argument("--crop", type=positive_int, help="center crop size (default: the backbone's, 224)")
+    g.add_argument("--resize", type=declared(A, "resize"), help="shorter side before the crop (default: the backbone's, 256)")
+    g.add_argument("--crop", type=declared(A, "crop"), help="center crop size (default: the backbone's, 224)")
     add_running_options(p)
     add_column_options(p)
     p.set_defaults(func=cmd_advise)

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from .cli_common import (ENVIRONMENT_HELP, EXIT_FAILURES, EXIT_OK, MAX_LISTED_FAILURES, KeepsEnvironmentHelp,
-                         add_column_options, add_running_options, fraction, one_or_list,
+                         add_column_options, add_running_options, declared, fraction, one_or_list,
                          positive_int, shard_of)
 from .config import choices, from_args
 from .errors import UsageError
@@ -105,11 +105,11 @@ def add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) -> 
     g.add_argument("--weights", metavar="FILE|random",
                    help="checkpoint file to load (weights_only); 'random' for an untrained network (tests). Default: "
                         "the embedded checkpoint, then the torch hub cache, then a download")
-    g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, 256)")
-    g.add_argument("--crop", type=positive_int, help="center crop size (default: the backbone's, 224)")
-    g.add_argument("--max-dim", type=positive_int, default=E.max_dim, help="largest code allowed with --pool none (default: %(default)s)")
+    g.add_argument("--resize", type=declared(E, "resize"), help="shorter side before the crop (default: the backbone's, 256)")
+    g.add_argument("--crop", type=declared(E, "crop"), help="center crop size (default: the backbone's, 224)")
+    g.add_argument("--max-dim", type=declared(E, "max_dim"), default=E.max_dim, help="largest code allowed with --pool none (default: %(default)s)")
     r = add_running_options(p)
-    r.add_argument("--part-size", type=positive_int, default=E.part_size,
+    r.add_argument("--part-size", type=declared(E, "part_size"), default=E.part_size,
                    help="images per part file; a killed run recomputes at most one part (default: 512)")
     r.add_argument("--dtype", default=E.dtype, choices=choices(E, "dtype"), help="stored code type")
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from .checks import CONSTRAINTS, SHARD_FORMAT
-from .config import choices
+from .checks import CONSTRAINTS, SHARD_FORMAT, whole
+from .config import choices, constraint
 from .options import ExtractConfig
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -32,8 +32,12 @@ def _number(kind: type, ok, what: str):
     return parse
 
 
-positive_int = _number(int, lambda v: v > 0, "a positive integer")
-non_negative_int = _number(int, lambda v: v >= 0, "0 or a positive integer")
+def declared(config: type, name: str, kind: type = int):
+    """The argparse ``type=`` of ``config``'s option ``name``: its declared constraint, refused as argparse does."""
+    return _number(kind, *constraint(config, name))
+
+
+positive_int = _number(int, whole(1), "a whole number >= 1")  # options no config declares (layers --crop)
 positive_float = _number(float, *CONSTRAINTS["C"])
 fraction = _number(float, *CONSTRAINTS["test_fraction"])
 cv_folds = _number(int, *CONSTRAINTS["cv"])
@@ -65,8 +69,8 @@ def add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     r.add_argument("--precision", default=ExtractConfig.precision, choices=choices(ExtractConfig, "precision"),
                    help="compute precision, recorded in the codes file; auto = bf16 on CPUs with native bf16 "
                         "(AMX, AVX512-BF16), else fp32; bf16/fp16 on GPUs")
-    r.add_argument("--batch-size", type=positive_int, default=None, help="images per forward pass (default: 4 on CPU, where small batches are fastest; 64 on GPU)")
-    r.add_argument("--workers", type=non_negative_int, default=None,
+    r.add_argument("--batch-size", type=declared(ExtractConfig, "batch_size"), default=None, help="images per forward pass (default: 4 on CPU, where small batches are fastest; 64 on GPU)")
+    r.add_argument("--workers", type=declared(ExtractConfig, "workers"), default=None,
                    help="image decoding processes; the main process runs the network (on the CPU: OpenVINO, "
                         "one single-threaded stream per CPU) (default: one per CPU, at most 16; on a GPU CPUs - 1). "
                         "0: decode in the main process")

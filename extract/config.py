@@ -35,6 +35,12 @@ def choices(config: type, name: str) -> tuple | None:
     return _field(config, name).metadata["choices"]
 
 
+def constraint(config: type, name: str) -> tuple[Callable[[Any], bool], str]:
+    """Option ``name``'s declared (accepts, what): for the command line's argparse ``type=``."""
+    meta = _field(config, name).metadata
+    return meta["accepts"], meta["what"]
+
+
 def from_args(config: type, args) -> dict[str, Any]:
     """The options of ``config`` taken from parsed command-line ``args`` of the same names (``progress``: not
     ``--quiet``)."""

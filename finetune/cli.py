@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from extract.cli_common import (ENVIRONMENT_HELP, EXIT_INTERRUPTED, EXIT_OK, KeepsEnvironmentHelp,
-                                add_column_options, non_negative_int, positive_int)
+                                add_column_options, declared)
 from extract.config import choices, from_args
 
 from .options import FinetuneConfig as F
@@ -42,13 +42,13 @@ def add_parsers(sub) -> None:
                    help="update BatchNorm statistics in the trained blocks. Off by default: the statistics of "
                         "batches of 32 are noisy estimates, and replacing the ImageNet ones with them hurts small "
                         "data sets; BatchNorm's scale and shift are still trained")
-    g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, 256)")
-    g.add_argument("--crop", type=positive_int, help="training and evaluation crop size (default: the backbone's, 224)")
+    g.add_argument("--resize", type=declared(F, "resize"), help="shorter side before the crop (default: the backbone's, 256)")
+    g.add_argument("--crop", type=declared(F, "crop"), help="training and evaluation crop size (default: the backbone's, 224)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=F.epochs, help="fine-tuning epochs (default: %(default)s)")
     t.add_argument("--lp-epochs", type=int, default=F.lp_epochs,
                    help="LP-FT: epochs training the head alone before the fine-tuning epochs (default: 0)")
-    t.add_argument("--batch-size", type=positive_int, default=F.batch_size, help="images per step (default: %(default)s)")
+    t.add_argument("--batch-size", type=declared(F, "batch_size"), default=F.batch_size, help="images per step (default: %(default)s)")
     t.add_argument("--lr", type=float, default=F.lr,
                    help="head learning rate (default: %(default)s for SGD; use about 0.001 with adamw)")
     t.add_argument("--backbone-lr-mult", type=float, default=F.backbone_lr_mult,
@@ -82,8 +82,8 @@ def add_parsers(sub) -> None:
     r.add_argument("--device", default=F.device, help="auto, cpu or cuda[:N] (default: %(default)s)")
     r.add_argument("--precision", default=F.precision, choices=choices(F, "precision"),
                    help="auto = mixed precision on CUDA (bf16, else fp16 with loss scaling), fp32 on the CPU")
-    r.add_argument("--threads", type=positive_int, help="training threads (default: every CPU)")
-    r.add_argument("--workers", type=non_negative_int, help="decoding processes for the one-time image cache (default: every CPU)")
+    r.add_argument("--threads", type=declared(F, "threads"), help="training threads (default: every CPU)")
+    r.add_argument("--workers", type=declared(F, "workers"), help="decoding processes for the one-time image cache (default: every CPU)")
     r.add_argument("--overwrite", action="store_true", help="start again instead of resuming RUN_DIR's checkpoint")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     add_column_options(p)

@@ -9,17 +9,17 @@ from conftest import make_tree
 
 
 @pytest.mark.parametrize("command,option,value,message", [
-    ("extract", "--batch-size", "-3", "must be a positive integer, got -3"),
-    ("extract", "--batch-size", "0", "must be a positive integer, got 0"),
-    ("extract", "--crop", "0", "must be a positive integer, got 0"),
-    ("extract", "--resize", "0", "must be a positive integer, got 0"),
-    ("extract", "--part-size", "0", "must be a positive integer, got 0"),
-    ("extract", "--workers", "-1", "must be 0 or a positive integer, got -1"),
+    ("extract", "--batch-size", "-3", "must be a whole number >= 1, got -3"),
+    ("extract", "--batch-size", "0", "must be a whole number >= 1, got 0"),
+    ("extract", "--crop", "0", "must be a whole number >= 1, got 0"),
+    ("extract", "--resize", "0", "must be a whole number >= 1, got 0"),
+    ("extract", "--part-size", "0", "must be a whole number >= 1, got 0"),
+    ("extract", "--workers", "-1", "must be a whole number >= 0, got -1"),
     ("classify", "--C", "-1", "must be a positive number, got -1"),
     ("classify", "--cv", "1", "must be 0 (no cross-validation) or at least 2 folds, got 1"),
     ("classify", "--test-fraction", "1.5", "must be a fraction between 0 and 1 (exclusive), got 1.5"),
     ("compare", "--cv", "-2", "or at least 2 folds, got -2"),
-    ("layers", "--crop", "0", "must be a positive integer, got 0"),
+    ("layers", "--crop", "0", "must be a whole number >= 1, got 0"),
     ("dataset", "--test-fraction", "0", "must be a fraction between 0 and 1"),
 ])
 def test_out_of_range_numbers_get_one_clear_line(tmp_path, capsys, command, option, value, message):
@@ -42,9 +42,11 @@ def test_resize_smaller_than_crop_is_refused_before_work(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["advise", "IMAGES", "--crop", "0"], "argument --crop: must be a positive integer, got 0"),
-    (["finetune", "IMAGES", "--out", "OUT", "--workers", "-1"], "argument --workers: must be 0 or a positive integer"),
-    (["finetune", "IMAGES", "--out", "OUT", "--resize", "0"], "argument --resize: must be a positive integer, got 0"),
+    (["advise", "IMAGES", "--crop", "0"], "argument --crop: must be a whole number >= 1, got 0"),
+    (["finetune", "IMAGES", "--out", "OUT", "--workers", "-1"], "argument --workers: must be a whole number >= 0"),
+    (["finetune", "IMAGES", "--out", "OUT", "--resize", "0"], "argument --resize: must be a whole number >= 8, got 0"),
+    # the parser's type is the config's constraint (>= 8), not a looser copy of it (>= 1)
+    (["finetune", "IMAGES", "--out", "OUT", "--crop", "5"], "argument --crop: must be a whole number >= 8, got 5"),
 ])
 def test_finetune_and_advise_numbers_get_the_same_one_line_checks(argv, message, tmp_path, capsys):
     images = make_tree(tmp_path / "images")
