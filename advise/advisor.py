@@ -78,6 +78,7 @@ def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", 
                           parts=parts, scenario=number, recommendations=recommendations, trials=trials,
                           seconds=time.perf_counter() - started)
     if out_dir is not None:
+        trial.drop_other_trials(out_dir, number if try_options else None)
         write_files(out_dir, {"advice.json": json.dumps(advice, indent=2) + "\n",
                               "advice.txt": format_advice(advice) + "\n"})
     return advice

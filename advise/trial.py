@@ -7,6 +7,7 @@ that it reads nothing else: it trains on most of the sample and is scored on the
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +35,20 @@ def probe_rows(similarity: Similarity) -> list[dict]:
             for layer in layers]
 
 
+def trial_folder(out_dir: str | Path, scenario: int) -> Path:
+    """Where ``--try --out DIR`` keeps the scenario's trial fine-tune."""
+    return Path(out_dir) / f"try-finetune-{TRY_FREEZE[scenario]:g}"
+
+
+def drop_other_trials(out_dir: str | Path, scenario: int | None) -> None:
+    """Remove trial fine-tunes of an earlier advice in ``out_dir`` (replaced with --overwrite), keeping
+    this advice's own (``scenario``; None: it ran none), so none is read as this advice's."""
+    keep = trial_folder(out_dir, scenario) if scenario is not None else None
+    for old in Path(out_dir).glob("try-finetune-*"):
+        if old != keep and old.is_dir():
+            shutil.rmtree(old)
+
+
 def finetune_row(listing: ImageList, rows: np.ndarray, scenario: int, *, out_dir: str | Path | None,
                  max_images: int, seed: int, log, **finetune_options) -> dict:
     """A short fine-tune with the scenario's freeze on a stratified sample of the training ``rows``;
@@ -49,7 +64,7 @@ def finetune_row(listing: ImageList, rows: np.ndarray, scenario: int, *, out_dir
             tempfile.TemporaryDirectory(prefix="cnncodes-advise-try-run-") as tmp:
         manifest = Path(sample_dir) / "training-sample.csv"  # the trial's only images: no val/ or test/ one
         write_manifest(manifest, listing, picked)
-        target = Path(out_dir) / f"try-finetune-{freeze:g}" if out_dir is not None else Path(tmp)
+        target = trial_folder(out_dir, scenario) if out_dir is not None else Path(tmp)
         try:
             report = finetune_images(manifest, target, freeze=freeze, epochs=TRY_EPOCHS, warmup_epochs=TRY_WARMUP_EPOCHS,
                                      val_fraction=0, test_fraction=TRY_SCORE_FRACTION, seed=seed, overwrite=True,

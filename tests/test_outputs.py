@@ -151,6 +151,7 @@ def test_advise_refuses_to_reuse_a_folder_unless_overwrite(tmp_path, capsys):
     assert (out / "advice.json").read_bytes() == advice
     assert _main(capsys, "advise", images, "--out", out, "--seed", "1", "--overwrite", *FAST)[0] == 0
     assert json.loads((out / "advice.json").read_text())["images"] == str(images)
+    assert not (out / "try-finetune-0.3").exists()  # the replaced advice's trial goes with it
 
 
 @pytest.mark.parametrize("case", ["finetune one class", "finetune empty folder", "finetune missing path",
