@@ -93,6 +93,11 @@ def _add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) ->
     g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, 256)")
     g.add_argument("--crop", type=positive_int, help="center crop size (default: the backbone's, 224)")
     g.add_argument("--max-dim", type=positive_int, default=65536, help="largest code allowed with --pool none (default: %(default)s)")
+    g.add_argument("--views", type=int, default=1, choices=(1, 2, 10),
+                   help="crops whose codes are averaged per image: 1 center crop, 2 + its horizontal flip, 10 the "
+                        "four corner and center crops and their flips (TenCrop). Part of the recipe. Time grows "
+                        "linearly with views: an image's views ride in one forward pass of --batch-size x views "
+                        "crops (default: %(default)s)")
     r = _add_running_options(p)
     r.add_argument("--part-size", type=positive_int, default=None,
                    help="images per part file; a killed run recomputes at most one part (default: 512)")
@@ -470,7 +475,7 @@ def _extract_kwargs(args: argparse.Namespace) -> dict:
     return dict(backbone=args.backbone, layers=_tap_names(args.layers), pool=args.pool,
                 weights=args.weights, device=args.device, precision=args.precision, batch_size=args.batch_size,
                 workers=args.workers, part_size=args.part_size, resize=args.resize, crop=args.crop, dtype=args.dtype,
-                progress=not args.quiet, max_dim=args.max_dim)
+                progress=not args.quiet, max_dim=args.max_dim, views=args.views)
 
 
 def _check_preprocess(args: argparse.Namespace) -> None:
