@@ -40,7 +40,7 @@ def extract_codes(source: PathLike | Sequence[PathLike], out: PathLike, **option
     """Run the backbone over images and write a codes file (``extract.extract_codes``).
 
     ``source``: a folder tree, a CSV manifest, an image file or a list of image files and folders.
-    ``options``: backbone, layers, pool, weights, resize, crop, device, precision, batch_size,
+    ``options``: backbone, layers, pool, weights, resize, crop, views, device, precision, batch_size,
     workers, dtype, overwrite, update, progress... as on the command line. Returns an ExtractResult.
     """
     from extract import extract_codes as _extract

@@ -26,8 +26,9 @@ from .plan import batches_of
 from .images import ImageDataset
 from .reader import ImageList
 
-# (uint8 images [B x views, 3, H, W], an image's views side by side, ok flags [B], error messages). NumPy, not tensors: tensors would cross from the
-# workers as shared file descriptors, whose sender thread prints tracebacks when Ctrl-C stops a run.
+# (uint8 images [B x views, 3, H, W], an image's views side by side, ok flags [B], error messages). NumPy, not
+# tensors: tensors would cross from the workers as shared file descriptors, whose sender thread prints tracebacks
+# when Ctrl-C stops a run.
 Decoded = tuple[np.ndarray, np.ndarray, list[str]]
 # Decoded images held ahead, all workers together (64 MiB: 445 images at 224 x 224): enough to keep the
 # decoders busy while the network is built and loaded (see bench/RESULTS.md), without holding much memory.
@@ -101,7 +102,8 @@ class Slots:
         slot, ok, errors = keys[0][0] % self.count, [], []
         for k, (_, row) in enumerate(keys):
             image, good, error = self.dataset[row]
-            self.images[slot, k * self.views:(k + 1) * self.views] = image.numpy().reshape(self.views, *image.shape[-3:])
+            crops = image.numpy().reshape(self.views, *image.shape[-3:])
+            self.images[slot, k * self.views:(k + 1) * self.views] = crops
             ok.append(good)
             errors.append(error)
         return slot, len(keys), np.array(ok, dtype=bool), errors

@@ -10,8 +10,8 @@ Layout (readable with plain h5py, no cnncodes needed)::
     /errors          utf-8 [N]   one-line reason where ok is false
     /file_size, /file_mtime_ns   int64 [N]   what the image file was when it was read
 
-Attributes: format_version, recipe (JSON; its views: crops averaged per image), backbone, weights (JSON), taps (JSON), preprocess
-(JSON), class_names (JSON), image_root, versions (JSON), precision, dtype, complete.
+Attributes: format_version, recipe (JSON; its views: crops averaged per image), backbone, weights
+(JSON), taps (JSON), preprocess (JSON), class_names (JSON), image_root, versions (JSON), precision, dtype, complete.
 """
 from __future__ import annotations
 

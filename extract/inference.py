@@ -193,7 +193,8 @@ def _converted(module: Normalized, network: Network, preprocess: dict, precision
     return computer
 
 
-def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: int, views: int = 1) -> OpenVINOComputer:
+def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: int,
+              views: int = 1) -> OpenVINOComputer:
     # OpenVINO pins each process's stream threads from the first core on: ranks sharing a machine would all
     # be pinned onto the same cores (bench/RESULTS.md), so pin only streams that fill the CPUs
     config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "NUM_STREAMS": streams,
