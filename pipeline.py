@@ -578,7 +578,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"tap {tap['name']}: node {tap['node']}, pool {tap['pool']}, {tap['dim']}-D "
               f"(map {'x'.join(map(str, tap['shape']))}), ReLU'd")
     print(f"preprocess: resize {prep.get('resize')}, crop {prep.get('crop')}, {prep.get('interpolation')}, "
-          f"mean {prep.get('mean')}, std {prep.get('std')}")
+          f"mean {prep.get('mean')}, std {prep.get('std')}; views: {cf.recipe.get('views', 1)}")
     print(f"precision: {meta.get('precision')} on {meta.get('device')}, stored as {meta.get('dtype')}; "
           f"versions: {meta.get('versions')}")
     print(f"image root: {meta.get('image_root')}")

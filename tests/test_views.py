@@ -54,7 +54,7 @@ def test_two_views_are_the_mean_of_the_center_crop_and_its_flip(image_tree, tmp_
         assert_close(cf.codes["penultimate"], eager_penultimate(centers), 1e-2)
 
 
-def test_ten_views_give_one_row_per_image_the_mean_of_torchvisions_ten_crop(image_tree, tmp_path):
+def test_ten_views_give_one_row_per_image_the_mean_of_torchvisions_ten_crop(image_tree, tmp_path, capsys):
     out = tmp_path / "codes.h5"
     assert pipeline.main(["extract", str(image_tree), "-o", str(out), *FAST, "--views", "10", "--batch-size", "5",
                           "--workers", "1", "--device", "cpu"]) == 0
@@ -62,6 +62,8 @@ def test_ten_views_give_one_row_per_image_the_mean_of_torchvisions_ten_crop(imag
     assert cf.codes["penultimate"].shape == (12, 1280) and len(cf.rows.paths) == 12 and cf.rows.ok.all()
     expected = np.stack([eager_penultimate(ten_crop(image_tree / p)).mean(0) for p in cf.rows.paths])
     assert_close(cf.codes["penultimate"], expected)
+    assert pipeline.main(["info", str(out)]) == 0
+    assert "views: 10" in capsys.readouterr().out
 
 
 def test_a_file_with_other_views_is_refused_on_rerun_and_update_naming_views(image_tree, tmp_path, capsys):
