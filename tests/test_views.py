@@ -54,6 +54,17 @@ def test_two_views_are_the_mean_of_the_center_crop_and_its_flip(image_tree, tmp_
         assert_close(cf.codes["penultimate"], eager_penultimate(centers), 1e-2)
 
 
+def test_the_python_api_takes_views_as_the_command_line_does(image_tree, tmp_path):
+    import cnncodes
+
+    out = tmp_path / "codes.h5"
+    assert pipeline.main(["extract", str(image_tree), "-o", str(out), *FAST, "--views", "2", "--workers", "0"]) == 0
+    cf = open_codes(out)
+    transformer = cnncodes.CodesTransformer(weights="random", resize=72, crop=64, precision="fp32", workers=0, views=2)
+    assert transformer.get_params()["views"] == 2
+    assert_close(transformer.transform([image_tree / p for p in cf.rows.paths]), cf.codes["penultimate"], 1e-6)
+
+
 def test_ten_views_give_one_row_per_image_the_mean_of_torchvisions_ten_crop(image_tree, tmp_path, capsys):
     out = tmp_path / "codes.h5"
     assert pipeline.main(["extract", str(image_tree), "-o", str(out), *FAST, "--views", "10", "--batch-size", "5",
