@@ -57,7 +57,7 @@ def extract_codes(source: PathLike | Sequence[PathLike], out: PathLike, **option
     """Run the backbone over images and write a codes file (``extract.extract_codes``).
 
     ``source``: a folder tree, a CSV manifest, an image file or a list of image files and folders.
-    ``options``: backbone, layers, pool, weights, resize, crop, device, precision, batch_size,
+    ``options``: backbone, layers, pool, weights, resize, crop, views, device, precision, batch_size,
     workers, dtype, overwrite, update, progress, path_column, label_column, split_column... as on the
     command line; checked before torch loads. Returns an ExtractResult.
     """
@@ -213,10 +213,10 @@ def _codes_transformer_class() -> type:
         def __init__(self, backbone: str = "mobilenet_v2", layer: str = "penultimate", pool: str = "avg",
                      weights: str | None = None, resize: int | None = None, crop: int | None = None,
                      device: str = "auto", precision: str = "auto", batch_size: int | None = None,
-                     workers: int | None = None, progress: bool = False):
+                     workers: int | None = None, progress: bool = False, views: int = 1):
             self.backbone, self.layer, self.pool, self.weights = backbone, layer, pool, weights
             self.resize, self.crop, self.device, self.precision = resize, crop, device, precision
-            self.batch_size, self.workers, self.progress = batch_size, workers, progress
+            self.batch_size, self.workers, self.progress, self.views = batch_size, workers, progress, views
 
         def fit(self, X, y=None):
             return self
@@ -233,7 +233,7 @@ def _codes_transformer_class() -> type:
                 result = extract_codes([str(p) for p in paths], out, backbone=self.backbone, layers=tuple(layers),
                                        pool=self.pool, weights=self.weights, resize=self.resize, crop=self.crop,
                                        device=self.device, precision=self.precision, batch_size=self.batch_size,
-                                       workers=self.workers, progress=self.progress)
+                                       workers=self.workers, progress=self.progress, views=self.views)
                 if result.failures:
                     shown = "; ".join(f"{p}: {why}" for p, why in result.failures[:5])
                     raise ValueError(f"{len(result.failures)} image(s) could not be read: {shown}")

@@ -210,7 +210,8 @@ def extraction_settings(recipe: dict) -> dict:
     prep = recipe.get("preprocess", {})
     return {"backbone": recipe["backbone"], "layers": tuple(t["name"] for t in taps),
             "pool": spatial[0] if spatial else "avg", "resize": prep.get("resize"), "crop": prep.get("crop"),
-            "weights": "random" if recipe.get("weights_sha256") == "random" else None}
+            "weights": "random" if recipe.get("weights_sha256") == "random" else None,
+            "views": recipe.get("views", 1)}
 
 
 @guards_output("out_csv", images="images", folder=False, run="run_dir")

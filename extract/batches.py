@@ -26,8 +26,9 @@ from .plan import batches_of
 from .images import ImageDataset
 from .reader import ImageList
 
-# (uint8 images [B, 3, H, W], ok flags [B], error messages). NumPy, not tensors: tensors would cross from the
-# workers as shared file descriptors, whose sender thread prints tracebacks when Ctrl-C stops a run.
+# (uint8 images [B x views, 3, H, W], an image's views side by side, ok flags [B], error messages). NumPy, not
+# tensors: tensors would cross from the workers as shared file descriptors, whose sender thread prints tracebacks
+# when Ctrl-C stops a run.
 Decoded = tuple[np.ndarray, np.ndarray, list[str]]
 # Decoded images held ahead, all workers together (64 MiB: 445 images at 224 x 224): enough to keep the
 # decoders busy while the network is built and loaded (see bench/RESULTS.md), without holding much memory.
@@ -56,9 +57,11 @@ def fork_context() -> str | None:
 
 
 def stack_images(batch: list[tuple[torch.Tensor, bool, str]]) -> Decoded:
-    """Collate ``ImageDataset`` items: uint8 images [B, 3, H, W], ok flags [B], error messages."""
+    """Collate ``ImageDataset`` items (images, or each image's views): uint8 [B x views, 3, H, W], ok flags [B],
+    error messages."""
     images, ok, errors = zip(*batch)
-    return torch.stack(images).numpy(), np.array(ok, dtype=bool), list(errors)
+    stacked = torch.stack(images)
+    return stacked.reshape(-1, *stacked.shape[-3:]).numpy(), np.array(ok, dtype=bool), list(errors)
 
 
 def decoded_batches(dataset: ImageDataset, batches: list[list[int]], workers: int) -> Iterator[Decoded]:
@@ -66,7 +69,7 @@ def decoded_batches(dataset: ImageDataset, batches: list[list[int]], workers: in
     A batch is valid until the next one is asked for: forked workers decode into shared slots (``Slots``)."""
     if workers == 0:
         return (stack_images([dataset[i] for i in rows]) for rows in batches)
-    size = max(map(len, batches))
+    size = max(map(len, batches)) * (dataset.views or 1)  # decoded crops in the largest batch
     ahead = max(2, PREFETCH_BYTES // (3 * dataset.crop * dataset.crop * size * workers))
     context = fork_context()
     if context is None:  # spawned workers would not share the slots: batches cross pickled
@@ -86,7 +89,8 @@ class Slots:
     than that, batch n's slot is written again only after batch n + 2 has been handed out."""
 
     def __init__(self, dataset: ImageDataset, count: int, batch_size: int):
-        self.dataset, self.count = dataset, count
+        """``batch_size``: crops in the largest batch (images x views)."""
+        self.dataset, self.count, self.views = dataset, count, dataset.views or 1
         shape = (count, batch_size, 3, dataset.crop, dataset.crop)
         self.images = np.frombuffer(mmap.mmap(-1, int(np.prod(shape))), np.uint8).reshape(shape)
 
@@ -98,13 +102,14 @@ class Slots:
         slot, ok, errors = keys[0][0] % self.count, [], []
         for k, (_, row) in enumerate(keys):
             image, good, error = self.dataset[row]
-            self.images[slot, k] = image.numpy()
+            crops = image.numpy().reshape(self.views, *image.shape[-3:])
+            self.images[slot, k * self.views:(k + 1) * self.views] = crops
             ok.append(good)
             errors.append(error)
         return slot, len(keys), np.array(ok, dtype=bool), errors
 
     def batch(self, slot: int, n: int, ok: np.ndarray, errors: list[str]) -> Decoded:
-        return self.images[slot, :n], ok, errors
+        return self.images[slot, :n * self.views], ok, errors
 
 
 def _as_is(batch):
@@ -116,12 +121,12 @@ class Decoders:
     this rank's parts of a fresh job, where no part is done yet."""
 
     def __init__(self, listing: ImageList, job_rows: list[int], prep: dict, part_size: int, batch_size: int,
-                 workers: int, rank_parts, todo: list[int] | None = None):
+                 workers: int, rank_parts, todo: list[int] | None = None, views: int = 1):
         self.job_rows, self.part_size = job_rows, part_size
         part_plan = parts.PartPlan(len(job_rows), part_size)
         self.todo = rank_parts(part_plan.n_parts) if todo is None else todo
         dataset = ImageDataset(listing.root, [listing.paths[i] for i in job_rows], prep["resize"], prep["crop"],
-                               prep["interpolation"])
+                               prep["interpolation"], views)
         rows = batches_of(part_plan, self.todo, batch_size)
         self.batches = decoded_batches(dataset, rows, workers) if rows else iter(())
 

@@ -108,6 +108,11 @@ def add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) -> 
     g.add_argument("--resize", type=declared(E, "resize"), help="shorter side before the crop (default: the backbone's, 256)")
     g.add_argument("--crop", type=declared(E, "crop"), help="center crop size (default: the backbone's, 224)")
     g.add_argument("--max-dim", type=declared(E, "max_dim"), default=E.max_dim, help="largest code allowed with --pool none (default: %(default)s)")
+    g.add_argument("--views", type=int, default=E.views, choices=choices(E, "views"),
+                   help="crops whose codes are averaged per image: 1 center crop, 2 + its horizontal flip, 10 the "
+                        "four corner and center crops and their flips (TenCrop). Part of the recipe. Time grows "
+                        "linearly with views: an image's views ride in one forward pass of --batch-size x views "
+                        "crops (default: %(default)s)")
     r = add_running_options(p)
     r.add_argument("--part-size", type=declared(E, "part_size"), default=E.part_size,
                    help="images per part file; a killed run recomputes at most one part (default: 512)")
@@ -209,7 +214,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"tap {tap['name']}: node {tap['node']}, pool {tap['pool']}, {tap['dim']}-D "
               f"(map {'x'.join(map(str, tap['shape']))}), ReLU'd")
     print(f"preprocess: resize {prep.get('resize')}, crop {prep.get('crop')}, {prep.get('interpolation')}, "
-          f"mean {prep.get('mean')}, std {prep.get('std')}")
+          f"mean {prep.get('mean')}, std {prep.get('std')}; views: {cf.recipe.get('views', 1)}")
     print(f"precision: {meta.get('precision')} on {meta.get('device')}, stored as {meta.get('dtype')}; "
           f"versions: {meta.get('versions')}")
     print(f"image root: {meta.get('image_root')}")

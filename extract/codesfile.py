@@ -10,8 +10,8 @@ Layout (readable with plain h5py, no cnncodes needed)::
     /errors          utf-8 [N]   one-line reason where ok is false
     /file_size, /file_mtime_ns   int64 [N]   what the image file was when it was read
 
-Attributes: format_version, recipe (JSON), backbone, weights (JSON), taps (JSON), preprocess
-(JSON), class_names (JSON), image_root, versions (JSON), precision, dtype, complete.
+Attributes: format_version, recipe (JSON; its views: crops averaged per image), backbone, weights
+(JSON), taps (JSON), preprocess (JSON), class_names (JSON), image_root, versions (JSON), precision, dtype, complete.
 """
 from __future__ import annotations
 
@@ -28,9 +28,11 @@ FORMAT_VERSION = 1
 ROW_FIELDS = ("labels", "paths", "split", "ok", "errors", "file_size", "file_mtime_ns")
 _STR = h5py.string_dtype("utf-8")
 # The parts of a recipe that change the codes: two files agree when these agree.
-RECIPE_KEYS = ("backbone", "weights_sha256", "taps", "preprocess", "precision")
+RECIPE_KEYS = ("backbone", "weights_sha256", "taps", "preprocess", "precision", "views")
 # Keys that files and models made before they were recorded lack: compared only when both sides have them.
 _LATER_KEYS = ("precision",)
+# Keys that such files lack, with the value that made their codes: files before views had one view.
+_DEFAULTS = {"views": 1}
 
 
 class RecipeMismatch(ValueError):
@@ -41,7 +43,7 @@ def recipe_difference(expected: Mapping, found: Mapping) -> list[str]:
     """Human-readable differences between two recipes (empty when they agree)."""
     out = []
     for key in RECIPE_KEYS:
-        a, b = expected.get(key), found.get(key)
+        a, b = expected.get(key, _DEFAULTS.get(key)), found.get(key, _DEFAULTS.get(key))
         if key in _LATER_KEYS and (a is None or b is None):
             continue
         a, b = comparable(key, a), comparable(key, b)

@@ -20,7 +20,7 @@ def option(default: Any, accepts: Callable[[Any], bool] | str | None = None, wha
     if isinstance(accepts, str):
         accepts, what = CONSTRAINTS[accepts]
     elif accepts is None and check is None and choices is not None:
-        accepts, what = (lambda v: v in choices), f"one of {', '.join(choices)}"
+        accepts, what = (lambda v: v in choices), f"one of {', '.join(map(str, choices))}"
     return field(default=default, metadata={"accepts": accepts, "what": what, "choices": choices, "check": check,
                                             "optional": optional or default is None})
 

@@ -19,6 +19,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
+from .options import VIEWS
+
 #: Images with more pixels than this are refused before decoding (Pillow's own default, ~89 Mpx).
 MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 
@@ -105,6 +107,25 @@ _PIL_FILTERS = {InterpolationMode.BILINEAR: Image.BILINEAR, InterpolationMode.BI
                 InterpolationMode.NEAREST: Image.NEAREST, InterpolationMode.LANCZOS: Image.LANCZOS}
 
 
+#: ``--views``: 1 = the center crop; 2 = it and its horizontal flip; 10 = torchvision's TenCrop (the four
+#: corner crops and the center crop of the resized image, and their flips: Caffe's oversample).
+
+
+def views_of(img: Image.Image, resize: int, crop: int, interpolation: str = "bilinear",
+             views: int = 1) -> torch.Tensor:
+    """The ``views`` crops of one decoded image whose codes are averaged: uint8 [views, 3, crop, crop].
+
+    The one place views are decided; both decoding paths (batches.py) go through ``ImageDataset``, which calls it.
+    """
+    if views not in VIEWS:
+        raise ValueError(f"views must be one of {', '.join(map(str, VIEWS))}, not {views!r}")
+    if views == 10:
+        resized = TF.resize(img, resize, interpolation=InterpolationMode(interpolation), antialias=True)
+        return torch.stack([TF.pil_to_tensor(v) for v in TF.ten_crop(resized, crop)])
+    center = preprocess(img, resize, crop, interpolation)
+    return torch.stack([center, center.flip(-1)][:views])
+
+
 def load_image(path: str | os.PathLike, resize: int, crop: int, interpolation: str = "bilinear",
                *, max_pixels: int | None = None) -> torch.Tensor:
     """load_rgb + preprocess: the uint8 [3, crop, crop] tensor for one file, or ImageError."""
@@ -174,20 +195,29 @@ def _sniff(head: bytes) -> str:
 
 
 class ImageDataset(Dataset):
-    """Decodes and preprocesses images to uint8 [3, crop, crop]; failures come back as (zeros, False, reason)."""
+    """Decodes and preprocesses images to uint8 [3, crop, crop], or with ``views`` (extraction) to the image's
+    views [views, 3, crop, crop] (``views_of``); failures come back as (zeros, False, reason)."""
 
-    def __init__(self, root: Path, paths: list[str], resize: int, crop: int, interpolation: str = "bilinear"):
+    def __init__(self, root: Path, paths: list[str], resize: int, crop: int, interpolation: str = "bilinear",
+                 views: int | None = None):
         self.root, self.paths = root, paths
-        self.resize, self.crop, self.interpolation = resize, crop, interpolation
+        self.resize, self.crop, self.interpolation, self.views = resize, crop, interpolation, views
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, bool, str]:
         try:
-            return load_image(self.root / self.paths[i], self.resize, self.crop, self.interpolation), True, ""
+            return self._load(self.root / self.paths[i]), True, ""
         except ImageError as err:
             reason = str(err)
         except Exception as err:  # a decoder bug must not take the worker down
             reason = f"unexpected {type(err).__name__}: {err}"
-        return torch.zeros(3, self.crop, self.crop, dtype=torch.uint8), False, " ".join(reason.split())
+        shape = (3, self.crop, self.crop) if self.views is None else (self.views, 3, self.crop, self.crop)
+        return torch.zeros(shape, dtype=torch.uint8), False, " ".join(reason.split())
+
+    def _load(self, path: Path) -> torch.Tensor:
+        if self.views is None:
+            return load_image(path, self.resize, self.crop, self.interpolation)
+        img = load_rgb(path, min_side=self.resize)
+        return views_of(img, self.resize, self.crop, self.interpolation, self.views)

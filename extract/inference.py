@@ -8,6 +8,8 @@ not match the eager model's on a probe batch, runs in eager PyTorch instead, and
 bf16 asked for on a CPU without native bf16 runs in eager PyTorch as well: OpenVINO would run it in
 fp32 there, and the codes file must record the precision that made its codes.
 On CUDA: eager PyTorch with autocast to bf16/fp16, pinned host memory and non-blocking copies.
+With ``views`` > 1 an image's views ride in the same batch (the forward pass takes images x views crops)
+and ``map`` yields each image's mean of its views' codes (``mean_over_views``).
 """
 from __future__ import annotations
 
@@ -42,6 +44,11 @@ def default_batch_size(device: torch.device) -> int:
     return DEFAULT_BATCH_SIZE.get(device.type, 32)
 
 
+def mean_over_views(codes: dict[str, np.ndarray], views: int) -> dict[str, np.ndarray]:
+    """Each image's codes, the mean of its ``views`` consecutive rows (one image's views), as new arrays."""
+    return {name: value.reshape(-1, views, value.shape[-1]).mean(axis=1) for name, value in codes.items()}
+
+
 class Normalized(nn.Module):
     """uint8 images [B, 3, H, W] -> the tap model's outputs on ImageNet-normalized floats."""
 
@@ -56,12 +63,15 @@ class Normalized(nn.Module):
 
 
 class CodeComputer:
-    """Eager PyTorch: callable uint8 images -> {tap: float32 CPU codes}; ``map`` runs a stream of batches."""
+    """Eager PyTorch: callable uint8 images -> {tap: float32 CPU codes}; ``map`` runs a stream of batches, each
+    image given as its ``views`` crops."""
 
     runtime = "eager"
 
-    def __init__(self, module: Normalized, device: torch.device, precision: str, batch_size: int, note: str = ""):
+    def __init__(self, module: Normalized, device: torch.device, precision: str, batch_size: int, note: str = "",
+                 views: int = 1):
         self.device, self.precision, self.batch_size, self.note = device, precision, batch_size, note
+        self.views = views
         self.module = module.to(device).eval().to(memory_format=torch.channels_last)
 
     def describe(self) -> str:
@@ -78,20 +88,20 @@ class CodeComputer:
         return {name: value.float().cpu() for name, value in out.items()}
 
     def map(self, batches: Iterable[tuple[np.ndarray, np.ndarray, list[str]]]) -> Iterator[Batch]:
-        """(uint8 images, ok, errors) batches -> (codes, ok, errors), in order."""
+        """(uint8 images x views, ok, errors) batches -> (codes, ok, errors), in order."""
         for images, ok, errors in batches:
-            yield {k: v.numpy() for k, v in self(images).items()}, np.asarray(ok), errors
+            yield mean_over_views({k: v.numpy() for k, v in self(images).items()}, self.views), np.asarray(ok), errors
 
 
 class OpenVINOComputer(CodeComputer):
     """The same on OpenVINO: ``streams`` inference requests of one thread each run batches concurrently, on a
-    model compiled for ``batch_size`` images (shorter batches are padded)."""
+    model compiled for ``batch_size`` crops (images x views; shorter batches are padded)."""
 
     runtime = "openvino"
 
-    def __init__(self, compiled, names: list[str], precision: str, batch_size: int, streams: int):
+    def __init__(self, compiled, names: list[str], precision: str, batch_size: int, streams: int, views: int = 1):
         self.device, self.precision, self.batch_size, self.note = torch.device("cpu"), precision, batch_size, ""
-        self.compiled, self.names, self.streams = compiled, names, streams
+        self.compiled, self.names, self.streams, self.views = compiled, names, streams, views
 
     def describe(self) -> str:
         return f"cpu {self.precision} openvino, {self.streams} stream(s)"
@@ -129,32 +139,35 @@ class OpenVINOComputer(CodeComputer):
 
     def _finish(self, request, ok: np.ndarray, errors: list[str], free: list) -> Batch:
         request.wait()
-        codes = {name: request.get_output_tensor(i).data[:len(ok)].copy() for i, name in enumerate(self.names)}
+        rows = len(ok) * self.views  # the padding's codes are dropped
+        codes = mean_over_views({name: request.get_output_tensor(i).data[:rows] for i, name in enumerate(self.names)},
+                                self.views)
         free.append(request)
         return codes, ok, errors
 
 
 def make_computer(network: Network, preprocess: dict, device: torch.device, precision: str, batch_size: int,
-                  streams: int = 1) -> CodeComputer:
+                  streams: int = 1, views: int = 1) -> CodeComputer:
     """The fastest computer for ``device``: OpenVINO on the CPU (eager PyTorch when that fails), eager elsewhere.
-    A network converted and checked by an earlier run (``network.converted``) needs no eager model."""
-    taps = network.taps
+    A network converted and checked by an earlier run (``network.converted``) needs no eager model.
+    ``batch_size`` images of ``views`` crops each make one forward pass of ``batch_size * views`` crops."""
+    taps, crops = network.taps, batch_size * views
     if device.type == "cpu" and precision == "bf16" and not devices.native_bf16():
-        return CodeComputer(_eager(network.model, taps, preprocess), device, precision, batch_size,
-                            note=NO_NATIVE_BF16)
+        return CodeComputer(_eager(network.model, taps, preprocess), device, precision, crops,
+                            note=NO_NATIVE_BF16, views=views)
     if device.type == "cpu" and network.converted is not None:
         try:
-            return _compiled(network.converted, taps, precision, batch_size, streams)
+            return _compiled(network.converted, taps, precision, crops, streams, views)
         except Exception:
             pass
     module = _eager(network.model, taps, preprocess)
     if device.type != "cpu":
-        return CodeComputer(module, device, precision, batch_size)
+        return CodeComputer(module, device, precision, crops, views=views)
     try:
-        return _converted(module, network, preprocess, precision, batch_size, streams)
+        return _converted(module, network, preprocess, precision, crops, streams, views)
     except Exception as err:  # a network or tap that OpenVINO cannot take
         reason = " ".join(str(err).split())[:200] or type(err).__name__
-        return CodeComputer(module, device, precision, batch_size,
+        return CodeComputer(module, device, precision, crops, views=views,
                             note=f"OpenVINO could not run this network ({reason}); using eager PyTorch (slower)")
 
 
@@ -163,7 +176,7 @@ def _eager(model: nn.Module, taps: list[Tap], preprocess: dict) -> Normalized:
 
 
 def _converted(module: Normalized, network: Network, preprocess: dict, precision: str, batch_size: int,
-               streams: int) -> OpenVINOComputer:
+               streams: int, views: int) -> OpenVINOComputer:
     """Convert ``module``, compile it, and check it against the eager model on a probe batch."""
     crop = preprocess["crop"]
     example = torch.zeros(batch_size, 3, crop, crop, dtype=torch.uint8)
@@ -172,7 +185,7 @@ def _converted(module: Normalized, network: Network, preprocess: dict, precision
         expected = module(probe)
     try:
         ov_model = openvino_model.converted(module, example, network.key, network.cache_meta())
-        computer = _compiled(ov_model, network.taps, precision, batch_size, streams)
+        computer = _compiled(ov_model, network.taps, precision, batch_size, streams, views)
         check_agreement(expected, computer(probe), AGREEMENT[precision])
     except BaseException:
         openvino_model.forget(network.key)  # never leave a conversion that failed its check for the next run
@@ -180,7 +193,8 @@ def _converted(module: Normalized, network: Network, preprocess: dict, precision
     return computer
 
 
-def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: int) -> OpenVINOComputer:
+def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: int,
+              views: int = 1) -> OpenVINOComputer:
     # OpenVINO pins each process's stream threads from the first core on: ranks sharing a machine would all
     # be pinned onto the same cores (bench/RESULTS.md), so pin only streams that fill the CPUs
     config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "NUM_STREAMS": streams,
@@ -194,7 +208,7 @@ def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: 
     runs = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     if runs != OPENVINO_PRECISION[precision]:  # the codes file records what made its codes
         raise ValueError(f"OpenVINO runs {runs} here, not {precision}")
-    return OpenVINOComputer(compiled, [t.name for t in taps], precision, batch_size, streams)
+    return OpenVINOComputer(compiled, [t.name for t in taps], precision, batch_size, streams, views)
 
 
 def check_agreement(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], min_cosine: float) -> None:

@@ -13,6 +13,7 @@ from .device import PRECISIONS, check_precision
 from .names import check_backbone
 
 POOLS = ("avg", "max", "none")
+VIEWS = (1, 2, 10)  # crops averaged per image: center; + its flip; TenCrop (images.views_of)
 MAX_UNPOOLED_DIM = 65536  # --pool none keeps whole conv maps; codes wider than this are refused unless raised
 
 
@@ -32,6 +33,7 @@ class ExtractConfig:
     part_size: int | None = option(None, whole(1), "a whole number >= 1")
     resize: int | None = option(None, whole(1), "a whole number >= 1")
     crop: int | None = option(None, whole(1), "a whole number >= 1")
+    views: int = option(1, choices=VIEWS)
     dtype: str = option("float32", "dtype", choices=DTYPES)
     overwrite: bool = option(False)
     update: bool = option(False)

@@ -20,12 +20,13 @@ class Recipe:
     taps: list[dict]
     preprocess: dict
     precision: str
+    views: int = 1  # crops averaged per image (images.views_of)
 
     @classmethod
     def make(cls, backbone: Backbone, weights: WeightsInfo, taps: list[Tap], preprocess: dict,
-             precision: str) -> Recipe:
+             precision: str, views: int = 1) -> Recipe:
         return cls(backbone.name, weights.sha256 or "random", weights.name, [t.as_dict() for t in taps], preprocess,
-                   precision)
+                   precision, views)
 
     def as_dict(self) -> dict:
         return asdict(self)

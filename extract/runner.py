@@ -19,7 +19,7 @@ import torch
 from . import parts, shards, writer
 from .backbones import DEFAULT_BACKBONE, get_backbone
 from .batches import Decoders
-from .checks import check
+from .options import check_options
 from .device import pick_device, pick_precision, usable_cpus
 from .errors import ExtractionError, ExtractionInterrupted  # noqa: F401  (re-exported)
 from .inference import default_batch_size, make_computer
@@ -106,7 +106,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
                   crop: int | None = None, dtype: str = "float32", overwrite: bool = False, update: bool = False,
                   progress: bool = True, max_dim: int = MAX_UNPOOLED_DIM, expected_recipe: dict | None = None,
                   shard: shards.Shard | tuple[int, int] | None = None, path_column: str | None = None,
-                  label_column: str | None = None, split_column: str | None = None) -> ExtractResult:
+                  label_column: str | None = None, split_column: str | None = None, views: int = 1) -> ExtractResult:
     """Extract ReLU'd codes of ``layers`` for every image under ``source`` into the HDF5 file ``out``.
 
     A killed run resumes from its finished parts when the same command is run again. An existing
@@ -116,11 +116,12 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     ``shard`` (r, n), or a ``shards.Shard`` (``shards.resolve`` reads torchrun's environment), extracts
     only the parts of rank r of n; the last rank to finish assembles the file (see shards.py).
     ``path_column``, ``label_column``, ``split_column`` name a manifest's columns (reader.list_images).
+    ``views`` (1, 2 or 10, images.views_of): each image's codes are the mean over that many crops of it.
     """
     out = Path(out)
     refuse_inside_images(out, source)
     writer.check_writable(out)
-    check("dtype", dtype)
+    check_options({"dtype": dtype, "views": views})  # the declared rules (options.ExtractConfig)
     rank = shard if isinstance(shard, shards.Shard) else shards.resolve(shard, {})
     if rank.sharded and overwrite:
         raise ValueError(f"--overwrite cannot be used by shards (this is shard {rank}, from {rank.source}): a "
@@ -138,13 +139,13 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     with output_lock(out, rank.rank if rank.sharded else None) as held, _gc_frozen():
         started = time.perf_counter()
         decoders = functools.partial(Decoders, listing, prep=prep, batch_size=settings.batch_size,
-                                     workers=settings.workers, rank_parts=rank.parts)
+                                     workers=settings.workers, rank_parts=rank.parts, views=views)
         # a fresh job's decoders start before the network is built: one core would idle meanwhile
         early = (decoders(list(range(len(listing))), part_size=settings.part_size_for(len(listing), rank))
                  if fresh(out, overwrite, parts_dir) else None)
         network = prepare(bb, winfo, list(layers), pool, prep, max_dim, settings.device)
         taps = network.taps
-        recipe = Recipe.make(bb, winfo, taps, prep, settings.precision).as_dict()
+        recipe = Recipe.make(bb, winfo, taps, prep, settings.precision, views).as_dict()
         if expected_recipe is not None:
             from .codesfile import check_recipe
 
@@ -171,7 +172,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
             # the workers decode while the network is converted or loaded
             decoded = (early or decoders(plan.job_rows, part_size=part_plan.part_size, todo=todo)).batches
             computer = make_computer(network, prep, settings.device, settings.precision, settings.batch_size,
-                                     settings.streams)
+                                     settings.streams, views)
             result.runtime = computer.describe()
             result.notes.extend([computer.note] if computer.note else [])
             writer.write_parts(computer.map(decoded), part_plan, todo, parts_dir, dtype, settings.progress)
