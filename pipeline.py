@@ -73,11 +73,14 @@ def _add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     return r
 
 
+BACKBONE_HELP = ("mobilenet_v2, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 (embedded: work offline), "
+                 "alexnet, vgg16, resnet18, resnet50 (default: %(default)s)")
+
+
 def _add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) -> None:
     g = p.add_argument_group("backbone and taps")
     g.add_argument("--backbone", "--model", default="mobilenet_v2",
-                   help="torchvision backbone: mobilenet_v2 (embedded, works offline), alexnet, vgg16, resnet18, "
-                        "resnet50 (default: %(default)s)")
+                   help=BACKBONE_HELP)
     if with_layer:
         g.add_argument("--layer", action="append", dest="layers", metavar="LAYER",
                        help="layer to tap: an alias (penultimate, fc6, fc7, block1..., see `cnncodes layers MODEL`) "
@@ -90,8 +93,8 @@ def _add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) ->
     g.add_argument("--weights", metavar="FILE|random",
                    help="checkpoint file to load (weights_only); 'random' for an untrained network (tests). Default: "
                         "the embedded checkpoint, then the torch hub cache, then a download")
-    g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, 256)")
-    g.add_argument("--crop", type=positive_int, help="center crop size (default: the backbone's, 224)")
+    g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, e.g. 256)")
+    g.add_argument("--crop", type=positive_int, help="center crop size (default: the backbone's, e.g. 224)")
     g.add_argument("--max-dim", type=positive_int, default=65536, help="largest code allowed with --pool none (default: %(default)s)")
     r = _add_running_options(p)
     r.add_argument("--part-size", type=positive_int, default=None,
@@ -218,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("layers", help="list the tappable layers of a backbone",
                        description="List layers with output shapes and aliases. Without --all, only layers whose "
                                    "outputs are non-negative (after a ReLU), which are valid CNN codes.")
-    p.add_argument("model", help="backbone name, e.g. mobilenet_v2, alexnet, vgg16, resnet18, resnet50")
+    p.add_argument("model", help="backbone name, e.g. mobilenet_v2, efficientnet_lite0, resnet50")
     p.add_argument("--all", action="store_true", help="list every graph node, including pre-activation ones")
-    p.add_argument("--crop", type=positive_int, default=224, help="input size used to compute shapes (default: %(default)s)")
+    p.add_argument("--crop", type=positive_int, help="input size used to compute shapes (default: the backbone's)")
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("classify", help="codes file -> trained model and report",
@@ -343,8 +346,7 @@ def _add_finetune_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for the network, reports and checkpoint")
     g = p.add_argument_group("network")
     g.add_argument("--backbone", "--model", default="mobilenet_v2",
-                   help="torchvision backbone: mobilenet_v2 (embedded), alexnet, vgg16, resnet18, resnet50 "
-                        "(default: %(default)s)")
+                   help=BACKBONE_HELP)
     g.add_argument("--weights", metavar="FILE|random", help="starting checkpoint (default: found as for extract)")
     g.add_argument("--freeze", type=float, default=None, metavar="FRACTION",
                    help="share of the backbone's blocks kept fixed, counted from the input in the model's own "
@@ -357,8 +359,8 @@ def _add_finetune_parser(sub) -> None:
                    help="update BatchNorm statistics in the trained blocks. Off by default: the statistics of "
                         "batches of 32 are noisy estimates, and replacing the ImageNet ones with them hurts small "
                         "data sets; BatchNorm's scale and shift are still trained")
-    g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, 256)")
-    g.add_argument("--crop", type=positive_int, help="training and evaluation crop size (default: the backbone's, 224)")
+    g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, e.g. 256)")
+    g.add_argument("--crop", type=positive_int, help="training and evaluation crop size (default: the backbone's, e.g. 224)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs (default: %(default)s)")
     t.add_argument("--lp-epochs", type=int, default=0,
@@ -452,11 +454,10 @@ def _add_advise_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for the sample, folds and fine-tune (default: 0)")
     g = p.add_argument_group("backbone")
     g.add_argument("--backbone", "--model", default="mobilenet_v2",
-                   help="torchvision backbone: mobilenet_v2 (embedded), alexnet, vgg16, resnet18, resnet50 "
-                        "(default: %(default)s)")
+                   help=BACKBONE_HELP)
     g.add_argument("--weights", metavar="FILE|random", help="checkpoint (default: found as for extract)")
-    g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, 256)")
-    g.add_argument("--crop", type=positive_int, help="center crop size (default: the backbone's, 224)")
+    g.add_argument("--resize", type=positive_int, help="shorter side before the crop (default: the backbone's, e.g. 256)")
+    g.add_argument("--crop", type=positive_int, help="center crop size (default: the backbone's, e.g. 224)")
     _add_running_options(p)
     p.set_defaults(func=cmd_advise)
 
@@ -618,13 +619,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     from extract.backbones import get_backbone
+    from extract.recipe import preprocess_config
     from extract.taps import describe_layers
     from extract.weights import RANDOM, WeightsInfo, build_model
 
     backbone = get_backbone(args.model)
+    crop = args.crop or preprocess_config(backbone)["crop"]
     model = build_model(backbone, WeightsInfo(RANDOM, RANDOM, ""))  # shapes do not depend on the weights
-    rows = describe_layers(backbone, model, args.crop, show_all=args.all)
-    print(f"{backbone.name}: tappable layers for a {args.crop}x{args.crop} input "
+    rows = describe_layers(backbone, model, crop, show_all=args.all)
+    print(f"{backbone.name}: tappable layers for a {crop}x{crop} input "
           f"({'all nodes' if args.all else 'non-negative outputs only; --all for every node'})")
     print(f"{'node':<28} {'output shape':<16} {'code dim':>8}  {'ReLU':<4}  aliases")
     for row in rows:
