@@ -12,6 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 import pipeline
+from advise.evidence import EARLY_LAYERS
 from conftest import FAST, make_tree
 from extract import weights as W
 from extract.backbones import get_backbone
@@ -90,6 +91,8 @@ def test_layers_lists_the_aliases_at_the_backbones_own_size(capsys):
     assert "1280" in rows["_relu1"].split()[2]
     assert [f"block{i}" in out for i in range(1, 8)] == [True] * 7
     assert "block7" in rows["_blocks.20._relu1"]  # Lite2's 21 blocks: the last stage keeps its one block
+    for name in LITES:  # what advise probes besides the penultimate layer
+        assert set(EARLY_LAYERS[name]) <= set(get_backbone(name).aliases)
 
 
 def test_freeze_until_counts_blocks_and_the_stem():
