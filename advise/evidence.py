@@ -38,6 +38,7 @@ EARLY_LAYERS = {
     "vgg16": ("block3", "block4", "block5"),
     "resnet18": ("block2", "block3"),
     "resnet50": ("block2", "block3"),
+    **{f"efficientnet_lite{n}": ("block2", "block3", "block4", "block5") for n in range(3)},  # as MobileNetV2's
 }
 
 

