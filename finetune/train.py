@@ -512,7 +512,7 @@ def finetune_report(trainer: Trainer, listing, splits, data: dict, options: dict
         notes += binary.pop("notes")
     settings = {
         "codes": None, "test_codes": None, "split_source": splits.split_source, "layers": [],
-        "classifier": "finetune", "normalize": "imagenet mean/std", "sampling": options["sampling"],
+        "classifier": "finetune", "normalize": f"mean {data['mean']}, std {data['std']} (the backbone's)", "sampling": options["sampling"],
         "seed": options["seed"], "C": None, "best_params": {"epoch": best["epoch"], "frozen_units": len(frozen)},
         "hyperparameter": hyper, "cv_score": best["score"], "cv_folds": 0,
         "cv_scoring": "balanced_accuracy on the validation set", "cv_grid": {},
