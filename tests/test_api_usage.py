@@ -1,7 +1,7 @@
 """Issue 22 items 18, 19, 21, 23, 24 and issue 23's exit codes: predict on either kind of run (thresholds,
 codes files, nothing predicted), option checks before torch loads, --weights messages, the Python API
 (finetune, advise, load_model / predict on a fine-tuned run, the command line's names, load_codes,
-CodesTransformer, the README example), and exit 1 for bugs."""
+CodesTransformer, the docs' Python example), and exit 1 for bugs."""
 from __future__ import annotations
 
 import csv
@@ -282,15 +282,14 @@ def test_codes_transformer_in_a_sklearn_pipeline_gives_the_extracted_codes(tmp_p
         step.transform([str(images / "cat" / "broken.png"), paths[0]])
 
 
-def test_readme_python_api_example_runs(tmp_path, monkeypatch):
-    """The README's notebook-style example, run as written on a tiny digits-like tree (fast extraction)."""
+def test_the_docs_python_example_runs_as_written(tmp_path, monkeypatch):
+    """docs/python-api.md's notebook-style example, run as written on a tiny digits-like tree (fast extraction)."""
     import re
     from pathlib import Path
 
     import cnncodes
 
-    readme = (Path(pipeline.__file__).parent / "README.md").read_text()
-    section = readme.split("## Python API", 1)[1]
+    section = (Path(pipeline.__file__).parent / "docs" / "python-api.md").read_text()
     example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     make_tree(tmp_path / "data" / "digits", classes=("3", "7"), per_class=5, splits=("train", "test"))
     monkeypatch.chdir(tmp_path)
@@ -302,7 +301,7 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(classify.predict, "predict_images",
                         lambda *args, **kw: predict_images(*args, **{**kw, "workers": 0, "progress": False}))
     namespace: dict = {}
-    exec(compile(example, "README.md", "exec"), namespace)
+    exec(compile(example, "docs/python-api.md", "exec"), namespace)
     assert (tmp_path / "runs" / "api" / "model.joblib").is_file() and (tmp_path / "preds.csv").is_file()
     assert namespace["result"]["evaluation"]["n_evaluated"] == 10
     assert namespace["train"].X.shape[0] == 10 and set(namespace["pipe"].predict(namespace["test_paths"])) <= {"3", "7"}
