@@ -323,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_finetune_parser(sub)
     _add_advise_parser(sub)
+    from advise import auto_cli  # auto registers its own command
+    auto_cli.add_parsers(sub)
 
     p = sub.add_parser("dataset", help="write a built-in dataset as an image folder tree",
                        description="Write a real dataset that ships with scikit-learn as PNG files, offline.")
