@@ -256,8 +256,9 @@ class _Run:
             row = self.done[c.name]
             self.log(f"{i + 1}/{n} {c.name}: {row['score']:.3f} ± {row['se']:.3f} (finished by an earlier run)")
             return row
-        plan = self._finetune_plan(c) if c.kind == "finetune" else {}
-        if i and (plan.get("skip") or self.clock.left() <= 0):  # the cheapest always runs: there is an answer
+        spent = i and self.clock.left() <= 0  # the cheapest always runs: there is an answer
+        plan = self._finetune_plan(c) if c.kind == "finetune" and not spent else {}
+        if spent or (i and plan.get("skip")):
             why = plan.get("skip") or "the budget is spent"
             self.log(f"{i + 1}/{n} {c.name}: skipped ({why})")
             return {"candidate": c.name, "kind": c.kind, "cost": list(c.cost), "score": None, "se": None,
