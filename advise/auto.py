@@ -140,10 +140,19 @@ def auto_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, budget
     check_backbone(backbone)
     from finetune.options import check_options
 
-    check_options({"epochs": epochs or 1, "resize": resize, "crop": crop, "precision": precision})
+    check_options({k: v for k, v in dict(epochs=epochs, resize=resize, crop=crop, precision=precision).items()
+                   if v is not None})
+    from . import MIN_SAMPLE
+
+    if not isinstance(sample, int) or sample < MIN_SAMPLE:
+        raise UsageError(f"--sample must be a whole number of at least {MIN_SAMPLE}, not {sample!r}")
     out, log = Path(out_dir), _logger(progress)
     columns = dict(path_column=path_column, label_column=label_column, split_column=split_column)
     roles = _roles(images, columns, seed)
+    from extract.backbones import get_backbone
+    from extract.weights import locate_weights
+
+    locate_weights(get_backbone(backbone), weights)  # a missing checkpoint fails now, not after the advice
     _start(out, roles, dict(backbone=backbone, weights=weights, resize=resize, crop=crop, seed=seed, sample=sample),
            overwrite)
     common = dict(backbone=backbone, weights=weights, resize=resize, crop=crop, device=device, precision=precision,
@@ -323,7 +332,7 @@ class _Run:
                                 FINETUNE_BATCH, crop, self.common["device"])
         n_fit, n_all = self.roles.n_train - self.roles.n_selection, self.roles.n_train + self.roles.n_test
         decode = n_all / (self.rate or 20.0)  # decoding every image once; 20 images/s before any extraction
-        refit = n_all / max(n_fit, 1)  # the refit trains on the whole training split: this many times the steps
+        refit = self.roles.n_train / n_fit  # the refit trains on the whole training split: this many times the steps
         epochs = self.epochs or epochs_for(n_fit, FINETUNE_BATCH, (self.clock.left() - 2 * decode) / (1 + refit),
                                            per_step)
         need = 2 * decode + (1 + refit) * epochs * math.ceil(n_fit / FINETUNE_BATCH) * per_step

@@ -181,10 +181,12 @@ def test_an_interrupted_auto_keeps_what_finished_and_a_rerun_resumes(tree, tmp_p
     (["--budget", "soon"], "--budget"),
     (["--candidates", "codes,magic"], "--candidates must be"),
     (["--backbone", "lenet"], "unknown backbone"),
+    (["--sample", "3"], "--sample must be"),
+    (["--weights", "missing.pth"], "missing.pth"),
 ])
 def test_bad_options_fail_in_one_line_before_any_work(tree, tmp_path, capsys, argv, message):
     try:
-        code = pipeline.main(["auto", str(tree), "--out", str(tmp_path / "run"), *argv, *TINY_CLI])
+        code = pipeline.main(["auto", str(tree), "--out", str(tmp_path / "run"), *TINY_CLI, *argv])
     except SystemExit as refused:  # argparse's own refusal: usage, then one error line
         code = refused.code
     err = capsys.readouterr().err
