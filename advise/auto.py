@@ -255,7 +255,8 @@ class _Run:
     def __init__(self, out: Path, clock: Clock, log, roles: _Roles, advice: dict, common: dict, batch_size,
                  seed: int, epochs: int | None, overwrite: bool):
         self.out, self.clock, self.log, self.roles, self.advice = out, clock, log, roles, advice
-        self.common, self.batch_size, self.seed, self.epochs, self.overwrite = common, batch_size, seed, epochs, overwrite
+        self.common, self.batch_size, self.seed, self.epochs = common, batch_size, seed, epochs
+        self.overwrite = overwrite
         self.done, self.codes, self.rate = read_log(out / LOG), None, None
         self.started = json.loads((out / STARTED).read_text(encoding="utf-8")) if (out / STARTED).is_file() else {}
 
@@ -290,8 +291,9 @@ class _Run:
             from extract import extract_codes
 
             early = self.advice["evidence"].get("best_early_layer")
-            result = extract_codes(self.out / IMAGES, self.out / CODES, layers=(TOP_LAYER,) + ((early,) if early else ()),
-                                   batch_size=self.batch_size, overwrite=self.overwrite, **self.common)
+            taps = (TOP_LAYER,) + ((early,) if early else ())
+            result = extract_codes(self.out / IMAGES, self.out / CODES, layers=taps, batch_size=self.batch_size,
+                                   overwrite=self.overwrite, **self.common)
             self.codes, self.rate = result.path, result.images_per_second or None
             self.overwrite = False  # once replaced, a second call reuses it
         return self.codes
@@ -327,7 +329,8 @@ class _Run:
         from extract.recipe import preprocess_config
         from finetune.budget import epochs_for, step_seconds
 
-        crop = preprocess_config(get_backbone(self.common["backbone"]), self.common["resize"], self.common["crop"])["crop"]
+        bb = get_backbone(self.common["backbone"])
+        crop = preprocess_config(bb, self.common["resize"], self.common["crop"])["crop"]
         per_step = step_seconds(self.common["backbone"], self.common["weights"], c.freeze, self.roles.n_classes,
                                 FINETUNE_BATCH, crop, self.common["device"])
         n_fit, n_all = self.roles.n_train - self.roles.n_selection, self.roles.n_train + self.roles.n_test
@@ -355,7 +358,8 @@ class _Run:
             return None
         c = next(c for c in plan if c.name == winner["candidate"])
         target = self.out / "winner"
-        previous = json.loads((self.out / "auto.json").read_text(encoding="utf-8")) if (self.out / "auto.json").is_file() else {}
+        saved = self.out / "auto.json"
+        previous = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else {}
         if (previous.get("winner") or {}).get("candidate") != c.name:
             shutil.rmtree(target, ignore_errors=True)  # another candidate's refit: this run's winner replaces it
         self.log(f"refitting the winner, {c.name}, on all {self.roles.n_train} training images")
