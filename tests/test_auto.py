@@ -207,3 +207,15 @@ def test_too_few_images_and_another_runs_folder_are_refused_before_any_work(tree
     (tmp_path / "b" / "settings.json").write_text(json.dumps({"seed": 5}))
     assert pipeline.main(["auto", str(tree), "--out", str(tmp_path / "b"), *TINY_CLI]) == 2
     assert "holds an auto run made with other" in capsys.readouterr().err
+
+
+def test_a_fine_tuned_winner_is_refit_on_the_training_split_and_predicts(tree, tmp_path):
+    result = auto_images(tree, tmp_path / "run", budget="10m", candidates="finetune", **TINY)
+    assert {r["kind"] for r in result["leaderboard"]} == {"finetune"} and result["winner"]["kind"] == "finetune"
+    assert json.loads((tmp_path / "run" / "started.json").read_text()) == {
+        r["candidate"]: 1 for r in result["leaderboard"]}  # the epochs a resumed fine-tune must keep
+    winner = Path(result["winner"]["run_dir"])
+    report = json.loads((winner / "report.json").read_text())
+    assert (report["n_train"], report["n_test"], report["finetune"]["n_val"]) == (16, 16, 0)
+    assert not (tmp_path / "run" / "codes.h5").exists()  # no codes candidate, no extraction
+    assert pipeline.main(["predict", str(winner), str(tree / "test"), "-o", str(tmp_path / "p.csv"), "--quiet"]) == 0
