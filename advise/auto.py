@@ -7,7 +7,7 @@ then its neighbours. Every candidate is scored by one selection protocol on the 
 split (test, else val, else a stratified share carved as finetune carves it): that figure is the honest
 estimate, and nothing is chosen by it.
 
-RUN_DIR holds images.csv (every image with its role: train, or test = the evaluation split),
+RUN_DIR holds images.csv (every image with its role: train, or test / val = the evaluation split),
 selection.csv (the training split: train = the rows candidates fit on, test = the selection share),
 advice/, codes.h5 (one extraction of every image), candidates/NAME/ (each candidate's report on the
 selection share), leaderboard.jsonl (a line per finished candidate: a rerun skips it), leaderboard.csv,
@@ -207,7 +207,8 @@ def _roles(images, columns: dict, seed: int) -> _Roles:
                          for i, s in rows)
         return buf.getvalue()
 
-    images_csv = manifest([(i, "train") for i in splits.train] + [(i, "test") for i in splits.test])
+    held = "val" if set(np.asarray(listing.splits)[splits.test]) == {"val"} else "test"  # its own name, in reports
+    images_csv = manifest([(i, "train") for i in splits.train] + [(i, held) for i in splits.test])
     selection_csv = manifest([(i, "test" if s else "train") for i, s in zip(splits.train, chosen)])
     stamp = "".join(f"{p}\0{s}\0{m}\n" for p, s, m in zip(listing.paths, listing.file_size, listing.file_mtime_ns))
     notes = list(splits.notes) + ([f"{len(splits.val)} val image(s) beside the test split are not used"]
