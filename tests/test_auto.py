@@ -63,6 +63,18 @@ def test_the_cheapest_candidate_within_one_standard_error_wins():
     assert 0 < noise(perfect) < noise({"a": {"recall": 1.0, "support": 2}, "b": {"recall": 1.0, "support": 2}})
 
 
+@pytest.mark.parametrize("scenario, freezes", [(1, ["0.7", "0.33"]), (3, ["0.33", "0.7", "0"]), (4, ["0", "0.33"])])
+def test_candidates_cheapest_first_then_the_advised_freeze_and_its_neighbours(scenario, freezes):
+    advice = {"scenario": scenario, "evidence": {"best_early_layer": "block4"}}
+    plan = auto_module.plan_candidates(advice, ("codes", "finetune"))
+    assert [c.name for c in plan[:6]] == [f"codes-{layers}-{clf}" for layers in
+                                          ("penultimate", "block4", "block4+penultimate") for clf in ("svm", "softmax")]
+    assert [c.name.removeprefix("finetune-") for c in plan[6:]] == freezes
+    assert [c.name for c in sorted(plan, key=lambda c: c.cost)][:6] == [c.name for c in plan[:6]]
+    none_early = auto_module.plan_candidates({"scenario": 1, "evidence": {"best_early_layer": None}}, ("codes",))
+    assert [c.name for c in none_early] == ["codes-penultimate-svm", "codes-penultimate-softmax"]
+
+
 def test_selection_share_is_stratified_seeded_and_needs_three_per_class():
     import numpy as np
 
