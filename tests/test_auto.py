@@ -9,6 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ import pipeline
 from advise import auto as auto_module
 from advise.auto import auto_images, parse_budget
 from advise.selection import append_log, noise, pick_winner, read_log, selection_share
-from conftest import make_tree
+from conftest import ROOT, make_tree
 from finetune.budget import epochs_for
 
 TINY = dict(weights="random", resize=36, crop=32, precision="fp32", sample=10, epochs=1, workers=0, progress=False)
@@ -231,3 +234,31 @@ def test_a_fine_tuned_winner_is_refit_on_the_training_split_and_predicts(tree, t
     assert (report["n_train"], report["n_test"], report["finetune"]["n_val"]) == (16, 16, 0)
     assert not (tmp_path / "run" / "codes.h5").exists()  # no codes candidate, no extraction
     assert pipeline.main(["predict", str(winner), str(tree / "test"), "-o", str(tmp_path / "p.csv"), "--quiet"]) == 0
+
+
+def test_a_killed_auto_resumes_its_fine_tune_where_the_kill_left_it(tree, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    argv = ["auto", str(tree), "--out", str(out), "--candidates", "finetune", *TINY_CLI, "--epochs", "2"]
+    killer = ("import os, signal, sys, pipeline\nfrom finetune import train\nsave = train.Trainer._save_checkpoint\n"
+              "def save_then_die(self):\n    save(self)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+              "train.Trainer._save_checkpoint = save_then_die\nsys.exit(pipeline.main(sys.argv[1:]))\n")
+    done = subprocess.run([sys.executable, "-c", killer, *argv], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == -signal.SIGKILL  # killed right after the first fine-tune's first epoch was saved
+    first = json.loads((out / "started.json").read_text())
+    assert list(first) == [name := next(iter(first))] and first[name] == 2
+    assert not (out / "leaderboard.jsonl").exists()
+    from finetune import train
+
+    trained, real_epoch = [], train.Trainer._epoch
+
+    def recorded(self, k):
+        trained.append((self.out.name, k))
+        return real_epoch(self, k)
+
+    monkeypatch.setattr(train.Trainer, "_epoch", recorded)
+    assert pipeline.main(argv) == 0
+    assert [k for run, k in trained if run == name] == [1]  # only its second epoch: the first was saved before the kill
+    epochs = [json.loads(line) for line in (out / "candidates" / name / "epochs.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    result = json.loads((out / "auto.json").read_text())
+    assert all(r["status"] == "done" and r["epochs"] == 2 for r in result["leaderboard"])
