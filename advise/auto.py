@@ -45,6 +45,7 @@ KINDS = ("codes", "finetune")
 CODES_CLASSIFIERS = ("svm", "softmax")
 FREEZE_LADDER = (FREEZE_LARGE_SIMILAR, FREEZE_SMALL_DIFFERENT, FREEZE_LARGE_DIFFERENT)  # cheapest first
 FINETUNE_BATCH = 32
+ASSUMED_RATE = 20.0  # images/s decoded, for the estimates when no extraction ran (fine-tunes only); CPU-ish
 IMAGES, SELECTION, CODES, LOG, STARTED, SETTINGS = ("images.csv", "selection.csv", "codes.h5", "leaderboard.jsonl",
                                                     "started.json", "settings.json")
 LEADERBOARD_COLUMNS = ("rank", "candidate", "kind", "selection_score", "noise_se", "seconds", "status", "winner")
@@ -305,7 +306,7 @@ class _Run:
 
         return fit_and_report(self._selection_dataset(c.layers), self.out / "candidates" / c.name,
                               classifier=c.classifier, normalize="power", C=None, class_weight="balanced",
-                              sampling="none", seed=self.seed, cv=5, log=_sub_logger(self.log))
+                              sampling="none", seed=self.seed, cv=5)  # quiet: the candidate's line says it
 
     def _selection_dataset(self, layers: tuple[str, ...]):
         """The codes of the selection manifest's rows: train = the fit rows, test = the selection share."""
@@ -335,7 +336,7 @@ class _Run:
         per_step = step_seconds(self.common["backbone"], self.common["weights"], c.freeze, self.roles.n_classes,
                                 FINETUNE_BATCH, crop, self.common["device"])
         n_fit, n_all = self.roles.n_train - self.roles.n_selection, self.roles.n_train + self.roles.n_test
-        decode = n_all / (self.rate or 20.0)  # decoding every image once; 20 images/s before any extraction
+        decode = n_all / (self.rate or ASSUMED_RATE)  # decoding every image once, at the extraction's rate
         refit = self.roles.n_train / n_fit  # the refit trains on the whole training split: this many times the steps
         epochs = self.epochs or epochs_for(n_fit, FINETUNE_BATCH, (self.clock.left() - 2 * decode) / (1 + refit),
                                            per_step)
@@ -454,8 +455,3 @@ def _logger(progress: bool):
         if progress:
             print(f"[auto] {message}", file=sys.stderr, flush=True)
     return log
-
-
-def _sub_logger(log):
-    """classify's messages are detail here: dropped, the candidate's own line says what matters."""
-    return lambda message: None
