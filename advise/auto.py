@@ -154,8 +154,7 @@ def auto_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, budget
     from extract.weights import locate_weights
 
     locate_weights(get_backbone(backbone), weights)  # a missing checkpoint fails now, not after the advice
-    _start(out, roles, dict(backbone=backbone, weights=weights, resize=resize, crop=crop, seed=seed, sample=sample),
-           overwrite)
+    _start(out, roles, dict(backbone=backbone, weights=weights, resize=resize, crop=crop, seed=seed), overwrite)
     common = dict(backbone=backbone, weights=weights, resize=resize, crop=crop, device=device, precision=precision,
                   workers=workers, progress=progress)
     advice = _advice(images, out, log, sample=sample, seed=seed, batch_size=batch_size, **common, **columns)
