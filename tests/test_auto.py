@@ -148,7 +148,11 @@ def test_selection_never_reads_the_evaluation_split(full_run, tree, tmp_path):
 
 
 def test_a_tiny_budget_runs_the_cheapest_candidate_and_skips_the_rest(tree, tmp_path):
-    result = auto_images(tree, tmp_path / "run", budget="0.001s", **TINY)
+    import cnncodes
+
+    options = {**TINY, "quiet": True}
+    del options["progress"]
+    result = cnncodes.auto(tree, tmp_path / "run", budget="0.001s", **options)  # the Python API, CLI names
     board = result["leaderboard"]
     assert result["winner"]["candidate"] == "codes-penultimate-svm"  # the cheapest always runs: an answer
     assert [r["status"] for r in board if r["candidate"] != "codes-penultimate-svm"] == \
