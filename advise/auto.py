@@ -35,10 +35,8 @@ from extract.errors import UsageError
 from extract.names import check_backbone
 from extract.outputs import guards_output
 
-from .evidence import DEFAULT_SAMPLE, TOP_LAYER
 from .scenario import FREEZE_LARGE_DIFFERENT, FREEZE_LARGE_SIMILAR, FREEZE_SMALL_DIFFERENT
 from .selection import SELECTION_SHARE, append_log, noise, pick_winner, read_log, selection_share
-from .trial import TRY_FREEZE
 
 DEFAULT_BUDGET = "15m"
 KINDS = ("codes", "finetune")
@@ -105,6 +103,9 @@ def parse_kinds(candidates: str | tuple | list) -> tuple[str, ...]:
 def plan_candidates(advice: dict, kinds: tuple[str, ...]) -> list[Candidate]:
     """The candidates in the order they run: codes classifiers (top layer, best earlier layer, both), then
     fine-tunes at the advice's freeze and its neighbours on FREEZE_LADDER."""
+    from .evidence import TOP_LAYER
+    from .trial import TRY_FREEZE
+
     plan = []
     if "codes" in kinds:
         early = advice["evidence"].get("best_early_layer")
@@ -124,29 +125,20 @@ def plan_candidates(advice: dict, kinds: tuple[str, ...]) -> list[Candidate]:
 def auto_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, budget: str | float = DEFAULT_BUDGET,
                 candidates: str = "codes,finetune", backbone: str = "mobilenet_v2", weights: str | None = None,
                 resize: int | None = None, crop: int | None = None, device: str = "auto", precision: str = "auto",
-                batch_size: int | None = None, workers: int | None = None, sample: int = DEFAULT_SAMPLE,
+                batch_size: int | None = None, workers: int | None = None, sample: int | None = None,
                 epochs: int | None = None, seed: int = 0, progress: bool = True, overwrite: bool = False,
                 path_column: str | None = None, label_column: str | None = None,
                 split_column: str | None = None) -> dict:
     """Advise on ``images``, score the candidates within ``budget``, refit the winner into ``out_dir``/winner
     and evaluate it once; returns the result written to auto.json (leaderboard, winner, honest estimate).
 
-    ``candidates``: the kinds to try ("codes", "finetune" or both). ``epochs`` fixes the fine-tunes' epochs
+    ``candidates``: the kinds to try ("codes", "finetune" or both); ``sample``: the advice's (default its own). ``epochs`` fixes the fine-tunes' epochs
     (default: sized from the budget by finetune.budget.epochs_for). A rerun of the same call resumes:
     finished candidates are read back from leaderboard.jsonl. Raises ValueError (UsageError) for unusable
     options or images before any long work.
     """
-    clock = Clock(parse_budget(budget))
-    kinds = parse_kinds(candidates)
-    check_backbone(backbone)
-    from finetune.options import check_options
-
-    check_options({k: v for k, v in dict(epochs=epochs, resize=resize, crop=crop, precision=precision).items()
-                   if v is not None})
-    from . import MIN_SAMPLE
-
-    if not isinstance(sample, int) or sample < MIN_SAMPLE:
-        raise UsageError(f"--sample must be a whole number of at least {MIN_SAMPLE}, not {sample!r}")
+    clock, kinds = Clock(parse_budget(budget)), parse_kinds(candidates)
+    _check_options(backbone, epochs=epochs, resize=resize, crop=crop, precision=precision, sample=sample)
     out, log = Path(out_dir), _logger(progress)
     columns = dict(path_column=path_column, label_column=label_column, split_column=split_column)
     roles = _roles(images, columns, seed)
@@ -157,7 +149,8 @@ def auto_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, budget
     _start(out, roles, dict(backbone=backbone, weights=weights, resize=resize, crop=crop, seed=seed), overwrite)
     common = dict(backbone=backbone, weights=weights, resize=resize, crop=crop, device=device, precision=precision,
                   workers=workers, progress=progress)
-    advice = _advice(images, out, log, sample=sample, seed=seed, batch_size=batch_size, **common, **columns)
+    sampled = {} if sample is None else {"sample": sample}
+    advice = _advice(images, out, log, seed=seed, batch_size=batch_size, **sampled, **common, **columns)
     run = _Run(out, clock, log, roles, advice, common, batch_size, seed, epochs, overwrite)
     plan = plan_candidates(advice, kinds)
     if "codes" in kinds:
@@ -170,6 +163,20 @@ def auto_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, budget
     write_files(out, {"auto.json": json.dumps(result, indent=2) + "\n", "leaderboard.csv": _csv(rows),
                       "report.txt": format_result(result) + "\n"})
     return result
+
+
+def _check_options(backbone: str, sample: int | None, **finetune_options) -> None:
+    """UsageError for a bad option before any work (before torch loads, but for --sample): the backbone,
+    finetune's declared ranges, then the advice's --sample."""
+    from finetune.options import check_options
+
+    check_backbone(backbone)
+    check_options({k: v for k, v in finetune_options.items() if v is not None})
+    if sample is not None:
+        from . import MIN_SAMPLE
+
+        if not isinstance(sample, int) or sample < MIN_SAMPLE:
+            raise UsageError(f"--sample must be a whole number of at least {MIN_SAMPLE}, not {sample!r}")
 
 
 @dataclass
@@ -290,6 +297,8 @@ class _Run:
         """RUN_DIR/codes.h5: every image, the top layer and the advice's best earlier layer, extracted once."""
         if self.codes is None:
             from extract import extract_codes
+
+            from .evidence import TOP_LAYER
 
             early = self.advice["evidence"].get("best_early_layer")
             taps = (TOP_LAYER,) + ((early,) if early else ())

@@ -42,7 +42,7 @@ def add_parsers(sub) -> None:
                    help="kinds of candidate: codes, finetune or both (default: %(default)s)")
     p.add_argument("--epochs", type=cli.positive_int,
                    help="fine-tuning epochs (default: sized from the budget, at least 300 steps where time allows)")
-    p.add_argument("--sample", type=int, default=500, help="training images for the advice (default: %(default)s)")
+    p.add_argument("--sample", type=int, help="training images for the advice (default: advise's, 500)")
     p.add_argument("--seed", type=int, default=0, help="seed for the splits, folds and fine-tunes (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming RUN_DIR's run")
     g = p.add_argument_group("backbone")
@@ -59,8 +59,7 @@ def add_parsers(sub) -> None:
 
 def cmd_auto(args: argparse.Namespace) -> int:
     import pipeline as cli
-    from extract import ExtractionInterrupted
-    from finetune import FinetuneInterrupted
+    from extract.errors import ExtractionInterrupted
 
     from .auto import LOG, auto_images
 
@@ -70,9 +69,15 @@ def cmd_auto(args: argparse.Namespace) -> int:
                     precision=args.precision, batch_size=args.batch_size, workers=args.workers, sample=args.sample,
                     epochs=args.epochs, seed=args.seed, progress=not args.quiet, overwrite=args.overwrite,
                     **cli._column_kwargs(args))
-    except (KeyboardInterrupt, ExtractionInterrupted, FinetuneInterrupted):
+    except (KeyboardInterrupt, ExtractionInterrupted, *_finetune_interrupted()):
         print(f"\ninterrupted: the finished candidates are kept in {Path(args.out) / LOG}; run the same command "
               "again to resume", file=sys.stderr)
         return cli.EXIT_INTERRUPTED
     print((Path(args.out) / "report.txt").read_text(encoding="utf-8"), end="")
     return cli.EXIT_OK
+
+
+def _finetune_interrupted() -> tuple[type[Exception], ...]:
+    """FinetuneInterrupted, when finetune's trainer is loaded (it imports torch; a bad option never loads it)."""
+    train = sys.modules.get("finetune.train")
+    return (train.FinetuneInterrupted,) if train else ()

@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 SELECTION_SHARE = 0.2  # of the training split, held out of every candidate's fit to score it
 MIN_TRAIN_PER_CLASS = 3  # one image in the share, two to fit (classify's folds need two of a class)
@@ -23,6 +22,8 @@ MIN_TRAIN_PER_CLASS = 3  # one image in the share, two to fit (classify's folds 
 def selection_share(labels: np.ndarray, seed: int, share: float = SELECTION_SHARE) -> np.ndarray:
     """Mask over the training ``labels``: True for the stratified, seeded share that scores the candidates
     (at least one image of every class)."""
+    from sklearn.model_selection import train_test_split
+
     classes, counts = np.unique(labels, return_counts=True)
     if len(classes) < 2 or counts.min() < MIN_TRAIN_PER_CLASS:
         few = ", ".join(f"{c} ({n})" for c, n in zip(classes, counts) if n < MIN_TRAIN_PER_CLASS)

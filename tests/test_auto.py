@@ -266,3 +266,12 @@ def test_a_killed_auto_resumes_its_fine_tune_where_the_kill_left_it(tree, tmp_pa
     assert [e["epoch"] for e in epochs] == [1, 2]
     result = json.loads((out / "auto.json").read_text())
     assert all(r["status"] == "done" and r["epochs"] == 2 for r in result["leaderboard"])
+
+
+@pytest.mark.parametrize("option", [["--candidates", "magic"], ["--budget", "0s"], ["--backbone", "lenet"]])
+def test_bad_options_fail_before_torch_is_imported(tmp_path, option):
+    code = "import sys, pipeline\ntry:\n    rc = pipeline.main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n" \
+           "print(rc, 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code, "auto", str(tmp_path), "--out", str(tmp_path / "run"), *option],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.stdout.split() == ["2", "False"], done.stderr
