@@ -33,8 +33,8 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.1.0"
 
-__all__ = ["extract_codes", "load_codes", "Codes", "train", "compare", "finetune", "advise", "load_model", "predict",
-           "CodesTransformer", "export", "__version__"]
+__all__ = ["extract_codes", "load_codes", "Codes", "train", "compare", "finetune", "advise", "auto", "load_model",
+           "predict", "CodesTransformer", "export", "__version__"]
 
 PathLike = str | os.PathLike
 # Command-line names whose library keyword differs: name -> (keyword, value from the command line's value)
@@ -157,6 +157,15 @@ def advise(images: PathLike, **options) -> dict:
     from advise import advise_images
 
     return advise_images(images, **options)
+
+
+def auto(images: PathLike, out_dir: PathLike, **options) -> dict:
+    """Advise, score the plausible candidates within a time budget on training data only, refit the winner into
+    ``out_dir``/winner and evaluate it once (``advise.auto.auto_images``). ``options``: budget ("15m"),
+    candidates, epochs, backbone, weights, resize, crop, seed, quiet, overwrite... Returns auto.json's dict."""
+    from advise.auto import auto_images
+
+    return auto_images(images, out_dir, **_keywords(options))
 
 
 def load_model(run_dir: PathLike) -> dict:

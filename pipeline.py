@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from advise import cli as advise_cli
+from advise import auto_cli, cli as advise_cli
 from classify import cli as classify_cli
 from extract import cli as extract_cli
 from extract.cli_common import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, shard_of  # noqa: F401
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify_cli.add_parsers(sub)
     finetune_cli.add_parsers(sub)
     advise_cli.add_parsers(sub)
+    auto_cli.add_parsers(sub)
     return parser
 
 

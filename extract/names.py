@@ -11,6 +11,7 @@ FINETUNED_MODEL = "finetuned.pt"  # `cnncodes finetune`: the network with its ne
 # `cnncodes finetune`: the tuned backbone in torchvision's key naming, with the stock ImageNet classifier kept
 # in place of the new head, so that it loads strictly like the original checkpoint (extract --weights)
 FINETUNED_BACKBONE = "backbone.pth"
+AUTO_RESULT, AUTO_WINNER = "auto.json", "winner"  # `cnncodes auto`: its result and the refit winner's run folder
 BACKBONE_NAMES = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "alexnet", "vgg16",
                   "resnet18", "resnet50")  # backbones.BACKBONES' keys
 

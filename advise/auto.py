@@ -1,0 +1,465 @@
+"""auto: the strongest classifier this tool gives an image set, with an honest estimate of how good it is.
+
+Advise, then train the plausible candidates cheapest first within a time budget: codes classifiers (svm,
+softmax on the top layer, the best earlier layer and both) and fine-tunes at the freeze the advice suggests,
+then its neighbours. Every candidate is scored by one selection protocol on the training split only
+(advise/selection.py); the winner is refit on the whole training split and evaluated once on the evaluation
+split (test, else val, else a stratified share carved as finetune carves it): that figure is the honest
+estimate, and nothing is chosen by it.
+
+RUN_DIR holds images.csv (every image with its role: train, or test / val = the evaluation split),
+selection.csv (the training split: train = the rows candidates fit on, test = the selection share),
+advice/, codes.h5 (one extraction of every image), candidates/NAME/ (each candidate's report on the
+selection share), leaderboard.jsonl (a line per finished candidate: a rerun skips it), leaderboard.csv,
+report.txt, auto.json and winner/ (the refit winner with the usual report contract, for `cnncodes predict`).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from classify.fileio import write_files
+from extract.errors import UsageError
+from extract.names import AUTO_RESULT, AUTO_WINNER, check_backbone
+from extract.outputs import guards_output
+
+from .scenario import FREEZE_LARGE_DIFFERENT, FREEZE_LARGE_SIMILAR, FREEZE_SMALL_DIFFERENT
+from .selection import SELECTION_SHARE, append_log, noise, pick_winner, read_log, selection_share
+
+DEFAULT_BUDGET = "15m"
+KINDS = ("codes", "finetune")
+CODES_CLASSIFIERS = ("svm", "softmax")
+FREEZE_LADDER = (FREEZE_LARGE_SIMILAR, FREEZE_SMALL_DIFFERENT, FREEZE_LARGE_DIFFERENT)  # cheapest first
+FINETUNE_BATCH = 32
+ASSUMED_RATE = 20.0  # images/s decoded, for the estimates when no extraction ran (fine-tunes only); CPU-ish
+IMAGES, SELECTION, CODES, LOG, STARTED, SETTINGS = ("images.csv", "selection.csv", "codes.h5", "leaderboard.jsonl",
+                                                    "started.json", "settings.json")
+LEADERBOARD_COLUMNS = ("rank", "candidate", "kind", "selection_score", "noise_se", "seconds", "status", "winner")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One option to score: a codes classifier on ``layers`` or a fine-tune at ``freeze``."""
+
+    name: str
+    kind: str
+    cost: tuple  # lower is cheaper: codes first (in plan order), then fine-tunes training the fewest units
+    layers: tuple[str, ...] = ()
+    classifier: str | None = None
+    freeze: float | None = None
+
+
+@dataclass
+class Clock:
+    """The time budget: seconds from the start of the call."""
+
+    seconds: float
+    started: float = field(default_factory=time.monotonic)
+
+    def left(self) -> float:
+        return self.seconds - (time.monotonic() - self.started)
+
+    def used(self) -> float:
+        return time.monotonic() - self.started
+
+
+def parse_budget(text: str | float) -> float:
+    """``"15m"``, ``"90s"``, ``"1h30m"`` or a number of seconds -> seconds (> 0); UsageError otherwise."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d*)?)h)?\s*(?:(\d+(?:\.\d*)?)m)?\s*(?:(\d+(?:\.\d*)?)s?)?\s*",
+                             str(text).lower())
+        if not parts or not any(parts.groups()):
+            raise UsageError(f"--budget must be a duration such as 15m, 90s or 1h30m, not {text!r}")
+        h, m, s = (float(g or 0) for g in parts.groups())
+        seconds = 3600 * h + 60 * m + s
+    if not 0 < seconds < float("inf"):
+        raise UsageError(f"--budget must be a positive duration, not {text!r}")
+    return seconds
+
+
+def parse_kinds(candidates: str | tuple | list) -> tuple[str, ...]:
+    """``"codes,finetune"`` (or a list) -> the candidate kinds to try; UsageError for an unknown one."""
+    kinds = [k.strip() for k in (candidates.split(",") if isinstance(candidates, str) else candidates) if k.strip()]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise UsageError(f"--candidates must be {' or '.join(KINDS)} or both comma-separated, not {candidates!r}")
+    return tuple(dict.fromkeys(kinds))
+
+
+def plan_candidates(advice: dict, kinds: tuple[str, ...]) -> list[Candidate]:
+    """The candidates in the order they run: codes classifiers (top layer, best earlier layer, both), then
+    fine-tunes at the advice's freeze and its neighbours on FREEZE_LADDER."""
+    from .evidence import TOP_LAYER
+    from .trial import TRY_FREEZE
+
+    plan = []
+    if "codes" in kinds:
+        early = advice["evidence"].get("best_early_layer")
+        layer_sets = [(TOP_LAYER,)] + ([(early,), (early, TOP_LAYER)] if early else [])
+        for layers in layer_sets:
+            for clf in CODES_CLASSIFIERS:
+                plan.append(Candidate(f"codes-{'+'.join(layers)}-{clf}", "codes", (0, len(plan)), layers, clf))
+    if "finetune" in kinds:
+        at = FREEZE_LADDER.index(TRY_FREEZE[advice["scenario"]])
+        for i in [at] + [j for j in (at - 1, at + 1) if 0 <= j < len(FREEZE_LADDER)]:
+            freeze = FREEZE_LADDER[i]
+            plan.append(Candidate(f"finetune-{freeze:g}", "finetune", (1, i), freeze=freeze))
+    return plan
+
+
+@guards_output("out_dir", images="images", resumes=lambda out: (out / SETTINGS).is_file())
+def auto_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, budget: str | float = DEFAULT_BUDGET,
+                candidates: str = "codes,finetune", backbone: str = "mobilenet_v2", weights: str | None = None,
+                resize: int | None = None, crop: int | None = None, device: str = "auto", precision: str = "auto",
+                batch_size: int | None = None, workers: int | None = None, sample: int | None = None,
+                epochs: int | None = None, seed: int = 0, progress: bool = True, overwrite: bool = False,
+                path_column: str | None = None, label_column: str | None = None,
+                split_column: str | None = None) -> dict:
+    """Advise on ``images``, score the candidates within ``budget``, refit the winner into ``out_dir``/winner
+    and evaluate it once; returns the result written to auto.json (leaderboard, winner, honest estimate).
+
+    ``candidates``: the kinds to try ("codes", "finetune" or both); ``sample``: the advice's (default its own). ``epochs`` fixes the fine-tunes' epochs
+    (default: sized from the budget by finetune.budget.epochs_for). A rerun of the same call resumes:
+    finished candidates are read back from leaderboard.jsonl. Raises ValueError (UsageError) for unusable
+    options or images before any long work.
+    """
+    clock, kinds = Clock(parse_budget(budget)), parse_kinds(candidates)
+    _check_options(backbone, epochs=epochs, resize=resize, crop=crop, precision=precision, sample=sample)
+    out, log = Path(out_dir), _logger(progress)
+    columns = dict(path_column=path_column, label_column=label_column, split_column=split_column)
+    roles = _roles(images, columns, seed)
+    from extract.backbones import get_backbone
+    from extract.weights import locate_weights
+
+    locate_weights(get_backbone(backbone), weights)  # a missing checkpoint fails now, not after the advice
+    _start(out, roles, dict(backbone=backbone, weights=weights, resize=resize, crop=crop, seed=seed), overwrite)
+    common = dict(backbone=backbone, weights=weights, resize=resize, crop=crop, device=device, precision=precision,
+                  workers=workers, progress=progress)
+    sampled = {} if sample is None else {"sample": sample}
+    advice = _advice(images, out, log, seed=seed, batch_size=batch_size, **sampled, **common, **columns)
+    run = _Run(out, clock, log, roles, advice, common, batch_size, seed, epochs, overwrite)
+    plan = plan_candidates(advice, kinds)
+    if "codes" in kinds:
+        log(f"one extraction of all {roles.n_train + roles.n_test} images into {out / CODES}")
+        run.codes_file()
+    rows = [run.candidate(c, i, len(plan)) for i, c in enumerate(plan)]
+    winner = pick_winner(rows)
+    final = run.refit(winner, plan)
+    result = _result(images, out, clock, advice, roles, rows, winner, final, budget)
+    write_files(out, {AUTO_RESULT: json.dumps(result, indent=2) + "\n", "leaderboard.csv": _csv(rows),
+                      "report.txt": format_result(result) + "\n"})
+    return result
+
+
+def _check_options(backbone: str, sample: int | None, **finetune_options) -> None:
+    """UsageError for a bad option before any work (before torch loads, but for --sample): the backbone,
+    finetune's declared ranges, then the advice's --sample."""
+    from finetune.options import check_options
+
+    check_backbone(backbone)
+    check_options({k: v for k, v in finetune_options.items() if v is not None})
+    if sample is not None:
+        from . import MIN_SAMPLE
+
+        if not isinstance(sample, int) or sample < MIN_SAMPLE:
+            raise UsageError(f"--sample must be a whole number of at least {MIN_SAMPLE}, not {sample!r}")
+
+
+@dataclass
+class _Roles:
+    """The images' roles: the manifests' text, the training labels and the selection share's size."""
+
+    images_csv: str
+    selection_csv: str
+    fingerprint: str
+    n_classes: int
+    n_train: int
+    n_selection: int
+    n_test: int
+    split_source: str
+    notes: list[str]
+
+
+def _roles(images, columns: dict, seed: int) -> _Roles:
+    """Training and evaluation rows by finetune's split rule (the one classify applies to the same column),
+    and the selection share of the training rows, as two manifests with absolute paths."""
+    from classify.data import require_two_classes
+    from extract.reader import list_images
+    from finetune.data import choose_splits
+
+    listing = list_images(images, **columns)
+    require_two_classes(listing.labels, listing.class_names, str(images))
+    splits = choose_splits(listing, listing.labels >= 0, 0.0, seed)
+    chosen = selection_share(listing.labels[splits.train], seed)
+
+    def manifest(rows: list[tuple[int, str]]) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path", "label", "split"])
+        writer.writerows([(listing.root / listing.paths[i]).as_posix(), listing.class_names[listing.labels[i]], s]
+                         for i, s in rows)
+        return buf.getvalue()
+
+    held = "val" if set(np.asarray(listing.splits)[splits.test]) == {"val"} else "test"  # its own name, in reports
+    images_csv = manifest([(i, "train") for i in splits.train] + [(i, held) for i in splits.test])
+    selection_csv = manifest([(i, "test" if s else "train") for i, s in zip(splits.train, chosen)])
+    stamp = "".join(f"{p}\0{s}\0{m}\n" for p, s, m in zip(listing.paths, listing.file_size, listing.file_mtime_ns))
+    notes = list(splits.notes) + ([f"{len(splits.val)} val image(s) beside the test split are not used"]
+                                  if len(splits.val) else [])
+    return _Roles(images_csv, selection_csv, hashlib.sha256((images_csv + stamp).encode()).hexdigest(),
+                  len(listing.class_names), len(splits.train), int(chosen.sum()), len(splits.test),
+                  splits.split_source, notes)
+
+
+def _start(out: Path, roles: _Roles, options: dict, overwrite: bool) -> None:
+    """Refuse a RUN_DIR holding an auto run of other images or options (unless ``overwrite``, which clears
+    it); write the manifests and the settings a rerun is compared with."""
+    settings = {**options, "images": roles.fingerprint}
+    saved = out / SETTINGS
+    if overwrite:
+        for name in ("candidates", AUTO_WINNER, "advice"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in (LOG, STARTED, AUTO_RESULT, "leaderboard.csv", "report.txt"):
+            (out / name).unlink(missing_ok=True)
+    elif saved.is_file() and json.loads(saved.read_text(encoding="utf-8")) != settings:
+        before = json.loads(saved.read_text(encoding="utf-8"))
+        diff = ", ".join(k for k in settings if before.get(k) != settings[k])
+        raise UsageError(f"{out} holds an auto run made with other {diff}; use another --out, the same options to "
+                         "resume, or --overwrite to start again")
+    write_files(out, {IMAGES: roles.images_csv, SELECTION: roles.selection_csv,
+                      SETTINGS: json.dumps(settings, indent=2) + "\n"})
+
+
+def _advice(images, out: Path, log, **options) -> dict:
+    """The advice of an earlier run of this RUN_DIR, else a new one (kept in RUN_DIR/advice)."""
+    saved = out / "advice" / "advice.json"
+    if saved.is_file():
+        return json.loads(saved.read_text(encoding="utf-8"))
+    from . import advise_images
+
+    advice = advise_images(images, out_dir=out / "advice", overwrite=True, **options)
+    log(f"advice: scenario {advice['scenario']} ({advice['scenario_name']}), similarity {advice['similarity']:.3f}, "
+        f"in {advice['seconds']:.1f} s")
+    return advice
+
+
+class _Run:
+    """The candidates' runs and the winner's refit, all within one RUN_DIR and one clock."""
+
+    def __init__(self, out: Path, clock: Clock, log, roles: _Roles, advice: dict, common: dict, batch_size,
+                 seed: int, epochs: int | None, overwrite: bool):
+        self.out, self.clock, self.log, self.roles, self.advice = out, clock, log, roles, advice
+        self.common, self.batch_size, self.seed, self.epochs = common, batch_size, seed, epochs
+        self.overwrite = overwrite
+        self.done, self.codes, self.rate = read_log(out / LOG), None, None
+        self.started = json.loads((out / STARTED).read_text(encoding="utf-8")) if (out / STARTED).is_file() else {}
+
+    def candidate(self, c: Candidate, i: int, n: int) -> dict:
+        """Score ``c`` (or read its row back), or skip it when it does not fit in the time left."""
+        if c.name in self.done:
+            row = self.done[c.name]
+            self.log(f"{i + 1}/{n} {c.name}: {row['score']:.3f} ± {row['se']:.3f} (finished by an earlier run)")
+            return row
+        spent = i and self.clock.left() <= 0  # the cheapest always runs: there is an answer
+        plan = self._finetune_plan(c) if c.kind == "finetune" and not spent else {}
+        if spent or (i and plan.get("skip")):
+            why = plan.get("skip") or "the budget is spent"
+            self.log(f"{i + 1}/{n} {c.name}: skipped ({why})")
+            return {"candidate": c.name, "kind": c.kind, "cost": list(c.cost), "score": None, "se": None,
+                    "seconds": None, "status": f"skipped: {why}"}
+        started = time.monotonic()
+        report = self._run_codes(c) if c.kind == "codes" else self._run_finetune(c, plan["epochs"])
+        row = {"candidate": c.name, "kind": c.kind, "cost": list(c.cost), "layers": list(c.layers),
+               "classifier": c.classifier, "freeze": c.freeze, "epochs": plan.get("epochs"),
+               "score": report["balanced_accuracy"], "se": noise(report["per_class"]),
+               "n_fit": report["n_train"], "n_selection": report["n_test"],
+               "seconds": round(time.monotonic() - started, 1), "status": "done",
+               "report_dir": (Path("candidates") / c.name).as_posix()}
+        append_log(self.out / LOG, row)
+        self.log(f"{i + 1}/{n} {c.name}: {row['score']:.3f} ± {row['se']:.3f} (selection), {row['seconds']:.1f} s")
+        return row
+
+    def codes_file(self) -> Path:
+        """RUN_DIR/codes.h5: every image, the top layer and the advice's best earlier layer, extracted once."""
+        if self.codes is None:
+            from extract import extract_codes
+
+            from .evidence import TOP_LAYER
+
+            early = self.advice["evidence"].get("best_early_layer")
+            taps = (TOP_LAYER,) + ((early,) if early else ())
+            result = extract_codes(self.out / IMAGES, self.out / CODES, layers=taps, batch_size=self.batch_size,
+                                   overwrite=self.overwrite, **self.common)
+            self.codes, self.rate = result.path, result.images_per_second or None
+            self.overwrite = False  # once replaced, a second call reuses it
+        return self.codes
+
+    def _run_codes(self, c: Candidate) -> dict:
+        """classify's own fit (C by CV within the fit rows) on the fit rows, scored on the selection share."""
+        from classify.train import fit_and_report
+
+        return fit_and_report(self._selection_dataset(c.layers), self.out / "candidates" / c.name,
+                              classifier=c.classifier, normalize="power", C=None, class_weight="balanced",
+                              sampling="none", seed=self.seed, cv=5)  # quiet: the candidate's line says it
+
+    def _selection_dataset(self, layers: tuple[str, ...]):
+        """The codes of the selection manifest's rows: train = the fit rows, test = the selection share."""
+        from classify.data import Dataset, class_names_of, load, valid_rows
+
+        cf, X = load(self.codes_file(), list(layers))
+        usable = valid_rows(cf, X)
+        role = {r["path"]: r["split"] for r in csv.DictReader(io.StringIO(self.roles.selection_csv))}
+        split = np.array([role.get(p, "") for p in cf.rows.paths])
+        fit, chosen = np.flatnonzero(usable & (split == "train")), np.flatnonzero(usable & (split == "test"))
+        y = cf.rows.labels
+        return Dataset(X[fit], y[fit], X[chosen], y[chosen], class_names_of(cf), list(layers), cf.recipe,
+                       str(cf.path), None, f"auto's selection share ({SELECTION_SHARE:g} of train, seed {self.seed})",
+                       int((~cf.rows.ok.astype(bool) & (split != "")).sum()), 0)
+
+    def _finetune_plan(self, c: Candidate) -> dict:
+        """The fine-tune's epochs (fixed, recorded by an earlier start, or sized from the time left) or why it
+        is skipped: its estimate plus the refit's does not fit in the time left."""
+        if c.name in self.started:
+            return {"epochs": self.started[c.name]}
+        from extract.backbones import get_backbone
+        from extract.recipe import preprocess_config
+        from finetune.budget import epochs_for, step_seconds
+
+        bb = get_backbone(self.common["backbone"])
+        crop = preprocess_config(bb, self.common["resize"], self.common["crop"])["crop"]
+        per_step = step_seconds(self.common["backbone"], self.common["weights"], c.freeze, self.roles.n_classes,
+                                FINETUNE_BATCH, crop, self.common["device"])
+        n_fit, n_all = self.roles.n_train - self.roles.n_selection, self.roles.n_train + self.roles.n_test
+        decode = n_all / (self.rate or ASSUMED_RATE)  # decoding every image once, at the extraction's rate
+        refit = self.roles.n_train / n_fit  # the refit trains on the whole training split: this many times the steps
+        epochs = self.epochs or epochs_for(n_fit, FINETUNE_BATCH, (self.clock.left() - 2 * decode) / (1 + refit),
+                                           per_step)
+        need = 2 * decode + (1 + refit) * epochs * math.ceil(n_fit / FINETUNE_BATCH) * per_step
+        if not epochs or need > self.clock.left():  # epochs kept for the cheapest candidate, which always runs
+            return {"epochs": max(epochs, 1),
+                    "skip": f"needs about {need:.0f} s with its refit, {max(self.clock.left(), 0):.0f} s left"}
+        return {"epochs": epochs}
+
+    def _run_finetune(self, c: Candidate, epochs: int) -> dict:
+        """finetune on the selection manifest: fits on its train rows, evaluated on the selection share;
+        no validation set, so the last epoch is kept (the share chooses between candidates only)."""
+        self.started[c.name] = epochs
+        write_files(self.out, {STARTED: json.dumps(self.started, indent=2) + "\n"})  # a rerun resumes with these
+        return _finetune(self.out / SELECTION, self.out / "candidates" / c.name, c.freeze, epochs, self.seed,
+                         self.common)
+
+    def refit(self, winner: dict | None, plan: list[Candidate]) -> dict | None:
+        """The winner refit on the whole training split into RUN_DIR/winner, evaluated on the evaluation split."""
+        if winner is None:
+            return None
+        c = next(c for c in plan if c.name == winner["candidate"])
+        target = self.out / AUTO_WINNER
+        saved = self.out / AUTO_RESULT
+        previous = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else {}
+        if (previous.get("winner") or {}).get("candidate") != c.name:
+            shutil.rmtree(target, ignore_errors=True)  # another candidate's refit: this run's winner replaces it
+        self.log(f"refitting the winner, {c.name}, on all {self.roles.n_train} training images")
+        if c.kind == "codes":
+            from classify import classify_codes
+
+            return classify_codes(self.codes_file(), target, layers=list(c.layers), classifier=c.classifier,
+                                  seed=self.seed, progress=self.common["progress"], overwrite=True)
+        return _finetune(self.out / IMAGES, target, c.freeze, winner["epochs"], self.seed, self.common)
+
+
+def _finetune(manifest: Path, target: Path, freeze: float, epochs: int, seed: int, common: dict) -> dict:
+    """finetune_images on a manifest with train and test rows, no validation set (the last epoch is kept)."""
+    from finetune import finetune_images
+
+    return finetune_images(manifest, target, freeze=freeze, epochs=epochs, warmup_epochs=min(1.0, epochs / 6),
+                           val_fraction=0, batch_size=FINETUNE_BATCH, seed=seed, **common)
+
+
+def _result(images, out: Path, clock: Clock, advice: dict, roles: _Roles, rows: list[dict], winner: dict | None,
+            final: dict | None, budget) -> dict:
+    estimate = None if final is None else {k: final[k] for k in ("balanced_accuracy", "macro_f1", "accuracy",
+                                                                   "n_train", "n_test", "split_source")}
+    return {
+        "images": str(images), "run_dir": str(out), "budget": str(budget), "budget_s": clock.seconds,
+        "seconds": round(clock.used(), 1),
+        "advice": {k: advice[k] for k in ("scenario", "scenario_name", "similarity")}
+        | {"best_early_layer": advice["evidence"].get("best_early_layer"), "file": "advice/advice.json"},
+        "selection": {"metric": "balanced_accuracy", "share": SELECTION_SHARE, "seed": json.loads(
+            (out / SETTINGS).read_text(encoding="utf-8"))["seed"], "n_fit": roles.n_train - roles.n_selection,
+            "n_selection": roles.n_selection, "noise": "binomial standard error (Laplace-smoothed recalls)",
+            "rule": "the cheapest candidate within one standard error of the best"},
+        "evaluation": {"split_source": roles.split_source, "n_test": roles.n_test},
+        "leaderboard": _ranked(rows, winner), "winner": None if winner is None else
+        {**winner, "run_dir": (out / AUTO_WINNER).as_posix(), "estimate": estimate},
+        "notes": roles.notes,
+    }
+
+
+def _ranked(rows: list[dict], winner: dict | None) -> list[dict]:
+    """Rows by selection score (best first; skipped ones last), with rank and the winner marked."""
+    order = sorted(rows, key=lambda r: (r["score"] is None, -(r["score"] or 0), r["cost"]))
+    return [{**r, "rank": k + 1 if r["score"] is not None else None,
+             "winner": winner is not None and r["candidate"] == winner["candidate"]} for k, r in enumerate(order)]
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(LEADERBOARD_COLUMNS)
+    for r in _ranked(rows, pick_winner(rows)):
+        writer.writerow([r["rank"] or "", r["candidate"], r["kind"], _fmt(r["score"]), _fmt(r["se"]),
+                         "" if r["seconds"] is None else r["seconds"], r["status"], "yes" if r["winner"] else ""])
+    return buf.getvalue()
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def format_result(result: dict) -> str:
+    """report.txt: the advice, the leaderboard, the winner and its honest estimate."""
+    adv, sel, ev = result["advice"], result["selection"], result["evaluation"]
+    lines = [f"auto on {result['images']}: advice scenario {adv['scenario']} ({adv['scenario_name']}); "
+             f"see {adv['file']}",
+             f"selection: each candidate fits on {sel['n_fit']} training images and is scored on the other "
+             f"{sel['n_selection']} (a stratified {sel['share']:g} share, seed {sel['seed']}) by balanced accuracy ± "
+             f"its {sel['noise']}; the evaluation split ({ev['split_source']}, {ev['n_test']} images) chose nothing",
+             "", "| # | candidate | selection bal. acc. | ± noise (SE) | time (s) | status |",
+             "|---:|---|---:|---:|---:|---|"]
+    for r in result["leaderboard"]:
+        mark = " (winner)" if r["winner"] else ""
+        seconds = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
+        lines.append(f"| {r['rank'] or ''} | {r['candidate']}{mark} | {_fmt(r['score'])} | {_fmt(r['se'])} | "
+                     f"{seconds} | {r['status']} |")
+    w = result["winner"]
+    if w is not None:
+        est = w["estimate"]
+        lines += ["", f"winner: {w['candidate']} ({sel['rule']}; {w['score']:.3f} ± {w['se']:.3f})",
+                  f"refit on all {est['n_train']} training images, evaluated once on {est['n_test']} held-out images "
+                  f"({est['split_source']}): balanced accuracy {est['balanced_accuracy']:.3f}, macro-F1 "
+                  f"{est['macro_f1']:.3f}, accuracy {est['accuracy']:.3f}: the honest estimate",
+                  f"its run folder: {w['run_dir']} (cnncodes predict {w['run_dir']} IMAGES -o predictions.csv)"]
+    lines += [f"budget {result['budget']}: {result['seconds']:.0f} s used"]
+    lines += [f"note: {n}" for n in result["notes"]]
+    return "\n".join(lines)
+
+
+def _logger(progress: bool):
+    def log(message: str) -> None:
+        if progress:
+            print(f"[auto] {message}", file=sys.stderr, flush=True)
+    return log
