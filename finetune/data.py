@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from classify.data import evaluation_split
 from extract.batches import decoder_init, fork_context
 from extract.images import ImageDataset
 from extract.reader import ImageList
@@ -48,7 +49,7 @@ def choose_splits(listing: ImageList, usable: np.ndarray, val_fraction: float, s
     rows = np.flatnonzero(usable)
     notes: list[str] = []
     train = rows[split[rows] == "train"]
-    held_name = next((s for s in ("test", "val") if train.size and (split[rows] == s).any()), None)
+    held_name = evaluation_split(split, np.asarray(usable, bool))  # classify's one rule: test, else val
     if test_fraction is None and held_name:
         test = rows[split[rows] == held_name]
         split_source = f"split column (train / {held_name})"
