@@ -1,7 +1,7 @@
 """The advisor's evidence on the real calibration sets: one `advise` pass each (embedded weights), and the
 hymenoptera training labels permuted (ImageNet then says nothing about them: similarity should fall to about 0.25).
 
-    python bench/advise_calibration.py [--sample 500] [--digits DIR] [--json OUT.json]
+    python bench/advise_calibration.py [--sample 500] [--datasets DIR] [--digits DIR] [--json OUT.json]
 
 Prints one markdown row per set. The codes and fine-tuning side of the calibration table is measured
 with `cnncodes run` / `cnncodes finetune` (bench/RESULTS.md lists the commands).
@@ -19,7 +19,6 @@ import numpy as np
 
 from common import REPO
 
-SETS = REPO.parent / "shared" / "datasets"
 NAMES = ("hymenoptera", "clothing6", "rsscn7_aerial", "sign_digits", "potato_leaf_imbalanced")
 
 
@@ -54,20 +53,22 @@ def row(name: str, advice: dict, seconds: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", type=int, default=500)
+    parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets",
+                        help="the folder holding the real sets (../shared/datasets)")
     parser.add_argument("--digits", type=Path, default=Path("/tmp/digits"),
                         help="where `cnncodes dataset digits` wrote the digits set")
     parser.add_argument("--json", type=Path, help="also save every advice dict here")
     args = parser.parse_args()
     from advise import advise_images
 
-    sets = {name: SETS / name for name in NAMES} | {"digits": args.digits}
+    sets = {name: args.datasets / name for name in NAMES} | {"digits": args.digits}
     print("| set | train images / classes / median per class | sampled | LEEP fraction cross-fitted (in-sample) | "
           "top-layer preference (probes) | head confidence (not counted) | similarity [95% interval] | scenario | "
           "extract / probes / advice s |")
     print("|---|---|---:|---|---|---:|---|---:|---|")
     saved = {}
     with tempfile.TemporaryDirectory() as tmp:
-        sets["hymenoptera, labels permuted"] = permuted_manifest(SETS / "hymenoptera", Path(tmp) / "permuted.csv")
+        sets["hymenoptera, labels permuted"] = permuted_manifest(args.datasets / "hymenoptera", Path(tmp) / "permuted.csv")
         for name, path in sets.items():
             started = time.perf_counter()
             advice = advise_images(path, sample=args.sample, progress=False)
