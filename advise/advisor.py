@@ -13,7 +13,7 @@ from extract.outputs import guards_output
 from extract.reader import list_images
 from extract.weights import locate_weights
 
-from . import evidence, scenario, transferability, trial
+from . import evidence, scenario, trial
 from .commands import carried_options, recommend
 from .options import DEFAULT_SAMPLE, MIN_SAMPLE, check_options  # noqa: F401  (MIN_SAMPLE re-exported)
 from .report import build_advice, format_advice
@@ -62,10 +62,7 @@ def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", 
     except ExtractionInterrupted:
         raise KeyboardInterrupt from None  # the sample's temporary codes are gone: nothing to resume
     has_early = len(similarity.probe) > 1
-    early_accuracy = similarity.probe[similarity.best_early_layer] if has_early else similarity.top_probe
-    parts = scenario.similarity_parts(
-        similarity.head_entropy, transferability.explained_fraction(similarity.leep, similarity.label_entropy),
-        similarity.top_probe, early_accuracy, similarity.n_sampled)
+    parts = similarity.parts()
     number = scenario.scenario_for(size.median_per_class, parts.similarity)
     common = carried_options(backbone, weights, resize, crop, **columns)
     recommendations = recommend(number, str(images), similarity.best_early_layer if has_early else None, common)

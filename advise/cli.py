@@ -17,8 +17,9 @@ def add_parsers(sub) -> None:
         "advise", help="which transfer-learning scenario (1-4) fits IMAGES, and the commands to run",
         epilog=ENVIRONMENT_HELP, formatter_class=KeepsEnvironmentHelp,
         description="Measure the training images' size (images per class, imbalance) and similarity to ImageNet "
-                    "(one backbone pass over a stratified sample: the ImageNet head's entropy and LEEP on the "
-                    "labels, and cross-validated linear probes of the top and earlier layers), map them to the "
+                    "(one backbone pass over a stratified sample: LEEP of the ImageNet head on the labels, cross-fitted "
+                    "on held-out folds, and cross-validated linear probes of the top and earlier layers; the head's "
+                    "entropy is reported, not counted), map them to the "
                     "notes' scenario 1-4 (small/large x similar/different) and print the recommended commands "
                     "with the figures behind them. Training data only: test/ and val/ are never used when "
                     "train/ exists.")

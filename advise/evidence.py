@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV
 from threadpoolctl import threadpool_limits
 
 from classify.models import build_pipeline, param_grid
@@ -24,6 +24,7 @@ from extract import extract_codes, get_backbone, open_codes
 from extract.reader import ImageList
 from extract.weights import build_model, locate_weights
 
+from . import scenario as sc
 from . import transferability as tr
 
 MIN_PER_CLASS_SAMPLED = 2  # a stratified fold needs two images of each class
@@ -58,16 +59,23 @@ class Size:
 
 @dataclass
 class Similarity:
-    """Evidence from one pass over the sample: the ImageNet head's predictions and linear probes per layer."""
+    """Evidence from one pass over the sample: the ImageNet head's predictions and linear probes per layer.
+
+    LEEP, NCE and the probes are cross-validated on the same ``probe_folds`` stratified folds (seeded).
+    """
 
     n_sampled: int
     head_entropy: float  # mean normalized entropy of the 1000-way softmax: 0 certain, 1 uniform
-    leep: float
-    nce: float
+    leep: float  # cross-fitted: mean over the held-out folds
+    nce: float  # cross-fitted likewise
     label_entropy: float  # H(Y) of the sample, the floor of LEEP and NCE
     probe_folds: int
     probe: dict[str, float] = field(default_factory=dict)  # layer -> CV balanced accuracy, top layer first
     probe_dims: dict[str, int] = field(default_factory=dict)
+    leep_in_sample: float = 0.0  # reported for comparison: biased high, more so with more classes
+    nce_in_sample: float = 0.0
+    leep_per_fold: list[float] = field(default_factory=list)
+    probe_per_fold: dict[str, list[float]] = field(default_factory=dict)  # layer -> balanced accuracy per fold
     seconds_extract: float = 0.0
     seconds_probe: float = 0.0
 
@@ -79,6 +87,13 @@ class Similarity:
     def best_early_layer(self) -> str:
         early = {k: v for k, v in self.probe.items() if k != TOP_LAYER}
         return max(early, key=early.get)
+
+    def parts(self) -> sc.SimilarityParts:
+        """The similarity's parts, each fold's LEEP fraction and probes giving its interval."""
+        early = self.best_early_layer if len(self.probe) > 1 else TOP_LAYER
+        fractions = [tr.explained_fraction(leep, self.label_entropy) for leep in self.leep_per_fold]
+        return sc.similarity_parts(self.head_entropy, fractions, self.probe_per_fold[TOP_LAYER],
+                                   self.probe_per_fold[early], self.n_sampled)
 
 
 def training_rows(listing: ImageList) -> tuple[np.ndarray, str]:
@@ -153,19 +168,22 @@ def imagenet_logits(backbone: str, weights: str | None, codes: np.ndarray) -> np
     return codes.astype(np.float64) @ weight.T + bias
 
 
-def probe_score(X: np.ndarray, y: np.ndarray, folds: int, seed: int) -> float:
-    """Cross-validated balanced accuracy of classify's softmax (power normalization, C chosen by the same CV).
+def probe_score(X: np.ndarray, y: np.ndarray, folds: list, seed: int) -> tuple[float, list[float]]:
+    """Cross-validated balanced accuracy of classify's softmax (power normalization, C chosen by the same CV),
+    on the given (train, held-out) ``folds``: the mean and each fold's score.
 
     The score is the best C's mean over the folds, so it leans slightly optimistic, equally for every layer.
     """
     pipe = build_pipeline(PROBE_CLASSIFIER, "power", "none", "balanced", seed)
     grid = param_grid(PROBE_CLASSIFIER, None, n_train_fold=len(y))
     search = GridSearchCV(pipe, grid, scoring="balanced_accuracy", error_score="raise", refit=False,
-                          cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+                          cv=folds)
     with threadpool_limits(limits=1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # the largest C may stop at max_iter; the CV score says so
         search.fit(X, y)
-    return float(search.best_score_)
+    best = search.best_index_
+    return float(search.best_score_), [float(search.cv_results_[f"split{k}_test_score"][best])
+                                       for k in range(len(folds))]
 
 
 def measure_similarity(listing: ImageList, rows: np.ndarray, *, backbone: str, weights: str | None,
@@ -191,12 +209,16 @@ def measure_similarity(listing: ImageList, rows: np.ndarray, *, backbone: str, w
     probs = tr.softmax(imagenet_logits(backbone, weights, cf.codes[TOP_LAYER][ok]))
     folds = int(min(PROBE_FOLDS, readable[np.unique(y)].min()))
     started = time.perf_counter()
-    probe, dims = {}, {}
+    splits = tr.folds_of(y, folds, seed)  # one set of folds for LEEP, NCE and every probe
+    probe, per_fold, dims = {}, {}, {}
     for layer in layers:
         log(f"linear probe on {layer}: {folds}-fold CV")
         X = np.asarray(cf.codes[layer][ok], dtype=np.float32)
-        probe[layer], dims[layer] = probe_score(X, y, folds, seed), int(X.shape[1])
-    return Similarity(n_sampled=int(ok.sum()), head_entropy=tr.normalized_entropy(probs), leep=tr.leep(probs, y),
-                      nce=tr.nce(probs, y), label_entropy=tr.label_entropy(y), probe_folds=folds, probe=probe,
-                      probe_dims=dims, seconds_extract=seconds_extract,
-                      seconds_probe=time.perf_counter() - started)
+        (probe[layer], per_fold[layer]), dims[layer] = probe_score(X, y, splits, seed), int(X.shape[1])
+    leep_per_fold = tr.leep_cv(probs, y, folds, seed)
+    return Similarity(n_sampled=int(ok.sum()), head_entropy=tr.normalized_entropy(probs),
+                      leep=float(leep_per_fold.mean()), nce=float(tr.nce_cv(probs, y, folds, seed).mean()),
+                      label_entropy=tr.label_entropy(y), probe_folds=folds, probe=probe, probe_dims=dims,
+                      leep_in_sample=tr.leep(probs, y), nce_in_sample=tr.nce(probs, y),
+                      leep_per_fold=[float(v) for v in leep_per_fold], probe_per_fold=per_fold,
+                      seconds_extract=seconds_extract, seconds_probe=time.perf_counter() - started)

@@ -6,8 +6,12 @@ an ``[n]`` int array of target classes. All logarithms are natural (nats).
 from __future__ import annotations
 
 import numpy as np
+from sklearn.model_selection import StratifiedKFold
 
 _TINY = 1e-12  # keeps log(0) finite; far below any probability the scores can resolve
+# Cross-fitted P(y | z) is shrunk towards the class prior by this many images' worth per source class z,
+# so that a z the training folds barely saw predicts the prior instead of a noisy 0 / 1.
+PRIOR_IMAGES = 1.0
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -65,6 +69,40 @@ def nce(probs: np.ndarray, labels: np.ndarray) -> float:
     conditional = joint / joint.sum(axis=0, keepdims=True)
     nonzero = joint > 0
     return float((joint[nonzero] * np.log(conditional[nonzero])).sum())
+
+
+def folds_of(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The stratified (train, held-out) index pairs that the cross-fitted scores and advise's probes share."""
+    y = _dense_labels(labels)
+    return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+
+
+def leep_cv(probs: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Cross-fitted LEEP, one value per held-out fold: P(y | z) from the other folds, the log-likelihood on this one.
+
+    In-sample LEEP scores P(y | z) on the images it was estimated from, so with labels the head knows
+    nothing about it still explains part of H(Y) (more the more classes); held out, such labels score
+    about -H(Y). P(y | z) is shrunk towards the training folds' class prior (``PRIOR_IMAGES``).
+    """
+    p, y = np.asarray(probs, dtype=np.float64), _dense_labels(labels)
+    return np.array([_held_out_loglik(p[fit], y[fit], p[held], y[held]).mean()
+                     for fit, held in folds_of(y, folds, seed)])
+
+
+def nce_cv(probs: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Cross-fitted NCE per held-out fold: NCE's P(y | top-1 class z) from the other folds, scored on this one."""
+    top1 = np.eye(np.asarray(probs).shape[1])[np.asarray(probs).argmax(axis=1)]
+    return leep_cv(top1, labels, folds, seed)
+
+
+def _held_out_loglik(p_fit: np.ndarray, y_fit: np.ndarray, p_held: np.ndarray, y_held: np.ndarray) -> np.ndarray:
+    """log sum_z P(y | z) p(z | x) for each held-out image, P(y | z) from the soft joint counts of the fit rows."""
+    classes = max(y_fit.max(), y_held.max()) + 1
+    counts = np.zeros((classes, p_fit.shape[1]))
+    np.add.at(counts, y_fit, p_fit)  # soft joint, in images
+    prior = np.bincount(y_fit, minlength=classes) / len(y_fit)
+    conditional = (counts + PRIOR_IMAGES * prior[:, None]) / (counts.sum(axis=0, keepdims=True) + PRIOR_IMAGES)
+    return np.log(np.clip((p_held * conditional[y_held]).sum(axis=1), _TINY, None))
 
 
 def explained_fraction(score: float, h_y: float) -> float:

@@ -47,11 +47,23 @@ def test_top_layer_preference_is_even_for_equal_probes_and_symmetric():
     assert a == pytest.approx(0.32 / (0.32 + 0.12))
 
 
-def test_similarity_is_the_mean_of_its_three_parts():
-    parts = scenario.similarity_parts(head_entropy=0.2, leep_fraction=0.6, top_accuracy=0.9, early_accuracy=0.9,
-                                      n_images=10)
-    assert parts.head_confidence == pytest.approx(0.8)
-    assert parts.similarity == pytest.approx((0.8 + 0.6 + 0.5) / 3)
+def test_similarity_is_the_mean_of_the_label_aware_parts_only():
+    parts = scenario.similarity_parts(head_entropy=0.2, leep_fractions=[0.6, 0.6, 0.6], top_scores=[0.9] * 3,
+                                      early_scores=[0.9] * 3, n_images=30)
+    assert parts.head_confidence == pytest.approx(0.8)  # reported, not counted: it ignores the labels
+    assert parts.similarity == pytest.approx((0.6 + 0.5) / 2)
+    assert parts.interval == pytest.approx((parts.similarity, parts.similarity))  # folds that agree: no spread
+
+
+def test_similarity_interval_is_the_t_interval_of_the_fold_similarities():
+    fractions, top, early = [0.2, 0.4, 0.6, 0.8], [0.9, 0.8, 0.9, 0.8], [0.7, 0.8, 0.9, 0.6]
+    parts = scenario.similarity_parts(0.5, fractions, top, early, n_images=40)
+    per_fold = [scenario.similarity_of(f, scenario.top_layer_preference(t, e, 10))
+                for f, t, e in zip(fractions, top, early)]
+    half = 3.182446 * np.std(per_fold, ddof=1) / 2  # t(0.975, 3 degrees of freedom) * standard error
+    low, high = parts.interval
+    assert low == pytest.approx(parts.similarity - half, abs=1e-4)
+    assert high == pytest.approx(parts.similarity + half, abs=1e-4)
 
 
 def test_commands_per_scenario_name_the_layer_and_freeze():
@@ -74,11 +86,13 @@ def test_notes_flag_imbalance_and_a_borderline_similarity():
 
     size = evidence.Size(n_images=40, n_classes=2, per_class={"a": 30, "b": 10}, min_per_class=10,
                          median_per_class=20.0, max_per_class=30, imbalance_ratio=3.0, split="train")
-    notes = notes_for(size, scenario.SIMILAR_FROM + 0.01)
+    at = scenario.SIMILAR_FROM
+    notes = notes_for(size, at + 0.01, (at - 0.03, at + 0.05))
     assert any("imbalanced (3.0x)" in n for n in notes) and any("borderline" in n for n in notes)
+    assert not any("borderline" in n for n in notes_for(size, at + 0.01, (at + 0.005, at + 0.015)))
     balanced = evidence.Size(n_images=20, n_classes=2, per_class={"a": 10, "b": 10}, min_per_class=10,
                              median_per_class=10.0, max_per_class=10, imbalance_ratio=1.0, split="train")
-    assert notes_for(balanced, 0.9) == []
+    assert notes_for(balanced, 0.9, (0.85, 0.95)) == []
 
 
 # --- transferability scores on constructed probability matrices --------------------------------------------
@@ -125,6 +139,41 @@ def test_nce_by_hand():
     # H(Y|Z) = P(z=0) H(2/3, 1/3) + P(z=2) * 0
     h = 0.75 * -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))
     assert tr.nce(probs, labels) == pytest.approx(-h)
+
+
+def _head_outputs(n: int, rng: np.random.Generator) -> np.ndarray:
+    """1000-way softmax outputs as peaked as a real ImageNet head's on photos."""
+    return tr.softmax(rng.normal(scale=3.0, size=(n, 1000)))
+
+
+@pytest.mark.parametrize("classes", [2, 10, 50])
+def test_cross_fitted_leep_of_labels_the_head_knows_nothing_about_is_near_zero(classes):
+    rng = np.random.default_rng(classes)
+    probs = _head_outputs(500, rng)
+    labels = rng.permutation(np.arange(500) % classes)  # permuted: independent of the head's outputs
+    h_y = tr.label_entropy(labels)
+    in_sample = tr.explained_fraction(tr.leep(probs, labels), h_y)
+    held_out = tr.explained_fraction(tr.leep_cv(probs, labels, folds=5, seed=0).mean(), h_y)
+    assert in_sample > 0.15  # the bias the cross-fitting removes, larger with more classes
+    assert held_out <= 0.05
+    assert tr.explained_fraction(tr.nce_cv(probs, labels, folds=5, seed=0).mean(), h_y) <= 0.05
+
+
+def test_cross_fitted_leep_keeps_an_informative_head_high():
+    rng = np.random.default_rng(0)
+    labels = np.arange(300) % 3
+    probs = np.eye(1000)[np.array([10, 500, 900])[labels]]  # each class has its own ImageNet class
+    folds = tr.leep_cv(probs, labels, folds=5, seed=0)
+    assert len(folds) == 5 and tr.explained_fraction(folds.mean(), tr.label_entropy(labels)) > 0.95
+    noisy = 0.5 * probs + 0.5 * _head_outputs(300, rng)
+    assert tr.explained_fraction(tr.leep_cv(noisy, labels).mean(), tr.label_entropy(labels)) > 0.5
+
+
+def test_cross_fitting_folds_are_stratified_and_seeded():
+    labels = np.array([0] * 20 + [1] * 10)
+    folds = tr.folds_of(labels, 5, seed=3)
+    assert [np.bincount(labels[held]).tolist() for _, held in folds] == [[4, 2]] * 5
+    assert all((a[1] == b[1]).all() for a, b in zip(folds, tr.folds_of(labels, 5, seed=3)))
 
 
 def test_softmax_rows_sum_to_one_and_keep_order():
@@ -184,6 +233,14 @@ def test_cli_json_contract(tmp_path, capsys):
     assert set(advice["evidence"]["probe"]) == {"penultimate", *evidence.EARLY_LAYERS["mobilenet_v2"]}
     assert advice["scenario"] == scenario.scenario_for(advice["size"]["median_per_class"], advice["similarity"])
     assert advice["try"] is None
+    ev, parts = advice["evidence"], advice["evidence"]["parts"]
+    assert advice["similarity"] == pytest.approx((parts["leep_fraction"] + parts["top_layer_preference"]) / 2,
+                                                 abs=1e-4)  # head confidence is reported, not counted
+    low, high = advice["similarity_interval"]
+    assert low <= advice["similarity"] <= high and parts["interval"] == [low, high]
+    assert len(ev["leep_per_fold"]) == ev["probe_folds"] == len(ev["probe_per_fold"]["penultimate"])
+    assert ev["leep"] == pytest.approx(np.mean(ev["leep_per_fold"]))
+    assert {"leep_in_sample", "nce", "nce_in_sample", "head_entropy"} <= set(ev)
 
 
 def test_cli_text_and_out_files(tmp_path, capsys):
