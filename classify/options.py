@@ -43,49 +43,43 @@ _iterations = _must(whole(1), "max_iter must be a positive number of iterations,
 
 
 @dataclass(frozen=True)
-class ClassifyConfig:
-    """The options of `cnncodes classify` / ``classify_codes`` (``progress`` is the command line's --quiet,
-    inverted)."""
+class _TrainingOptions:
+    """The options classify and compare share: how codes are normalized, weighted, split and cross-validated."""
 
-    layers: str | Sequence[str] | None = option(None)
-    classifier: str = option("svm", check=_known("classifier", CLASSIFIER_NAMES))
     normalize: str = option(DEFAULT_NORMALIZE, check=_known("normalization", NORMALIZE))
     C: float | None = option(None, "C")
     class_weight: str | dict | None = option("balanced", optional=True)
-    sampling: str = option("none", check=_known("sampling", SAMPLING))
     test: str | None = option(None)
     test_fraction: float | None = option(None, "test_fraction")
     seed: int = option(0)
     cv: int = option(5, "cv")
     progress: bool = option(True)
     n_jobs: int | None = option(None)
-    calibrate: bool = option(False)
     max_iter: int | None = option(None, check=_iterations)
-    positive: str | None = option(None)
     overwrite: bool = option(False)
     max_memory: str | int | None = option(None)
 
 
 @dataclass(frozen=True)
-class CompareConfig:
+class ClassifyConfig(_TrainingOptions):
+    """The options of `cnncodes classify` / ``classify_codes`` (``progress`` is the command line's --quiet,
+    inverted)."""
+
+    layers: str | Sequence[str] | None = option(None)
+    classifier: str = option("svm", check=_known("classifier", CLASSIFIER_NAMES))
+    sampling: str = option("none", check=_known("sampling", SAMPLING))
+    calibrate: bool = option(False)
+    positive: str | None = option(None)
+
+
+@dataclass(frozen=True)
+class CompareConfig(_TrainingOptions):
     """The options of `cnncodes compare` / ``compare``: classify's, with several classifiers, layer sets
     and sampling modes (each mode checked by ``check_options`` on its own)."""
 
     classifiers: Sequence[str] = option(DEFAULT_CLASSIFIERS)
     layers: str | Sequence | None = option(None)
-    normalize: str = option(DEFAULT_NORMALIZE, check=_known("normalization", NORMALIZE))
-    C: float | None = option(None, "C")
-    class_weight: str | dict | None = option("balanced", optional=True)
     sampling: str | Sequence[str] = option("none")
-    test: str | None = option(None)
-    test_fraction: float | None = option(None, "test_fraction")
-    seed: int = option(0)
-    cv: int = option(5, "cv")
-    progress: bool = option(True)
-    n_jobs: int | None = option(None)
-    max_iter: int | None = option(None, check=_iterations)
-    overwrite: bool = option(False)
-    max_memory: str | int | None = option(None)
 
 
 def check_options(options: dict) -> None:
