@@ -246,23 +246,23 @@ def test_a_fine_tuned_winner_is_refit_on_the_training_split_and_predicts(tree, t
 def test_a_killed_auto_resumes_its_fine_tune_where_the_kill_left_it(tree, tmp_path, monkeypatch):
     out = tmp_path / "run"
     argv = ["auto", str(tree), "--out", str(out), "--candidates", "finetune", *TINY_CLI, "--epochs", "2"]
-    killer = ("import os, signal, sys, pipeline\nfrom finetune import train\nsave = train.Trainer._save_checkpoint\n"
+    killer = ("import os, signal, sys, pipeline\nfrom finetune import trainer\nsave = trainer.Trainer._save_checkpoint\n"
               "def save_then_die(self):\n    save(self)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
-              "train.Trainer._save_checkpoint = save_then_die\nsys.exit(pipeline.main(sys.argv[1:]))\n")
+              "trainer.Trainer._save_checkpoint = save_then_die\nsys.exit(pipeline.main(sys.argv[1:]))\n")
     done = subprocess.run([sys.executable, "-c", killer, *argv], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == -signal.SIGKILL  # killed right after the first fine-tune's first epoch was saved
     first = json.loads((out / "started.json").read_text())
     assert list(first) == [name := next(iter(first))] and first[name] == 2
     assert not (out / "leaderboard.jsonl").exists()
-    from finetune import train
+    from finetune import trainer
 
-    trained, real_epoch = [], train.Trainer._epoch
+    trained, real_epoch = [], trainer.Trainer._epoch
 
     def recorded(self, k):
         trained.append((self.out.name, k))
         return real_epoch(self, k)
 
-    monkeypatch.setattr(train.Trainer, "_epoch", recorded)
+    monkeypatch.setattr(trainer.Trainer, "_epoch", recorded)
     assert pipeline.main(argv) == 0
     assert [k for run, k in trained if run == name] == [1]  # only its second epoch: the first was saved before the kill
     epochs = [json.loads(line) for line in (out / "candidates" / name / "epochs.jsonl").read_text().splitlines()]
