@@ -318,7 +318,8 @@ class _Run:
 
     def _selection_dataset(self, layers: tuple[str, ...]):
         """The codes of the selection manifest's rows: train = the fit rows, test = the selection share."""
-        from classify.data import Dataset, class_names_of, load, valid_rows
+        from classify.data import class_names_of, load, valid_rows
+        from classify.split import Dataset
 
         cf, X = load(self.codes_file(), list(layers))
         usable = valid_rows(cf, X)

@@ -12,9 +12,10 @@ from extract.config import check_config
 from extract.names import layer_runs
 from extract.outputs import guards_output
 
-from .data import codes_shape, file_taps, load_dataset, resolve_layers
+from .data import codes_shape, file_taps, resolve_layers
 from .fileio import ensure_writable, write_files
 from .options import DEFAULT_CLASSIFIERS, DEFAULT_NORMALIZE, CompareConfig
+from .split import load_dataset
 from . import stream, train
 from .stream import check_streamable, classify_streamed, should_stream
 from .train import check_options, fit_and_report, make_logger

@@ -30,12 +30,13 @@ from threadpoolctl import threadpool_limits
 
 from extract.codesfile import check_recipe
 
-from .data import (Plan, check_training_set, codes_shape, cv_sample, cv_splitter, file_meta, layer_recipe, meta_rows,
-                   plan_split, resolve_layers)
+from .cv import check_training_set, cv_sample, cv_splitter
+from .data import codes_shape, file_meta, layer_recipe, meta_rows, resolve_layers
 from .fileio import write_files
 from .model_io import load_model, model_files
 from .models import class_weight_values, make_normalizer, parse_class_weight
 from .report import build_report, report_files, summarize
+from .split import Plan, plan_split
 
 # In-memory classify peaks at about this many times the float32 codes it loads (bench/RESULTS.md):
 # the loaded file, the selected rows, the normalized copy and the solver's own copy.

@@ -24,13 +24,15 @@ from threadpoolctl import threadpool_limits
 from extract.outputs import guards_output
 
 from . import options
-from .data import Dataset, check_training_set, cv_sample, cv_splitter, layer_recipe, load_dataset
+from .cv import check_training_set, cv_sample, cv_splitter
+from .data import layer_recipe
 from .fileio import ensure_writable, write_files
 from .model_io import model_files
 from .models import build_pipeline, classifier_spec, param_grid, parse_class_weight
 from .options import DEFAULT_NORMALIZE
 from .report import (binary_metrics, build_report, class_counts, missing_test_classes, positive_scores,
                      report_files, summarize)
+from .split import Dataset, load_dataset
 from .stream import classify_streamed, should_stream
 
 CV_SCORING = "balanced_accuracy"

@@ -399,7 +399,7 @@ def test_calibration_folds_split_original_rows_and_resample_inside(codes, tmp_pa
 
 def test_cv_sample_keeps_every_class_in_every_fold():
     # a budget-sized sample of 10 rows once left one class a single row: "1-fold CV" crashed
-    from classify.data import cv_sample
+    from classify.cv import cv_sample
 
     y = np.repeat([0, 1, 2], [60, 20, 10])
     index, folds = cv_sample(y, 10, 5, seed=0)
