@@ -144,3 +144,11 @@ def require_two_classes(labels: np.ndarray, class_names: list[str], where: str) 
     if len(present) < 2:
         only = class_names[present[0]] if len(present) else "none"
         raise UsageError(f"{where} holds only one class ({only}); a classifier needs at least two")
+
+
+def check_finite(X: np.ndarray, rows: np.ndarray, paths: np.ndarray, path) -> None:
+    """ValueError naming the first of ``rows`` (read from ``path``) whose codes hold NaN or inf."""
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{path}: row(s) marked ok have NaN or infinite codes (first: {paths[rows[bad][0]]}); "
+                         "re-extract them")
