@@ -105,7 +105,7 @@ def load_codes(path: PathLike, layers: str | Sequence[str] | None = None, split:
         if split is not None:
             in_split = h5["split"].asstr()[()] == split
             if not in_split.any():  # the split rule's error (scikit-learn is loaded only on this path)
-                from classify.data import missing_split_error
+                from classify.split import missing_split_error
                 raise missing_split_error(path, h5["split"].asstr()[()], split)
             keep &= in_split
         X = np.hstack([h5["codes"][t][()][keep].astype(np.float32, copy=False) for t in wanted])

@@ -16,16 +16,13 @@ report.txt, auto.json and winner/ (the refit winner with the usual report contra
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,90 +32,15 @@ from extract.errors import UsageError
 from extract.names import AUTO_RESULT, AUTO_WINNER, check_backbone
 from extract.outputs import guards_output
 
-from .scenario import FREEZE_LARGE_DIFFERENT, FREEZE_LARGE_SIMILAR, FREEZE_SMALL_DIFFERENT
-from .selection import SELECTION_SHARE, append_log, noise, pick_winner, read_log, selection_share
+from .auto_plan import DEFAULT_BUDGET, Candidate, Clock, parse_budget, parse_kinds, plan_candidates
+from .auto_report import format_result, leaderboard_csv, ranked
+from .auto_roles import Roles, image_roles
+from .selection import SELECTION_SHARE, append_log, noise, pick_winner, read_log
 
-DEFAULT_BUDGET = "15m"
-KINDS = ("codes", "finetune")
-CODES_CLASSIFIERS = ("svm", "softmax")
-FREEZE_LADDER = (FREEZE_LARGE_SIMILAR, FREEZE_SMALL_DIFFERENT, FREEZE_LARGE_DIFFERENT)  # cheapest first
 FINETUNE_BATCH = 32
 ASSUMED_RATE = 20.0  # images/s decoded, for the estimates when no extraction ran (fine-tunes only); CPU-ish
 IMAGES, SELECTION, CODES, LOG, STARTED, SETTINGS = ("images.csv", "selection.csv", "codes.h5", "leaderboard.jsonl",
                                                     "started.json", "settings.json")
-LEADERBOARD_COLUMNS = ("rank", "candidate", "kind", "selection_score", "noise_se", "seconds", "status", "winner")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One option to score: a codes classifier on ``layers`` or a fine-tune at ``freeze``."""
-
-    name: str
-    kind: str
-    cost: tuple  # lower is cheaper: codes first (in plan order), then fine-tunes training the fewest units
-    layers: tuple[str, ...] = ()
-    classifier: str | None = None
-    freeze: float | None = None
-
-
-@dataclass
-class Clock:
-    """The time budget: seconds from the start of the call."""
-
-    seconds: float
-    started: float = field(default_factory=time.monotonic)
-
-    def left(self) -> float:
-        return self.seconds - (time.monotonic() - self.started)
-
-    def used(self) -> float:
-        return time.monotonic() - self.started
-
-
-def parse_budget(text: str | float) -> float:
-    """``"15m"``, ``"90s"``, ``"1h30m"`` or a number of seconds -> seconds (> 0); UsageError otherwise."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d*)?)h)?\s*(?:(\d+(?:\.\d*)?)m)?\s*(?:(\d+(?:\.\d*)?)s?)?\s*",
-                             str(text).lower())
-        if not parts or not any(parts.groups()):
-            raise UsageError(f"--budget must be a duration such as 15m, 90s or 1h30m, not {text!r}")
-        h, m, s = (float(g or 0) for g in parts.groups())
-        seconds = 3600 * h + 60 * m + s
-    if not 0 < seconds < float("inf"):
-        raise UsageError(f"--budget must be a positive duration, not {text!r}")
-    return seconds
-
-
-def parse_kinds(candidates: str | tuple | list) -> tuple[str, ...]:
-    """``"codes,finetune"`` (or a list) -> the candidate kinds to try; UsageError for an unknown one."""
-    kinds = [k.strip() for k in (candidates.split(",") if isinstance(candidates, str) else candidates) if k.strip()]
-    bad = [k for k in kinds if k not in KINDS]
-    if bad or not kinds:
-        raise UsageError(f"--candidates must be {' or '.join(KINDS)} or both comma-separated, not {candidates!r}")
-    return tuple(dict.fromkeys(kinds))
-
-
-def plan_candidates(advice: dict, kinds: tuple[str, ...]) -> list[Candidate]:
-    """The candidates in the order they run: codes classifiers (top layer, best earlier layer, both), then
-    fine-tunes at the advice's freeze and its neighbours on FREEZE_LADDER."""
-    from .evidence import TOP_LAYER
-    from .trial import TRY_FREEZE
-
-    plan = []
-    if "codes" in kinds:
-        early = advice["evidence"].get("best_early_layer")
-        layer_sets = [(TOP_LAYER,)] + ([(early,), (early, TOP_LAYER)] if early else [])
-        for layers in layer_sets:
-            for clf in CODES_CLASSIFIERS:
-                plan.append(Candidate(f"codes-{'+'.join(layers)}-{clf}", "codes", (0, len(plan)), layers, clf))
-    if "finetune" in kinds:
-        at = FREEZE_LADDER.index(TRY_FREEZE[advice["scenario"]])
-        for i in [at] + [j for j in (at - 1, at + 1) if 0 <= j < len(FREEZE_LADDER)]:
-            freeze = FREEZE_LADDER[i]
-            plan.append(Candidate(f"finetune-{freeze:g}", "finetune", (1, i), freeze=freeze))
-    return plan
 
 
 @guards_output("out_dir", images="images", resumes=lambda out: (out / SETTINGS).is_file())
@@ -141,7 +63,7 @@ def auto_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, budget
     _check_options(backbone, epochs=epochs, resize=resize, crop=crop, precision=precision, sample=sample)
     out, log = Path(out_dir), _logger(progress)
     columns = dict(path_column=path_column, label_column=label_column, split_column=split_column)
-    roles = _roles(images, columns, seed)
+    roles = image_roles(images, columns, seed)
     from extract.backbones import get_backbone
     from extract.weights import locate_weights
 
@@ -160,7 +82,7 @@ def auto_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, budget
     winner = pick_winner(rows)
     final = run.refit(winner, plan)
     result = _result(images, out, clock, advice, roles, rows, winner, final, budget)
-    write_files(out, {AUTO_RESULT: json.dumps(result, indent=2) + "\n", "leaderboard.csv": _csv(rows),
+    write_files(out, {AUTO_RESULT: json.dumps(result, indent=2) + "\n", "leaderboard.csv": leaderboard_csv(rows),
                       "report.txt": format_result(result) + "\n"})
     return result
 
@@ -179,53 +101,7 @@ def _check_options(backbone: str, sample: int | None, **finetune_options) -> Non
             raise UsageError(f"--sample must be a whole number of at least {MIN_SAMPLE}, not {sample!r}")
 
 
-@dataclass
-class _Roles:
-    """The images' roles: the manifests' text, the training labels and the selection share's size."""
-
-    images_csv: str
-    selection_csv: str
-    fingerprint: str
-    n_classes: int
-    n_train: int
-    n_selection: int
-    n_test: int
-    split_source: str
-    notes: list[str]
-
-
-def _roles(images, columns: dict, seed: int) -> _Roles:
-    """Training and evaluation rows by finetune's split rule (the one classify applies to the same column),
-    and the selection share of the training rows, as two manifests with absolute paths."""
-    from classify.data import require_two_classes
-    from extract.reader import list_images
-    from finetune.data import choose_splits
-
-    listing = list_images(images, **columns)
-    require_two_classes(listing.labels, listing.class_names, str(images))
-    splits = choose_splits(listing, listing.labels >= 0, 0.0, seed)
-    chosen = selection_share(listing.labels[splits.train], seed)
-
-    def manifest(rows: list[tuple[int, str]]) -> str:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["path", "label", "split"])
-        writer.writerows([(listing.root / listing.paths[i]).as_posix(), listing.class_names[listing.labels[i]], s]
-                         for i, s in rows)
-        return buf.getvalue()
-
-    held = "val" if set(np.asarray(listing.splits)[splits.test]) == {"val"} else "test"  # its own name, in reports
-    images_csv = manifest([(i, "train") for i in splits.train] + [(i, held) for i in splits.test])
-    selection_csv = manifest([(i, "test" if s else "train") for i, s in zip(splits.train, chosen)])
-    stamp = "".join(f"{p}\0{s}\0{m}\n" for p, s, m in zip(listing.paths, listing.file_size, listing.file_mtime_ns))
-    notes = list(splits.notes) + ([f"{len(splits.val)} val image(s) beside the test split are not used"]
-                                  if len(splits.val) else [])
-    return _Roles(images_csv, selection_csv, hashlib.sha256((images_csv + stamp).encode()).hexdigest(),
-                  len(listing.class_names), len(splits.train), int(chosen.sum()), len(splits.test),
-                  splits.split_source, notes)
-
-
-def _start(out: Path, roles: _Roles, options: dict, overwrite: bool) -> None:
+def _start(out: Path, roles: Roles, options: dict, overwrite: bool) -> None:
     """Refuse a RUN_DIR holding an auto run of other images or options (unless ``overwrite``, which clears
     it); write the manifests and the settings a rerun is compared with."""
     settings = {**options, "images": roles.fingerprint}
@@ -260,7 +136,7 @@ def _advice(images, out: Path, log, **options) -> dict:
 class _Run:
     """The candidates' runs and the winner's refit, all within one RUN_DIR and one clock."""
 
-    def __init__(self, out: Path, clock: Clock, log, roles: _Roles, advice: dict, common: dict, batch_size,
+    def __init__(self, out: Path, clock: Clock, log, roles: Roles, advice: dict, common: dict, batch_size,
                  seed: int, epochs: int | None, overwrite: bool):
         self.out, self.clock, self.log, self.roles, self.advice = out, clock, log, roles, advice
         self.common, self.batch_size, self.seed, self.epochs = common, batch_size, seed, epochs
@@ -318,7 +194,8 @@ class _Run:
 
     def _selection_dataset(self, layers: tuple[str, ...]):
         """The codes of the selection manifest's rows: train = the fit rows, test = the selection share."""
-        from classify.data import Dataset, class_names_of, load, valid_rows
+        from classify.data import class_names_of, load, valid_rows
+        from classify.split import Dataset
 
         cf, X = load(self.codes_file(), list(layers))
         usable = valid_rows(cf, X)
@@ -389,7 +266,7 @@ def _finetune(manifest: Path, target: Path, freeze: float, epochs: int, seed: in
                            val_fraction=0, batch_size=FINETUNE_BATCH, seed=seed, **common)
 
 
-def _result(images, out: Path, clock: Clock, advice: dict, roles: _Roles, rows: list[dict], winner: dict | None,
+def _result(images, out: Path, clock: Clock, advice: dict, roles: Roles, rows: list[dict], winner: dict | None,
             final: dict | None, budget) -> dict:
     estimate = None if final is None else {k: final[k] for k in ("balanced_accuracy", "macro_f1", "accuracy",
                                                                    "n_train", "n_test", "split_source")}
@@ -403,59 +280,10 @@ def _result(images, out: Path, clock: Clock, advice: dict, roles: _Roles, rows: 
             "n_selection": roles.n_selection, "noise": "binomial standard error (Laplace-smoothed recalls)",
             "rule": "the cheapest candidate within one standard error of the best"},
         "evaluation": {"split_source": roles.split_source, "n_test": roles.n_test},
-        "leaderboard": _ranked(rows, winner), "winner": None if winner is None else
+        "leaderboard": ranked(rows, winner), "winner": None if winner is None else
         {**winner, "run_dir": (out / AUTO_WINNER).as_posix(), "estimate": estimate},
         "notes": roles.notes,
     }
-
-
-def _ranked(rows: list[dict], winner: dict | None) -> list[dict]:
-    """Rows by selection score (best first; skipped ones last), with rank and the winner marked."""
-    order = sorted(rows, key=lambda r: (r["score"] is None, -(r["score"] or 0), r["cost"]))
-    return [{**r, "rank": k + 1 if r["score"] is not None else None,
-             "winner": winner is not None and r["candidate"] == winner["candidate"]} for k, r in enumerate(order)]
-
-
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(LEADERBOARD_COLUMNS)
-    for r in _ranked(rows, pick_winner(rows)):
-        writer.writerow([r["rank"] or "", r["candidate"], r["kind"], _fmt(r["score"]), _fmt(r["se"]),
-                         "" if r["seconds"] is None else r["seconds"], r["status"], "yes" if r["winner"] else ""])
-    return buf.getvalue()
-
-
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
-
-
-def format_result(result: dict) -> str:
-    """report.txt: the advice, the leaderboard, the winner and its honest estimate."""
-    adv, sel, ev = result["advice"], result["selection"], result["evaluation"]
-    lines = [f"auto on {result['images']}: advice scenario {adv['scenario']} ({adv['scenario_name']}); "
-             f"see {adv['file']}",
-             f"selection: each candidate fits on {sel['n_fit']} training images and is scored on the other "
-             f"{sel['n_selection']} (a stratified {sel['share']:g} share, seed {sel['seed']}) by balanced accuracy ± "
-             f"its {sel['noise']}; the evaluation split ({ev['split_source']}, {ev['n_test']} images) chose nothing",
-             "", "| # | candidate | selection bal. acc. | ± noise (SE) | time (s) | status |",
-             "|---:|---|---:|---:|---:|---|"]
-    for r in result["leaderboard"]:
-        mark = " (winner)" if r["winner"] else ""
-        seconds = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
-        lines.append(f"| {r['rank'] or ''} | {r['candidate']}{mark} | {_fmt(r['score'])} | {_fmt(r['se'])} | "
-                     f"{seconds} | {r['status']} |")
-    w = result["winner"]
-    if w is not None:
-        est = w["estimate"]
-        lines += ["", f"winner: {w['candidate']} ({sel['rule']}; {w['score']:.3f} ± {w['se']:.3f})",
-                  f"refit on all {est['n_train']} training images, evaluated once on {est['n_test']} held-out images "
-                  f"({est['split_source']}): balanced accuracy {est['balanced_accuracy']:.3f}, macro-F1 "
-                  f"{est['macro_f1']:.3f}, accuracy {est['accuracy']:.3f}: the honest estimate",
-                  f"its run folder: {w['run_dir']} (cnncodes predict {w['run_dir']} IMAGES -o predictions.csv)"]
-    lines += [f"budget {result['budget']}: {result['seconds']:.0f} s used"]
-    lines += [f"note: {n}" for n in result["notes"]]
-    return "\n".join(lines)
 
 
 def _logger(progress: bool):

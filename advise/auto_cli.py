@@ -12,7 +12,7 @@ def _budget(text: str) -> str:
     """--budget checked while parsing (a bad value fails before anything loads), kept as written."""
     from extract.errors import UsageError
 
-    from .auto import parse_budget
+    from .auto_plan import parse_budget
 
     try:
         parse_budget(text)

@@ -12,10 +12,11 @@ from extract.config import check_config
 from extract.names import layer_runs
 from extract.outputs import guards_output
 
-from .data import codes_shape, file_taps, load_dataset, resolve_layers
+from .data import codes_shape, file_taps, resolve_layers
 from .fileio import ensure_writable, write_files
 from .options import DEFAULT_CLASSIFIERS, DEFAULT_NORMALIZE, CompareConfig
-from . import stream, train
+from .split import load_dataset
+from . import stream, stream_cv, train
 from .stream import check_streamable, classify_streamed, should_stream
 from .train import check_options, fit_and_report, make_logger
 
@@ -130,7 +131,7 @@ def common_cv_rows(classifiers: Sequence[str], dims: Sequence[int], streamed: Se
     streamed: the budget's for that dimension), so that all are scored on the same folds of the same rows."""
     limits = [train.cv_row_limit(name) for name in classifiers] if not all(streamed) else []
     budget = stream.budget_bytes(max_memory)
-    limits += [stream.cv_row_limit(budget, dim, max(cv, 2)) for dim, s in zip(dims, streamed) if s]
+    limits += [stream_cv.cv_row_limit(budget, dim, max(cv, 2)) for dim, s in zip(dims, streamed) if s]
     return min(limits)
 
 

@@ -23,45 +23,29 @@ import numpy as np
 import sklearn
 from imblearn.pipeline import Pipeline
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import SGDClassifier
-from sklearn.model_selection import GridSearchCV
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from threadpoolctl import threadpool_limits
 
 from extract.codesfile import check_recipe
 
-from .data import (Plan, check_training_set, codes_shape, cv_sample, cv_splitter, file_meta, layer_recipe, meta_rows,
-                   plan_split, resolve_layers)
+from .cv import check_training_set
+from .data import check_finite, codes_shape, file_meta, layer_recipe, meta_rows, resolve_layers
 from .fileio import write_files
 from .model_io import load_model, model_files
 from .models import class_weight_values, make_normalizer, parse_class_weight
 from .report import build_report, report_files, summarize
+from .split import Plan, plan_split
+from .stream_cv import CV_SCORING, LOSSES, SmallCVSampleWarning, choose_alpha, cv_row_limit, make_sgd
 
 # In-memory classify peaks at about this many times the float32 codes it loads (bench/RESULTS.md):
 # the loaded file, the selected rows, the normalized copy and the solver's own copy.
 TRAIN_MEMORY_FACTOR = 4
 PREDICT_MEMORY_FACTOR = 2
-# The CV sample, its copy while normalized, the fold being fitted and its scaled copy, the row columns: at 5 the
-# sample overran a 256 MiB budget by 9%, at 6 it stayed inside (bench/RESULTS.md), so 6.
-SAMPLE_MEMORY_FACTOR = 6
 BLOCK_SHARE = 8  # one block of rows takes at most 1/BLOCK_SHARE of the budget (its copies fit beside it)
 MIN_EPOCHS, MAX_EPOCHS = 5, 100
 MIN_ROW_UPDATES = 100_000  # small training sets get more epochs: SGD needs about this many steps to settle
 PIECES_PER_BATCH = 32  # a batch mixes this many pieces from random places: files are often sorted by class
-ALPHA_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
-# hinge SGD chose 0.1, the top of a wider grid, on hymenoptera and gained 1.8 points there (bench/RESULTS.md)
-ALPHA_GRIDS = {"svm": (1e-7, *ALPHA_GRID, 1e-1), "softmax": ALPHA_GRID}
-DEFAULT_ALPHA = 1e-4  # scikit-learn's default, used when cross-validation is off
-LOSSES = {"svm": "hinge", "softmax": "log_loss"}
-CV_SCORING = "balanced_accuracy"
-CV_MAX_ROWS = 20_000
-MIN_CV_CLASS_ROWS = 5  # fewer rows of a class per validation fold: alpha's CV score is noise (a warning)
-CV_MAX_EPOCHS = 50  # the CV fits' cap: the same alpha ranking in a third of the time (bench/RESULTS.md)
 _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
-
-
-class SmallCVSampleWarning(UserWarning):
-    """alpha was chosen by CV on a sample too small for its score to mean much."""
 
 
 # ------------------------------------------------------------------------------------------- budget
@@ -152,13 +136,6 @@ class Blocks:
         return out
 
 
-def check_finite(X: np.ndarray, rows: np.ndarray, paths: np.ndarray, path) -> None:
-    bad = ~np.isfinite(X).all(axis=1)
-    if bad.any():
-        raise ValueError(f"{path}: row(s) marked ok have NaN or infinite codes (first: {paths[rows[bad][0]]}); "
-                         "re-extract them")
-
-
 # ------------------------------------------------------------------------------------------- training
 def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | None, classifier: str, normalize: str,
                       C: float | None, class_weight, sampling: str, test, test_fraction: float | None, seed: int,
@@ -190,7 +167,7 @@ def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | Non
             notes.append("streamed softmax is one-vs-rest logistic regression (SGD, log loss), not the "
                          "in-memory multinomial model")
         normalizer = _fit_normalizer(normalize, blocks, plan, codes, log)
-        alpha, cv_score, grid, folds, cv_notes = _choose_alpha(
+        alpha, cv_score, grid, folds, cv_notes = choose_alpha(
             blocks, plan, classifier, normalizer, weights, C, folds, cv_max_rows or cv_row_limit(budget, dim, folds),
             seed, log)
         notes += cv_notes
@@ -234,11 +211,6 @@ def check_streamable(classifier: str, sampling: str) -> None:
                          "class weights (--class-weight balanced, the default), or raise --max-memory")
 
 
-def make_sgd(classifier: str, weights, seed: int) -> SGDClassifier:
-    """Hinge (svm) or log loss (softmax), averaged SGD: averaging makes the last epochs' noise cancel out."""
-    return SGDClassifier(loss=LOSSES[classifier], class_weight=weights, average=True, random_state=seed)
-
-
 def epochs_for(n_train: int) -> int:
     return int(np.clip(np.ceil(MIN_ROW_UPDATES / max(n_train, 1)), MIN_EPOCHS, MAX_EPOCHS))
 
@@ -261,50 +233,6 @@ def _fit_normalizer(normalize: str, blocks: Blocks, plan: Plan, codes, log) -> P
         first = False
         prep.steps[-1][1].partial_fit(prep[:-1].transform(X) if len(steps) == 2 else X)
     return prep
-
-
-def cv_row_limit(budget: int, dim: int, folds: int) -> int:
-    """The most training rows the streamed cross-validation holds in memory: CV_MAX_ROWS, fewer when the
-    budget is small (``compare`` gives every candidate the smallest limit among them)."""
-    return max(folds * 2, min(CV_MAX_ROWS, budget // (SAMPLE_MEMORY_FACTOR * 4 * dim)))
-
-
-def _choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds, max_rows, seed, log):
-    """(alpha, CV score, grid, folds used, notes): CV on a stratified in-memory sample of at most ``max_rows``
-    training rows (``cv_sample``, as in memory), or a fixed value. Each CV fit fits its own feature scaler on
-    its training folds (the final model's scaler, fitted on every training row, would leak the validation
-    folds into them)."""
-    n = len(plan.y_train)
-    if C is not None:
-        alpha = 1.0 / (C * n)
-        return alpha, None, {}, 0, [f"C={C:g} fixed: alpha = 1 / (C x {n:,} training rows) = {alpha:.3g}"]
-    if not folds:
-        return DEFAULT_ALPHA, None, {}, 0, []
-    sample, folds = cv_sample(plan.y_train, max_rows, folds, seed)
-    X, y = blocks.gather(plan.train[sample]), plan.y_train[sample]
-    check_finite(X, plan.train[sample], plan.paths, plan.codes_path)
-    X = normalizer[:-1].transform(X) if len(normalizer.steps) > 1 else X  # the stateless normalization
-    grid = {"alpha": list(ALPHA_GRIDS[classifier])}
-    rows = (f"all {n:,} training rows" if len(y) == n else
-            f"a stratified in-memory sample of {len(y):,} of {n:,} training rows")
-    log(f"{classifier}: {folds}-fold CV over alpha in {grid['alpha']} on {rows}")
-    cv_model = Pipeline([("scale", StandardScaler()),
-                         ("clf", make_sgd(classifier, weights, seed).set_params(max_iter=CV_MAX_EPOCHS))])
-    search = GridSearchCV(cv_model, {"clf__alpha": grid["alpha"]}, scoring=CV_SCORING, cv=cv_splitter(folds, seed),
-                          error_score="raise", refit=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # the cap is deliberate
-        search.fit(X, y)
-    alpha = float(search.best_params_["clf__alpha"])
-    notes = [f"alpha chosen by {folds}-fold CV on {rows} (feature scaling fitted on each fit's training folds, "
-             f"at most {CV_MAX_EPOCHS} epochs per fit); the final model is trained on all of them"]
-    counts = np.bincount(y)
-    per_fold = int(counts[counts > 0].min()) // folds
-    if len(y) < n and per_fold < MIN_CV_CLASS_ROWS:
-        notes.append(f"alpha was chosen on too few rows to mean much: {len(y):,} rows, {per_fold} of the smallest "
-                     f"class per validation fold; raise --max-memory (a larger sample) or fix --C")
-        warnings.warn(notes[-1], SmallCVSampleWarning, stacklevel=3)
-    return alpha, float(search.best_score_), grid, folds, notes
 
 
 def _predict_rows(model, path, layers, index: np.ndarray, budget: int, paths) -> np.ndarray:

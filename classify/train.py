@@ -13,24 +13,24 @@ import imblearn
 import numpy as np
 import sklearn
 from imblearn.pipeline import Pipeline
-from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import GridSearchCV
 from threadpoolctl import threadpool_limits
 
 from extract.outputs import guards_output
 
 from . import options
-from .data import Dataset, check_training_set, cv_sample, cv_splitter, layer_recipe, load_dataset
+from .cv import check_training_set, cv_sample, cv_splitter, warm_path_cv
+from .data import layer_recipe
 from .fileio import ensure_writable, write_files
 from .model_io import model_files
 from .models import build_pipeline, classifier_spec, param_grid, parse_class_weight
 from .options import DEFAULT_NORMALIZE
 from .report import (binary_metrics, build_report, class_counts, missing_test_classes, positive_scores,
                      report_files, summarize)
+from .split import Dataset, load_dataset
 from .stream import classify_streamed, should_stream
 
 CV_SCORING = "balanced_accuracy"
@@ -242,46 +242,6 @@ def _warning_notes(caught: list, classifier: str) -> list[str]:
         notes.append(note)
         warnings.warn(note, category, stacklevel=3)
     return notes
-
-
-def warm_path_cv(pipe, param: str, values, X: np.ndarray, y: np.ndarray, splitter, n_jobs: int | None = None,
-                 cv_params=None):
-    """(best value, its mean CV balanced accuracy), as GridSearchCV would choose them (ties: the first value
-    in grid order), but each fold is prepared once and fits ``values`` in ascending order, every fit warm-started
-    from the previous one (the solutions move little between neighbouring C values); ``cv_params`` are set on
-    the classifier of these fits."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    per_fold = Parallel(n_jobs=n_jobs)(delayed(_fold_path)(pipe, param, [values[i] for i in order], X, y, train, test,
-                                                           cv_params) for train, test in splitter.split(X, y))
-    scores = np.empty(len(values))
-    scores[order] = np.mean(per_fold, axis=0)
-    best = int(np.argmax(scores))
-    return values[best], float(scores[best])
-
-
-def _fold_path(pipe, param: str, values, X, y, train, test, cv_params=None) -> list[float]:
-    """Balanced accuracy on ``test`` of the pipeline fitted on ``train`` at each of ``values``, in order:
-    the preprocessing and samplers are fitted once, the classifier is refitted with warm starts."""
-    X_fit, y_fit, X_val = X[train], y[train], X[test]
-    for _, step in pipe.steps[:-1]:
-        if step is None or step == "passthrough":
-            continue
-        step = clone(step)
-        if hasattr(step, "fit_resample"):
-            X_fit, y_fit = step.fit_resample(X_fit, y_fit)
-        else:
-            X_fit = step.fit_transform(X_fit, y_fit)
-            X_val = step.transform(X_val)
-    clf = clone(pipe.steps[-1][1]).set_params(warm_start=True, **(cv_params or {}))
-    with threadpool_limits(limits=1):
-        return [balanced_accuracy_score(y[test], clf.set_params(**{param: v}).fit(X_fit, y_fit).predict(X_val))
-                for v in values]
-
-
-def cv_subsample(X: np.ndarray, y: np.ndarray, max_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``max_rows`` rows, stratified by class and seeded (``cv_sample``'s rows)."""
-    keep, _ = cv_sample(y, max_rows, 2, seed)
-    return X[keep], y[keep]
 
 
 def cv_row_limit(classifier: str) -> int:

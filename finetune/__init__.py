@@ -5,7 +5,7 @@ loading torch.
 """
 from importlib import import_module
 
-_WHERE = {"finetune_images": "train", "FinetuneInterrupted": "train", "MODEL_FILE": "train",
+_WHERE = {"finetune_images": "train", "FinetuneInterrupted": "trainer", "MODEL_FILE": "train",
           "BACKBONE_FILE": "train", "predict_images": "predict", "is_finetuned_run": "predict"}
 __all__ = list(_WHERE)
 

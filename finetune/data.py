@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from classify.data import evaluation_split
+from classify.split import evaluation_split
 from extract.batches import decoder_init, fork_context
 from extract.images import ImageDataset
 from extract.reader import ImageList

@@ -22,7 +22,8 @@ from extract.outputs import guards_output
 from extract.reader import list_images
 
 from .data import decode, default_workers
-from .train import MODEL_FILE, forward_probs
+from .train import MODEL_FILE
+from .trainer import forward_probs
 
 
 def load_network(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:

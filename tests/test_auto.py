@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 import pipeline
-from advise import auto as auto_module
-from advise.auto import auto_images, parse_budget
+from advise import auto as auto_module, auto_plan, auto_report
+from advise.auto import auto_images
+from advise.auto_plan import parse_budget
 from advise.selection import append_log, noise, pick_winner, read_log, selection_share
 from conftest import ROOT, make_tree
 from finetune.budget import epochs_for
@@ -69,12 +70,12 @@ def test_the_cheapest_candidate_within_one_standard_error_wins():
 @pytest.mark.parametrize("scenario, freezes", [(1, ["0.7", "0.33"]), (3, ["0.33", "0.7", "0"]), (4, ["0", "0.33"])])
 def test_candidates_cheapest_first_then_the_advised_freeze_and_its_neighbours(scenario, freezes):
     advice = {"scenario": scenario, "evidence": {"best_early_layer": "block4"}}
-    plan = auto_module.plan_candidates(advice, ("codes", "finetune"))
+    plan = auto_plan.plan_candidates(advice, ("codes", "finetune"))
     assert [c.name for c in plan[:6]] == [f"codes-{layers}-{clf}" for layers in
                                           ("penultimate", "block4", "block4+penultimate") for clf in ("svm", "softmax")]
     assert [c.name.removeprefix("finetune-") for c in plan[6:]] == freezes
     assert [c.name for c in sorted(plan, key=lambda c: c.cost)][:6] == [c.name for c in plan[:6]]
-    none_early = auto_module.plan_candidates({"scenario": 1, "evidence": {"best_early_layer": None}}, ("codes",))
+    none_early = auto_plan.plan_candidates({"scenario": 1, "evidence": {"best_early_layer": None}}, ("codes",))
     assert [c.name for c in none_early] == ["codes-penultimate-svm", "codes-penultimate-softmax"]
 
 
@@ -114,7 +115,7 @@ def test_leaderboard_report_and_the_winners_run_contract(full_run, tree, tmp_pat
         assert (out / name).is_file(), name
     with open(out / "leaderboard.csv", newline="") as fh:
         board = list(csv.DictReader(fh))
-    assert list(board[0]) == list(auto_module.LEADERBOARD_COLUMNS)
+    assert list(board[0]) == list(auto_report.LEADERBOARD_COLUMNS)
     names = {r["candidate"] for r in board}
     assert {"codes-penultimate-svm", "codes-penultimate-softmax"} <= names
     assert any(n.startswith("finetune-") for n in names)
@@ -246,23 +247,23 @@ def test_a_fine_tuned_winner_is_refit_on_the_training_split_and_predicts(tree, t
 def test_a_killed_auto_resumes_its_fine_tune_where_the_kill_left_it(tree, tmp_path, monkeypatch):
     out = tmp_path / "run"
     argv = ["auto", str(tree), "--out", str(out), "--candidates", "finetune", *TINY_CLI, "--epochs", "2"]
-    killer = ("import os, signal, sys, pipeline\nfrom finetune import train\nsave = train.Trainer._save_checkpoint\n"
+    killer = ("import os, signal, sys, pipeline\nfrom finetune import trainer\nsave = trainer.Trainer._save_checkpoint\n"
               "def save_then_die(self):\n    save(self)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
-              "train.Trainer._save_checkpoint = save_then_die\nsys.exit(pipeline.main(sys.argv[1:]))\n")
+              "trainer.Trainer._save_checkpoint = save_then_die\nsys.exit(pipeline.main(sys.argv[1:]))\n")
     done = subprocess.run([sys.executable, "-c", killer, *argv], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == -signal.SIGKILL  # killed right after the first fine-tune's first epoch was saved
     first = json.loads((out / "started.json").read_text())
     assert list(first) == [name := next(iter(first))] and first[name] == 2
     assert not (out / "leaderboard.jsonl").exists()
-    from finetune import train
+    from finetune import trainer
 
-    trained, real_epoch = [], train.Trainer._epoch
+    trained, real_epoch = [], trainer.Trainer._epoch
 
     def recorded(self, k):
         trained.append((self.out.name, k))
         return real_epoch(self, k)
 
-    monkeypatch.setattr(train.Trainer, "_epoch", recorded)
+    monkeypatch.setattr(trainer.Trainer, "_epoch", recorded)
     assert pipeline.main(argv) == 0
     assert [k for run, k in trained if run == name] == [1]  # only its second epoch: the first was saved before the kill
     epochs = [json.loads(line) for line in (out / "candidates" / name / "epochs.jsonl").read_text().splitlines()]

@@ -13,7 +13,7 @@ import pytest
 from codes_fixtures import imbalanced_codes, make_codes, split_column, write_codes_file
 from sklearn.svm import LinearSVC
 
-from classify import classify_codes, load_model, models, predict_codes, stream
+from classify import classify_codes, load_model, models, predict_codes, stream, stream_cv
 from classify.stream import Blocks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_streamed_report_has_the_in_memory_keys_and_a_close_score(runs):
         assert streamed[key] == mem[key], key
     assert abs(streamed["balanced_accuracy"] - mem["balanced_accuracy"]) <= 0.1
     assert streamed["notes"][0].startswith("streamed solver:") and "over the memory budget" in streamed["notes"][0]
-    assert "SGD" in streamed["hyperparameter"] and streamed["cv_grid"] == {"alpha": list(stream.ALPHA_GRIDS["svm"])}
+    assert "SGD" in streamed["hyperparameter"] and streamed["cv_grid"] == {"alpha": list(stream_cv.ALPHA_GRIDS["svm"])}
     assert sum(sum(row) for row in streamed["confusion_matrix"]) == streamed["n_test"]
 
 
@@ -191,10 +191,10 @@ def test_cli_compare_and_run_take_max_memory(codes, tmp_path, capsys):
 
 def test_streamed_cv_fits_are_capped_without_convergence_notes(codes, tmp_path, monkeypatch):
     seen = []
-    grid_search = stream.GridSearchCV
-    monkeypatch.setattr(stream, "GridSearchCV", lambda est, *a, **k: seen.append(est.get_params()["clf__max_iter"])
+    grid_search = stream_cv.GridSearchCV
+    monkeypatch.setattr(stream_cv, "GridSearchCV", lambda est, *a, **k: seen.append(est.get_params()["clf__max_iter"])
                         or grid_search(est, *a, **k))
-    monkeypatch.setattr(stream, "CV_MAX_EPOCHS", 1)  # far from converged: every CV fit would warn
+    monkeypatch.setattr(stream_cv, "CV_MAX_EPOCHS", 1)  # far from converged: every CV fit would warn
     report = classify_codes(codes, tmp_path, max_memory=TINY, **FAST)
     assert seen == [1]
     assert any("at most 1 epochs per fit)" in note for note in report["notes"])

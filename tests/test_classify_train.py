@@ -345,13 +345,14 @@ def test_failure_while_writing_leaves_nothing_half_written(codes, tmp_path, monk
 
 def test_large_training_sets_choose_C_on_a_stratified_sample_then_fit_all_rows(codes, tmp_path, monkeypatch):
     import classify.train
+    from classify.cv import cv_subsample
 
     monkeypatch.setattr(classify.train, "CV_MAX_ROWS", 40)
     report = classify_codes(codes, tmp_path, **FAST)
     note = next(n for n in report["notes"] if "stratified sample" in n)
     assert f"sample of 40 of {report['n_train']} training rows" in note
     X, y = np.arange(200).reshape(100, 2), np.repeat([0, 1, 2, 3], 25)
-    Xs, ys = classify.train.cv_subsample(X, y, 40, seed=0)
+    Xs, ys = cv_subsample(X, y, 40, seed=0)
     assert len(ys) == 40 and np.bincount(ys).tolist() == [10, 10, 10, 10]
     assert np.all(np.diff(Xs[:, 0]) > 0)  # rows keep their order
 
@@ -399,7 +400,7 @@ def test_calibration_folds_split_original_rows_and_resample_inside(codes, tmp_pa
 
 def test_cv_sample_keeps_every_class_in_every_fold():
     # a budget-sized sample of 10 rows once left one class a single row: "1-fold CV" crashed
-    from classify.data import cv_sample
+    from classify.cv import cv_sample
 
     y = np.repeat([0, 1, 2], [60, 20, 10])
     index, folds = cv_sample(y, 10, 5, seed=0)

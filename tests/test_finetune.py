@@ -26,7 +26,8 @@ from extract.weights import RANDOM, WeightsInfo, build_model, sha256_of
 from finetune import finetune_images
 from finetune.data import choose_splits
 from finetune.model import build_network, param_groups
-from finetune.train import check_options, lr_lambda
+from finetune.train import check_options
+from finetune.trainer import lr_lambda
 from pipeline import main
 
 SMALL = dict(resize=36, crop=32, batch_size=4, workers=0, threads=1, progress=False)
@@ -319,7 +320,7 @@ def test_the_frozen_span_runs_in_eval_mode_dropout_included(backbone, freeze, dr
 
 
 def test_balanced_loss_weights_come_from_the_counts_an_epoch_draws():
-    from finetune.train import loss_weights
+    from finetune.trainer import loss_weights
 
     y = np.array([0] * 80 + [1] * 20)
     names = ["a", "b"]
@@ -356,7 +357,7 @@ def test_a_single_image_class_is_warned_about_and_missing_held_out_classes_noted
 
 def test_report_text_says_validation_and_names_no_layer(run):
     from classify.report import summarize
-    from finetune.train import curve_figure
+    from finetune.report import curve_figure
 
     out, report = run
     text = (out / "report.txt").read_text()

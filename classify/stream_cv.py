@@ -1,0 +1,84 @@
+"""The streamed fit's SGD model and its cross-validation: alpha chosen on a stratified in-memory sample of the
+training rows (``choose_alpha``), the sample's size from the memory budget (``cv_row_limit``).
+
+Apart from classify.stream (the out-of-core fit, evaluation and predict) so that each reads on its own.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from imblearn.pipeline import Pipeline
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import SGDClassifier
+from sklearn.model_selection import GridSearchCV
+from sklearn.preprocessing import StandardScaler
+
+from .cv import cv_sample, cv_splitter
+from .data import check_finite
+
+# The CV sample, its copy while normalized, the fold being fitted and its scaled copy, the row columns: at 5 the
+# sample overran a 256 MiB budget by 9%, at 6 it stayed inside (bench/RESULTS.md), so 6.
+SAMPLE_MEMORY_FACTOR = 6
+ALPHA_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+# hinge SGD chose 0.1, the top of a wider grid, on hymenoptera and gained 1.8 points there (bench/RESULTS.md)
+ALPHA_GRIDS = {"svm": (1e-7, *ALPHA_GRID, 1e-1), "softmax": ALPHA_GRID}
+DEFAULT_ALPHA = 1e-4  # scikit-learn's default, used when cross-validation is off
+LOSSES = {"svm": "hinge", "softmax": "log_loss"}
+CV_SCORING = "balanced_accuracy"
+CV_MAX_ROWS = 20_000
+MIN_CV_CLASS_ROWS = 5  # fewer rows of a class per validation fold: alpha's CV score is noise (a warning)
+CV_MAX_EPOCHS = 50  # the CV fits' cap: the same alpha ranking in a third of the time (bench/RESULTS.md)
+
+
+class SmallCVSampleWarning(UserWarning):
+    """alpha was chosen by CV on a sample too small for its score to mean much."""
+
+
+def make_sgd(classifier: str, weights, seed: int) -> SGDClassifier:
+    """Hinge (svm) or log loss (softmax), averaged SGD: averaging makes the last epochs' noise cancel out."""
+    return SGDClassifier(loss=LOSSES[classifier], class_weight=weights, average=True, random_state=seed)
+
+
+def cv_row_limit(budget: int, dim: int, folds: int) -> int:
+    """The most training rows the streamed cross-validation holds in memory: CV_MAX_ROWS, fewer when the
+    budget is small (``compare`` gives every candidate the smallest limit among them)."""
+    return max(folds * 2, min(CV_MAX_ROWS, budget // (SAMPLE_MEMORY_FACTOR * 4 * dim)))
+
+
+def choose_alpha(blocks, plan, classifier, normalizer, weights, C, folds, max_rows, seed, log):
+    """(alpha, CV score, grid, folds used, notes): CV on a stratified in-memory sample of at most ``max_rows``
+    training rows (``cv_sample``, as in memory), or a fixed value. Each CV fit fits its own feature scaler on
+    its training folds (the final model's scaler, fitted on every training row, would leak the validation
+    folds into them)."""
+    n = len(plan.y_train)
+    if C is not None:
+        alpha = 1.0 / (C * n)
+        return alpha, None, {}, 0, [f"C={C:g} fixed: alpha = 1 / (C x {n:,} training rows) = {alpha:.3g}"]
+    if not folds:
+        return DEFAULT_ALPHA, None, {}, 0, []
+    sample, folds = cv_sample(plan.y_train, max_rows, folds, seed)
+    X, y = blocks.gather(plan.train[sample]), plan.y_train[sample]
+    check_finite(X, plan.train[sample], plan.paths, plan.codes_path)
+    X = normalizer[:-1].transform(X) if len(normalizer.steps) > 1 else X  # the stateless normalization
+    grid = {"alpha": list(ALPHA_GRIDS[classifier])}
+    rows = (f"all {n:,} training rows" if len(y) == n else
+            f"a stratified in-memory sample of {len(y):,} of {n:,} training rows")
+    log(f"{classifier}: {folds}-fold CV over alpha in {grid['alpha']} on {rows}")
+    cv_model = Pipeline([("scale", StandardScaler()),
+                         ("clf", make_sgd(classifier, weights, seed).set_params(max_iter=CV_MAX_EPOCHS))])
+    search = GridSearchCV(cv_model, {"clf__alpha": grid["alpha"]}, scoring=CV_SCORING, cv=cv_splitter(folds, seed),
+                          error_score="raise", refit=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the cap is deliberate
+        search.fit(X, y)
+    alpha = float(search.best_params_["clf__alpha"])
+    notes = [f"alpha chosen by {folds}-fold CV on {rows} (feature scaling fitted on each fit's training folds, "
+             f"at most {CV_MAX_EPOCHS} epochs per fit); the final model is trained on all of them"]
+    counts = np.bincount(y)
+    per_fold = int(counts[counts > 0].min()) // folds
+    if len(y) < n and per_fold < MIN_CV_CLASS_ROWS:
+        notes.append(f"alpha was chosen on too few rows to mean much: {len(y):,} rows, {per_fold} of the smallest "
+                     f"class per validation fold; raise --max-memory (a larger sample) or fix --C")
+        warnings.warn(notes[-1], SmallCVSampleWarning, stacklevel=3)
+    return alpha, float(search.best_score_), grid, folds, notes
