@@ -172,7 +172,7 @@ class ClassifierSpec:
     default: object
     takes_class_weight: bool = True
     warm_path: bool = False  # CV fits the grid in ascending order per fold, each fit starting from the last
-    cv_max_rows: int | None = None  # CV on a stratified sample of at most this many rows (None: train.CV_MAX_ROWS)
+    cv_max_rows: int | None = None  # CV on a stratified sample of at most this many rows (None: cv.CV_MAX_ROWS)
     cv_params: Mapping | None = None  # classifier settings for the CV fits only (the final fit keeps its own)
 
 

@@ -14,7 +14,7 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import GridSearchCV
 from sklearn.preprocessing import StandardScaler
 
-from .cv import cv_sample, cv_splitter
+from .cv import CV_MAX_ROWS, CV_SCORING, cv_sample, cv_splitter
 from .data import check_finite
 
 # The CV sample, its copy while normalized, the fold being fitted and its scaled copy, the row columns: at 5 the
@@ -25,8 +25,6 @@ ALPHA_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 ALPHA_GRIDS = {"svm": (1e-7, *ALPHA_GRID, 1e-1), "softmax": ALPHA_GRID}
 DEFAULT_ALPHA = 1e-4  # scikit-learn's default, used when cross-validation is off
 LOSSES = {"svm": "hinge", "softmax": "log_loss"}
-CV_SCORING = "balanced_accuracy"
-CV_MAX_ROWS = 20_000
 MIN_CV_CLASS_ROWS = 5  # fewer rows of a class per validation fold: alpha's CV score is noise (a warning)
 CV_MAX_EPOCHS = 50  # the CV fits' cap: the same alpha ranking in a third of the time (bench/RESULTS.md)
 

@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 from extract.outputs import guards_output
 
 from . import options
-from .cv import check_training_set, cv_sample, cv_splitter, warm_path_cv
+from .cv import CV_MAX_ROWS, CV_SCORING, check_training_set, cv_sample, cv_splitter, warm_path_cv
 from .data import layer_recipe
 from .fileio import ensure_writable, write_files
 from .model_io import model_files
@@ -33,10 +33,6 @@ from .report import (binary_metrics, build_report, class_counts, missing_test_cl
 from .split import Dataset, load_dataset
 from .stream import classify_streamed, should_stream
 
-CV_SCORING = "balanced_accuracy"
-# Above this many training rows, C is chosen on a stratified sample (the final fit still uses every row):
-# 25 cross-validation fits on 100,000 codes would take most of an hour on two cores.
-CV_MAX_ROWS = 20_000
 CALIBRATION_FOLDS = 3  # sigmoid calibration folds inside the training split (fewer when a class is smaller)
 
 
