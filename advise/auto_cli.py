@@ -7,6 +7,8 @@ from pathlib import Path
 
 from extract import cli_common as cli
 
+from .cli import add_backbone_options
+
 
 def _budget(text: str) -> str:
     """--budget checked while parsing (a bad value fails before anything loads), kept as written."""
@@ -45,14 +47,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--sample", type=int, help="training images for the advice (default: advise's, 500)")
     p.add_argument("--seed", type=int, default=0, help="seed for the splits, folds and fine-tunes (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming RUN_DIR's run")
-    g = p.add_argument_group("backbone")
-    g.add_argument("--backbone", "--model", default="mobilenet_v2",
-                   help=cli.BACKBONE_HELP)
-    g.add_argument("--weights", metavar="FILE|random", help="checkpoint (default: found as for extract)")
-    g.add_argument("--resize", type=cli.positive_int, help="shorter side before the crop (default: the backbone's)")
-    g.add_argument("--crop", type=cli.positive_int, help="center crop size (default: the backbone's)")
-    cli.add_running_options(p)
-    cli.add_column_options(p)
+    add_backbone_options(p)
     p.set_defaults(func=cmd_auto)
 
 

@@ -34,6 +34,13 @@ def add_parsers(sub) -> None:
                    help="write into a DIR that holds files already (its advice files are replaced)")
     p.add_argument("--json", action="store_true", help="print the advice as JSON (for scripts)")
     p.add_argument("--seed", type=int, default=A.seed, help="seed for the sample, folds and fine-tune (default: 0)")
+    add_backbone_options(p)
+    p.set_defaults(func=cmd_advise)
+
+
+def add_backbone_options(p: argparse.ArgumentParser) -> None:
+    """The backbone, preprocessing, running and manifest-column options of advise, which auto shares (it advises
+    with them and trains its candidates with them), checked as AdviseConfig declares."""
     g = p.add_argument_group("backbone")
     g.add_argument("--backbone", "--model", default=A.backbone,
                    help=BACKBONE_HELP)
@@ -42,7 +49,6 @@ def add_parsers(sub) -> None:
     g.add_argument("--crop", type=declared(A, "crop"), help="center crop size (default: the backbone's, e.g. 224)")
     add_running_options(p)
     add_column_options(p)
-    p.set_defaults(func=cmd_advise)
 
 
 def cmd_advise(args: argparse.Namespace) -> int:
