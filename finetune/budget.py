@@ -39,12 +39,12 @@ def step_seconds(backbone: str, weights: str | None, freeze: float, n_classes: i
     from extract.device import pick_device
     from extract.weights import build_model, locate_weights
 
-    from .model import build_network, train_mode
+    from .model import build_network, place, train_mode
 
     bb = get_backbone(backbone)
     dev = pick_device(device)
     net = build_network(build_model(bb, locate_weights(bb, weights)), bb, n_classes, freeze, None)
-    net.model.to(dev)
+    place(net.model, dev)
     train_mode(net, False, backbone_too=True)
     optimizer = torch.optim.SGD([p for p in net.model.parameters() if p.requires_grad], lr=1e-6, momentum=0.9)
     x = torch.randn(batch_size, 3, crop, crop, device=dev)

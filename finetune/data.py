@@ -131,10 +131,11 @@ class CachedImages(Dataset):
 
 
 def normalize(batch: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> float32 normalized with the backbone's ImageNet mean and std."""
+    """uint8 [B, 3, H, W] -> float32 normalized with the backbone's ImageNet mean and std, channels-last
+    like the model (``model.place``)."""
     m = torch.tensor(mean, device=batch.device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=batch.device).view(1, 3, 1, 1)
-    return (batch.float() / 255.0 - m) / s
+    return ((batch.float() / 255.0 - m) / s).contiguous(memory_format=torch.channels_last)
 
 
 def epoch_sampler(labels: np.ndarray, sampling: str, seed: int, epoch: int) -> Sampler:

@@ -92,6 +92,12 @@ def build_network(model: nn.Module, backbone: Backbone, n_classes: int, freeze: 
     return net
 
 
+def place(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move ``model`` to ``device`` in channels-last layout, the layout oneDNN's CPU convolutions are fastest in
+    (training steps 2x faster than NCHW on the CPU: bench/RESULTS.md); ``normalize`` makes inputs match."""
+    return model.to(device, memory_format=torch.channels_last)
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, module)

@@ -22,6 +22,7 @@ from extract.outputs import guards_output
 from extract.reader import list_images
 
 from .data import decode, default_workers
+from .model import place
 from .train import MODEL_FILE
 from .trainer import forward_probs
 
@@ -64,7 +65,7 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike | Seque
     rule = binary_rule(bundle["class_names"], True, threshold, positive)
     dev = pick_device(device)
     amp, _ = mixed_precision(dev, precision)
-    model.to(dev)
+    place(model, dev)
     prep, names = bundle["preprocess"], bundle["class_names"]
     rows = np.arange(len(listing))
     decoded, failures = decode(listing, rows, prep["resize"], prep["crop"], prep["interpolation"],

@@ -33,7 +33,7 @@ from extract.weights import FINETUNED_BACKBONE, WeightsInfo, build_model, locate
 from . import checkpoint
 from . import options as options_module
 from .data import choose_splits, decode, default_workers
-from .model import backbone_state, backbone_units, build_network, frozen_count, head_name
+from .model import backbone_state, backbone_units, build_network, frozen_count, head_name, place
 from .report import finetune_report, plot_curve
 from .trainer import FORMAT_VERSION, FinetuneInterrupted, Trainer
 
@@ -97,7 +97,7 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
             raise FinetuneInterrupted("interrupted while decoding images; nothing was trained yet") from None
         _seed_everything(seed)  # the new head's initialization
         net = build_network(build_model(bb, winfo), bb, len(listing.class_names), freeze, freeze_until)
-        net.model.to(dev)
+        place(net.model, dev)
         trainer = Trainer(net, data, listing.class_names, options, config, dev, precision, out, log, progress)
         trainer.run(state, on_epoch)
         return _finish(trainer, out, bb, winfo, listing, splits, data, options, prep, log)
