@@ -90,17 +90,18 @@ def load_codes(path: PathLike, layers: str | Sequence[str] | None = None, split:
     naming those it has); rows whose image failed
     (NaN codes) are left out unless ``include_failed``. Uses h5py only (no torch, no scikit-learn).
     """
+    from extract.errors import UsageError
     from extract.names import concatenated_taps
 
     with h5py.File(path, "r") as h5:
         if "codes" not in h5:
-            raise ValueError(f"{path} is not a cnncodes codes file (no /codes group)")
+            raise UsageError(f"{path} is not a cnncodes codes file (no /codes group)")
         available = list(h5["codes"].keys())
         taps = [t["name"] for t in json.loads(h5.attrs.get("taps", "[]")) if t["name"] in available] or available
         wanted = taps[:1] if layers is None else concatenated_taps(layers)
         missing = [t for t in wanted if t not in available]
         if missing:
-            raise ValueError(f"{path} has no {', '.join(missing)}; it has {', '.join(available)}")
+            raise UsageError(f"{path} has no {', '.join(missing)}; it has {', '.join(available)}")
         keep = np.ones(len(h5["labels"]), bool) if include_failed else h5["ok"][()].astype(bool)
         if split is not None:
             in_split = h5["split"].asstr()[()] == split
@@ -231,9 +232,11 @@ def _codes_transformer_class() -> type:
             return self
 
         def transform(self, X) -> np.ndarray:
+            from extract.errors import UsageError
+
             paths = [Path(p).resolve() for p in (X.tolist() if isinstance(X, np.ndarray) else X)]
             if not paths:
-                raise ValueError("CodesTransformer.transform needs at least one image path")
+                raise UsageError("CodesTransformer.transform needs at least one image path")
             from extract.names import concatenated_taps
 
             layers = concatenated_taps(self.layer)
@@ -245,7 +248,7 @@ def _codes_transformer_class() -> type:
                                        workers=self.workers, progress=self.progress, views=self.views)
                 if result.failures:
                     shown = "; ".join(f"{p}: {why}" for p, why in result.failures[:5])
-                    raise ValueError(f"{len(result.failures)} image(s) could not be read: {shown}")
+                    raise UsageError(f"{len(result.failures)} image(s) could not be read: {shown}")
                 with h5py.File(out, "r") as h5:
                     root = Path(h5.attrs["image_root"])
                 codes = load_codes(out, layers)

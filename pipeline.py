@@ -5,16 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from advise import auto_cli, cli as advise_cli
 from classify import cli as classify_cli
 from extract import cli as extract_cli
 from extract.cli_common import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, shard_of  # noqa: F401
 from finetune import cli as finetune_cli
-
-_HERE = Path(__file__).resolve().parent
-OWN_CODE = {_HERE / "extract", _HERE / "classify", _HERE / "finetune", _HERE / "advise", _HERE}  # see is_usage_error
 
 
 def package_version() -> str:
@@ -100,18 +96,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def is_usage_error(err: Exception) -> bool:
-    """Whether ``err`` is the user's mistake (exit 2), not a bug (exit 1): a UsageError, or a ValueError that
-    cnncodes' own code raised (its convention for a one-line message about unusable input). A ValueError
-    from inside a library, a KeyError, a TypeError... is a bug."""
+    """Whether ``err`` is the user's mistake (exit 2), not a bug (exit 1): a UsageError (raised where the input
+    is checked) or argparse's own error. Any other exception, a plain ValueError included, is a bug."""
     from extract.errors import UsageError
 
-    if isinstance(err, UsageError):
-        return True
-    tb = err.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    raised_by = Path(tb.tb_frame.f_code.co_filename).resolve() if tb else Path("/")
-    return isinstance(err, ValueError) and raised_by.parent in OWN_CODE
+    return isinstance(err, (UsageError, argparse.ArgumentError, argparse.ArgumentTypeError))
 
 
 def _report_bug(command: str, err: Exception) -> int:

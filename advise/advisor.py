@@ -9,6 +9,7 @@ import time
 
 from classify.fileio import write_files
 from extract import ExtractionInterrupted, get_backbone
+from extract.errors import UsageError
 from extract.outputs import guards_output
 from extract.reader import list_images
 from extract.weights import locate_weights
@@ -46,11 +47,11 @@ def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", 
     rows, which = evidence.training_rows(listing)
     size = evidence.measure_size(listing, rows, which)
     if size.n_classes < 2:
-        raise ValueError(f"{images}: the training images hold one class ({', '.join(size.per_class)}); "
+        raise UsageError(f"{images}: the training images hold one class ({', '.join(size.per_class)}); "
                          "advice needs at least two")
     evidence.check_per_class(size.per_class, "training images")  # before the pass, not after it
     if sample < evidence.MIN_PER_CLASS_SAMPLED * size.n_classes:
-        raise ValueError(f"--sample {sample} is too small for {size.n_classes} classes "
+        raise UsageError(f"--sample {sample} is too small for {size.n_classes} classes "
                          f"(at least {evidence.MIN_PER_CLASS_SAMPLED * size.n_classes})")
     locate_weights(bb, weights)  # a missing checkpoint is an error now, not after the listing work
     log(f"{size.n_images} {which} images in {size.n_classes} classes")

@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from classify.models import build_pipeline, param_grid
 from extract import extract_codes, get_backbone, open_codes
+from extract.errors import UsageError
 from extract.reader import ImageList
 from extract.weights import build_model, locate_weights
 
@@ -105,7 +106,7 @@ def training_rows(listing: ImageList) -> tuple[np.ndarray, str]:
     else:
         rows, which = np.flatnonzero(labeled & (splits == "")), "all labeled"
     if len(rows) == 0:
-        raise ValueError(f"{listing.root}: no labeled training images (expected root/CLASS/*, root/train/CLASS/* or "
+        raise UsageError(f"{listing.root}: no labeled training images (expected root/CLASS/*, root/train/CLASS/* or "
                          "a manifest with a label column)")
     return rows, which
 
@@ -126,7 +127,7 @@ def check_per_class(per_class: dict[str, int], what: str) -> None:
     stratified folds need that many of every class."""
     few = [f"{name!r} ({n})" for name, n in per_class.items() if n < MIN_PER_CLASS_SAMPLED]
     if few:
-        raise ValueError(f"{'class' if len(few) == 1 else 'classes'} {', '.join(few)} "
+        raise UsageError(f"{'class' if len(few) == 1 else 'classes'} {', '.join(few)} "
                          f"{'has' if len(few) == 1 else 'have'} fewer than {MIN_PER_CLASS_SAMPLED} {what}; advise needs "
                          f"{MIN_PER_CLASS_SAMPLED} of every class: add images, or leave the class out")
 
@@ -202,7 +203,7 @@ def measure_similarity(listing: ImageList, rows: np.ndarray, *, backbone: str, w
         cf = open_codes(result.path)
     ok = cf.rows.ok.astype(bool)
     if ok.sum() < 2 * MIN_PER_CLASS_SAMPLED:
-        raise ValueError(f"only {int(ok.sum())} of the {len(picked)} sampled images could be read")
+        raise UsageError(f"only {int(ok.sum())} of the {len(picked)} sampled images could be read")
     y = cf.rows.labels[ok]
     readable = np.bincount(y, minlength=len(cf.class_names))
     check_per_class(dict(zip(cf.class_names, readable.tolist())), "readable sampled images")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from extract.errors import UsageError
+
 SELECTION_SHARE = 0.2  # of the training split, held out of every candidate's fit to score it
 MIN_TRAIN_PER_CLASS = 3  # one image in the share, two to fit (classify's folds need two of a class)
 
@@ -27,7 +29,7 @@ def selection_share(labels: np.ndarray, seed: int, share: float = SELECTION_SHAR
     classes, counts = np.unique(labels, return_counts=True)
     if len(classes) < 2 or counts.min() < MIN_TRAIN_PER_CLASS:
         few = ", ".join(f"{c} ({n})" for c, n in zip(classes, counts) if n < MIN_TRAIN_PER_CLASS)
-        raise ValueError(f"auto needs at least {MIN_TRAIN_PER_CLASS} training images of each of at least two "
+        raise UsageError(f"auto needs at least {MIN_TRAIN_PER_CLASS} training images of each of at least two "
                          f"classes (one scores the candidates, two fit them); too few: {few or 'a single class'}")
     n_take = max(math.ceil(share * len(labels)), len(classes))
     _, taken = train_test_split(np.arange(len(labels)), test_size=n_take, random_state=seed, stratify=labels)

@@ -9,6 +9,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from extract.config import check_config
+from extract.errors import UsageError
 from extract.names import layer_runs
 from extract.outputs import guards_output
 
@@ -49,7 +50,7 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
     rows in that order. ``fit_time_s`` includes cross-validation.
     """
     if not classifiers:
-        raise ValueError("no classifier given")
+        raise UsageError("no classifier given")
     samplings = sampling_modes(sampling)
     for name in classifiers:
         for mode in samplings:
@@ -98,7 +99,7 @@ def sampling_modes(sampling: str | Sequence[str]) -> list[str]:
     items = sampling.split(",") if isinstance(sampling, str) else list(sampling)
     modes = list(dict.fromkeys(m.strip() for m in items if m.strip()))
     if not modes:
-        raise ValueError(f"sampling {sampling!r} names no mode")
+        raise UsageError(f"sampling {sampling!r} names no mode")
     return modes
 
 

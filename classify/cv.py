@@ -15,6 +15,8 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from threadpoolctl import threadpool_limits
 
+from extract.errors import UsageError
+
 from .data import require_two_classes
 
 CV_SCORING = "balanced_accuracy"  # what cross-validation chooses by, in memory and streamed
@@ -34,7 +36,7 @@ def check_training_set(y_train: np.ndarray, class_names: list[str], cv: int) -> 
                    "classifier's default, and no CV score is computed"]
     single = [class_names[c] for c in present if counts[c] == 1]
     if single:
-        raise ValueError(f"class {', '.join(map(repr, single))} has a single training example; "
+        raise UsageError(f"class {', '.join(map(repr, single))} has a single training example; "
                          f"cross-validation needs at least 2 per class (add images, or pass cv=0 with a fixed C)")
     smallest = int(counts[present].min())
     if smallest < cv:

@@ -22,12 +22,12 @@ BLOCK_BYTES = 64 * 2 ** 20  # codes read at a time by the overlap check (the str
 def file_meta(path: str | os.PathLike) -> tuple[dict, list[str]]:
     """The attributes of a codes file and the names of its stored /codes datasets (no codes read)."""
     if not Path(path).is_file():
-        raise ValueError(f"{path}: no such codes file")
+        raise UsageError(f"{path}: no such codes file")
     try:
         with h5py.File(path, "r") as h5:
             return read_meta(h5), (list(h5["codes"].keys()) if "codes" in h5 else [])
     except OSError as err:
-        raise ValueError(f"{path} is not a readable HDF5 codes file ({err})") from err
+        raise UsageError(f"{path} is not a readable HDF5 codes file ({err})") from err
 
 
 def file_taps(path: str | os.PathLike) -> list[str]:
@@ -41,13 +41,13 @@ def resolve_layers(path: str | os.PathLike, layers: str | Sequence[str] | None) 
     """The requested taps, concatenated (``"a+b"``, or a list), default the file's first tap."""
     available = file_taps(path)
     if not available:
-        raise ValueError(f"{path} holds no codes (no /codes datasets)")
+        raise UsageError(f"{path} holds no codes (no /codes datasets)")
     if layers is None:
         return available[:1]
     wanted = concatenated_taps(layers)
     unknown = [t for t in wanted if t not in available]
     if unknown or not wanted:
-        raise ValueError(f"{path} has no layer {', '.join(unknown) or '(none given)'}; "
+        raise UsageError(f"{path} has no layer {', '.join(unknown) or '(none given)'}; "
                          f"available layers: {', '.join(available)}")
     return wanted
 
@@ -67,10 +67,7 @@ def layer_recipe(recipe: dict, layers: Sequence[str]) -> dict:
 
 def load(path: str | os.PathLike, layers: Sequence[str]) -> tuple[CodesFile, np.ndarray]:
     """Open a codes file and stack the codes of ``layers`` side by side (float32)."""
-    try:
-        cf = open_codes(path, layers)
-    except KeyError as err:
-        raise ValueError(err.args[0]) from err
+    cf = open_codes(path, layers)
     X = np.hstack([np.asarray(cf.codes[t], dtype=np.float32) for t in layers])
     return cf, X
 
@@ -80,7 +77,7 @@ def valid_rows(cf: CodesFile, X: np.ndarray) -> np.ndarray:
     ok = cf.rows.ok.astype(bool)
     bad = ok & ~np.isfinite(X).all(axis=1)
     if bad.any():
-        raise ValueError(f"{cf.path}: {int(bad.sum())} row(s) marked ok have NaN or infinite codes "
+        raise UsageError(f"{cf.path}: {int(bad.sum())} row(s) marked ok have NaN or infinite codes "
                          f"(first: {cf.rows.paths[np.flatnonzero(bad)[0]]}); re-extract them")
     return ok & (cf.rows.labels >= 0)
 
@@ -108,7 +105,7 @@ def meta_rows(path) -> tuple[dict, Rows]:
     with h5py.File(path, "r") as h5:
         meta = read_meta(h5)
         if not meta.get("complete", False):
-            raise ValueError(f"{path} is incomplete (an extraction was interrupted); rerun the extract command")
+            raise UsageError(f"{path} is incomplete (an extraction was interrupted); rerun the extract command")
         return meta, read_rows(h5)
 
 
@@ -150,5 +147,5 @@ def check_finite(X: np.ndarray, rows: np.ndarray, paths: np.ndarray, path) -> No
     """ValueError naming the first of ``rows`` (read from ``path``) whose codes hold NaN or inf."""
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
-        raise ValueError(f"{path}: row(s) marked ok have NaN or infinite codes (first: {paths[rows[bad][0]]}); "
+        raise UsageError(f"{path}: row(s) marked ok have NaN or infinite codes (first: {paths[rows[bad][0]]}); "
                          "re-extract them")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Mapping
 
 from extract.atomic import Content, publish, temporary_name, write_content
+from extract.errors import UsageError
 
 
 def ensure_writable(out_dir: str | os.PathLike) -> Path:
@@ -17,7 +18,7 @@ def ensure_writable(out_dir: str | os.PathLike) -> Path:
         with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
             pass
     except OSError as err:
-        raise ValueError(f"cannot write to output directory {out_dir}: {err.strerror or err}") from err
+        raise UsageError(f"cannot write to output directory {out_dir}: {err.strerror or err}") from err
     return out_dir
 
 

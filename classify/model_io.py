@@ -12,6 +12,7 @@ from pathlib import Path
 
 import joblib
 
+from extract.errors import UsageError
 from extract.names import CODES_MODEL
 
 MODEL_NAME = CODES_MODEL
@@ -36,28 +37,28 @@ def load_model(path_or_run_dir: str | os.PathLike) -> dict:
     """Verify the SHA-256 sidecar, then unpickle the model bundle (ValueError if anything is off)."""
     path = model_path(path_or_run_dir)
     if _is_hdf5(path):
-        raise ValueError(f"{path} is a codes file, not a model: the first argument is the run folder written by "
+        raise UsageError(f"{path} is a codes file, not a model: the first argument is the run folder written by "
                          "`cnncodes classify` (RUN_DIR), then the images or codes to predict")
     if not path.is_file():
         runs = find_runs(path.parent) if path.name == MODEL_NAME and path.parent.is_dir() else []
         if runs:
             listed = ", ".join(str(r) for r in runs[:12]) + (f" and {len(runs) - 12} more" if len(runs) > 12 else "")
-            raise ValueError(f"{path.parent} holds no model itself but its subfolders do; pick one: {listed}")
-        raise ValueError(f"{path}: no such model file")
+            raise UsageError(f"{path.parent} holds no model itself but its subfolders do; pick one: {listed}")
+        raise UsageError(f"{path}: no such model file")
     sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
     if not sidecar.is_file():
-        raise ValueError(f"{path} has no checksum file {sidecar.name}; refusing to unpickle a model whose "
+        raise UsageError(f"{path} has no checksum file {sidecar.name}; refusing to unpickle a model whose "
                          "origin cannot be checked")
     fields = sidecar.read_text(encoding="utf-8").split()
     expected = fields[0].lower() if fields else ""
     data = path.read_bytes()  # hash and unpickle the very same bytes
     actual = hashlib.sha256(data).hexdigest()
     if expected != actual:
-        raise ValueError(f"{path} does not match its checksum in {sidecar.name} (expected {expected[:16] or 'nothing'}..., "
+        raise UsageError(f"{path} does not match its checksum in {sidecar.name} (expected {expected[:16] or 'nothing'}..., "
                          f"file is {actual[:16]}...); it was changed after training, refusing to load it")
     bundle = joblib.load(io.BytesIO(data))
     if not isinstance(bundle, dict) or "pipeline" not in bundle:
-        raise ValueError(f"{path} is not a cnncodes model")
+        raise UsageError(f"{path} is not a cnncodes model")
     return bundle
 
 

@@ -22,6 +22,8 @@ from sklearn.svm import SVC
 from sklearn.utils import check_array
 from sklearn.utils.class_weight import compute_class_weight
 
+from extract.errors import UsageError
+
 from .linear_svm import SquaredHingeSVC
 from .options import check_options
 
@@ -133,22 +135,22 @@ def parse_class_weight(spec, class_names: list[str]):
     if isinstance(spec, str):
         pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
         if not pairs or any(len(p) != 2 for p in pairs):
-            raise ValueError(f"class weights must look like CLASS=WEIGHT,CLASS=WEIGHT (or balanced / none), got {spec!r}")
+            raise UsageError(f"class weights must look like CLASS=WEIGHT,CLASS=WEIGHT (or balanced / none), got {spec!r}")
         spec = {name.strip(): weight.strip() for name, weight in pairs}
     if not isinstance(spec, Mapping):
-        raise ValueError(f"unknown class weight {spec!r}; use balanced, none or CLASS=WEIGHT,...")
+        raise UsageError(f"unknown class weight {spec!r}; use balanced, none or CLASS=WEIGHT,...")
     unknown = [name for name in spec if name not in class_names]
     if unknown:
-        raise ValueError(f"class weight for unknown class {', '.join(map(repr, unknown))}; "
+        raise UsageError(f"class weight for unknown class {', '.join(map(repr, unknown))}; "
                          f"classes are: {', '.join(class_names)}")
     weights = {}
     for name, value in spec.items():
         try:
             weights[class_names.index(name)] = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"class weight for {name!r} is not a number: {value!r}") from None
+            raise UsageError(f"class weight for {name!r} is not a number: {value!r}") from None
         if not weights[class_names.index(name)] > 0:
-            raise ValueError(f"class weight for {name!r} must be positive, got {value!r}")
+            raise UsageError(f"class weight for {name!r} must be positive, got {value!r}")
     return weights
 
 

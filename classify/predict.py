@@ -48,7 +48,7 @@ def predict_codes(run_dir: str | os.PathLike, codes_path: str | os.PathLike, out
                  f"codes file {codes_path}")
     if should_stream(codes_path, layers, None, factor=PREDICT_MEMORY_FACTOR):  # over a quarter of RAM
         if threshold is not None:
-            raise ValueError(f"{codes_path} is streamed (its codes are over a quarter of RAM); --threshold needs "
+            raise UsageError(f"{codes_path} is streamed (its codes are over a quarter of RAM); --threshold needs "
                              "them in memory: predict on a smaller file")
         return predict_streamed(run_dir, codes_path, out_csv)
     cf, X = load(codes_path, layers)
@@ -190,7 +190,7 @@ def _check_layers(codes_path, layers: list[str]) -> None:
     available = file_taps(codes_path)
     missing = [t for t in layers if t not in available]
     if missing:
-        raise ValueError(f"the codes file {codes_path} has no {', '.join(missing)}; it has "
+        raise UsageError(f"the codes file {codes_path} has no {', '.join(missing)}; it has "
                          f"{', '.join(available) or 'no codes'} (the model was trained on {'+'.join(layers)}: "
                          "extract that layer, or predict from the images)")
 
@@ -235,7 +235,7 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike | Seque
     codes_files = [s for s in sources if is_codes_file(s)]
     if codes_files:
         if len(sources) > 1:
-            raise ValueError(f"{codes_files[0]} is a codes file: give it alone, not with other images")
+            raise UsageError(f"{codes_files[0]} is a codes file: give it alone, not with other images")
         return _predict_codes(run_dir, sources[0], out_csv, threshold=threshold, positive=positive)
     bundle = load_model(run_dir)
     threshold_rule(bundle, threshold, positive)

@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from extract.codesfile import check_recipe
+from extract.errors import UsageError
 
 from .data import (BLOCK_BYTES, _Named, class_names_of, codes_shape, coverage_notes, file_meta, layer_recipe, load,
                    meta_rows, resolve_layers, row_blocks, valid_rows)
@@ -87,16 +88,16 @@ def plan_split(codes, layers: list[str], test=None, test_fraction: float | None 
     ``test_fraction``, else the split column (see ``split_rows``). Codes are read only to refuse overlap,
     ``block_bytes`` at a time."""
     if test is not None and test_fraction is not None:
-        raise ValueError("give either a test codes file or a test fraction, not both")
+        raise UsageError("give either a test codes file or a test fraction, not both")
     meta, rows = meta_rows(codes)
     names = class_names_of(_Named(meta, rows))
     ok, y = rows.ok.astype(bool), rows.labels
     use = ok & (y >= 0)
     if not (y >= 0).any():
-        raise ValueError(f"{codes} has no labels (every row is unlabeled, -1); it can be used for predicting, "
+        raise UsageError(f"{codes} has no labels (every row is unlabeled, -1); it can be used for predicting, "
                          "not for training")
     if not use.any():
-        raise ValueError(f"{codes} has no readable, labeled rows to train on ({int((~ok).sum())} of {len(use)} "
+        raise UsageError(f"{codes} has no readable, labeled rows to train on ({int((~ok).sum())} of {len(use)} "
                          f"images could not be read, {int((ok & (y < 0)).sum())} unlabeled); see "
                          f"`cnncodes info {codes}`")
     common = dict(class_names=names, recipe=dict(meta.get("recipe", {})), paths=rows.paths, codes_path=str(codes),
@@ -124,11 +125,11 @@ def _with_test_file(codes, test, layers, use, y, common) -> Plan:
     t_use = rows.ok.astype(bool) & (rows.labels >= 0)
     unknown = [test_names[i] for i in sorted({int(v) for v in rows.labels[t_use]}) if test_names[i] not in names]
     if unknown:
-        raise ValueError(f"test codes file {test} has classes the training file does not: {', '.join(unknown)}")
+        raise UsageError(f"test codes file {test} has classes the training file does not: {', '.join(unknown)}")
     mapping = np.array([names.index(n) if n in names else -1 for n in test_names], dtype=np.int64)
     i_test = np.flatnonzero(t_use)
     if not len(i_test):
-        raise ValueError(f"test codes file {test} has no labeled, readable rows to evaluate on")
+        raise UsageError(f"test codes file {test} has no labeled, readable rows to evaluate on")
     i_train = np.flatnonzero(use)
     common = {**common, "n_failed_excluded": common["n_failed_excluded"] + int((~rows.ok.astype(bool)).sum()),
               "n_unlabeled_excluded": common["n_unlabeled_excluded"]
@@ -174,7 +175,7 @@ def evaluation_split(split: np.ndarray, use: np.ndarray | None = None) -> str | 
     return next((s for s in EVALUATION_SPLITS if (use & (split == s)).any()), None)
 
 
-def missing_split_error(path, split: np.ndarray, wanted: str) -> ValueError:
+def missing_split_error(path, split: np.ndarray, wanted: str) -> UsageError:
     """The error for asking ``path`` for the rows of a split it does not have: the splits it has, with
     counts, and the one that evaluates by the split rule."""
     names, counts = np.unique(np.asarray(split).astype(str), return_counts=True)
@@ -182,7 +183,7 @@ def missing_split_error(path, split: np.ndarray, wanted: str) -> ValueError:
     evaluate = evaluation_split(np.asarray(split).astype(str))
     rule = (f"; its evaluation split (test, else val) is {evaluate}" if evaluate else
             "; it has no train/held-out pair, so classify evaluates on a stratified test fraction")
-    return ValueError(f"{path} has no {wanted!r} rows; its splits: {have}{rule}")
+    return UsageError(f"{path} has no {wanted!r} rows; its splits: {have}{rule}")
 
 
 def _row_hashes(path, layers, index: np.ndarray, block_bytes: int) -> np.ndarray:
@@ -213,7 +214,7 @@ def refuse_overlap(plan: Plan, layers: Sequence[str], train_meta: dict, block_by
               | _verified_pairs(plan, layers, by_file, False, block_bytes))
     if shared:
         i, j = min(shared, key=lambda pair: pair[1])
-        raise ValueError(
+        raise UsageError(
             f"test codes file {plan.test_path} holds {len({j for _, j in shared})} of the {len(plan.train)} training "
             f"images of {plan.codes_path} (first: {plan.test_paths[j]} = {plan.paths[i]}, same codes); evaluating "
             "on training images overstates accuracy: remove them from one of the two image sets")
@@ -247,5 +248,5 @@ def _check_stratifiable(y: np.ndarray, names: list[str]) -> None:
     counts = np.bincount(y, minlength=len(names))
     single = [names[c] for c in np.flatnonzero(counts == 1)]
     if single:
-        raise ValueError(f"class {', '.join(map(repr, single))} has a single example; a stratified test split "
+        raise UsageError(f"class {', '.join(map(repr, single))} has a single example; a stratified test split "
                          "needs at least 2 per class")

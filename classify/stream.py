@@ -27,6 +27,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from threadpoolctl import threadpool_limits
 
 from extract.codesfile import check_recipe
+from extract.errors import UsageError
 
 from .cv import check_training_set
 from .data import check_finite, codes_shape, file_meta, layer_recipe, meta_rows, resolve_layers
@@ -53,7 +54,7 @@ def parse_size(text: str | int) -> int:
     """``2G``, ``512M``, ``1.5GiB``, ``300k`` or plain bytes -> bytes (binary units); ValueError otherwise."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
     if not match or not float(match[1]) > 0:
-        raise ValueError(f"memory size must look like 2G, 512M or 1000000 (bytes), got {text!r}")
+        raise UsageError(f"memory size must look like 2G, 512M or 1000000 (bytes), got {text!r}")
     return int(float(match[1]) * _UNITS[match[2].upper()])
 
 
@@ -204,10 +205,10 @@ def classify_streamed(codes, out_dir: Path, *, layers: str | Sequence[str] | Non
 def check_streamable(classifier: str, sampling: str) -> None:
     """ValueError unless ``classifier`` with ``sampling`` can be trained on streamed codes."""
     if classifier not in LOSSES:
-        raise ValueError(f"classifier {classifier} needs every code in memory; when codes are streamed "
+        raise UsageError(f"classifier {classifier} needs every code in memory; when codes are streamed "
                          f"(over --max-memory) choose {' or '.join(LOSSES)}, or raise --max-memory")
     if sampling != "none":
-        raise ValueError(f"sampling {sampling!r} needs every code in memory; streamed training balances classes by "
+        raise UsageError(f"sampling {sampling!r} needs every code in memory; streamed training balances classes by "
                          "class weights (--class-weight balanced, the default), or raise --max-memory")
 
 

@@ -19,6 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from threadpoolctl import threadpool_limits
 
+from extract.errors import UsageError
 from extract.outputs import guards_output
 
 from . import options
@@ -66,7 +67,7 @@ def classify_codes(codes: str | os.PathLike, out_dir: str | os.PathLike, layers:
     log = make_logger(progress)
     if should_stream(codes, layers, max_memory):
         if calibrate:
-            raise ValueError("--calibrate needs every code in memory; these codes are streamed (over --max-memory): "
+            raise UsageError("--calibrate needs every code in memory; these codes are streamed (over --max-memory): "
                              "use softmax for probabilities, or raise --max-memory")
         return classify_streamed(codes, out_dir, layers=layers, classifier=classifier, normalize=normalize, C=C,
                                  class_weight=class_weight, sampling=sampling, test=test, test_fraction=test_fraction,
@@ -185,13 +186,13 @@ def _positive_index(y_train: np.ndarray, names: list[str], positive: str | None)
     present = [int(c) for c in np.unique(y_train)]
     if len(present) != 2:
         if positive is not None:
-            raise ValueError(f"a positive class applies to two-class tasks; this training set has {len(present)} "
+            raise UsageError(f"a positive class applies to two-class tasks; this training set has {len(present)} "
                              "classes")
         return None
     if positive is None:
         return present[1]
     if positive not in [names[c] for c in present]:
-        raise ValueError(f"positive class {positive!r} is not a class here; classes: "
+        raise UsageError(f"positive class {positive!r} is not a class here; classes: "
                          f"{', '.join(names[c] for c in present)}")
     return names.index(positive)
 
@@ -217,7 +218,7 @@ def _calibrate(model, classifier: str, y: np.ndarray, names: list[str], seed: in
     smallest = int(counts[counts > 0].min())
     if smallest < 2:
         who = names[int(np.flatnonzero(counts == smallest)[0])]
-        raise ValueError(f"calibration needs at least 2 training examples per class; {who!r} has {smallest}")
+        raise UsageError(f"calibration needs at least 2 training examples per class; {who!r} has {smallest}")
     folds = min(CALIBRATION_FOLDS, smallest)
     samplers = model.steps[1:-1]
     inner = Pipeline([*samplers, ("clf", clf)]) if samplers else clf

@@ -24,6 +24,8 @@ from typing import Iterable, Mapping
 import h5py
 import numpy as np
 
+from .errors import UsageError
+
 FORMAT_VERSION = 1
 ROW_FIELDS = ("labels", "paths", "split", "ok", "errors", "file_size", "file_mtime_ns")
 _STR = h5py.string_dtype("utf-8")
@@ -35,7 +37,7 @@ _LATER_KEYS = ("precision",)
 _DEFAULTS = {"views": 1}
 
 
-class RecipeMismatch(ValueError):
+class RecipeMismatch(UsageError):
     """Raised when a file was made with another recipe; the message names the difference."""
 
 
@@ -183,18 +185,18 @@ def open_codes(path: str | os.PathLike, taps: Iterable[str] | None = None) -> Co
     try:
         h5 = h5py.File(path, "r")
     except OSError as err:
-        raise ValueError(f"{path} is not an HDF5 codes file ({err})") from err
+        raise UsageError(f"{path} is not an HDF5 codes file ({err})") from err
     with h5:
         meta = read_meta(h5)
         if "codes" not in h5 or "labels" not in h5:
-            raise ValueError(f"{path} is an HDF5 file but not a cnncodes codes file (no /codes or /labels)")
+            raise UsageError(f"{path} is an HDF5 file but not a cnncodes codes file (no /codes or /labels)")
         if not meta.get("complete", False):
-            raise ValueError(f"{path} is incomplete (an extraction was interrupted); rerun the extract command")
+            raise UsageError(f"{path} is incomplete (an extraction was interrupted); rerun the extract command")
         available = list(h5["codes"].keys())
         wanted = list(taps) if taps is not None else available
         missing = [t for t in wanted if t not in available]
         if missing:
-            raise KeyError(f"{path} has no tap {', '.join(missing)}; it has: {', '.join(available)}")
+            raise UsageError(f"{path} has no tap {', '.join(missing)}; it has: {', '.join(available)}")
         codes = {t: h5["codes"][t][()] for t in wanted}
         rows = read_rows(h5)
     return CodesFile(path, meta, rows, codes)

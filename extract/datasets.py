@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from .checks import check
+from .errors import UsageError
 
 
 def write_digits(root: str | os.PathLike, size: int = 32, test_fraction: float = 0.3, seed: int = 0,
@@ -54,9 +55,9 @@ def write_digits(root: str | os.PathLike, size: int = 32, test_fraction: float =
 
 def _check_target(root: Path, overwrite: bool) -> None:
     if root.exists() and not root.is_dir():
-        raise ValueError(f"{root} is a file, not a folder")
+        raise UsageError(f"{root} is a file, not a folder")
     if root.is_dir() and any(root.iterdir()) and not overwrite:
-        raise ValueError(f"{root} is not empty; choose a new folder, or pass --overwrite to replace it whole")
+        raise UsageError(f"{root} is not empty; choose a new folder, or pass --overwrite to replace it whole")
 
 
 def _swap_in(staging: Path, root: Path) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from .atomic import temporary_name, writing
 from .codesfile import open_codes
+from .errors import UsageError
 from .outputs import claim_output
 
 FORMATS = ("npy", "parquet")
@@ -31,7 +32,7 @@ def export_codes(codes: str | os.PathLike, out: str | os.PathLike, to: str = "np
     Failed rows are kept with their reason (codes NaN) unless ``ok_only``; an existing ``out`` is
     refused unless ``overwrite``."""
     if to not in FORMATS:
-        raise ValueError(f"--to must be one of {', '.join(FORMATS)}, not {to!r}")
+        raise UsageError(f"--to must be one of {', '.join(FORMATS)}, not {to!r}")
     cf = open_codes(codes, taps=[])  # one clear error for a missing, foreign or incomplete file
     meta, rows = cf.meta, cf.rows
     with claim_output(out, folder=to == "npy", overwrite=overwrite) as out, h5py.File(codes, "r") as h5:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import UsageError
 from .lock import output_lock
 
 Sources = str | os.PathLike | Sequence[str | os.PathLike] | None
@@ -34,7 +35,7 @@ def refuse_inside_images(out: str | os.PathLike, images: Sources) -> None:
     for source in [] if images is None else [images] if isinstance(images, (str, os.PathLike)) else images:
         folder = Path(source).resolve()
         if os.path.isdir(folder) and (target == folder or folder in target.parents):  # isdir: never raises
-            raise ValueError(f"{out} is inside the image folder {source}: its files would be read as images on the "
+            raise UsageError(f"{out} is inside the image folder {source}: its files would be read as images on the "
                              "next run; choose an output outside it")
 
 
@@ -42,21 +43,21 @@ def refuse_replacing(out: Path, *, folder: bool, overwrite: bool = False,
                      resumes: Callable[[Path], bool] | None = None, run: Path | None = None) -> None:
     """ValueError when writing ``out`` (a folder, else a file) would replace another run's output."""
     if folder and out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file; the output is a folder")
+        raise UsageError(f"{out} is a file; the output is a folder")
     if not folder and out.is_dir():
-        raise ValueError(f"{out} is a folder; the output is a file name")
+        raise UsageError(f"{out} is a folder; the output is a file name")
     if folder:
         held = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
         if held and not overwrite and not (resumes and resumes(out)):
             kind = next((what for pattern, what in KINDS if next(out.glob(pattern), None)), "files")
             listed = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-            raise ValueError(f"{out} already holds {kind} ({listed}); choose another output folder or pass "
+            raise UsageError(f"{out} already holds {kind} ({listed}); choose another output folder or pass "
                              "--overwrite (overwrite=True) to replace it")
     elif out.exists():
         if run is not None and run.resolve() in out.resolve().parents:
-            raise ValueError(f"{out} is a file of the run {run} being used; write elsewhere")
+            raise UsageError(f"{out} is a file of the run {run} being used; write elsewhere")
         if not overwrite:
-            raise ValueError(f"{out} exists; choose another name or pass --overwrite (overwrite=True) to replace it")
+            raise UsageError(f"{out} exists; choose another name or pass --overwrite (overwrite=True) to replace it")
 
 
 @contextmanager
@@ -120,7 +121,7 @@ def _make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"cannot write to output directory {folder}: {err.strerror or err}") from None
+        raise UsageError(f"cannot write to output directory {folder}: {err.strerror or err}") from None
 
 
 def _missing_folders(folder: Path) -> list[Path]:

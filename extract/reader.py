@@ -17,6 +17,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from .errors import UsageError
+
 SPLITS = ("train", "val", "test")
 # Split folder (and manifest split) names, case-insensitive, and the canonical split stored in the file.
 # valid/validation/dev are validation splits; classify evaluates on test, else on val.
@@ -67,7 +69,7 @@ def list_images(source: str | os.PathLike | Sequence[str | os.PathLike], *, path
         entries, ignored, root = _list_several([Path(s) for s in source])
         source = root
     if not entries:
-        raise ValueError(f"{source}: no images found (looked for {', '.join(sorted(_COMMON))} and other formats Pillow reads)")
+        raise UsageError(f"{source}: no images found (looked for {', '.join(sorted(_COMMON))} and other formats Pillow reads)")
     entries.sort(key=lambda e: e[0])
     class_names = sorted({label for _, label, _ in entries if label})
     index = {name: i for i, name in enumerate(class_names)}
@@ -99,7 +101,7 @@ def _list_one(source: Path, given: dict[str, str] | None = None) -> tuple[list[t
     _refuse_columns(given, str(source))
     if _is_image_file(source):
         return [(source.name, "", "")], [], source.parent
-    raise ValueError(f"{source} is neither an image Pillow reads nor a CSV manifest "
+    raise UsageError(f"{source} is neither an image Pillow reads nor a CSV manifest "
                      f"({', '.join(MANIFEST_EXTENSIONS)})")
 
 
@@ -118,7 +120,7 @@ def _list_several(sources: list[Path]) -> tuple[list[tuple[str, str, str]], list
     """Image files and folders as one collection under their common folder (duplicates listed once)."""
     manifests = [s for s in sources if s.is_file() and s.suffix.lower() in MANIFEST_EXTENSIONS]
     if manifests:
-        raise ValueError(f"{manifests[0]} is a CSV manifest: give a manifest alone, not with other paths")
+        raise UsageError(f"{manifests[0]} is a CSV manifest: give a manifest alone, not with other paths")
     listed = [(_list_one(s)) for s in sources]
     roots = [root.resolve() for _, _, root in listed]
     common = Path(os.path.commonpath(roots))
@@ -182,7 +184,7 @@ def _has_split_folders(root: Path) -> bool:
         return False
     others = [d for d in subdirs if d.lower() not in SPLIT_NAMES]
     if others:
-        raise ValueError(f"{root}: the folders {', '.join(splits)} look like splits but {', '.join(others[:5])}"
+        raise UsageError(f"{root}: the folders {', '.join(splits)} look like splits but {', '.join(others[:5])}"
                          f"{' ...' if len(others) > 5 else ''} do not; use root/CLASS/* or root/SPLIT/CLASS/* "
                          f"(SPLIT: {', '.join(SPLIT_NAMES)}), not both")
     return True
@@ -224,12 +226,12 @@ def _read_manifest(path: Path, given: dict[str, str]) -> list[tuple[str, str, st
     entries = []
     for line, row in rows:
         if columns is None and not 2 <= len(row) <= 3:
-            raise ValueError(f"{path}, row {line}: expected path,label[,split], got {len(row)} columns")
+            raise UsageError(f"{path}, row {line}: expected path,label[,split], got {len(row)} columns")
         cells = dict(zip(("path", "label", "split"), row)) if columns is None else {
             name: (row[i] if i < len(row) else "") for name, i in columns.items()}
         split = cells.get("split", "").strip()
         if split and split.lower() not in SPLIT_NAMES:
-            raise ValueError(f"{path}, row {line}: split must be one of {', '.join(SPLIT_NAMES)} or empty, "
+            raise UsageError(f"{path}, row {line}: split must be one of {', '.join(SPLIT_NAMES)} or empty, "
                              f"not {split!r}")
         entries.append((Path(cells["path"].strip()).as_posix(), cells.get("label", "").strip(),
                         SPLIT_NAMES[split.lower()] if split else ""))
@@ -258,18 +260,18 @@ def _check_header(path: Path, header: list[str], columns: dict[str, int] | None,
     missing = [f"{COLUMN_OPTIONS[role]} {name}" for role, name in given.items()
                if name.strip().lower() not in (c.strip().lower() for c in header)]
     if missing:
-        raise ValueError(f"{path}: {', '.join(missing)}: no such column in the first row ({shown})")
+        raise UsageError(f"{path}: {', '.join(missing)}: no such column in the first row ({shown})")
     if len({name.strip().lower() for name in given.values()}) < len(given):
-        raise ValueError(f"{', '.join(f'{COLUMN_OPTIONS[r]} {n}' for r, n in given.items())}: one column cannot "
+        raise UsageError(f"{', '.join(f'{COLUMN_OPTIONS[r]} {n}' for r, n in given.items())}: one column cannot "
                          "play two roles")
     if columns is None:
-        raise ValueError(f"{path}: the first row ({shown}) looks like a header, but names no known path column; "
+        raise UsageError(f"{path}: the first row ({shown}) looks like a header, but names no known path column; "
                          f"expected the header {_expected_header()}, or rows path,label[,split] without one, or "
                          f"name yours with {', '.join(COLUMN_OPTIONS.values())}")
     unknown = [c.strip() for i, c in enumerate(header) if c.strip() and i not in columns.values()]
     if unknown and not given:
         understood = ", ".join(f"{role} = {header[i].strip()}" for role, i in columns.items())
-        raise ValueError(f"{path}: column(s) {', '.join(unknown)} not understood (understood: {understood}); "
+        raise UsageError(f"{path}: column(s) {', '.join(unknown)} not understood (understood: {understood}); "
                          f"say which is which with {', '.join(COLUMN_OPTIONS.values())} (columns not named "
                          f"then are ignored), or rename them: {_expected_header()}")
     return columns
@@ -278,7 +280,7 @@ def _check_header(path: Path, header: list[str], columns: dict[str, int] | None,
 def _refuse_columns(given: dict[str, str] | None, source: str) -> None:
     """Column options name a manifest's columns: given with anything else they are a usage error."""
     if given:
-        raise ValueError(f"{', '.join(COLUMN_OPTIONS[role] for role in given)}: only a CSV manifest has columns, "
+        raise UsageError(f"{', '.join(COLUMN_OPTIONS[role] for role in given)}: only a CSV manifest has columns, "
                          f"not {source}")
 
 

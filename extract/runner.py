@@ -21,7 +21,7 @@ from .backbones import DEFAULT_BACKBONE, get_backbone
 from .batches import Decoders
 from .options import check_options
 from .device import pick_device, pick_precision, usable_cpus
-from .errors import ExtractionError, ExtractionInterrupted  # noqa: F401  (re-exported)
+from .errors import ExtractionError, ExtractionInterrupted, UsageError  # noqa: F401  (re-exported)
 from .inference import default_batch_size, make_computer
 from .lock import output_lock
 from .outputs import refuse_inside_images
@@ -124,7 +124,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     check_options({"dtype": dtype, "views": views})  # the declared rules (options.ExtractConfig)
     rank = shard if isinstance(shard, shards.Shard) else shards.resolve(shard, {})
     if rank.sharded and overwrite:
-        raise ValueError(f"--overwrite cannot be used by shards (this is shard {rank}, from {rank.source}): a "
+        raise UsageError(f"--overwrite cannot be used by shards (this is shard {rank}, from {rank.source}): a "
                          f"shard starting late would redo the others' work; delete {out} first instead")
     listing = list_images(source, path_column=path_column, label_column=label_column, split_column=split_column)
     bb = get_backbone(backbone)

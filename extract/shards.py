@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import codesfile, parts, writer
 from .checks import check
-from .errors import ExtractionError
+from .errors import ExtractionError, UsageError
 from .lock import JOINER, OutputLock, output_lock
 
 
@@ -66,7 +66,7 @@ def resolve(shard: tuple[int, int] | None, environ: Mapping[str, str]) -> Shard:
         return Shard(*shard, source="--shard") if shard else Shard()
     rank = int(environ.get("RANK", "0") or 0)
     if shard and shard != (rank, world):
-        raise ValueError(f"--shard {shard[0]}/{shard[1]} disagrees with torchrun's RANK={rank} WORLD_SIZE={world}; "
+        raise UsageError(f"--shard {shard[0]}/{shard[1]} disagrees with torchrun's RANK={rank} WORLD_SIZE={world}; "
                          "under torchrun leave --shard out")
     return Shard(rank, world, int(environ.get("LOCAL_RANK", "0") or 0),
                  int(environ.get("LOCAL_WORLD_SIZE", "1") or 1), "torchrun")

@@ -9,6 +9,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from .backbones import Backbone
+from .errors import UsageError
 from .options import MAX_UNPOOLED_DIM, check_options
 
 
@@ -73,18 +74,18 @@ def resolve_taps(backbone: Backbone, model: nn.Module, layers: list[str], pool: 
     """Turn ``--layer`` values (aliases or node names) into Taps with their code dimensions."""
     check_options({"pool": pool})
     if not layers:
-        raise ValueError("at least one --layer is needed")
+        raise UsageError("at least one --layer is needed")
     known = graph_nodes(model)
     resolved = []
     for name, node in (backbone.resolve_layer(layer) for layer in dict.fromkeys(layers)):
         canonical = _canonical_node(node, known)
         if canonical is None:
-            raise ValueError(
+            raise UsageError(
                 f"{backbone.name} has no layer {name!r}. Aliases: {', '.join(backbone.aliases)}; "
                 f"node names: run `cnncodes layers {backbone.name} --all`"
             )
         if canonical == known[-1]:
-            raise ValueError(
+            raise UsageError(
                 f"{name!r} is {backbone.name}'s output layer (the ImageNet logits, which go negative): a ReLU would "
                 f"cut them, so it is not a CNN code. Tap a non-negative layer (`cnncodes layers {backbone.name}`), "
                 "e.g. penultimate")
@@ -93,7 +94,7 @@ def resolve_taps(backbone: Backbone, model: nn.Module, layers: list[str], pool: 
     taps = [_make_tap(name, node, pool, shapes[node]) for name, node in resolved]
     for tap in taps:
         if tap.pool == "none" and tap.dim > max_unpooled_dim:
-            raise ValueError(
+            raise UsageError(
                 f"--pool none on {tap.name} keeps the whole {'x'.join(map(str, tap.shape))} map: {tap.dim:,} floats "
                 f"({tap.dim * 4 / 2**10:,.0f} KiB) per image, {tap.dim * 4 * 10000 / 2**30:,.1f} GiB per 10,000 images. "
                 f"That is over the {max_unpooled_dim:,} limit; pool with --pool avg|max, tap a smaller layer, "

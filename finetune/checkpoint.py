@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from classify.fileio import write_files
+from extract.errors import UsageError
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -61,7 +62,7 @@ def load(run_dir: Path) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}); delete it or pass --overwrite "
+        raise UsageError(f"{path} cannot be read ({type(err).__name__}: {err}); delete it or pass --overwrite "
                          "to start again") from err
 
 

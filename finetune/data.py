@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from classify.split import evaluation_split
 from extract.batches import decoder_init, fork_context
+from extract.errors import UsageError
 from extract.images import ImageDataset
 from extract.reader import ImageList
 
@@ -85,7 +86,7 @@ def _stratified(rows: np.ndarray, y: np.ndarray, share: float, seed: int, what: 
     n_take = int(round(share * len(rows))) if share < 1 else int(share)
     n_take = max(n_take, n_classes)
     if n_classes < 2 or counts[counts > 0].min() < 2 or len(rows) - n_take < n_classes:
-        raise ValueError(f"too few images to carve a stratified {what} set from {len(rows)} images "
+        raise UsageError(f"too few images to carve a stratified {what} set from {len(rows)} images "
                          f"(every class needs at least 2){'; pass --val-fraction 0' if what == 'validation' else ''}")
     kept, taken = train_test_split(rows, test_size=n_take, random_state=seed, stratify=y[rows])
     return np.sort(kept), np.sort(taken)

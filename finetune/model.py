@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from extract.backbones import Backbone
+from extract.errors import UsageError
 
 
 @dataclass
@@ -63,7 +64,7 @@ def frozen_count(units: list[str], freeze: float | None, freeze_until: str | Non
     if not hits:  # a top-level module without parameters (EfficientNet-Lite's stem ReLU6): the units before it
         hits = _units_before(units, node.split(".")[0], backbone)
     if not hits:
-        raise ValueError(f"--freeze-until {freeze_until}: {backbone.name} has no layer {node!r}. Aliases: "
+        raise UsageError(f"--freeze-until {freeze_until}: {backbone.name} has no layer {node!r}. Aliases: "
                          f"{', '.join(backbone.aliases)}; units: {', '.join(units)}; node names: "
                          f"`cnncodes layers {backbone.name} --all`")
     return max(hits) + 1

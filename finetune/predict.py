@@ -34,7 +34,7 @@ def load_network(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a readable fine-tuned network ({type(err).__name__}: {err})") from err
+        raise UsageError(f"{path} is not a readable fine-tuned network ({type(err).__name__}: {err})") from err
     model = get_backbone(bundle["backbone"]).build()
     parent, _, leaf = bundle["head"].rpartition(".")
     owner = model.get_submodule(parent) if parent else model

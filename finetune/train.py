@@ -24,6 +24,7 @@ from classify.report import report_files, summarize
 from extract.backbones import get_backbone
 from extract.names import FINETUNED_MODEL
 from extract.device import check_precision, pick_device
+from extract.errors import UsageError
 from extract.outputs import guards_output
 from extract.reader import list_images
 from extract.recipe import make_recipe, preprocess_config
@@ -137,9 +138,9 @@ def _decode_splits(listing, splits, prep: dict, workers: int, progress: bool, lo
     for name, rows in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
         data[name], data[f"{name}_labels"], data[f"{name}_rows"] = role(rows)
     if len(set(data["train_labels"].tolist())) < 2:
-        raise ValueError("fewer than two classes have readable training images; nothing to fine-tune")
+        raise UsageError("fewer than two classes have readable training images; nothing to fine-tune")
     if not data["test"]:
-        raise ValueError("no readable images in the evaluation split")
+        raise UsageError("no readable images in the evaluation split")
     return data
 
 
@@ -150,7 +151,7 @@ def _resume_state(out: Path, config: dict, overwrite: bool) -> dict | None:
         return None
     diff = checkpoint.config_difference(state.get("config", {}), config)
     if diff:
-        raise ValueError(f"{out} holds a fine-tuning run made with other options or images ({'; '.join(diff)}); "
+        raise UsageError(f"{out} holds a fine-tuning run made with other options or images ({'; '.join(diff)}); "
                          "use another --out, the same options to resume, or --overwrite to start again")
     return state
 
