@@ -1,0 +1,82 @@
+"""Folder trees of images: ``root/CLASS/*`` or ``root/{train,val,test}/CLASS/*`` (split-name aliases), symlinked
+folders followed, each real folder once."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image
+
+from .errors import UsageError
+
+# Split folder (and manifest split) names, case-insensitive, and the canonical split stored in the file.
+# valid/validation/dev are validation splits; classify evaluates on test, else on val.
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "dev": "val", "test": "test", "testing": "test"}
+IMAGE_EXTENSIONS = frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def is_image_name(name: str) -> bool:
+    """An image by its name: a Pillow extension, not hidden."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def walk_tree(root: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """(entries (path, label, split), ignored non-image names) of the folder tree under ``root``."""
+    split_mode = _has_split_folders(root)
+    entries, ignored = [], []
+    for dirpath, filenames in _walk(root):
+        rel_dir = Path(dirpath).relative_to(root).parts
+        for name in filenames:
+            rel = "/".join((*rel_dir, name))
+            if not is_image_name(name):
+                ignored.append(rel)
+                continue
+            split, label = _split_and_label(rel_dir, split_mode)
+            entries.append((rel, label, split))
+    return entries, ignored
+
+
+def _walk(root: Path) -> Iterator[tuple[str, list[str]]]:
+    """(folder, file names) under ``root``, sorted, hidden folders skipped. Symlinked folders are followed,
+    as the split check follows them, but each real folder (device, inode) is entered once: a link loop ends,
+    and a folder linked twice is listed under its first name in sorted order."""
+    seen = {_folder_id(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(d for d in dirnames if not d.startswith(".")):
+            folder = _folder_id(os.path.join(dirpath, name))
+            if folder not in seen:
+                seen.add(folder)
+                kept.append(name)
+        dirnames[:] = kept
+        yield dirpath, filenames
+
+
+def _folder_id(path: str | os.PathLike) -> tuple[int, int]:
+    st = os.stat(path)  # follows links: a link and its target are one folder
+    return st.st_dev, st.st_ino
+
+
+def _has_split_folders(root: Path) -> bool:
+    """True for ``root/{train,val,test}/CLASS`` (any names of SPLIT_NAMES); ValueError when split folders
+    sit beside class folders, which would silently turn "train" or "valid" into classes."""
+    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    splits = [d for d in subdirs if d.lower() in SPLIT_NAMES]
+    if not splits:
+        return False
+    others = [d for d in subdirs if d.lower() not in SPLIT_NAMES]
+    if others:
+        raise UsageError(f"{root}: the folders {', '.join(splits)} look like splits but {', '.join(others[:5])}"
+                         f"{' ...' if len(others) > 5 else ''} do not; use root/CLASS/* or root/SPLIT/CLASS/* "
+                         f"(SPLIT: {', '.join(SPLIT_NAMES)}), not both")
+    return True
+
+
+def _split_and_label(rel_dir: tuple[str, ...], split_mode: bool) -> tuple[str, str]:
+    if split_mode:
+        if not rel_dir:  # a file beside the split folders: no split, no label
+            return "", ""
+        return SPLIT_NAMES[rel_dir[0].lower()], (rel_dir[1] if len(rel_dir) > 1 else "")
+    return "", (rel_dir[0] if rel_dir else "")
