@@ -8,7 +8,7 @@ from importlib import import_module
 from types import ModuleType
 
 _WHERE = {"classify_codes": "train", "compare": "compare", "load_model": "model_io", "predict_codes": "predict",
-          "summarize": "report", "CLASSIFIERS": "models", "DEFAULT_NORMALIZE": "options"}
+          "summarize": "render", "CLASSIFIERS": "models", "DEFAULT_NORMALIZE": "options"}
 __all__ = list(_WHERE)
 
 

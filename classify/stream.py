@@ -34,7 +34,8 @@ from .data import check_finite, codes_shape, file_meta, layer_recipe, meta_rows,
 from .fileio import write_files
 from .model_io import load_model, model_files
 from .models import class_weight_values, make_normalizer, parse_class_weight
-from .report import build_report, report_files, summarize
+from .render import report_files, summarize
+from .report import build_report
 from .split import Plan, plan_split
 from .stream_cv import CV_SCORING, LOSSES, SmallCVSampleWarning, choose_alpha, cv_row_limit, make_sgd
 

@@ -29,8 +29,8 @@ from .fileio import ensure_writable, write_files
 from .model_io import model_files
 from .models import build_pipeline, classifier_spec, param_grid, parse_class_weight
 from .options import DEFAULT_NORMALIZE
-from .report import (binary_metrics, build_report, class_counts, missing_test_classes, positive_scores,
-                     report_files, summarize)
+from .render import report_files, summarize
+from .report import binary_metrics, build_report, class_counts, missing_test_classes, positive_scores
 from .split import Dataset, load_dataset
 from .stream import classify_streamed, should_stream
 

@@ -96,7 +96,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.freeze is None and args.freeze_until is None:
         options["freeze"] = F.freeze
     check_options(options)  # before torch loads: a bad value fails at once
-    from classify.report import summarize
+    from classify.render import summarize
     from finetune import FinetuneInterrupted, finetune_images
 
     try:

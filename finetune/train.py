@@ -20,7 +20,7 @@ import torch
 from classify.fileio import ensure_writable, write_files
 from classify.data import require_two_classes
 from classify.models import parse_class_weight
-from classify.report import report_files, summarize
+from classify.render import report_files, summarize
 from extract.backbones import get_backbone
 from extract.names import FINETUNED_MODEL
 from extract.device import check_precision, pick_device

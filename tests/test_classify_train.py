@@ -12,7 +12,7 @@ from codes_fixtures import binary_codes, imbalanced_codes, make_codes, recipe, s
 from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, classification_report,
                              confusion_matrix, f1_score, roc_auc_score)
 
-import classify.report
+import classify.render
 import pipeline
 from classify import classify_codes, compare, load_model, summarize
 from extract.codesfile import RecipeMismatch
@@ -337,7 +337,7 @@ def test_output_dir_not_writable(codes, tmp_path):
 def test_failure_while_writing_leaves_nothing_half_written(codes, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(classify.report, "plot_confusion", broken)
+    monkeypatch.setattr(classify.render, "plot_confusion", broken)
     with pytest.raises(OSError):
         classify_codes(codes, tmp_path, C=1.0, **FAST)
     assert list(tmp_path.iterdir()) == []

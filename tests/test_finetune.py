@@ -356,7 +356,7 @@ def test_a_single_image_class_is_warned_about_and_missing_held_out_classes_noted
 
 
 def test_report_text_says_validation_and_names_no_layer(run):
-    from classify.report import summarize
+    from classify.render import summarize
     from finetune.report import curve_figure
 
     out, report = run
