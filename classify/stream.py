@@ -15,7 +15,7 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import h5py
 import imblearn
@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_limits
 from extract.codesfile import check_recipe
 from extract.errors import UsageError
 
+from .blocks import BLOCK_SHARE, Blocks
 from .cv import check_training_set
 from .data import check_finite, codes_shape, file_meta, layer_recipe, meta_rows, resolve_layers
 from .fileio import write_files
@@ -43,10 +44,8 @@ from .stream_cv import CV_SCORING, LOSSES, SmallCVSampleWarning, choose_alpha, c
 # the loaded file, the selected rows, the normalized copy and the solver's own copy.
 TRAIN_MEMORY_FACTOR = 4
 PREDICT_MEMORY_FACTOR = 2
-BLOCK_SHARE = 8  # one block of rows takes at most 1/BLOCK_SHARE of the budget (its copies fit beside it)
 MIN_EPOCHS, MAX_EPOCHS = 5, 100
 MIN_ROW_UPDATES = 100_000  # small training sets get more epochs: SGD needs about this many steps to settle
-PIECES_PER_BATCH = 32  # a batch mixes this many pieces from random places: files are often sorted by class
 _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 
 
@@ -88,54 +87,6 @@ def human(n: int) -> str:
     if n >= 2 ** 20:
         return f"{n / 2 ** 20:.0f} MiB"
     return f"{n / 2 ** 10:.0f} KiB" if n >= 2 ** 10 else f"{n} bytes"
-
-
-# ------------------------------------------------------------------------------------------- reading
-class Blocks:
-    """Row blocks of the codes of ``layers`` in an open file, side by side as float32, aligned to HDF5 chunks."""
-
-    def __init__(self, h5: h5py.File, layers: Sequence[str], budget: int):
-        self.datasets = [h5["codes"][t] for t in layers]
-        self.n_rows = self.datasets[0].shape[0]
-        dim = sum(d.shape[1] for d in self.datasets)
-        chunk = max((d.chunks or (self.n_rows,))[0] for d in self.datasets)
-        rows = max(1, budget // (BLOCK_SHARE * 4 * dim))
-        self.rows = max(chunk, rows // chunk * chunk) if rows >= chunk else rows
-        self.bounds = [(s, min(s + self.rows, self.n_rows)) for s in range(0, self.n_rows, self.rows)]
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        parts = [d[start:stop] for d in self.datasets]
-        return parts[0].astype(np.float32, copy=False) if len(parts) == 1 else np.hstack(parts, dtype=np.float32)
-
-    def select(self, index: np.ndarray, order: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(positions in ``index``, codes) per block, for the sorted row numbers ``index``."""
-        for b in range(len(self.bounds)) if order is None else order:
-            start, stop = self.bounds[b]
-            lo, hi = np.searchsorted(index, [start, stop])
-            if hi > lo:
-                yield np.arange(lo, hi), self.read(start, stop)[index[lo:hi] - start]
-
-    def shuffled_batches(self, index: np.ndarray, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(positions in ``index``, codes) in batches of about one block, each made of pieces of consecutive
-        rows drawn from random places and shuffled together (files sorted by class would otherwise feed
-        SGD one class at a time)."""
-        piece = max(1, min(self.rows // PIECES_PER_BATCH, 4096))
-        pieces = [np.arange(s, min(s + piece, len(index))) for s in range(0, len(index), piece)]
-        per_batch = max(1, self.rows // piece)
-        order = rng.permutation(len(pieces))
-        for g in range(0, len(order), per_batch):
-            parts = [(pieces[k], self.read(index[pieces[k][0]], index[pieces[k][-1]] + 1)
-                      [index[pieces[k]] - index[pieces[k][0]]]) for k in order[g:g + per_batch]]
-            pos = np.concatenate([pos for pos, _ in parts])
-            mix = rng.permutation(len(pos))
-            yield pos[mix], np.concatenate([X for _, X in parts])[mix]
-
-    def gather(self, index: np.ndarray) -> np.ndarray:
-        """The codes of the sorted row numbers ``index``, in memory."""
-        out = np.empty((len(index), sum(d.shape[1] for d in self.datasets)), np.float32)
-        for pos, X in self.select(index):
-            out[pos] = X
-        return out
 
 
 # ------------------------------------------------------------------------------------------- training

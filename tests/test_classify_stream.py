@@ -14,7 +14,7 @@ from codes_fixtures import imbalanced_codes, make_codes, split_column, write_cod
 from sklearn.svm import LinearSVC
 
 from classify import classify_codes, load_model, models, predict_codes, stream, stream_cv
-from classify.stream import Blocks
+from classify.blocks import Blocks
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(progress=False, cv=3)
