@@ -1,7 +1,8 @@
 """model.joblib with a SHA-256 sidecar that is checked before anything is unpickled.
 
 Unpickling runs code, so ``load_model`` only opens the path the user names and refuses a file
-whose bytes do not match ``model.joblib.sha256`` written next to it at training time.
+whose bytes do not match ``model.joblib.sha256`` written next to it at training time. Here too: what a path
+holds, told by its files (a codes file, a fine-tuned run), for runs.py's choice and both predicts.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from pathlib import Path
 import joblib
 
 from extract.errors import UsageError
-from extract.names import CODES_MODEL
+from extract.names import CODES_MODEL, FINETUNED_MODEL
 
 MODEL_NAME = CODES_MODEL
 SIDECAR_SUFFIX = ".sha256"
+CODES_SUFFIXES = (".h5", ".hdf5")
 
 
 def model_files(bundle: dict) -> dict[str, bytes | str]:
@@ -77,3 +79,15 @@ def _is_hdf5(path: Path) -> bool:
             return fh.read(8) == b"\x89HDF\r\n\x1a\n"
     except OSError:
         return False
+
+
+def is_finetuned_run(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` (or the file it names) is a fine-tuned network written by finetune."""
+    path = Path(run_dir)
+    return (path / FINETUNED_MODEL).is_file() if path.is_dir() else path.name == FINETUNED_MODEL and path.is_file()
+
+
+def is_codes_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a codes file (by its suffix, or an HDF5 file by its first bytes), not an image."""
+    path = Path(path)
+    return path.is_file() and (path.suffix.lower() in CODES_SUFFIXES or _is_hdf5(path))

@@ -10,23 +10,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from extract.names import AUTO_RESULT, AUTO_WINNER, FINETUNED_MODEL
+from extract.names import AUTO_RESULT, AUTO_WINNER
 
-from .model_io import _is_hdf5
-
-CODES_SUFFIXES = (".h5", ".hdf5")
-
-
-def is_finetuned_run(run_dir: str | os.PathLike) -> bool:
-    """Whether ``run_dir`` (or the file it names) is a fine-tuned network written by finetune."""
-    path = Path(run_dir)
-    return (path / FINETUNED_MODEL).is_file() if path.is_dir() else path.name == FINETUNED_MODEL and path.is_file()
-
-
-def is_codes_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a codes file (by its suffix, or an HDF5 file by its first bytes), not an image."""
-    path = Path(path)
-    return path.is_file() and (path.suffix.lower() in CODES_SUFFIXES or _is_hdf5(path))
+from .model_io import is_finetuned_run, load_model
 
 
 def winner_of(run_dir: str | os.PathLike) -> Path:
@@ -47,8 +33,6 @@ def load_run_model(run_dir: str | os.PathLike) -> dict:
 
         network, bundle = load_network(run_dir)
         return {**bundle, "kind": "finetuned", "network": network}
-    from .model_io import load_model
-
     return {**load_model(run_dir), "kind": "codes"}
 
 

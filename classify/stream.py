@@ -35,6 +35,7 @@ from .data import check_finite, codes_shape, file_meta, layer_recipe, meta_rows,
 from .fileio import write_files
 from .model_io import load_model, model_files
 from .models import class_weight_values, make_normalizer, parse_class_weight
+from .predictions import csv_text, evaluate_known, predict_rows, true_labels
 from .render import report_files, summarize
 from .report import build_report
 from .split import Plan, plan_split
@@ -219,8 +220,6 @@ def predict_streamed(run_dir, codes_path, out_csv, max_memory: str | int | None 
     columns and result keys: predict's own per-block prediction and CSV writer)."""
     from types import SimpleNamespace
 
-    from .predict import _csv_text, _predict, evaluate_known, true_labels
-
     bundle = load_model(run_dir)
     layers = bundle["layers"]
     meta, _ = file_meta(codes_path)
@@ -240,9 +239,9 @@ def predict_streamed(run_dir, codes_path, out_csv, max_memory: str | int | None 
             blocks = Blocks(h5, layers, budget)
             for start, stop in blocks.bounds:
                 block = slice(start, stop)
-                pred = _predict(bundle, SimpleNamespace(rows=rows.take(block)), blocks.read(start, stop), None, None)
+                pred = predict_rows(bundle, SimpleNamespace(rows=rows.take(block)), blocks.read(start, stop), None, None)
                 predicted[block], good[block] = pred.predicted, pred.good
-                f.write(_csv_text(rows.paths[block], pred, true[block] if known.any() else None, header=start == 0))
+                f.write(csv_text(rows.paths[block], pred, true[block] if known.any() else None, header=start == 0))
 
     out_csv = Path(out_csv)
     write_files(out_csv.parent if str(out_csv.parent) else ".", {out_csv.name: write})

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from classify.fileio import write_files
-from classify.predict import apply_threshold, binary_rule, evaluate_known, threshold_entry
-from classify.runs import is_codes_file, is_finetuned_run  # noqa: F401  (is_finetuned_run: re-exported)
+from classify.model_io import is_codes_file, is_finetuned_run  # noqa: F401  (is_finetuned_run: re-exported)
+from classify.predictions import apply_threshold, binary_rule, evaluate_known, threshold_entry
 from extract.backbones import get_backbone
 from extract.device import mixed_precision, pick_device
 from extract.errors import UsageError
@@ -53,7 +53,7 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike | Seque
     """Preprocess ``images`` (folder tree, CSV manifest, image files) as the run did for evaluation, and predict.
 
     Two classes: ``threshold`` predicts ``positive`` (default: the second class) when its probability
-    is at least the threshold (classify.predict.binary_rule). Unreadable images get an empty
+    is at least the threshold (classify.predictions.binary_rule). Unreadable images get an empty
     prediction and their error. Labeled images whose class the model knows get a ``true`` column and
     are scored (accuracy, balanced accuracy). The network has no codes step: a codes file, or
     ``codes_out`` / ``weights``, is refused before any work. An existing ``out_csv`` is replaced only
