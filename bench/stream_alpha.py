@@ -130,10 +130,10 @@ def sample_table(item: str, fractions: list[float], seeds: list[int], kinds: lis
     data = load_dataset(codes, layer or None, test=None, test_fraction=None, seed=0)
     X, y = data.X_train, data.y_train
     print(f"\n{Path(codes).stem}:{layer or '(first)'}: {len(y):,} training rows x {X.shape[1]:,}, {folds}-fold CV, "
-          f"training split only (the held-out split is not read into any of this)")
+          f"training split only (the held-out rows are never used)")
     print("| CV | rows | chosen per seed " + " / ".join(map(str, seeds)) + " | same choice as the full CV (seed 0) | "
-          "Spearman with the full CV's scores (seed 0), mean | full-CV score lost by its choice, mean | seconds per CV |"
-          "\n|---|---|---|---:|---:|---:|---:|")
+          "Spearman with the full CV's scores (seed 0), mean | full-CV score lost by its choice, mean | "
+          "seconds per CV |\n|---|---|---|---:|---:|---:|---:|")
     for kind in kinds:
         t0 = time.perf_counter()
         full = cv_scores(kind, X, y, seeds[0], folds)
