@@ -21,7 +21,8 @@ from .data import require_two_classes
 
 CV_SCORING = "balanced_accuracy"  # what cross-validation chooses by, in memory and streamed
 # Above this many training rows, C (or alpha) is chosen on a stratified sample (the final fit still uses every
-# row): 25 cross-validation fits on 100,000 codes would take most of an hour on two cores.
+# row): 25 cross-validation fits on 100,000 codes would take most of an hour on two cores. A speed setting:
+# samples of real training sets did not choose C as their full CV did (bench/RESULTS.md, issue 22 item 13).
 CV_MAX_ROWS = 20_000
 
 

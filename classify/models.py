@@ -180,8 +180,8 @@ class ClassifierSpec:
 
 CLASSIFIERS: dict[str, ClassifierSpec] = {
     # LinearSVC(dual=False)'s problem, solved for all classes at once in float32 (classify/linear_svm.py)
-    # CV on at most 5,000 rows, at tol 1e-3, for speed (bench/RESULTS.md); that the sample ranks C as the full
-    # CV does is not established: the one comparison used noisy copies with twins across its split
+    # CV on at most 5,000 rows, at tol 1e-3, for speed (bench/RESULTS.md); on real training sets, samples chose
+    # a larger C than the full CV did (bench/RESULTS.md, issue 22 item 13)
     "svm": ClassifierSpec(lambda cw, seed: SquaredHingeSVC(class_weight=cw, random_state=seed),
                           "C", C_GRID, 1.0, warm_path=True, cv_max_rows=5_000, cv_params={"tol": 1e-3}),
     "softmax": ClassifierSpec(lambda cw, seed: LogisticRegression(class_weight=cw, max_iter=5000, random_state=seed),
