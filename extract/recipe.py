@@ -21,15 +21,16 @@ class Recipe:
     preprocess: dict
     precision: str
     views: int = 1  # crops averaged per image (images.views_of)
+    calibration: str = ""  # int8: the digest of the calibration sample (quantize.py); recorded only then
 
     @classmethod
     def make(cls, backbone: Backbone, weights: WeightsInfo, taps: list[Tap], preprocess: dict,
-             precision: str, views: int = 1) -> Recipe:
+             precision: str, views: int = 1, calibration: str = "") -> Recipe:
         return cls(backbone.name, weights.sha256 or "random", weights.name, [t.as_dict() for t in taps], preprocess,
-                   precision, views)
+                   precision, views, calibration)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "calibration" or v}
 
 
 @dataclass(frozen=True)
