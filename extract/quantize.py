@@ -15,7 +15,7 @@ import hashlib
 import importlib.util
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,9 +35,9 @@ def available() -> bool:
 class Calibration:
     """The calibration sample of a listing: its rows and their digest (what the quantized model depends on)."""
 
-    listing: object | None = field(compare=False)  # reader.ImageList; None: a sample recorded earlier (calibration_for)
-    rows: tuple[int, ...] = ()
-    digest: str = ""
+    listing: object | None  # reader.ImageList; None: a sample recorded by an earlier run (calibration_for)
+    rows: tuple[int, ...]
+    digest: str
 
     def images(self, prep: dict) -> np.ndarray:
         """The sample decoded as extraction decodes it (uint8 [n, 3, crop, crop]); unreadable images left out."""
