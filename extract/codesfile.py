@@ -28,10 +28,9 @@ FORMAT_VERSION = 1
 ROW_FIELDS = ("labels", "paths", "split", "ok", "errors", "file_size", "file_mtime_ns")
 _STR = h5py.string_dtype("utf-8")
 # The parts of a recipe that change the codes: two files agree when these agree.
-RECIPE_KEYS = ("backbone", "weights_sha256", "taps", "preprocess", "precision", "views", "calibration")
-# Keys that files and models made before they were recorded lack (calibration: all but int8's): compared only
-# when both sides have them.
-_LATER_KEYS = ("precision", "calibration")
+RECIPE_KEYS = ("backbone", "weights_sha256", "taps", "preprocess", "precision", "views")
+# Keys that files and models made before they were recorded lack: compared only when both sides have them.
+_LATER_KEYS = ("precision",)
 # Keys that such files lack, with the value that made their codes: files before views had one view.
 _DEFAULTS = {"views": 1}
 

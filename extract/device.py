@@ -16,8 +16,6 @@ if TYPE_CHECKING:
     from .shards import Shard
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# Extraction alone also takes int8: the tap model quantized by NNCF on OpenVINO (quantize.py).
-EXTRACT_PRECISIONS = (*PRECISIONS, "int8")
 # Overrides what the CPU reports (e.g. "FP32,INT8" for a CPU without native bf16), to run or test another CPU's path.
 CAPABILITIES_ENV = "CNNCODES_CPU_CAPABILITIES"
 
@@ -38,33 +36,19 @@ def pick_device(device: str = "auto", shard: Shard | None = None) -> torch.devic
     return torch.device(device)
 
 
-def check_precision(precision: str, device_type: str | None = None, accepted: tuple[str, ...] = PRECISIONS) -> str:
-    """``precision`` if it is one of ``accepted`` (not fp16 on a CPU; int8 only where OpenVINO can quantize:
-    on the CPU, with nncf installed), else a UsageError."""
-    require("precision", precision, lambda v: v in accepted, f"one of {', '.join(accepted)}")
+def check_precision(precision: str, device_type: str | None = None) -> str:
+    """``precision`` if it is a known one (and not fp16 on a CPU), else a UsageError."""
+    require("precision", precision, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device_type == "cpu":
         raise UsageError("--precision fp16 is for GPUs; on the CPU use fp32 or bf16")
-    if precision == "int8":
-        from . import quantize
-
-        if device_type not in (None, "cpu"):
-            raise UsageError("--precision int8 runs on the CPU (OpenVINO): add --device cpu, or use bf16 or fp16")
-        if not quantize.available():
-            raise UsageError(quantize.NEEDS_NNCF)
     return precision
-
-
-def check_extract_precision(precision: str, device_type: str | None = None) -> str:
-    """check_precision over what extraction takes (int8 too)."""
-    return check_precision(precision, device_type, EXTRACT_PRECISIONS)
 
 
 def pick_precision(precision: str, device: torch.device, capabilities: Callable[[], list[str]] | None = None,
                    training: bool = False, bf16_supported: bool | None = None) -> str:
     """``auto``: bf16 on GPUs where supported, else fp16. On CPUs inference takes bf16 where ``capabilities()``
-    reports native BF16 (elsewhere it is emulated and slower than fp32), else fp32; training takes fp32.
-    Inference also takes int8 on the CPU (check_extract_precision)."""
-    if check_precision(precision, device.type, PRECISIONS if training else EXTRACT_PRECISIONS) != "auto":
+    reports native BF16 (elsewhere it is emulated and slower than fp32), else fp32; training takes fp32."""
+    if check_precision(precision, device.type) != "auto":
         return precision
     if device.type == "cuda":
         if bf16_supported is None:

@@ -6,8 +6,7 @@ has native bf16). Several OpenVINO streams of one thread each take the batches i
 caller decodes the next ones. A network that cannot be converted, or whose converted outputs do
 not match the eager model's on a probe batch, runs in eager PyTorch instead, and ``note`` says so.
 bf16 asked for on a CPU without native bf16 runs in eager PyTorch as well: OpenVINO would run it in
-fp32 there, and the codes file must record the precision that made its codes. int8 (quantize.py) runs
-on OpenVINO only: where it cannot, the extraction fails rather than record codes int8 did not make.
+fp32 there, and the codes file must record the precision that made its codes.
 On CUDA: eager PyTorch with autocast to bf16/fp16, pinned host memory and non-blocking copies.
 With ``views`` > 1 an image's views ride in the same batch (the forward pass takes images x views crops)
 and ``map`` yields each image's mean of its views' codes (``mean_over_views``).
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from . import device as devices
-from . import openvino_model, quantize
+from . import openvino_model
 from .device import autocast_dtype
 from .fusion import fold_batchnorm
 from .network import Network
@@ -32,9 +31,8 @@ from .taps import Tap, TapModel
 # Small batches are fastest for CPU inference (cache-resident activations); GPUs want large ones.
 DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 64}
 # How close (cosine over a probe batch, per tap) a converted model must come to the eager fp32 one.
-AGREEMENT = {"fp32": 0.9999, "bf16": 0.99, "int8": 0.99}
-# int8: the quantized layers run in int8, the few that NNCF leaves unquantized in fp32
-OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+AGREEMENT = {"fp32": 0.9999, "bf16": 0.99}
+OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 NO_NATIVE_BF16 = ("this CPU has no native bf16, where OpenVINO runs fp32: bf16 runs emulated in eager PyTorch "
                   "(slow; --precision auto picks fp32 here)")
 
@@ -149,14 +147,11 @@ class OpenVINOComputer(CodeComputer):
 
 
 def make_computer(network: Network, preprocess: dict, device: torch.device, precision: str, batch_size: int,
-                  streams: int = 1, views: int = 1, calibration: quantize.Calibration | None = None) -> CodeComputer:
+                  streams: int = 1, views: int = 1) -> CodeComputer:
     """The fastest computer for ``device``: OpenVINO on the CPU (eager PyTorch when that fails), eager elsewhere.
     A network converted and checked by an earlier run (``network.converted``) needs no eager model.
-    ``batch_size`` images of ``views`` crops each make one forward pass of ``batch_size * views`` crops.
-    int8 needs the ``calibration`` sample (quantize.calibration)."""
+    ``batch_size`` images of ``views`` crops each make one forward pass of ``batch_size * views`` crops."""
     taps, crops = network.taps, batch_size * views
-    if precision == "int8":
-        return _int8(network, preprocess, crops, streams, views, calibration)
     if device.type == "cpu" and precision == "bf16" and not devices.native_bf16():
         return CodeComputer(_eager(network.model, taps, preprocess), device, precision, crops,
                             note=NO_NATIVE_BF16, views=views)
@@ -195,31 +190,6 @@ def _converted(module: Normalized, network: Network, preprocess: dict, precision
     except BaseException:
         openvino_model.forget(network.key)  # never leave a conversion that failed its check for the next run
         raise
-    return computer
-
-
-def _int8(network: Network, preprocess: dict, batch_size: int, streams: int, views: int,
-          calibration: quantize.Calibration) -> OpenVINOComputer:
-    """The tap model quantized on ``calibration``'s images: from the cache, else quantized from the fp32 model
-    and checked against the eager one on the first calibration images."""
-    key = quantize.model_key(network.key, calibration)
-    hit = openvino_model.cached(key)
-    if hit is not None:
-        return _compiled(hit[0], network.taps, "int8", batch_size, streams, views)
-    images = calibration.images(preprocess)
-    module = _eager(network.model, network.taps, preprocess)
-    example = torch.zeros(batch_size, *images.shape[1:], dtype=torch.uint8)
-    fp32 = network.converted or openvino_model.converted(module, example, network.key, network.cache_meta())
-    model = openvino_model.saved(quantize.quantize(fp32, images), key, network.cache_meta())
-    try:
-        computer = _compiled(model, network.taps, "int8", batch_size, streams, views)
-        probe = torch.from_numpy(images[:8])
-        with torch.inference_mode():
-            check_agreement(module(probe), computer(probe), AGREEMENT["int8"])
-    except BaseException:
-        openvino_model.forget(key)
-        raise
-    computer.note = f"int8: quantized on {len(images)} calibration images (kept in the converted-model cache)"
     return computer
 
 

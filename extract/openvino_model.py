@@ -24,7 +24,7 @@ import torch
 
 MAX_ENTRIES = 8
 _SOURCES = ("backbones.py", "efficientnet_lite.py", "taps.py", "network.py", "inference.py", "fusion.py",
-            "openvino_model.py", "quantize.py")
+            "openvino_model.py")
 
 
 def available() -> bool:
@@ -101,12 +101,6 @@ def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None, m
     with no_telemetry():
         model = openvino.convert_model(program)
     model.reshape({model.inputs[0]: openvino.PartialShape([-1, *example.shape[1:]])})
-    return saved(model, key, meta)
-
-
-def saved(model, key: str | None, meta: dict | None = None):
-    """``model`` stored with ``meta`` under ``key`` and read back from there, so that later runs get the same
-    codes to the bit; ``model`` itself where nothing can be stored."""
     folder = cache_dir()
     if folder and key and (_store(model, meta or {}, folder / key) or (folder / key / "model.xml").is_file()):
         return _read(folder / key / "model.xml")  # ours, or a concurrent rank's identical one

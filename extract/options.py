@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .checks import DTYPES
 from .config import check_config, option, whole
-from .device import EXTRACT_PRECISIONS, check_extract_precision
+from .device import PRECISIONS, check_precision
 from .names import check_backbone
 
 POOLS = ("avg", "max", "none")
@@ -27,7 +27,7 @@ class ExtractConfig:
     pool: str = option("avg", choices=POOLS)
     weights: str | None = option(None)
     device: str = option("auto")
-    precision: str = option("auto", choices=EXTRACT_PRECISIONS, check=check_extract_precision)
+    precision: str = option("auto", choices=PRECISIONS, check=check_precision)
     batch_size: int | None = option(None, whole(1), "a whole number >= 1")
     workers: int | None = option(None, whole(0), "a whole number >= 0")
     part_size: int | None = option(None, whole(1), "a whole number >= 1")

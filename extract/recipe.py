@@ -21,16 +21,15 @@ class Recipe:
     preprocess: dict
     precision: str
     views: int = 1  # crops averaged per image (images.views_of)
-    calibration: str = ""  # int8: the digest of the calibration sample (quantize.py); recorded only then
 
     @classmethod
     def make(cls, backbone: Backbone, weights: WeightsInfo, taps: list[Tap], preprocess: dict,
-             precision: str, views: int = 1, calibration: str = "") -> Recipe:
+             precision: str, views: int = 1) -> Recipe:
         return cls(backbone.name, weights.sha256 or "random", weights.name, [t.as_dict() for t in taps], preprocess,
-                   precision, views, calibration)
+                   precision, views)
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "calibration" or v}
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import parts, quantize, shards, writer
+from . import parts, shards, writer
 from .backbones import DEFAULT_BACKBONE, get_backbone
 from .batches import Decoders
 from .options import check_options
@@ -145,8 +145,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
                  if fresh(out, overwrite, parts_dir) else None)
         network = prepare(bb, winfo, list(layers), pool, prep, max_dim, settings.device)
         taps = network.taps
-        sample = quantize.calibration_for(listing, expected_recipe) if settings.precision == "int8" else None
-        recipe = Recipe.make(bb, winfo, taps, prep, settings.precision, views, sample.digest if sample else "").as_dict()
+        recipe = Recipe.make(bb, winfo, taps, prep, settings.precision, views).as_dict()
         if expected_recipe is not None:
             from .codesfile import check_recipe
 
@@ -173,7 +172,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
             # the workers decode while the network is converted or loaded
             decoded = (early or decoders(plan.job_rows, part_size=part_plan.part_size, todo=todo)).batches
             computer = make_computer(network, prep, settings.device, settings.precision, settings.batch_size,
-                                     settings.streams, views, sample)
+                                     settings.streams, views)
             result.runtime = computer.describe()
             result.notes.extend([computer.note] if computer.note else [])
             writer.write_parts(computer.map(decoded), part_plan, todo, parts_dir, dtype, settings.progress)
@@ -244,14 +243,12 @@ def _openvino_version() -> dict:
 
 
 def inference_setup(backbone: str = DEFAULT_BACKBONE, layers=("penultimate",), batch_size: int | None = None,
-                    device: str = "auto", precision: str = "auto", weights: str | None = None,
-                    calibration: quantize.Calibration | None = None):
+                    device: str = "auto", precision: str = "auto", weights: str | None = None):
     """The extraction's forward pass with its defaults, for benchmarks and tests: (computer, batch size,
-    description). int8 takes its ``calibration`` sample (quantize.calibration)."""
+    description)."""
     bb = get_backbone(backbone)
     settings = Settings.of(RunOptions(device, precision, batch_size, progress=False))
     prep, winfo = preprocess_config(bb), locate_weights(bb, weights)
     network = prepare(bb, winfo, list(layers), "avg", prep, MAX_UNPOOLED_DIM, settings.device)
-    computer = make_computer(network, prep, settings.device, settings.precision, settings.batch_size, settings.streams,
-                             calibration=calibration)
+    computer = make_computer(network, prep, settings.device, settings.precision, settings.batch_size, settings.streams)
     return computer, settings.batch_size, f"{computer.describe()}, batch {settings.batch_size}"
