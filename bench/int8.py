@@ -7,11 +7,11 @@ calibration images), calibrated on up to ``CALIBRATION_SIZE`` of the set's own t
 evenly over the listing and decoded as extraction decodes them. Its int8 children run that model through
 extraction's own code (listing, decoders, OpenVINO streams, parts, HDF5), with the computer swapped in.
 
-* Agreement and accuracy, per image set (``--sets`` in ``--datasets``): codes in fp32 and in int8, then the
-  per-row cosine of int8 codes to fp32 codes (min, median) and the cosine over the whole file (all codes as
+* Agreement and accuracy, per image set (``--sets`` in ``--datasets``): codes in fp32, int8 and bf16, then the
+  per-row cosine of int8 and bf16 codes to fp32 codes (min, median) and the cosine over the whole file (all codes as
   one vector), and the val balanced accuracy of the same svm (``cnncodes.train`` as ``cnncodes run`` trains
-  it: the train split, C chosen by cross-validation) on each. Bar: whole-file cosine >= 0.99 and at most 0.5
-  point of balanced accuracy lost, on every set.
+  it: the train split, C chosen by cross-validation) on each. Bar, for int8: whole-file cosine >= 0.99 and at
+  most 0.5 point of balanced accuracy lost, on every set (bf16, shipped, shows where it stands).
 * Speed on ``--speed-set``: fp32, int8 and bf16 in alternating rounds, each run a fresh process: end to end
   (extraction's own img/s, and the whole process's seconds) and the model alone (pre-made batches of the
   set's decoded images through extraction's computer and streams).
@@ -188,9 +188,10 @@ def svm(codes: Path, out: Path) -> tuple[float, float]:
 
 
 def quality(datasets: Path, sets: list[str], tmp: Path, env: dict, bias_correction: str = "fast") -> bool:
-    print("\n| set (rows) | int8 to fp32 cosine, per row min / median | whole file | svm bal. acc. fp32 (C) "
-          "| int8 (C) | change | calibration: images, decode + quantize |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    """int8 and bf16 codes against fp32 codes, set by set; the bar is int8's (bf16 shows what passes today)."""
+    print("\n| set (rows) | codes | cosine to fp32, per row min / median | whole file | svm bal. acc. fp32 (C) "
+          "| these codes (C) | change | int8 calibration: images, decode + quantize |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     passed = True
     for name in sets:
         root = datasets / name
@@ -200,16 +201,20 @@ def quality(datasets: Path, sets: list[str], tmp: Path, env: dict, bias_correcti
             continue
         xml = tmp / f"{name}-int8.xml"
         cal = common.run_child(SCRIPT, ["quantize", str(root), str(xml), bias_correction], env=env)
-        for p in ("fp32", "int8"):
+        for p in PRECISIONS:
             extract(root, tmp / f"{name}-{p}.h5", p, xml, env)
-        agree = agreement(tmp / f"{name}-fp32.h5", tmp / f"{name}-int8.h5")
-        (acc32, c32), (acc8, c8) = (svm(tmp / f"{name}-{p}.h5", tmp / f"{name}-{p}-svm") for p in ("fp32", "int8"))
-        ok = agree["file"] >= MIN_COSINE and acc32 - acc8 <= MAX_LOSS
-        passed &= ok
-        print(f"| {name} ({agree['rows']}) | {agree['min']:.4f} / {agree['median']:.5f} | {agree['file']:.5f} "
-              f"| {acc32:.2f} ({c32:g}) | {acc8:.2f} ({c8:g}) | {acc8 - acc32:+.2f} {'ok' if ok else 'FAILS'} "
-              f"| {cal['images']}, {cal['decode_s']:.1f} + {cal['quantize_s']:.1f} s |", flush=True)
-    print(f"\nbar: whole-file cosine >= {MIN_COSINE} and at most {MAX_LOSS} point lost on every set: "
+        acc32, c32 = svm(tmp / f"{name}-fp32.h5", tmp / f"{name}-fp32-svm")
+        for p in ("int8", "bf16"):
+            agree = agreement(tmp / f"{name}-fp32.h5", tmp / f"{name}-{p}.h5")
+            acc, c = svm(tmp / f"{name}-{p}.h5", tmp / f"{name}-{p}-svm")
+            ok = agree["file"] >= MIN_COSINE and acc32 - acc <= MAX_LOSS
+            passed &= ok or p != "int8"
+            calibration = (f"{cal['images']}, {cal['decode_s']:.1f} + {cal['quantize_s']:.1f} s"
+                           if p == "int8" else "")
+            print(f"| {name} ({agree['rows']}) | {p} | {agree['min']:.4f} / {agree['median']:.5f} "
+                  f"| {agree['file']:.5f} | {acc32:.2f} ({c32:g}) | {acc:.2f} ({c:g}) | {acc - acc32:+.2f} "
+                  f"{'within the bar' if ok else 'outside the bar'} | {calibration} |", flush=True)
+    print(f"\nbar for int8: whole-file cosine >= {MIN_COSINE} and at most {MAX_LOSS} point lost on every set: "
           f"{'PASSED' if passed else 'FAILED'}")
     return passed
 
