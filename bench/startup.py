@@ -6,18 +6,20 @@ Warm: the converted model is cached (an untimed run of each tree fills the cache
 folder (svm) made once on hymenoptera (a generated set when ../shared is absent). The phases are measured inside each
 child process by wrapping the runner's steps: imports (process start to the listing, the classifier's loading left
 out), listing, model load (network + compiled model), first batch (compiled model to the first codes), assembly,
-classifier (predict: loading the model and predicting).
+classifier (predict: loading the model), in process (the child's own clock), cpu (its main process's user + system
+CPU seconds, threads included: what a busy machine stretches least), and whole process (the parent's clock).
 """
 from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 
 T0 = time.perf_counter()
 COMMANDS = ("help", "info", "extract", "predict")
-PHASES = ("imports", "listing", "model load", "first batch", "assembly", "classifier", "in process")
+PHASES = ("imports", "listing", "model load", "first batch", "assembly", "classifier", "in process", "cpu")
 
 
 def child(tree: str, argv: list[str]) -> None:
@@ -34,7 +36,8 @@ def child(tree: str, argv: list[str]) -> None:
     except SystemExit as exit_:  # --help
         code = exit_.code
     end = time.perf_counter()
-    phases = {"in process": end - T0}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    phases = {"in process": end - T0, "cpu": usage.ru_utime + usage.ru_stime}
     if "listing start" in marks:
         phases.update({
             "imports": marks["listing start"] - T0 - marks.get("classifier before listing", 0.0),
@@ -146,12 +149,12 @@ def main(argv=None) -> int:
     print(common.load_average(), "(after)")
     print(f"\nmedians of {args.repeat} fresh processes, seconds ({', '.join(f'{k}: {v}' for k, v in trees.items())})")
     columns = [*PHASES, "whole process"]
-    print(f"{'command':<9} {'tree':<7}" + "".join(f"{c:>13}" for c in columns))
+    print(f"{'command':<9} {'tree':<7}" + "".join(f"{c:>14}" for c in columns))
     for command in commands:
         for tree in trees:
             runs = times[tree, command]
             cells = [statistics.median([r[c] for r in runs]) if c in runs[0] else None for c in columns]
-            print(f"{command:<9} {tree:<7}" + "".join(f"{v:>13.3f}" if v is not None else f"{'':>13}" for v in cells))
+            print(f"{command:<9} {tree:<7}" + "".join(f"{v:>14.3f}" if v is not None else f"{'':>14}" for v in cells))
         if "before" in trees:
             ratios = [b["whole process"] / a["whole process"] for a, b in zip(times["after", command],
                                                                              times["before", command])]
