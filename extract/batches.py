@@ -127,10 +127,25 @@ _WORKER: tuple = ()  # a decode worker's (dataset, slots), set by _worker_init
 
 def _worker_init(dataset: ImageDataset, slots: Slots | None, counter, cpus: tuple[int, ...]) -> None:
     global _WORKER
+    _die_with_parent()
     with counter.get_lock():
         worker_id, counter.value = counter.value, counter.value + 1
     decoder_init(worker_id, cpus)
     _WORKER = (dataset, slots)
+
+
+def _die_with_parent() -> None:
+    """A pool worker waits for its next batch forever, even once the main process is gone (killed): on Linux the
+    kernel ends it with its parent (PR_SET_PDEATHSIG); elsewhere it stays until its queue closes."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os._exit(1)
 
 
 def _decode_batch(n: int, rows: list[int]):
