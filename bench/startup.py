@@ -158,7 +158,8 @@ def main(argv=None) -> int:
         if "before" in trees:
             ratios = [b["whole process"] / a["whole process"] for a, b in zip(times["after", command],
                                                                              times["before", command])]
-            print(f"{'':<9} before / after, whole process (median of per-round ratios): {statistics.median(ratios):.2f}x")
+            print(f"{'':<9} before / after, whole process (median of per-round ratios): "
+                  f"{statistics.median(ratios):.2f}x")
     return 0
 
 

@@ -16,7 +16,6 @@ and ``map`` yields each image's mean of its views' codes (``mean_over_views``).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
