@@ -7,36 +7,41 @@ ReLU6 instead of the block output.
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import itertools
 from dataclasses import dataclass, field
-from typing import Callable
-
-import torch
-from torchvision import models
+from typing import TYPE_CHECKING, Callable
 
 from .names import check_backbone
-from . import efficientnet_lite as lite
+from . import lite_scaling as lite
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
 class Backbone:
-    """An architecture, its ImageNet weights (a torchvision weights enum, or a checkpoint file name and the
-    evaluation transform it was trained for) and its layer aliases."""
+    """An architecture, its ImageNet weights (their checkpoint's URL or file name, and the evaluation transform
+    they were trained for) and its layer aliases. Plain data: ``build`` imports torch when called, so that a
+    warm extraction (backbones.py read, no network built) never loads it."""
 
     name: str
     build: Callable[[], torch.nn.Module]
-    weights_enum: object
+    weights_enum_name: str  # torchvision's weights enum ("" for others): the table below is checked against it
     aliases: dict[str, str] = field(default_factory=dict)
     checkpoint: str = ""  # without a weights enum: the checkpoint's file name
-    transform: dict = field(default_factory=dict)  # without a weights enum: resize, crop, mean, std, interpolation
+    transform: dict = field(default_factory=dict)  # resize, crop, mean, std (in [0, 1] units), interpolation
+    checkpoint_url: str = ""  # torchvision's IMAGENET1K_V1 checkpoint
+
+    @property
+    def weights_enum(self):
+        """torchvision's weights enum (imports torchvision), or None."""
+        return getattr(importlib.import_module("torchvision.models"), self.weights_enum_name, None)
 
     @property
     def default_weights(self):
         return self.weights_enum.IMAGENET1K_V1
-
-    @property
-    def checkpoint_url(self) -> str:
-        return self.default_weights.url if self.weights_enum else ""
 
     @property
     def checkpoint_name(self) -> str:
@@ -45,16 +50,13 @@ class Backbone:
     @property
     def class_names(self) -> list[str]:
         """The ImageNet-1k classes of the head, in torchvision's (the standard synset) order."""
+        models = importlib.import_module("torchvision.models")
         return list((self.weights_enum or models.MobileNet_V2_Weights).IMAGENET1K_V1.meta["categories"])
 
     def eval_transform(self) -> dict:
         """The ImageNet evaluation preprocessing the weights expect: resize (shorter side), crop, mean, std
         (in [0, 1] units) and interpolation."""
-        if not self.weights_enum:
-            return dict(self.transform)
-        t = self.default_weights.transforms()
-        return {"resize": t.resize_size[0], "crop": t.crop_size[0], "mean": list(t.mean), "std": list(t.std),
-                "interpolation": t.interpolation.value}
+        return dict(self.transform)
 
     def resolve_layer(self, layer: str) -> tuple[str, str]:
         """Return (display name, graph node) for an alias or a raw torchvision node name."""
@@ -91,8 +93,25 @@ def _efficientnet_lite(name: str) -> Backbone:
     crop = lite.VARIANTS[name].crop
     transform = {"resize": crop + 32, "crop": crop, "mean": [127 / 255] * 3, "std": [128 / 255] * 3,
                  "interpolation": "bicubic"}
-    return Backbone(name, getattr(lite, name), None, _efficientnet_lite_aliases(name), LITE_CHECKPOINTS[name],
-                    transform)
+    return Backbone(name, functools.partial(_build, "extract.efficientnet_lite", name), "",
+                    _efficientnet_lite_aliases(name), LITE_CHECKPOINTS[name], transform)
+
+
+def _build(module: str, name: str) -> torch.nn.Module:
+    """``module.name()``: an untrained network, torch imported now."""
+    return getattr(importlib.import_module(module), name)()
+
+
+# torchvision's IMAGENET1K_V1 weights of every torchvision backbone here: their evaluation transform (a test
+# checks it and the URLs against torchvision's weights enums).
+IMAGENET_TRANSFORM = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                      "interpolation": "bilinear"}
+_DOWNLOADS = "https://download.pytorch.org/models/"
+
+
+def _torchvision(name: str, enum: str, checkpoint: str, aliases: dict[str, str]) -> Backbone:
+    return Backbone(name, functools.partial(_build, "torchvision.models", name), enum, aliases,
+                    transform=IMAGENET_TRANSFORM, checkpoint_url=_DOWNLOADS + checkpoint)
 
 
 def _alexnet_aliases() -> dict[str, str]:
@@ -116,11 +135,11 @@ def _resnet_aliases() -> dict[str, str]:
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in [
-        Backbone("mobilenet_v2", models.mobilenet_v2, models.MobileNet_V2_Weights, _mobilenet_v2_aliases()),
-        Backbone("alexnet", models.alexnet, models.AlexNet_Weights, _alexnet_aliases()),
-        Backbone("vgg16", models.vgg16, models.VGG16_Weights, _vgg16_aliases()),
-        Backbone("resnet18", models.resnet18, models.ResNet18_Weights, _resnet_aliases()),
-        Backbone("resnet50", models.resnet50, models.ResNet50_Weights, _resnet_aliases()),
+        _torchvision("mobilenet_v2", "MobileNet_V2_Weights", "mobilenet_v2-b0353104.pth", _mobilenet_v2_aliases()),
+        _torchvision("alexnet", "AlexNet_Weights", "alexnet-owt-7be5be79.pth", _alexnet_aliases()),
+        _torchvision("vgg16", "VGG16_Weights", "vgg16-397923af.pth", _vgg16_aliases()),
+        _torchvision("resnet18", "ResNet18_Weights", "resnet18-f37072fd.pth", _resnet_aliases()),
+        _torchvision("resnet50", "ResNet50_Weights", "resnet50-0676ba61.pth", _resnet_aliases()),
         *(_efficientnet_lite(f"efficientnet_lite{n}") for n in range(3)),
     ]
 }

@@ -1,25 +1,25 @@
 """The reader side of the run loop: batches of image rows in, decoded uint8 batches out, in order.
 
-Worker processes (DataLoader, forked) only decode, into shared slots (``Slots``); the main process
-runs the network, which on the CPU is OpenVINO's own multi-stream inference, so no worker holds a
-compiled model. The workers start decoding as soon as ``decoded_batches`` is called, so the caller
-can prepare the network meanwhile: for a fresh job, before the network is even built
-(``Decoders``), up to ``PREFETCH_BYTES`` of images ahead. The workers run torch with one thread:
-GNU OpenMP deadlocks in a forked child whose parent already ran a parallel region, and more
-threads would only compete with the forward pass.
+Worker processes (a process pool, forked) only decode, with PIL and NumPy, into shared slots (``Slots``);
+the main process runs the network, which on the CPU is OpenVINO's own multi-stream inference, so no
+worker holds a compiled model, and no process of a warm run loads torch. The workers start decoding as
+soon as ``decoded_batches`` is called, so the caller can prepare the network meanwhile: for a fresh job,
+before the network is even built (``Decoders``), up to ``PREFETCH_BYTES`` of images ahead. Where torch is
+loaded (finetune's DataLoader workers) it runs with one thread: GNU OpenMP deadlocks in a forked child
+whose parent already ran a parallel region, and more threads would only compete with the forward pass.
 """
 from __future__ import annotations
 
-import functools
 import mmap
 import multiprocessing
 import os
 import signal
+import sys
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
 from . import parts
 from .plan import batches_of
@@ -39,7 +39,8 @@ def decoder_init(worker_id: int = 0, cpus: tuple[int, ...] = ()) -> None:
     """Set-up of every decode worker: one thread (see the module note), and no Ctrl-C: it reaches the
     whole process group, and only the main process handles it and stops the workers. With ``cpus``
     (``decoder_cpus``), worker i stays on CPU i, as OpenVINO keeps its streams on theirs (bench/RESULTS.md)."""
-    torch.set_num_threads(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if cpus:
         os.sched_setaffinity(0, {cpus[worker_id % len(cpus)]})
@@ -56,12 +57,12 @@ def fork_context() -> str | None:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 
 
-def stack_images(batch: list[tuple[torch.Tensor, bool, str]]) -> Decoded:
+def stack_images(batch: list[tuple[np.ndarray, bool, str]]) -> Decoded:
     """Collate ``ImageDataset`` items (images, or each image's views): uint8 [B x views, 3, H, W], ok flags [B],
     error messages."""
     images, ok, errors = zip(*batch)
-    stacked = torch.stack(images)
-    return stacked.reshape(-1, *stacked.shape[-3:]).numpy(), np.array(ok, dtype=bool), list(errors)
+    stacked = np.stack(images)
+    return stacked.reshape(-1, *stacked.shape[-3:]), np.array(ok, dtype=bool), list(errors)
 
 
 def decoded_batches(dataset: ImageDataset, batches: list[list[int]], workers: int) -> Iterator[Decoded]:
@@ -70,23 +71,96 @@ def decoded_batches(dataset: ImageDataset, batches: list[list[int]], workers: in
     if workers == 0:
         return (stack_images([dataset[i] for i in rows]) for rows in batches)
     size = max(map(len, batches)) * (dataset.views or 1)  # decoded crops in the largest batch
-    ahead = max(2, PREFETCH_BYTES // (3 * dataset.crop * dataset.crop * size * workers))
+    ahead = max(2, PREFETCH_BYTES // (3 * dataset.crop * dataset.crop * size * workers)) * workers
     context = fork_context()
-    if context is None:  # spawned workers would not share the slots: batches cross pickled
-        return iter(DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=stack_images,
-                               prefetch_factor=ahead, worker_init_fn=decoder_init))
-    slots = Slots(dataset, ahead * workers + 2, size)
-    loader = DataLoader(slots, batch_sampler=[[(n, i) for i in rows] for n, rows in enumerate(batches)],
-                        num_workers=workers, collate_fn=_as_is, prefetch_factor=ahead, multiprocessing_context=context,
-                        worker_init_fn=functools.partial(decoder_init, cpus=decoder_cpus(workers)))
-    return (slots.batch(*item) for item in loader)
+    # spawned workers would not share the slots: their batches cross pickled
+    slots = Slots(dataset, ahead + 2, size) if context else None
+    return Decoding(dataset, slots, batches, workers, ahead, context or "spawn")
+
+
+class Decoding:
+    """Batches decoded by a pool of ``workers`` processes, at most ``ahead`` of them in flight, yielded in order.
+    The pool stops when the batches are done, or when this is dropped (a job that turned out otherwise, an
+    error, Ctrl-C); a worker that dies fails the run (``BrokenProcessPool``) instead of hanging it."""
+
+    def __init__(self, dataset: ImageDataset, slots: Slots | None, batches: list[list[int]], workers: int,
+                 ahead: int, context: str):
+        ctx = multiprocessing.get_context(context)
+        cpus = decoder_cpus(workers)
+        self.slots, self.todo, self.running = slots, iter(enumerate(batches)), deque()
+        self.pool = ProcessPoolExecutor(workers, ctx, initializer=_worker_init,
+                                        initargs=(dataset, slots, ctx.Value("i", 0), cpus))
+        for _ in range(ahead):
+            self._submit()
+
+    def _submit(self) -> None:
+        item = next(self.todo, None)
+        if item is not None:
+            self.running.append(self.pool.submit(_decode_batch, *item))
+
+    def __iter__(self) -> Decoding:
+        return self
+
+    def __next__(self) -> Decoded:
+        if not self.running:
+            self.close()
+            raise StopIteration
+        try:
+            done = self.running.popleft().result()
+        except BaseException:
+            self.close()
+            raise
+        self._submit()  # into the slot of a batch the caller has moved past (see Slots)
+        return self.slots.batch(*done) if self.slots is not None else done
+
+    def close(self) -> None:
+        self.running.clear()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def __del__(self) -> None:
+        if hasattr(self, "pool"):
+            self.close()
+
+
+_WORKER: tuple = ()  # a decode worker's (dataset, slots), set by _worker_init
+
+
+def _worker_init(dataset: ImageDataset, slots: Slots | None, counter, cpus: tuple[int, ...]) -> None:
+    global _WORKER
+    _die_with_parent()
+    with counter.get_lock():
+        worker_id, counter.value = counter.value, counter.value + 1
+    decoder_init(worker_id, cpus)
+    _WORKER = (dataset, slots)
+
+
+def _die_with_parent() -> None:
+    """A pool worker waits for its next batch forever, even once the main process is gone (killed): on Linux the
+    kernel ends it with its parent (PR_SET_PDEATHSIG); elsewhere it stays until its queue closes."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os._exit(1)
+
+
+def _decode_batch(n: int, rows: list[int]):
+    """In a worker: batch ``n`` decoded into its slot ((slot, rows, ok, errors)), or returned whole without slots."""
+    dataset, slots = _WORKER
+    if slots is None:
+        return stack_images([dataset[i] for i in rows])
+    return slots.__getitems__([(n, i) for i in rows])
 
 
 class Slots:
     """Decoded batches in shared memory that forked workers write in place, so a batch crosses to the main
-    process as its slot number instead of a pickled copy (bench/RESULTS.md). DataLoader hands batch n + k to a
-    worker only after it has handed out batch n + k - ``prefetch_factor * workers``, so with two more slots
-    than that, batch n's slot is written again only after batch n + 2 has been handed out."""
+    process as its slot number instead of a pickled copy (bench/RESULTS.md). ``Decoding`` hands batch n + k to a
+    worker only after it has handed out batch n + k - (the batches in flight), so with two more slots
+    than the batches in flight, batch n's slot is written again only after batch n + 2 has been handed out."""
 
     def __init__(self, dataset: ImageDataset, count: int, batch_size: int):
         """``batch_size``: crops in the largest batch (images x views)."""
@@ -102,7 +176,7 @@ class Slots:
         slot, ok, errors = keys[0][0] % self.count, [], []
         for k, (_, row) in enumerate(keys):
             image, good, error = self.dataset[row]
-            crops = image.numpy().reshape(self.views, *image.shape[-3:])
+            crops = image.reshape(self.views, *image.shape[-3:])
             self.images[slot, k * self.views:(k + 1) * self.views] = crops
             ok.append(good)
             errors.append(error)
@@ -110,10 +184,6 @@ class Slots:
 
     def batch(self, slot: int, n: int, ok: np.ndarray, errors: list[str]) -> Decoded:
         return self.images[slot, :n * self.views], ok, errors
-
-
-def _as_is(batch):
-    return batch
 
 
 class Decoders:

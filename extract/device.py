@@ -1,10 +1,12 @@
 """The device and precision policy of every command (extract, finetune, predict, advise): CPU or CUDA, and
-which precision ``auto`` means there. Torch is imported only where a device is picked, so that the names and
-the checks load without it (assembling, option checks)."""
+which precision ``auto`` means there. Torch is imported only where a GPU may be picked, so that the names, the
+checks and a CPU run load without it (assembling, option checks, a warm extraction)."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .checks import require
@@ -20,20 +22,54 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CAPABILITIES_ENV = "CNNCODES_CPU_CAPABILITIES"
 
 
-def pick_device(device: str = "auto", shard: Shard | None = None) -> torch.device:
+@dataclass(frozen=True)
+class Device:
+    """A picked device by name ("cpu", "cuda:1"), with torch.device's ``type``, made without importing torch;
+    ``torch.device(str(d))`` is the torch one."""
+
+    name: str
+
+    @property
+    def type(self) -> str:
+        return self.name.split(":")[0]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# Device files of the drivers through which torch finds a GPU (NVIDIA, ROCm, WSL): without any, ``auto`` is the CPU.
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg")
+
+
+def choose_device(device: str = "auto", shard: Shard | None = None) -> Device:
     """``auto`` is CUDA when available, else CPU; an unavailable CUDA is a clear error. Ranks sharing a machine
-    with GPUs (``shard``) each take their own: ``auto`` or ``cuda`` becomes ``cuda:LOCAL_RANK`` modulo the GPUs."""
+    with GPUs (``shard``) each take their own: ``auto`` or ``cuda`` becomes ``cuda:LOCAL_RANK`` modulo the GPUs.
+    Torch is asked only where a GPU driver is present (or torch is loaded already), so a CPU run loads no torch."""
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda[:N], not {device!r}")
+    if device == "cpu" or (device == "auto" and not gpu_driver_present()):
+        return Device("cpu")
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda[:N], not {device!r}")
     if shard is not None and device == "cuda":
         device = shard.device(device, torch.cuda.device_count())
-    return torch.device(device)
+    return Device(device)
+
+
+def gpu_driver_present() -> bool:
+    """Whether torch could find a GPU here: torch is loaded already (then it is asked), or a driver's files exist."""
+    return "torch" in sys.modules or any(os.path.exists(path) for path in GPU_DRIVER_FILES)
+
+
+def pick_device(device: str = "auto", shard: Shard | None = None) -> torch.device:
+    """``choose_device`` as a torch.device (imports torch)."""
+    import torch
+
+    return torch.device(str(choose_device(device, shard)))
 
 
 def check_precision(precision: str, device_type: str | None = None) -> str:
@@ -44,7 +80,7 @@ def check_precision(precision: str, device_type: str | None = None) -> str:
     return precision
 
 
-def pick_precision(precision: str, device: torch.device, capabilities: Callable[[], list[str]] | None = None,
+def pick_precision(precision: str, device: torch.device | Device, capabilities: Callable[[], list[str]] | None = None,
                    training: bool = False, bf16_supported: bool | None = None) -> str:
     """``auto``: bf16 on GPUs where supported, else fp16. On CPUs inference takes bf16 where ``capabilities()``
     reports native BF16 (elsewhere it is emulated and slower than fp32), else fp32; training takes fp32."""

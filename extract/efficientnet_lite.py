@@ -12,36 +12,18 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import stochastic_depth
 
+from .lite_scaling import STAGES, VARIANTS, Scaling, stage_repeats  # noqa: F401  (the variants, torch-free)
+
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01  # TensorFlow's decay 0.99
 STEM, HEAD = 32, 1280
 STOCHASTIC_DEPTH = 0.2  # the last block's drop probability in training; earlier blocks scale it by their position
-# Stages of EfficientNet-B0 / Lite0: (repeats, kernel, stride, expansion, input channels, output channels).
-STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-          (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
-
-
-@dataclass(frozen=True)
-class Scaling:
-    """A Lite variant: width and depth multipliers, its input size and the dropout before its classifier."""
-
-    width: float
-    depth: float
-    crop: int
-    dropout: float
-
-
-VARIANTS = {"efficientnet_lite0": Scaling(1.0, 1.0, 224, 0.2), "efficientnet_lite1": Scaling(1.0, 1.1, 240, 0.2),
-            "efficientnet_lite2": Scaling(1.1, 1.2, 260, 0.3)}
-
-
 @torch.fx.wrap  # a leaf for torch.fx (the padding depends on the input size); torch.export traces it with static sizes
 def same_padding(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
     """Zero-pad ``x`` as TensorFlow's SAME: ceil(size / stride) outputs, the odd pixel of padding at the end."""
@@ -95,12 +77,6 @@ def round_filters(channels: int, width: float, divisor: int = 8) -> int:
     scaled = channels * width
     rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
     return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
-
-
-def stage_repeats(scaling: Scaling) -> list[int]:
-    """Blocks per stage: scaled by the depth multiplier, except the first and last stages."""
-    last = len(STAGES) - 1
-    return [r if i in (0, last) else math.ceil(scaling.depth * r) for i, (r, *_) in enumerate(STAGES)]
 
 
 def block_settings(scaling: Scaling) -> list[tuple[int, int, int, int, int]]:

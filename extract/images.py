@@ -4,7 +4,8 @@ Scraped collections are full of broken files, so `load_rgb` turns every failure 
 `ImageError` whose message is one readable line; the reader records it and moves on.
 JPEGs are decoded in draft mode (the decoder scales by 1/2, 1/4 or 1/8 while the shorter side
 stays >= the resize target), which is much faster for large photos. ``ImageDataset`` serves the
-decoded images to DataLoader workers.
+decoded images to the decode workers. Decoding is PIL + NumPy alone, so that a warm extraction
+never loads torch; ``preprocess`` and ``load_image`` give the same pixels as torch tensors.
 """
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ import os
 import re
 import warnings
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset
-from torchvision.transforms import InterpolationMode
 
 from .options import VIEWS
+
+if TYPE_CHECKING:
+    import torch
 
 #: Images with more pixels than this are refused before decoding (Pillow's own default, ~89 Mpx).
 MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -84,27 +86,69 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def preprocess(img: Image.Image, resize: int, crop: int,
-               interpolation: str = "bilinear") -> torch.Tensor:
-    """torchvision Resize(resize) + CenterCrop(crop) + PILToTensor: uint8 [3, crop, crop].
+def crop_array(img: Image.Image, resize: int, crop: int, interpolation: str = "bilinear") -> np.ndarray:
+    """torchvision Resize(resize) + CenterCrop(crop) + PILToTensor, in PIL + NumPy: uint8 [3, crop, crop].
 
-    The crop's source region is resized straight to ``crop`` x ``crop`` (same geometry and filter,
-    faster than resizing the whole image first: bench/RESULTS.md; values agree to within a grey level).
+    The one decode rule of every path (extract, finetune, predict). The crop's source region is resized
+    straight to ``crop`` x ``crop`` (same geometry and filter, faster than resizing the whole image first:
+    bench/RESULTS.md; values agree to within a grey level); a crop larger than the resized image pads it with
+    zeros, as torchvision does.
     """
-    mode = InterpolationMode(interpolation)
+    resample = pil_filter(interpolation)
     w, h = img.size
-    rw, rh = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
-    if crop > rw or crop > rh or mode not in _PIL_FILTERS:  # padding or an exotic filter: torchvision's path
-        img = TF.resize(img, resize, interpolation=mode, antialias=True)
-        return TF.pil_to_tensor(TF.center_crop(img, crop))
+    rw, rh = resized_size(w, h, resize)
+    if crop > rw or crop > rh:
+        return center_crop(_resized(img, rw, rh, resample), crop)
     left, top = int(round((rw - crop) / 2.0)), int(round((rh - crop) / 2.0))
     sx, sy = w / rw, h / rh
     box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
-    return TF.pil_to_tensor(img.resize((crop, crop), _PIL_FILTERS[mode], box=box, reducing_gap=None))
+    return _chw(img.resize((crop, crop), resample, box=box, reducing_gap=None))
 
 
-_PIL_FILTERS = {InterpolationMode.BILINEAR: Image.BILINEAR, InterpolationMode.BICUBIC: Image.BICUBIC,
-                InterpolationMode.NEAREST: Image.NEAREST, InterpolationMode.LANCZOS: Image.LANCZOS}
+def preprocess(img: Image.Image, resize: int, crop: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """``crop_array`` as a torch tensor (for torch callers: finetune, tests)."""
+    import torch
+
+    return torch.from_numpy(crop_array(img, resize, crop, interpolation))
+
+
+# torchvision's InterpolationMode values and the PIL filters its PIL backend resizes with.
+_PIL_FILTERS = {"nearest": Image.NEAREST, "nearest-exact": Image.NEAREST, "bilinear": Image.BILINEAR,
+                "bicubic": Image.BICUBIC, "box": Image.BOX, "hamming": Image.HAMMING, "lanczos": Image.LANCZOS}
+
+
+def pil_filter(interpolation: str) -> int:
+    """The PIL filter of a torchvision interpolation name; ValueError for an unknown one."""
+    if interpolation not in _PIL_FILTERS:
+        raise ValueError(f"interpolation must be one of {', '.join(_PIL_FILTERS)}, not {interpolation!r}")
+    return _PIL_FILTERS[interpolation]
+
+
+def resized_size(w: int, h: int, resize: int) -> tuple[int, int]:
+    """torchvision Resize(int)'s output size: the shorter side becomes ``resize``."""
+    return (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+
+
+def _resized(img: Image.Image, rw: int, rh: int, resample: int) -> np.ndarray:
+    return _chw(img if img.size == (rw, rh) else img.resize((rw, rh), resample))
+
+
+def _chw(img: Image.Image) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def center_crop(chw: np.ndarray, crop: int) -> np.ndarray:
+    """torchvision CenterCrop(crop) of a [3, H, W] array, zero-padded where the crop is larger."""
+    _, h, w = chw.shape
+    if crop > w or crop > h:
+        pad_w, pad_h = max(crop - w, 0), max(crop - h, 0)
+        chw = np.pad(chw, ((0, 0), (pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2)))
+        _, h, w = chw.shape
+    return _cut(chw, int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0)), crop)
+
+
+def _cut(chw: np.ndarray, top: int, left: int, crop: int) -> np.ndarray:
+    return np.ascontiguousarray(chw[:, top:top + crop, left:left + crop])
 
 
 #: ``--views``: 1 = the center crop; 2 = it and its horizontal flip; 10 = torchvision's TenCrop (the four
@@ -112,7 +156,7 @@ _PIL_FILTERS = {InterpolationMode.BILINEAR: Image.BILINEAR, InterpolationMode.BI
 
 
 def views_of(img: Image.Image, resize: int, crop: int, interpolation: str = "bilinear",
-             views: int = 1) -> torch.Tensor:
+             views: int = 1) -> np.ndarray:
     """The ``views`` crops of one decoded image whose codes are averaged: uint8 [views, 3, crop, crop].
 
     The one place views are decided; both decoding paths (batches.py) go through ``ImageDataset``, which calls it.
@@ -120,10 +164,19 @@ def views_of(img: Image.Image, resize: int, crop: int, interpolation: str = "bil
     if views not in VIEWS:
         raise ValueError(f"views must be one of {', '.join(map(str, VIEWS))}, not {views!r}")
     if views == 10:
-        resized = TF.resize(img, resize, interpolation=InterpolationMode(interpolation), antialias=True)
-        return torch.stack([TF.pil_to_tensor(v) for v in TF.ten_crop(resized, crop)])
-    center = preprocess(img, resize, crop, interpolation)
-    return torch.stack([center, center.flip(-1)][:views])
+        resized = _resized(img, *resized_size(*img.size, resize), pil_filter(interpolation))
+        return np.stack([*_five_crops(resized, crop), *_five_crops(resized[:, :, ::-1], crop)])
+    center = crop_array(img, resize, crop, interpolation)
+    return np.stack([center, center[:, :, ::-1]][:views])
+
+
+def _five_crops(chw: np.ndarray, crop: int) -> list[np.ndarray]:
+    """torchvision five_crop: top-left, top-right, bottom-left, bottom-right, center."""
+    _, h, w = chw.shape
+    if crop > w or crop > h:
+        raise ValueError(f"a {crop} x {crop} crop of a {w} x {h} image: TenCrop needs crop <= resize")
+    return [_cut(chw, 0, 0, crop), _cut(chw, 0, w - crop, crop), _cut(chw, h - crop, 0, crop),
+            _cut(chw, h - crop, w - crop, crop), center_crop(chw, crop)]
 
 
 def load_image(path: str | os.PathLike, resize: int, crop: int, interpolation: str = "bilinear",
@@ -131,6 +184,11 @@ def load_image(path: str | os.PathLike, resize: int, crop: int, interpolation: s
     """load_rgb + preprocess: the uint8 [3, crop, crop] tensor for one file, or ImageError."""
     return preprocess(load_rgb(path, min_side=resize, max_pixels=max_pixels),
                       resize, crop, interpolation)
+
+
+def load_array(path: str | os.PathLike, resize: int, crop: int, interpolation: str = "bilinear") -> np.ndarray:
+    """load_rgb + crop_array: the uint8 [3, crop, crop] array for one file, or ImageError."""
+    return crop_array(load_rgb(path, min_side=resize), resize, crop, interpolation)
 
 
 def _to_uint8(img: Image.Image) -> np.ndarray:
@@ -194,9 +252,10 @@ def _sniff(head: bytes) -> str:
     return ""
 
 
-class ImageDataset(Dataset):
-    """Decodes and preprocesses images to uint8 [3, crop, crop], or with ``views`` (extraction) to the image's
-    views [views, 3, crop, crop] (``views_of``); failures come back as (zeros, False, reason)."""
+class ImageDataset:
+    """Decodes and preprocesses images to uint8 [3, crop, crop] arrays, or with ``views`` (extraction) to the
+    image's views [views, 3, crop, crop] (``views_of``); failures come back as (zeros, False, reason). A map-style
+    dataset: a DataLoader (finetune) turns the arrays into tensors."""
 
     def __init__(self, root: Path, paths: list[str], resize: int, crop: int, interpolation: str = "bilinear",
                  views: int | None = None):
@@ -206,7 +265,7 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool, str]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, bool, str]:
         try:
             return self._load(self.root / self.paths[i]), True, ""
         except ImageError as err:
@@ -214,10 +273,10 @@ class ImageDataset(Dataset):
         except Exception as err:  # a decoder bug must not take the worker down
             reason = f"unexpected {type(err).__name__}: {err}"
         shape = (3, self.crop, self.crop) if self.views is None else (self.views, 3, self.crop, self.crop)
-        return torch.zeros(shape, dtype=torch.uint8), False, " ".join(reason.split())
+        return np.zeros(shape, dtype=np.uint8), False, " ".join(reason.split())
 
-    def _load(self, path: Path) -> torch.Tensor:
+    def _load(self, path: Path) -> np.ndarray:
         if self.views is None:
-            return load_image(path, self.resize, self.crop, self.interpolation)
+            return load_array(path, self.resize, self.crop, self.interpolation)
         img = load_rgb(path, min_side=self.resize)
         return views_of(img, self.resize, self.crop, self.interpolation, self.views)

@@ -7,26 +7,28 @@ caller decodes the next ones. A network that cannot be converted, or whose conve
 not match the eager model's on a probe batch, runs in eager PyTorch instead, and ``note`` says so.
 bf16 asked for on a CPU without native bf16 runs in eager PyTorch as well: OpenVINO would run it in
 fp32 there, and the codes file must record the precision that made its codes.
-On CUDA: eager PyTorch with autocast to bf16/fp16, pinned host memory and non-blocking copies.
+On CUDA: eager PyTorch with autocast to bf16/fp16, pinned host memory and non-blocking copies (eager.py).
+This module loads without torch: a network converted by an earlier run (``Network.converted``) runs on
+OpenVINO with NumPy batches, and torch is imported only where the eager model is needed.
 With ``views`` > 1 an image's views ride in the same batch (the forward pass takes images x views crops)
 and ``map`` yields each image's mean of its views' codes (``mean_over_views``).
 """
 from __future__ import annotations
 
-import copy
 from collections import deque
-from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from . import device as devices
 from . import openvino_model
-from .device import autocast_dtype
-from .fusion import fold_batchnorm
-from .network import Network
-from .taps import Tap, TapModel
+from .recipe import Tap
+
+if TYPE_CHECKING:
+    import torch
+
+    from .eager import CodeComputer
+    from .network import Network
 
 # Small batches are fastest for CPU inference (cache-resident activations); GPUs want large ones.
 DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 64}
@@ -40,7 +42,8 @@ NO_NATIVE_BF16 = ("this CPU has no native bf16, where OpenVINO runs fp32: bf16 r
 Batch = tuple[dict[str, np.ndarray], np.ndarray, list[str]]
 
 
-def default_batch_size(device: torch.device) -> int:
+def default_batch_size(device) -> int:
+    """``device``: a torch.device or device.Device (anything with ``type``)."""
     return DEFAULT_BATCH_SIZE.get(device.type, 32)
 
 
@@ -49,64 +52,25 @@ def mean_over_views(codes: dict[str, np.ndarray], views: int) -> dict[str, np.nd
     return {name: value.reshape(-1, views, value.shape[-1]).mean(axis=1) for name, value in codes.items()}
 
 
-class Normalized(nn.Module):
-    """uint8 images [B, 3, H, W] -> the tap model's outputs on ImageNet-normalized floats."""
-
-    def __init__(self, tap_model: TapModel, preprocess: dict):
-        super().__init__()
-        self.tap_model = tap_model
-        self.register_buffer("mean", torch.tensor(preprocess["mean"]).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(preprocess["std"]).view(1, 3, 1, 1) * 255)
-
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.tap_model((images.float() - self.mean) / self.std)
-
-
-class CodeComputer:
-    """Eager PyTorch: callable uint8 images -> {tap: float32 CPU codes}; ``map`` runs a stream of batches, each
-    image given as its ``views`` crops."""
-
-    runtime = "eager"
-
-    def __init__(self, module: Normalized, device: torch.device, precision: str, batch_size: int, note: str = "",
-                 views: int = 1):
-        self.device, self.precision, self.batch_size, self.note = device, precision, batch_size, note
-        self.views = views
-        self.module = module.to(device).eval().to(memory_format=torch.channels_last)
-
-    def describe(self) -> str:
-        return f"{self.device.type} {self.precision} {self.runtime}"
-
-    def __call__(self, images: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
-        images = torch.as_tensor(images)
-        if self.device.type == "cuda":
-            images = images.pin_memory()
-        x = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        dtype = autocast_dtype(self.precision)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            out = self.module(x)
-        return {name: value.float().cpu() for name, value in out.items()}
-
-    def map(self, batches: Iterable[tuple[np.ndarray, np.ndarray, list[str]]]) -> Iterator[Batch]:
-        """(uint8 images x views, ok, errors) batches -> (codes, ok, errors), in order."""
-        for images, ok, errors in batches:
-            yield mean_over_views({k: v.numpy() for k, v in self(images).items()}, self.views), np.asarray(ok), errors
-
-
-class OpenVINOComputer(CodeComputer):
-    """The same on OpenVINO: ``streams`` inference requests of one thread each run batches concurrently, on a
-    model compiled for ``batch_size`` crops (images x views; shorter batches are padded)."""
+class OpenVINOComputer:
+    """The mapper on OpenVINO (eager.CodeComputer's interface, without torch): ``streams`` inference requests of
+    one thread each run batches concurrently, on a model compiled for ``batch_size`` crops (images x views;
+    shorter batches are padded)."""
 
     runtime = "openvino"
 
     def __init__(self, compiled, names: list[str], precision: str, batch_size: int, streams: int, views: int = 1):
-        self.device, self.precision, self.batch_size, self.note = torch.device("cpu"), precision, batch_size, ""
+        self.device, self.precision, self.batch_size, self.note = devices.Device("cpu"), precision, batch_size, ""
         self.compiled, self.names, self.streams, self.views = compiled, names, streams, views
 
     def describe(self) -> str:
         return f"cpu {self.precision} openvino, {self.streams} stream(s)"
 
     def __call__(self, images: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
+        """Codes of one batch as torch tensors, to compare with the eager model (conversion checks, tests);
+        runs use ``map``."""
+        import torch
+
         images, outs = np.asarray(images), []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
@@ -146,20 +110,23 @@ class OpenVINOComputer(CodeComputer):
         return codes, ok, errors
 
 
-def make_computer(network: Network, preprocess: dict, device: torch.device, precision: str, batch_size: int,
-                  streams: int = 1, views: int = 1) -> CodeComputer:
+def make_computer(network: Network, preprocess: dict, device, precision: str, batch_size: int,
+                  streams: int = 1, views: int = 1) -> CodeComputer | OpenVINOComputer:
     """The fastest computer for ``device``: OpenVINO on the CPU (eager PyTorch when that fails), eager elsewhere.
-    A network converted and checked by an earlier run (``network.converted``) needs no eager model.
+    A network converted and checked by an earlier run (``network.converted``) needs no eager model, nor torch.
     ``batch_size`` images of ``views`` crops each make one forward pass of ``batch_size * views`` crops."""
     taps, crops = network.taps, batch_size * views
-    if device.type == "cpu" and precision == "bf16" and not devices.native_bf16():
-        return CodeComputer(_eager(network.model, taps, preprocess), device, precision, crops,
-                            note=NO_NATIVE_BF16, views=views)
-    if device.type == "cpu" and network.converted is not None:
+    if device.type == "cpu" and network.converted is not None and not (
+            precision == "bf16" and not devices.native_bf16()):
         try:
             return _compiled(network.converted, taps, precision, crops, streams, views)
         except Exception:
             pass
+    from .eager import CodeComputer, _converted, _eager
+
+    if device.type == "cpu" and precision == "bf16" and not devices.native_bf16():
+        return CodeComputer(_eager(network.model, taps, preprocess), device, precision, crops,
+                            note=NO_NATIVE_BF16, views=views)
     module = _eager(network.model, taps, preprocess)
     if device.type != "cpu":
         return CodeComputer(module, device, precision, crops, views=views)
@@ -169,28 +136,6 @@ def make_computer(network: Network, preprocess: dict, device: torch.device, prec
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         return CodeComputer(module, device, precision, crops, views=views,
                             note=f"OpenVINO could not run this network ({reason}); using eager PyTorch (slower)")
-
-
-def _eager(model: nn.Module, taps: list[Tap], preprocess: dict) -> Normalized:
-    return Normalized(_tap_model(model, taps), preprocess).eval().requires_grad_(False)
-
-
-def _converted(module: Normalized, network: Network, preprocess: dict, precision: str, batch_size: int,
-               streams: int, views: int) -> OpenVINOComputer:
-    """Convert ``module``, compile it, and check it against the eager model on a probe batch."""
-    crop = preprocess["crop"]
-    example = torch.zeros(batch_size, 3, crop, crop, dtype=torch.uint8)
-    probe = torch.randint(0, 256, (2, 3, crop, crop), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        expected = module(probe)
-    try:
-        ov_model = openvino_model.converted(module, example, network.key, network.cache_meta())
-        computer = _compiled(ov_model, network.taps, precision, batch_size, streams, views)
-        check_agreement(expected, computer(probe), AGREEMENT[precision])
-    except BaseException:
-        openvino_model.forget(network.key)  # never leave a conversion that failed its check for the next run
-        raise
-    return computer
 
 
 def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: int,
@@ -211,23 +156,24 @@ def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: 
     return OpenVINOComputer(compiled, [t.name for t in taps], precision, batch_size, streams, views)
 
 
-def check_agreement(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], min_cosine: float) -> None:
-    """Raise unless every tap of ``got`` is within ``min_cosine`` of ``expected`` (and of the same shape)."""
+def check_agreement(expected: dict, got: dict, min_cosine: float) -> None:
+    """Raise unless every tap of ``got`` is within ``min_cosine`` of ``expected`` (and of the same shape); arrays
+    or tensors."""
     for name, want in expected.items():
-        have = got[name].float()
-        if have.shape != want.shape:
-            raise ValueError(f"converted {name} has shape {tuple(have.shape)}, not {tuple(want.shape)}")
-        a, b = want.flatten().double(), have.flatten().double()
-        cosine = float(a @ b / max(float(a.norm() * b.norm()), 1e-30)) if a.norm() > 0 else float(b.norm() == 0)
+        a, b = np.asarray(want, dtype=np.float64), np.asarray(got[name], dtype=np.float64)
+        if b.shape != a.shape:
+            raise ValueError(f"converted {name} has shape {tuple(b.shape)}, not {tuple(a.shape)}")
+        a, b = a.ravel(), b.ravel()
+        na, nb = np.linalg.norm(a), np.linalg.norm(b)
+        cosine = float(a @ b / max(na * nb, 1e-30)) if na > 0 else float(nb == 0)
         if cosine < min_cosine:
             raise ValueError(f"converted {name} differs from the eager model (cosine {cosine:.5f})")
 
 
-def _tap_model(model: nn.Module, taps: list[Tap]) -> TapModel:
-    """A tap model on a copy of ``model``, with BatchNorm folded into convolutions unless that hides a tapped node."""
-    fused = copy.deepcopy(model).eval()
-    fold_batchnorm(fused)
-    try:
-        return TapModel(fused, taps)
-    except ValueError:  # a tapped node was a BatchNorm, which folding removed
-        return TapModel(copy.deepcopy(model).eval(), taps)
+def __getattr__(name: str):
+    """The eager mapper's names (eager.py, which imports torch), where older code looks for them."""
+    if name in ("CodeComputer", "Normalized", "_tap_model", "_eager", "_converted"):
+        from . import eager
+
+        return getattr(eager, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,21 +4,22 @@ Building the backbone and resolving its taps (a probe forward through it) cost a
 of its start-up. On the CPU, the converted-model cache (openvino_model) keeps the taps beside the
 converted model, under a key of what was asked (backbone, weights, layers, pooling, input size and
 normalization), so a rerun reads both and builds nothing; the model is built when the run needs the
-eager network after all (no cached entry, a fallback, or another device).
+eager network after all (no cached entry, a fallback, or another device). A rerun imports no torch.
 """
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from . import openvino_model
 from .backbones import Backbone
-from .taps import Tap, resolve_taps
+from .recipe import Tap
 from .weights import WeightsInfo, build_model
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass
@@ -40,14 +41,17 @@ class Network:
 
 
 def prepare(backbone: Backbone, weights: WeightsInfo, layers: list[str], pool: str, preprocess: dict, max_dim: int,
-            device: torch.device) -> Network:
-    """The network for ``layers`` of ``backbone``: from the converted-model cache where it holds it, else built."""
+            device) -> Network:
+    """The network for ``layers`` of ``backbone``: from the converted-model cache where it holds it, else built.
+    ``device``: a torch.device or device.Device."""
     key = _cache_key(backbone, weights, layers, pool, preprocess, max_dim) if device.type == "cpu" else None
     build = functools.partial(build_model, backbone, weights)
     hit = openvino_model.cached(key) if key else None
     if hit is not None:
         converted, meta = hit
         return Network([Tap.from_dict(t) for t in meta["taps"]], build, key, converted)
+    from .taps import resolve_taps  # torch
+
     model = build()
     taps = resolve_taps(backbone, model, list(layers), pool, preprocess["crop"], max_dim)
     return Network(taps, lambda: model, key)

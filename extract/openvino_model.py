@@ -19,12 +19,14 @@ import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 MAX_ENTRIES = 8
-_SOURCES = ("backbones.py", "efficientnet_lite.py", "taps.py", "network.py", "inference.py", "fusion.py",
-            "openvino_model.py")
+_SOURCES = ("backbones.py", "efficientnet_lite.py", "lite_scaling.py", "taps.py", "network.py", "inference.py",
+            "eager.py", "fusion.py", "openvino_model.py")
 
 
 def available() -> bool:
@@ -64,13 +66,13 @@ def cache_dir() -> Path | None:
 
 def cache_key(description: dict) -> str:
     """A digest of what the converted model depends on: ``description`` (network, weights, taps,
-    input size, normalization) and the versions of torch, torchvision, openvino and of this code."""
-    import torchvision
+    input size, normalization) and the versions of torch, torchvision, openvino and of this code, read
+    from the packages' metadata: a warm run finds its entry without importing torch."""
+    from importlib import metadata
 
-    openvino = ov()
     here = Path(__file__).parent
     code = hashlib.sha256(b"".join((here / name).read_bytes() for name in _SOURCES)).hexdigest()
-    versions = [torch.__version__, torchvision.__version__, openvino.__version__, code]
+    versions = [*(metadata.version(name) for name in ("torch", "torchvision", "openvino")), code]
     return hashlib.sha256(json.dumps([description, versions], sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -95,6 +97,8 @@ def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None, m
     """``module`` exported and converted to an ``openvino.Model`` with a free batch size, then stored
     with ``meta`` under ``key`` and read back from there: the model later runs load, so their codes are
     the same to the bit. Raises when the network cannot be exported or converted."""
+    import torch
+
     openvino = ov()
     with torch.no_grad():
         program = torch.export.export(module, (example,))

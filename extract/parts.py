@@ -22,7 +22,7 @@ from . import codesfile
 from .atomic import write_file, writing
 from .errors import ExtractionError
 from .reader import ImageList
-from .taps import Tap
+from .recipe import Tap
 
 JOB_FILE = "job.json"
 ROWS_FILE = "rows.h5"

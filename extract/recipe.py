@@ -2,12 +2,32 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from .backbones import Backbone
-from .taps import Tap
-from .weights import WeightsInfo
+if TYPE_CHECKING:
+    from .backbones import Backbone
+    from .weights import WeightsInfo
 
 DEFAULT_PART_SIZE = 512
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One tapped layer: its display name, graph node, pooling and resulting code shape."""
+
+    name: str
+    node: str
+    pool: str
+    dim: int
+    shape: tuple[int, ...]  # the node's output shape for one image, before pooling
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "shape": list(self.shape), "relu": True}
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> Tap:
+        """The Tap that ``as_dict`` stored (in a recipe, or beside a converted model)."""
+        return cls(stored["name"], stored["node"], stored["pool"], stored["dim"], tuple(stored["shape"]))
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from . import parts, shards, writer
 from .backbones import DEFAULT_BACKBONE, get_backbone
 from .batches import Decoders
 from .options import check_options
-from .device import pick_device, pick_precision, usable_cpus
+from .device import Device, choose_device, pick_precision, usable_cpus
 from .errors import ExtractionError, ExtractionInterrupted, UsageError  # noqa: F401  (re-exported)
 from .inference import default_batch_size, make_computer
 from .lock import output_lock
@@ -29,7 +27,7 @@ from .network import prepare
 from .plan import fresh, ignored_note, plan_job
 from .reader import list_images
 from .recipe import DEFAULT_PART_SIZE, Recipe, RunOptions, preprocess_config
-from .taps import MAX_UNPOOLED_DIM
+from .options import MAX_UNPOOLED_DIM
 from .weights import locate_weights
 
 
@@ -63,7 +61,7 @@ class ExtractResult:
 class Settings:
     """RunOptions with the device's defaults filled in; parts hold whole batches."""
 
-    device: torch.device
+    device: Device
     precision: str
     batch_size: int
     workers: int
@@ -74,7 +72,7 @@ class Settings:
     @classmethod
     def of(cls, options: RunOptions, shard: shards.Shard = shards.Shard()) -> Settings:
         """Ranks sharing a machine share its CPUs, and each takes its own GPU (see shards.Shard)."""
-        dev = pick_device(options.device, shard)
+        dev = choose_device(options.device, shard)
         bs = options.batch_size or default_batch_size(dev)
         part_size = max(bs, (options.part_size or DEFAULT_PART_SIZE) // bs * bs)
         cpus = shard.cpus()
@@ -87,14 +85,14 @@ class Settings:
         return parts.part_size_for(n_rows, rank.count, self.part_size, self.batch_size)
 
 
-def default_workers(device: torch.device, cpus: int | None = None) -> int:
+def default_workers(device: Device, cpus: int | None = None) -> int:
     """Decode worker processes: one per CPU (at most 16) on the CPU, where they sleep while the network
     runs; on a GPU one fewer than the CPUs (at least one, at most eight). ``cpus``: this process's share."""
     cpus = cpus or usable_cpus()
     return min(16, cpus) if device.type == "cpu" else max(1, min(8, cpus - 1))
 
 
-def forward_streams(device: torch.device, cpus: int | None = None) -> int:
+def forward_streams(device: Device, cpus: int | None = None) -> int:
     """Concurrent inference streams on the CPU: one single-threaded stream per CPU (at most 16)."""
     return default_workers(device, cpus) if device.type == "cpu" else 1
 
@@ -133,7 +131,9 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         precision = expected_recipe["precision"]  # predict: the model's codes were made in this precision
     settings = Settings.of(RunOptions(device, precision, batch_size, workers, part_size, progress), rank)
     if settings.device.type == "cuda":
-        torch.cuda.set_device(settings.device)  # pinned memory and autocast on this rank's GPU, not GPU 0
+        import torch
+
+        torch.cuda.set_device(str(settings.device))  # pinned memory and autocast on this rank's GPU, not GPU 0
     winfo = locate_weights(bb, weights)
     parts_dir = parts.parts_dir_for(out)
     with output_lock(out, rank.rank if rank.sharded else None) as held, _gc_frozen():
@@ -218,28 +218,30 @@ def _gc_frozen():
 
 def _file_meta(recipe: dict, winfo, listing, settings: Settings, dtype: str) -> dict:
     import h5py
-    import torchvision
 
     from . import __version__
 
     return {
         "recipe": recipe, "backbone": recipe["backbone"], "weights": winfo.as_dict(), "taps": recipe["taps"],
         "preprocess": recipe["preprocess"], "class_names": listing.class_names, "image_root": str(listing.root),
-        "versions": {"cnncodes": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-                     "h5py": h5py.__version__, **_openvino_version()},
+        "versions": {"cnncodes": __version__, **_package_versions("torch", "torchvision"), "h5py": h5py.__version__,
+                     **_package_versions("openvino")},
         "precision": settings.precision, "device": settings.device.type, "dtype": dtype,
     }
 
 
-def _openvino_version() -> dict:
-    """Read from the package's metadata: importing OpenVINO here, inside the job's HDF5 writes, would also
-    start its telemetry (see openvino_model.ov)."""
+def _package_versions(*names: str) -> dict:
+    """Read from the packages' metadata: a warm run imports neither torch nor torchvision, and importing OpenVINO
+    here, inside the job's HDF5 writes, would also start its telemetry (see openvino_model.ov)."""
     from importlib import metadata
 
-    try:
-        return {"openvino": metadata.version("openvino")}
-    except metadata.PackageNotFoundError:
-        return {}
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
 
 
 def inference_setup(backbone: str = DEFAULT_BACKBONE, layers=("penultimate",), batch_size: int | None = None,

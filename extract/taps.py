@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -11,25 +10,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 from .backbones import Backbone
 from .errors import UsageError
 from .options import MAX_UNPOOLED_DIM, check_options
-
-
-@dataclass(frozen=True)
-class Tap:
-    """One tapped layer: its display name, graph node, pooling and resulting code shape."""
-
-    name: str
-    node: str
-    pool: str
-    dim: int
-    shape: tuple[int, ...]  # the node's output shape for one image, before pooling
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "shape": list(self.shape), "relu": True}
-
-    @classmethod
-    def from_dict(cls, stored: dict) -> Tap:
-        """The Tap that ``as_dict`` stored (in a recipe, or beside a converted model)."""
-        return cls(stored["name"], stored["node"], stored["pool"], stored["dim"], tuple(stored["shape"]))
+from .recipe import Tap  # noqa: F401  (torch-free, with the recipe; re-exported)
 
 
 class TapModel(nn.Module):

