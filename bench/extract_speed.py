@@ -186,7 +186,7 @@ def child_agreement(root: Path, n_images: int) -> dict:
     import numpy as np
     import torch
 
-    from extract import inference, runner
+    from extract import eager as inference, runner
     from extract.backbones import get_backbone
     from extract.batches import stack_images
     from extract.images import ImageDataset

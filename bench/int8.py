@@ -87,13 +87,13 @@ def child_quantize(root: str, xml: str, bias_correction: str = "fast") -> dict:
     import nncf
     import torch
 
-    from extract import inference, openvino_model
+    from extract import eager, inference, openvino_model
 
     t0 = common.now()
     images = _images(root, prep, CALIBRATION_SIZE)
     decoded = common.now() - t0
     fp32 = network.converted or openvino_model.converted(
-        inference._eager(network.model, network.taps, prep), torch.zeros(4, *images.shape[1:], dtype=torch.uint8),
+        eager._eager(network.model, network.taps, prep), torch.zeros(4, *images.shape[1:], dtype=torch.uint8),
         network.key, network.cache_meta())
     t1 = common.now()
     with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import UsageError
 from .options import VIEWS
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ _PIL_FILTERS = {"nearest": Image.NEAREST, "nearest-exact": Image.NEAREST, "bilin
 def pil_filter(interpolation: str) -> int:
     """The PIL filter of a torchvision interpolation name; ValueError for an unknown one."""
     if interpolation not in _PIL_FILTERS:
-        raise ValueError(f"interpolation must be one of {', '.join(_PIL_FILTERS)}, not {interpolation!r}")
+        raise UsageError(f"interpolation must be one of {', '.join(_PIL_FILTERS)}, not {interpolation!r}")
     return _PIL_FILTERS[interpolation]
 
 

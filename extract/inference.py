@@ -27,7 +27,6 @@ from .recipe import Tap
 if TYPE_CHECKING:
     import torch
 
-    from .eager import CodeComputer
     from .network import Network
 
 # Small batches are fastest for CPU inference (cache-resident activations); GPUs want large ones.
@@ -35,8 +34,6 @@ DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 64}
 # How close (cosine over a probe batch, per tap) a converted model must come to the eager fp32 one.
 AGREEMENT = {"fp32": 0.9999, "bf16": 0.99}
 OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
-NO_NATIVE_BF16 = ("this CPU has no native bf16, where OpenVINO runs fp32: bf16 runs emulated in eager PyTorch "
-                  "(slow; --precision auto picks fp32 here)")
 
 # codes per tap [B, dim], ok flags [B], error messages
 Batch = tuple[dict[str, np.ndarray], np.ndarray, list[str]]
@@ -110,34 +107,6 @@ class OpenVINOComputer:
         return codes, ok, errors
 
 
-def make_computer(network: Network, preprocess: dict, device, precision: str, batch_size: int,
-                  streams: int = 1, views: int = 1) -> CodeComputer | OpenVINOComputer:
-    """The fastest computer for ``device``: OpenVINO on the CPU (eager PyTorch when that fails), eager elsewhere.
-    A network converted and checked by an earlier run (``network.converted``) needs no eager model, nor torch.
-    ``batch_size`` images of ``views`` crops each make one forward pass of ``batch_size * views`` crops."""
-    taps, crops = network.taps, batch_size * views
-    if device.type == "cpu" and network.converted is not None and not (
-            precision == "bf16" and not devices.native_bf16()):
-        try:
-            return _compiled(network.converted, taps, precision, crops, streams, views)
-        except Exception:
-            pass
-    from .eager import CodeComputer, _converted, _eager
-
-    if device.type == "cpu" and precision == "bf16" and not devices.native_bf16():
-        return CodeComputer(_eager(network.model, taps, preprocess), device, precision, crops,
-                            note=NO_NATIVE_BF16, views=views)
-    module = _eager(network.model, taps, preprocess)
-    if device.type != "cpu":
-        return CodeComputer(module, device, precision, crops, views=views)
-    try:
-        return _converted(module, network, preprocess, precision, crops, streams, views)
-    except Exception as err:  # a network or tap that OpenVINO cannot take
-        reason = " ".join(str(err).split())[:200] or type(err).__name__
-        return CodeComputer(module, device, precision, crops, views=views,
-                            note=f"OpenVINO could not run this network ({reason}); using eager PyTorch (slower)")
-
-
 def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: int,
               views: int = 1) -> OpenVINOComputer:
     # OpenVINO pins each process's stream threads from the first core on: ranks sharing a machine would all
@@ -169,11 +138,3 @@ def check_agreement(expected: dict, got: dict, min_cosine: float) -> None:
         if cosine < min_cosine:
             raise ValueError(f"converted {name} differs from the eager model (cosine {cosine:.5f})")
 
-
-def __getattr__(name: str):
-    """The eager mapper's names (eager.py, which imports torch), where older code looks for them."""
-    if name in ("CodeComputer", "Normalized", "_tap_model", "_eager", "_converted"):
-        from . import eager
-
-        return getattr(eager, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,8 @@ from .batches import Decoders
 from .options import check_options
 from .device import Device, choose_device, pick_precision, usable_cpus
 from .errors import ExtractionError, ExtractionInterrupted, UsageError  # noqa: F401  (re-exported)
-from .inference import default_batch_size, make_computer
+from .inference import default_batch_size
+from .mapper import make_computer
 from .lock import output_lock
 from .outputs import refuse_inside_images
 from .network import prepare

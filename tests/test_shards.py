@@ -95,7 +95,7 @@ def test_ranks_on_one_machine_take_their_own_gpu_and_share_the_cpus():
 def test_openvino_pins_its_threads_only_where_its_streams_fill_the_machine(monkeypatch):
     """OpenVINO pins stream threads from the first core on, so ranks sharing a machine would all be pinned
     onto the same cores; a process whose streams take every CPU keeps the pinning."""
-    from extract import device, inference
+    from extract import device, mapper
     from extract.backbones import get_backbone
     from extract.network import prepare
     from extract.recipe import preprocess_config
@@ -107,7 +107,7 @@ def test_openvino_pins_its_threads_only_where_its_streams_fill_the_machine(monke
     network = prepare(bb, WeightsInfo(RANDOM, RANDOM, ""), ["block4"], "avg", prep, 65536, torch.device("cpu"))
 
     def pinned(streams: int) -> bool:
-        computer = inference.make_computer(network, prep, torch.device("cpu"), "fp32", 2, streams)
+        computer = mapper.make_computer(network, prep, torch.device("cpu"), "fp32", 2, streams)
         assert computer.runtime == "openvino", computer.note
         return computer.compiled.get_property("ENABLE_CPU_PINNING")
 

@@ -22,7 +22,8 @@ PLAIN = {"ValueError", "KeyError"}
 INTERNAL = {
     ("advise/commands.py", "recommend"), ("advise/evidence.py", "imagenet_logits"),
     ("advise/transferability.py", "explained_fraction"), ("classify/linear_svm.py", "fit"),
-    ("extract/fusion.py", "fold_batchnorm"), ("extract/images.py", "views_of"), ("extract/inference.py", "_compiled"),
+    ("extract/fusion.py", "fold_batchnorm"), ("extract/images.py", "views_of"), ("extract/images.py", "_five_crops"),
+    ("extract/inference.py", "_compiled"),
     ("extract/inference.py", "check_agreement"), ("extract/inference.py", "_padded"),
     ("finetune/budget.py", "epochs_for"), ("finetune/model.py", "head_name"),
 }
