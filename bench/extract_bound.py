@@ -161,7 +161,7 @@ def bound(decode: float, model: float) -> float:
     return 1.0 / (1.0 / decode + 1.0 / model)
 
 
-def report(out: dict, precision_list: list[str], rounds: int) -> None:
+def report(out: dict, precision_list: list[str]) -> None:
     def rates(side, precision):
         return [r["images"] / r["seconds"] for r in out[(side, precision)]]
 
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     print(f"images: {desc}")
     with tempfile.TemporaryDirectory(prefix="cnncodes-bound-") as tmp:
         out = measure(root, args.rounds, Path(tmp), precision_list)
-    report(out, precision_list, args.rounds)
+    report(out, precision_list)
     return 0
 
 
