@@ -41,6 +41,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/extract_speed.py
+	$(PY) bench/extract_bound.py
 	$(PY) bench/classify_speed.py
 
 clean:

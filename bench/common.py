@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
+# the real image sets: ../shared/datasets, or $CNNCODES_DATASETS (a worktree elsewhere)
+DATASETS = Path(os.environ.get("CNNCODES_DATASETS", REPO.parent / "shared" / "datasets"))
+HYMENOPTERA = DATASETS / "hymenoptera"
 CACHE = Path(os.environ.get("CNNCODES_BENCH_CACHE", Path(os.environ.get("TMPDIR", "/tmp")) / "cnncodes-bench"))
 
-if str(REPO) not in sys.path:
+if sys.path[0] != str(REPO):  # first, even where PYTHONPATH holds it: bench/finetune.py is no package
     sys.path.insert(0, str(REPO))
 
 

@@ -48,6 +48,7 @@ import common  # noqa: E402
 SCRIPT = Path(__file__).resolve()
 TARGET_RATIO, TARGET_BF16_RATIO, TARGET_LARGE, TARGET_ACC = 2.5, 3.5, 8.0, 0.5
 TARGET_COS_FP32, TARGET_COS_BF16, TARGET_OPENVINO = 0.9999, 0.999, 0.90
+TARGET_FP32_OLD, TARGET_FP32_TUTORIAL, TARGET_BF16_TUTORIAL = 1.2, 4.0, 6.0  # issue 26, whole process
 OLD_RELEASE = "24d56fc"  # the last release on TorchScript + oneDNN Graph
 # the cnncodes contenders: name -> (precision, how the report describes it)
 CNNCODES_RUNS = {"cnncodes": ("auto", "--precision auto"), "cnncodes-fp32": ("fp32", "--precision fp32")}
@@ -425,6 +426,24 @@ def report(title: str, res: common.Rounds, info: dict, q: dict, target_ratio: fl
               f"(target <= {TARGET_ACC}: {verdict(d <= TARGET_ACC)})")
 
 
+def _whole(info: dict, base: str, name: str) -> float:
+    """Median over rounds of the per-round ratio of whole-process times, base / name (how much faster name is)."""
+    return statistics.median(b["process_seconds"] / n["process_seconds"] for b, n in zip(info[base], info[name]))
+
+
+def report_issue26(info: dict) -> None:
+    """Issue 26's whole-process targets: fp32 against the previous release, and against the tutorial loop."""
+    fp32_old, fp32_tut = _whole(info, "old", "cnncodes-fp32"), _whole(info, "tutorial", "cnncodes-fp32")
+    print(f"  issue 26, whole process, median of per-round ratios: fp32 / previous release {fp32_old:.2f}x (target >= "
+          f"{TARGET_FP32_OLD}: {verdict(fp32_old >= TARGET_FP32_OLD)}); fp32 / tutorial {fp32_tut:.2f}x (target >= "
+          f"{TARGET_FP32_TUTORIAL}: {verdict(fp32_tut >= TARGET_FP32_TUTORIAL)})")
+    auto = info["cnncodes"][0].get("precision")
+    auto_old, auto_tut = _whole(info, "old", "cnncodes"), _whole(info, "tutorial", "cnncodes")
+    target = TARGET_BF16_TUTORIAL if auto == "bf16" else TARGET_FP32_TUTORIAL
+    print(f"  issue 26, whole process: --precision auto ({auto}) / previous release {auto_old:.2f}x; / tutorial "
+          f"{auto_tut:.2f}x (target >= {target}: {verdict(auto_tut >= target)})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=None, help="alternating rounds per contender (default 3, quick 1)")
@@ -434,6 +453,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-large", dest="large", action="store_false")
     ap.add_argument("--repeat", type=int, default=1,
                     help="use every image N times (symlinks), so start-up weighs less (default 1)")
+    ap.add_argument("--no-model", dest="model", action="store_false",
+                    help="skip the model-alone runs (end to end only; bench/extract_bound.py measures the model alone)")
     ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -458,10 +479,11 @@ def main(argv=None) -> int:
     print(f"images: {desc}")
     with tempfile.TemporaryDirectory(prefix="cnncodes-bench-") as tmp:
         tmp = Path(tmp)
-        res, info = measure(root, rounds, tmp, 64 if args.quick else 400, True, "std")
+        res, info = measure(root, rounds, tmp, 64 if args.quick else 400, args.model, "std")
         q = quality(tmp, "std", True)
         q["agreement"] = common.run_child(SCRIPT, ["agreement", str(root), "32" if args.quick else "128"])
-        report(f"standard photos: {desc}", res, info, q, TARGET_RATIO, True)
+        report(f"standard photos: {desc}", res, info, q, TARGET_RATIO, args.model)
+        report_issue26(info)
         if large:
             lroot, ldesc = common.repeated(*common.large_images(args.quick), args.repeat)
             print(f"\nlarge photos: {ldesc}")

@@ -1,0 +1,29 @@
+"""bench/extract_bound.py: its decode-alone side decodes every image through extract's own decoders."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import extract_bound  # noqa: E402
+
+
+def test_decode_alone_decodes_every_image_with_extracts_defaults(image_tree):
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "extract_bound.py"), "--child", "decode",
+                           str(image_tree)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    from extract import runner
+    from extract.recipe import RunOptions
+
+    settings = runner.Settings.of(RunOptions(progress=False))
+    assert result["images"] == len(list(image_tree.rglob("*.png"))) == 12
+    assert (result["workers"], result["batch"]) == (settings.workers, settings.batch_size)
+    assert result["seconds"] > 0 and result["cpu"] > 0
+
+
+def test_bound_adds_the_time_an_image_spends_in_each_stage():
+    assert extract_bound.bound(300.0, 600.0) == 200.0  # 1/300 + 1/600 s an image
