@@ -8,12 +8,16 @@ model's last Linear layer, replaced by one with an output per class.
 """
 from __future__ import annotations
 
+import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from extract.backbones import Backbone
+from extract.fusion import fold_batchnorm
 
 
 @dataclass
@@ -138,6 +142,39 @@ def train_mode(net: Network, train_bn: bool, backbone_too: bool = True) -> None:
         for module in net.model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
+
+
+@contextmanager
+def frozen_inference(net: Network, backbone_too: bool = True) -> Iterator[None]:
+    """While in effect, each block of the frozen span runs as an inference copy: BatchNorm folded into its
+    convolutions (``extract.fusion.fold_batchnorm``), under ``torch.no_grad``. The span is in eval mode and
+    learns nothing (``train_mode``), so outputs and gradients are the same but for rounding, with a memory
+    pass fewer per BatchNorm on the largest activations (bench/RESULTS.md). The model's modules, hooks and
+    state dict are untouched; the copies are made on entry, so call it after ``train_mode``."""
+    blocks = [net.model.get_submodule(name) for name in frozen_span(net, backbone_too)]
+    device = next(net.model.parameters()).device
+    for block in blocks:
+        block.forward = _inference_copy(block, device)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward  # the class's own forward again
+
+
+def _inference_copy(block: nn.Module, device: torch.device):
+    """A forward for ``block`` from a BatchNorm-folded copy (``block`` itself when it has no BatchNorm), without grad."""
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in block.modules())
+    fast = copy.deepcopy(block) if has_bn else block
+    if has_bn:
+        fold_batchnorm(fast)
+        place(fast, device)
+    run = type(fast).forward.__get__(fast)  # the class's forward: ``block.forward`` is about to be replaced
+
+    def forward(*args, **kwargs):
+        with torch.no_grad():
+            return run(*args, **kwargs)
+    return forward
 
 
 def param_groups(net: Network, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:

@@ -28,7 +28,7 @@ from extract.device import autocast_dtype, pick_precision
 
 from . import checkpoint
 from .data import CachedImages, epoch_sampler, normalize, resampled_counts
-from .model import Network, param_groups, set_trainable, train_mode
+from .model import Network, frozen_inference, param_groups, set_trainable, train_mode
 
 EPOCH_LOG = "epochs.jsonl"
 FORMAT_VERSION = 1  # of the checkpoint and the saved model bundle
@@ -154,11 +154,12 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.total_epochs} ({phase})", unit="batch",
                    disable=not self.progress, file=sys.stderr, leave=True)
         started, seen, total_loss = time.perf_counter(), 0, 0.0
-        for x, y in bar:
-            loss = self._step(x, y)
-            seen += len(y)
-            total_loss += loss * len(y)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
+        with frozen_inference(self.net, backbone_too=not lp):
+            for x, y in bar:
+                loss = self._step(x, y)
+                seen += len(y)
+                total_loss += loss * len(y)
+                bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
         train_seconds = time.perf_counter() - started
         score, val_loss = self.validate()
         if score is not None:

@@ -370,3 +370,46 @@ def test_report_text_says_validation_and_names_no_layer(run):
     ax = fig.axes[0]
     assert "validation loss" in ax.get_legend_handles_labels()[1]
     assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+@pytest.mark.parametrize("backbone_too", [True, False])  # fine-tuning, and a linear-probe phase (LP-FT)
+def test_frozen_blocks_run_folded_without_autograd_with_the_same_loss_and_gradients(start_weights, backbone_too):
+    from finetune.model import frozen_inference, frozen_span, place, set_trainable, train_mode, unit_of
+
+    bb = get_backbone("mobilenet_v2")
+    net = build_network(build_model(bb, WeightsInfo("file", "start.pth", "", str(start_weights))), bb, 3,
+                        freeze=1 / 3, freeze_until=None)
+    place(net.model, torch.device("cpu"))
+    set_trainable(net, backbone_too)
+    train_mode(net, train_bn=False, backbone_too=backbone_too)
+    x = (torch.rand(4, 3, 32, 32) * 4 - 2).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1, 2, 0])
+
+    def step() -> tuple[torch.Tensor, dict]:
+        torch.manual_seed(0)  # the same dropout mask
+        net.model.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net.model(x), y)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in net.model.named_parameters() if p.grad is not None}
+
+    want_loss, want_grads = step()
+    state = {k: v.clone() for k, v in net.model.state_dict().items()}
+    span = frozen_span(net, backbone_too)
+    batchnorm_calls, span_outputs = [], []
+    for name in span:
+        for m in net.model.get_submodule(name).modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.register_forward_hook(lambda *a: batchnorm_calls.append(1))
+    net.model.get_submodule(span[-1]).register_forward_hook(lambda m, a, out: span_outputs.append(out))
+    with frozen_inference(net, backbone_too):
+        loss, grads = step()
+    assert not batchnorm_calls  # folded into the convolutions
+    assert not span_outputs[0].requires_grad  # no autograd graph where nothing learns
+    assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)
+    assert set(grads) == set(want_grads) and not {unit_of(net, n) for n in grads} & set(span)
+    for name, g in grads.items():  # equal but for rounding: relative to each gradient's norm
+        error = float((g - want_grads[name]).norm() / want_grads[name].norm())
+        assert error < 1e-3, (name, error)
+    net.model(x)  # the model's own blocks again, BatchNorm included
+    assert batchnorm_calls and net.model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in net.model.state_dict().items())
