@@ -251,7 +251,7 @@ def _time_steps(trainer, loader, marks: dict, steps: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    parser.add_argument("--sets", default="hymenoptera,rsscn7_aerial", help="comma-separated sets of ../shared/datasets")
+    parser.add_argument("--sets", default="hymenoptera,rsscn7_aerial", help="sets of ../shared/datasets")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
     parser.add_argument("--epochs", type=int, default=2, help="cnncodes finetune epochs per run (default 2)")
     parser.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True,

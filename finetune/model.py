@@ -163,7 +163,7 @@ def frozen_inference(net: Network, backbone_too: bool = True) -> Iterator[None]:
 
 
 def _inference_copy(block: nn.Module, device: torch.device):
-    """A forward for ``block`` from a BatchNorm-folded copy (``block`` itself when it has no BatchNorm), without grad."""
+    """A forward for ``block`` from a BatchNorm-folded copy (``block`` itself without BatchNorm), without grad."""
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in block.modules())
     fast = copy.deepcopy(block) if has_bn else block
     if has_bn:
