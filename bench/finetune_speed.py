@@ -46,7 +46,7 @@ import common  # noqa: E402
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(BENCH)]
 
 SCRIPT = Path(__file__).resolve()
-DATASETS = common.REPO.parent / "shared" / "datasets"
+DATASETS = Path(os.environ.get("CNNCODES_DATASETS", common.REPO.parent / "shared" / "datasets"))
 TARGET = 2.0  # issue 26, item 5: cnncodes' time per training image at least 2x better than the tutorial's
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

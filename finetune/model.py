@@ -150,7 +150,7 @@ def frozen_inference(net: Network, backbone_too: bool = True) -> Iterator[None]:
     convolutions (``extract.fusion.fold_batchnorm``), under ``torch.no_grad``. The span is in eval mode and
     learns nothing (``train_mode``), so outputs and gradients are the same but for rounding, with a memory
     pass fewer per BatchNorm on the largest activations (bench/RESULTS.md). The model's modules, hooks and
-    state dict are untouched; the copies are made on entry, so call it after ``train_mode``."""
+    state dict are untouched; the copies are made on entry, from the weights then."""
     blocks = [net.model.get_submodule(name) for name in frozen_span(net, backbone_too)]
     device = next(net.model.parameters()).device
     for block in blocks:
@@ -162,13 +162,20 @@ def frozen_inference(net: Network, backbone_too: bool = True) -> Iterator[None]:
             del block.forward  # the class's own forward again
 
 
+def inference_copy(module: nn.Module, device: torch.device) -> nn.Module:
+    """For forward passes in eval mode that learn nothing: a copy of ``module`` with BatchNorm folded into its
+    convolutions (``extract.fusion``), the same outputs but for rounding with a memory pass fewer per
+    BatchNorm; ``module`` itself when it has no BatchNorm (no copy of a large VGG)."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+        return module
+    fast = copy.deepcopy(module).eval()
+    fold_batchnorm(fast)
+    return place(fast, device)
+
+
 def _inference_copy(block: nn.Module, device: torch.device):
-    """A forward for ``block`` from a BatchNorm-folded copy (``block`` itself without BatchNorm), without grad."""
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in block.modules())
-    fast = copy.deepcopy(block) if has_bn else block
-    if has_bn:
-        fold_batchnorm(fast)
-        place(fast, device)
+    """A forward for ``block`` from its ``inference_copy``, without grad."""
+    fast = inference_copy(block, device)
     run = type(fast).forward.__get__(fast)  # the class's forward: ``block.forward`` is about to be replaced
 
     def forward(*args, **kwargs):

@@ -28,7 +28,7 @@ from extract.device import autocast_dtype, pick_precision
 
 from . import checkpoint
 from .data import CachedImages, epoch_sampler, normalize, resampled_counts
-from .model import Network, frozen_inference, param_groups, set_trainable, train_mode
+from .model import Network, frozen_inference, inference_copy, param_groups, set_trainable, train_mode
 
 EPOCH_LOG = "epochs.jsonl"
 FORMAT_VERSION = 1  # of the checkpoint and the saved model bundle
@@ -272,10 +272,12 @@ def forward_probs(model: nn.Module, images: list[torch.Tensor], crop: int, mean,
 
 def forward_logits(model: nn.Module, images: list[torch.Tensor], crop: int, mean, std, device: torch.device,
                    amp_dtype: torch.dtype | None, batch_size: int) -> torch.Tensor:
-    """float32 outputs of ``model`` (on the CPU) for uint8 images, center-cropped to ``crop``, in batches."""
+    """float32 outputs of ``model`` in eval mode (on the CPU) for uint8 images, center-cropped to ``crop``, in batches,
+    from its ``inference_copy`` (BatchNorm folded)."""
     from torchvision.transforms.v2.functional import center_crop
 
     out = []
+    model = inference_copy(model, device)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     with torch.inference_mode(), autocast:
         for i in range(0, len(images), batch_size):

@@ -413,3 +413,25 @@ def test_frozen_blocks_run_folded_without_autograd_with_the_same_loss_and_gradie
     net.model(x)  # the model's own blocks again, BatchNorm included
     assert batchnorm_calls and net.model.state_dict().keys() == state.keys()
     assert all(torch.equal(v, state[k]) for k, v in net.model.state_dict().items())
+
+
+def test_evaluation_forward_runs_a_folded_copy_with_the_same_outputs(start_weights):
+    from torchvision.transforms.v2.functional import center_crop
+
+    from finetune.data import normalize
+    from finetune.trainer import forward_logits
+
+    bb = get_backbone("mobilenet_v2")
+    model = build_model(bb, WeightsInfo("file", "start.pth", "", str(start_weights))).eval()
+    images = [torch.randint(0, 256, (3, 36, 36), dtype=torch.uint8, generator=torch.Generator().manual_seed(k))
+              for k in range(5)]
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    with torch.no_grad():
+        want = model(normalize(torch.stack([center_crop(im, [32, 32]) for im in images]), mean, std))
+    calls = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.register_forward_hook(lambda *a: calls.append(1))
+    got = forward_logits(model, images, 32, mean, std, torch.device("cpu"), None, batch_size=2)
+    assert not calls and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # a copy was folded
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
