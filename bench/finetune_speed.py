@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 BENCH = str(Path(__file__).resolve().parent)
@@ -117,8 +117,10 @@ def child_cnncodes(images: str, out: str, epochs: str, launched: str) -> dict:
             "balanced_accuracy": report["balanced_accuracy"]}
 
 
-def child_breakdown(images: str, variant: str, steps: str) -> dict:
-    """Time ``steps`` of finetune's own Trainer step, part by part, in one ``variant`` (see VARIANTS)."""
+def child_breakdown(images: str, steps: str, rounds: str, variants: str) -> dict:
+    """finetune's own Trainer step timed part by part, in every variant of ``variants`` (comma-separated
+    VARIANTS names), alternating: ``rounds`` rounds of ``steps`` timed steps each, one untimed step after
+    every switch. One process, so the variants share its load, its decoded cache and its model."""
     import pipeline
 
     pipeline.process_settings()
@@ -130,70 +132,104 @@ def child_breakdown(images: str, variant: str, steps: str) -> dict:
     from extract.weights import build_model, locate_weights
     from finetune import model as ft_model
     from finetune import trainer as ft_trainer
-    from finetune.data import choose_splits, default_workers, normalize
+    from finetune.data import choose_splits, default_workers
     from finetune.options import FinetuneConfig
     from finetune.train import _decode_splits
 
     options = {name: f.default for name, f in FinetuneConfig.__dataclass_fields__.items()}
-    options["epochs"] = 2
-    torch.set_num_threads(1 if variant == "1 torch thread" else default_workers())
+    torch.set_num_threads(default_workers())
     bb = get_backbone("mobilenet_v2")
-    prep = preprocess_config(bb, None, None)
     listing = list_images(images)
-    splits = choose_splits(listing, listing.labels >= 0, options["val_fraction"], 0)
-    data = _decode_splits(listing, splits, prep, default_workers(), False, lambda m: None)
+    splits = choose_splits(listing, listing.labels >= 0, options["val_fraction"], options["seed"])
+    data = _decode_splits(listing, splits, preprocess_config(bb, None, None), default_workers(), False,
+                          lambda message: None)
     torch.manual_seed(0)
     net = ft_model.build_network(build_model(bb, locate_weights(bb, None)), bb, len(listing.class_names),
                                  options["freeze"], None)
-    if variant == "NCHW":
-        ft_trainer.normalize = lambda b, m, s: normalize(b, m, s).contiguous()
-    else:
-        ft_model.place(net.model, torch.device("cpu"))
-    precision = "bf16" if variant == "bf16 autocast" else "fp32"
+    ft_model.place(net.model, torch.device("cpu"))
+    names = variants.split(",")
+    times: dict[str, list[dict]] = {v: [] for v in names}
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = ft_trainer.Trainer(net, data, listing.class_names, options, {}, torch.device("cpu"), precision,
+        trainer = ft_trainer.Trainer(net, data, listing.class_names, options, {}, torch.device("cpu"), "fp32",
                                      Path(tmp), lambda m: None, False)
         ft_model.set_trainable(net, backbone_too=True)
         ft_model.train_mode(net, options["train_bn"])  # as Trainer._epoch does, before frozen_inference
-        marks = _instrument(trainer, no_grad_frozen=variant == "frozen blocks under no_grad only")
-        loader = _loader(trainer, workers=1 if variant == "augment in a worker" else 0)
-        plain = variant.startswith("frozen blocks")  # without finetune's frozen_inference (as before issue 26)
-        with nullcontext() if plain else ft_model.frozen_inference(net):
-            parts = _time_steps(trainer, loader, marks, int(steps))
-    return {"variant": variant, "batch": options["batch_size"], "frozen": net.n_frozen, "units": len(net.units),
-            "threads": torch.get_num_threads(), **parts}
+        marks = _instrument(trainer)
+        loaders = {w: _batches(trainer, w) for w in (0, 1)}
+        for r in range(int(rounds)):
+            for name in common.order_for(r, names):
+                settings = VARIANTS[name]
+                with _variant(trainer, settings, marks):
+                    times[name].append(_time_steps(trainer, loaders[settings.get("workers", 0)], marks, int(steps)))
+    return {"frozen": net.n_frozen, "units": len(net.units), "threads": default_workers(),
+            "batch": options["batch_size"], "times": times}
 
 
-VARIANTS = ("default", "frozen blocks as model.train leaves them", "frozen blocks under no_grad only", "NCHW",
-            "1 torch thread", "augment in a worker", "bf16 autocast")
+# what each variant changes in finetune's step (nothing: its defaults)
+VARIANTS = {
+    "default": {},
+    "frozen blocks as before (BatchNorm, autograd)": {"frozen_inference": False},
+    "frozen blocks under no_grad only": {"frozen_inference": False, "no_grad": True},
+    "NCHW": {"nchw": True},
+    "1 torch thread": {"threads": 1},
+    "augment in a worker process": {"workers": 1},
+    "bf16 autocast": {"bf16": True},
+}
 
 
-def _instrument(trainer, no_grad_frozen: bool) -> dict:
-    """Wall-clock marks around the model's forward, the end of its frozen blocks and the optimizer step."""
+@contextmanager
+def _variant(trainer, settings: dict, marks: dict):
+    """Apply a VARIANTS entry to the trainer and process; undo it on exit."""
+    import torch
+
+    from finetune import model as ft_model
+    from finetune import trainer as ft_trainer
+
+    threads, model, normalize, place = torch.get_num_threads(), trainer.net.model, ft_trainer.normalize, ft_model.place
+    torch.set_num_threads(settings.get("threads", threads))
+    if settings.get("nchw"):
+        model.to(memory_format=torch.contiguous_format)
+        ft_trainer.normalize = lambda *a: normalize(*a).contiguous()
+        ft_model.place = lambda m, device: m.to(device)
+    trainer.amp_dtype = torch.bfloat16 if settings.get("bf16") else None
+    marks["no_grad"] = settings.get("no_grad", False)
+    try:
+        with ft_model.frozen_inference(trainer.net) if settings.get("frozen_inference", True) else nullcontext():
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        ft_trainer.normalize, ft_model.place = normalize, place
+        ft_model.place(model, torch.device("cpu"))
+        trainer.amp_dtype, marks["no_grad"] = None, False
+
+
+def _instrument(trainer) -> dict:
+    """Wall-clock marks around the model's forward, the end of its frozen blocks and the optimizer step; the
+    frozen blocks under no_grad while ``marks["no_grad"]``."""
     import torch
 
     from finetune.model import frozen_span
 
-    marks: dict = {}
+    marks: dict = {"no_grad": False}
     model = trainer.net.model
     span = frozen_span(trainer.net)
     model.register_forward_pre_hook(lambda *a: marks.__setitem__("forward", time.perf_counter()))
     model.register_forward_hook(lambda *a: marks.__setitem__("forward_end", time.perf_counter()))
+    grad = []
+
+    def enter(*args):
+        if marks["no_grad"]:
+            grad.append(torch.no_grad())
+            grad[-1].__enter__()
+
+    def leave(*args):
+        while grad:
+            grad.pop().__exit__(None, None, None)
+        marks["frozen_end"] = time.perf_counter()
+
     if span:
-        first, last = model.get_submodule(span[0]), model.get_submodule(span[-1])
-        grad = {}
-        if no_grad_frozen:
-            def enter(*a):
-                grad["ctx"] = torch.no_grad()
-                grad["ctx"].__enter__()
-
-            first.register_forward_pre_hook(enter)
-        def leave(*a):
-            if grad:
-                grad.pop("ctx").__exit__(None, None, None)
-            marks["frozen_end"] = time.perf_counter()
-
-        last.register_forward_hook(leave)
+        model.get_submodule(span[0]).register_forward_pre_hook(enter)
+        model.get_submodule(span[-1]).register_forward_hook(leave)
     step = trainer.optimizer.step
 
     def timed_step(*args, **kwargs):
@@ -207,8 +243,8 @@ def _instrument(trainer, no_grad_frozen: bool) -> dict:
     return marks
 
 
-def _loader(trainer, workers: int):
-    """The training loader of Trainer._epoch (one epoch of the cache), optionally augmenting in a worker."""
+def _batches(trainer, workers: int):
+    """Endless training batches as Trainer._epoch makes them (augmented from the cache), optionally from a worker."""
     from torch.utils.data import DataLoader
 
     from extract.batches import fork_context
@@ -216,35 +252,38 @@ def _loader(trainer, workers: int):
 
     data, opt = trainer.data, trainer.opt
     dataset = CachedImages(data["train"], data["train_labels"], data["crop"], opt["augment"], data["interpolation"])
-    sampler = epoch_sampler(data["train_labels"], opt["sampling"], opt["seed"], 0)
     extra = {"num_workers": workers, "multiprocessing_context": fork_context(), "persistent_workers": True,
              "prefetch_factor": 2} if workers else {}
-    return DataLoader(dataset, batch_size=opt["batch_size"], sampler=sampler, drop_last=True, **extra)
+    epoch = 0
+    while True:
+        sampler = epoch_sampler(data["train_labels"], opt["sampling"], opt["seed"], epoch)
+        yield from DataLoader(dataset, batch_size=opt["batch_size"], sampler=sampler, drop_last=True, **extra)
+        epoch += 1
 
 
-def _time_steps(trainer, loader, marks: dict, steps: int) -> dict:
-    """Seconds per image of each part of ``steps`` timed steps (after 2 warm-up steps), cycling the loader."""
-    parts = {k: 0.0 for k in ("data", "forward_frozen", "forward_trained", "backward", "optimizer", "other")}
-    seen, done = 0, 0
-    while done < steps + 2:
+PARTS = ("data", "forward_frozen", "forward_trained", "backward", "optimizer", "other")
+
+
+def _time_steps(trainer, batches, marks: dict, steps: int) -> dict:
+    """Seconds per image of each part of ``steps`` steps after one untimed step."""
+    parts = dict.fromkeys(PARTS, 0.0)
+    seen = 0
+    for k in range(steps + 1):
         end = time.perf_counter()
-        for x, y in loader:
-            trainer._step(x, y)
-            finished = time.perf_counter()
-            if done >= 2:
-                frozen_end = marks.get("frozen_end", marks["forward"])
-                parts["data"] += marks["forward"] - end
-                parts["forward_frozen"] += frozen_end - marks["forward"]
-                parts["forward_trained"] += marks["forward_end"] - frozen_end
-                parts["backward"] += marks["optimizer"] - marks["forward_end"]
-                parts["optimizer"] += marks["optimizer_end"] - marks["optimizer"]
-                parts["other"] += finished - marks["optimizer_end"]
-                seen += len(y)
-            done += 1
-            end = time.perf_counter()
-            if done >= steps + 2:
-                break
-    return {"images": seen, **{k: v / seen for k, v in parts.items()}}
+        x, y = next(batches)
+        trainer._step(x, y)
+        finished = time.perf_counter()
+        if k == 0:
+            continue
+        frozen_end = marks.get("frozen_end", marks["forward"])
+        parts["data"] += marks["forward"] - end
+        parts["forward_frozen"] += frozen_end - marks["forward"]
+        parts["forward_trained"] += marks["forward_end"] - frozen_end
+        parts["backward"] += marks["optimizer"] - marks["forward_end"]
+        parts["optimizer"] += marks["optimizer_end"] - marks["optimizer"]
+        parts["other"] += finished - marks["optimizer_end"]
+        seen += len(y)
+    return {k: v / seen for k, v in parts.items()}
 
 
 # ============================================================================================ parent
@@ -256,7 +295,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2, help="cnncodes finetune epochs per run (default 2)")
     parser.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True,
                         help="time finetune's step part by part, and its variants (default on)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per breakdown variant (default 5)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant and round (default 3)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated breakdown variants")
     args = parser.parse_args()
     if args.child:
@@ -309,14 +348,21 @@ def _compare(name: str, root: Path, tmp: Path, args, env: dict) -> None:
 
 
 def _breakdown(name: str, root: Path, args, env: dict) -> None:
-    print(f"\n### {name}: finetune's step, ms per training image (batch 32, {args.steps} steps after 2 warm-up)")
-    print("| variant | data | forward frozen | forward trained | backward | optimizer | other | total |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for variant in args.variants.split(","):
-        r = common.run_child(SCRIPT, ["breakdown", str(root), variant, str(args.steps)], timeout=3600, env=env)
-        cells = [1000 * r[k] for k in ("data", "forward_frozen", "forward_trained", "backward", "optimizer", "other")]
-        print(f"| {variant} ({r['frozen']}/{r['units']} frozen, {r['threads']} threads) | "
-              + " | ".join(f"{v:.1f}" for v in cells) + f" | **{sum(cells):.1f}** |", flush=True)
+    r = common.run_child(SCRIPT, ["breakdown", str(root), str(args.steps), str(args.rounds), args.variants],
+                         timeout=3600, env=env)
+    print(f"\n### {name}: finetune's step, ms per training image (batch {r['batch']}, {r['frozen']}/{r['units']} "
+          f"blocks frozen, {r['threads']} torch threads; {args.rounds} alternating rounds of {args.steps} steps, "
+          "medians)")
+    print("| variant | data | forward frozen | forward trained | backward | optimizer | other | total (rounds) | "
+          "/ default |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    default = [sum(t.values()) for t in r["times"]["default"]]
+    for variant, rounds in r["times"].items():
+        totals = [1000 * sum(t.values()) for t in rounds]
+        cells = [1000 * statistics.median(t[k] for t in rounds) for k in PARTS]
+        ratio = statistics.median(1000 * d / t for d, t in zip(default, totals))
+        print(f"| {variant} | " + " | ".join(f"{v:.1f}" for v in cells)
+              + f" | **{statistics.median(totals):.1f}** ({_spread(totals)}) | {ratio:.2f}x |", flush=True)
 
 
 def _spread(values: list[float]) -> str:
