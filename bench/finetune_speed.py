@@ -18,9 +18,10 @@ child's OpenMP threads sleep while waiting (``OMP_WAIT_POLICY=PASSIVE``, as the 
 
 ``--breakdown`` then times finetune's own step (its Trainer on its decoded cache) part by part with
 wall-clock marks: data (augment, collate, normalize), forward of the frozen blocks, forward of the
-trained part, backward (with the loss), optimizer; and the same step in the variants that could pay:
-NCHW instead of channels-last, the frozen blocks under ``torch.no_grad``, one torch thread, batch
-augmentation in a worker process, bf16 autocast (an option where the CPU has native bf16).
+trained part, backward (with the loss), optimizer; and the same step in variants, alternating in one
+process: without ``model.fused_forward`` (as before issue 26), the frozen blocks under ``torch.no_grad``
+alone, NCHW instead of channels-last, one torch thread, augmentation in a worker process, bf16
+autocast (an option, ``--precision bf16``, where the CPU has native bf16).
 
     python bench/finetune_speed.py                         # hymenoptera and rsscn7_aerial, 2 rounds
     python bench/finetune_speed.py --sets hymenoptera --rounds 3 --epochs 2 --no-breakdown
@@ -153,7 +154,7 @@ def child_breakdown(images: str, steps: str, rounds: str, variants: str) -> dict
         trainer = ft_trainer.Trainer(net, data, listing.class_names, options, {}, torch.device("cpu"), "fp32",
                                      Path(tmp), lambda m: None, False)
         ft_model.set_trainable(net, backbone_too=True)
-        ft_model.train_mode(net, options["train_bn"])  # as Trainer._epoch does, before frozen_inference
+        ft_model.train_mode(net, options["train_bn"])  # as Trainer._epoch does, before fused_forward
         marks = _instrument(trainer)
         loaders = {w: _batches(trainer, w) for w in (0, 1)}
         for r in range(int(rounds)):
@@ -168,8 +169,8 @@ def child_breakdown(images: str, steps: str, rounds: str, variants: str) -> dict
 # what each variant changes in finetune's step (nothing: its defaults)
 VARIANTS = {
     "default": {},
-    "frozen blocks as before (BatchNorm, autograd)": {"frozen_inference": False},
-    "frozen blocks under no_grad only": {"frozen_inference": False, "no_grad": True},
+    "as before: no fused_forward (BatchNorm layers, autograd in frozen blocks)": {"fused": False},
+    "no fused_forward, frozen blocks under no_grad": {"fused": False, "no_grad": True},
     "NCHW": {"nchw": True},
     "1 torch thread": {"threads": 1},
     "augment in a worker process": {"workers": 1},
@@ -185,20 +186,19 @@ def _variant(trainer, settings: dict, marks: dict):
     from finetune import model as ft_model
     from finetune import trainer as ft_trainer
 
-    threads, model, normalize, place = torch.get_num_threads(), trainer.net.model, ft_trainer.normalize, ft_model.place
+    threads, model, normalize = torch.get_num_threads(), trainer.net.model, ft_trainer.normalize
     torch.set_num_threads(settings.get("threads", threads))
     if settings.get("nchw"):
         model.to(memory_format=torch.contiguous_format)
         ft_trainer.normalize = lambda *a: normalize(*a).contiguous()
-        ft_model.place = lambda m, device: m.to(device)
     trainer.amp_dtype = torch.bfloat16 if settings.get("bf16") else None
     marks["no_grad"] = settings.get("no_grad", False)
     try:
-        with ft_model.frozen_inference(trainer.net) if settings.get("frozen_inference", True) else nullcontext():
+        with ft_model.fused_forward(trainer.net) if settings.get("fused", True) else nullcontext():
             yield
     finally:
         torch.set_num_threads(threads)
-        ft_trainer.normalize, ft_model.place = normalize, place
+        ft_trainer.normalize = normalize
         ft_model.place(model, torch.device("cpu"))
         trainer.amp_dtype, marks["no_grad"] = None, False
 

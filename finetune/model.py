@@ -8,7 +8,6 @@ model's last Linear layer, replaced by one with an output per class.
 """
 from __future__ import annotations
 
-import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from extract.backbones import Backbone
-from extract.fusion import fold_batchnorm
+from extract.fusion import conv_bn_pairs
 
 
 @dataclass
@@ -145,43 +144,62 @@ def train_mode(net: Network, train_bn: bool, backbone_too: bool = True) -> None:
 
 
 @contextmanager
-def frozen_inference(net: Network, backbone_too: bool = True) -> Iterator[None]:
-    """While in effect, each block of the frozen span runs as an inference copy: BatchNorm folded into its
-    convolutions (``extract.fusion.fold_batchnorm``), under ``torch.no_grad``. The span is in eval mode and
-    learns nothing (``train_mode``), so outputs and gradients are the same but for rounding, with a memory
-    pass fewer per BatchNorm on the largest activations (bench/RESULTS.md). The model's modules, hooks and
-    state dict are untouched; the copies are made on entry, from the weights then."""
+def fused_forward(net: Network, backbone_too: bool = True) -> Iterator[None]:
+    """Training steps' forward: the frozen span (eval mode, learns nothing: ``train_mode``) runs under
+    ``torch.no_grad``, and every eval-mode BatchNorm is folded into its convolution (``folded_batchnorm``).
+    The same loss and gradients but for rounding, with less autograd bookkeeping and fewer passes over
+    the activations (bench/RESULTS.md). Call it after ``train_mode``."""
     blocks = [net.model.get_submodule(name) for name in frozen_span(net, backbone_too)]
-    device = next(net.model.parameters()).device
     for block in blocks:
-        block.forward = _inference_copy(block, device)
+        block.forward = _without_grad(type(block).forward.__get__(block))
     try:
-        yield
+        with folded_batchnorm(net.model):
+            yield
     finally:
         for block in blocks:
             del block.forward  # the class's own forward again
 
 
-def inference_copy(module: nn.Module, device: torch.device) -> nn.Module:
-    """For forward passes in eval mode that learn nothing: a copy of ``module`` with BatchNorm folded into its
-    convolutions (``extract.fusion``), the same outputs but for rounding with a memory pass fewer per
-    BatchNorm; ``module`` itself when it has no BatchNorm (no copy of a large VGG)."""
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
-        return module
-    fast = copy.deepcopy(module).eval()
-    fold_batchnorm(fast)
-    return place(fast, device)
+@contextmanager
+def folded_batchnorm(model: nn.Module) -> Iterator[None]:
+    """While in effect, each convolution followed by a BatchNorm in eval mode (``extract.fusion.conv_bn_pairs``)
+    runs as one convolution whose weight and bias are computed from both at every call, and the BatchNorm
+    passes its input through: the same function of the same parameters, gradients included (the fold is
+    differentiable, so trained BatchNorm weights still learn), with an activation pass fewer forward and
+    backward. Modules, hooks and state dict are untouched; BatchNorm in training mode is left as it is."""
+    pairs = [(getattr(parent, c), getattr(parent, b)) for parent, c, b in conv_bn_pairs(model)
+             if not getattr(parent, b).training]
+    for conv, bn in pairs:
+        conv.forward = _folded_conv(conv, bn)
+        bn.forward = _identity
+    try:
+        yield
+    finally:
+        for conv, bn in pairs:
+            del conv.forward, bn.forward
 
 
-def _inference_copy(block: nn.Module, device: torch.device):
-    """A forward for ``block`` from its ``inference_copy``, without grad."""
-    fast = inference_copy(block, device)
-    run = type(fast).forward.__get__(fast)  # the class's forward: ``block.forward`` is about to be replaced
-
-    def forward(*args, **kwargs):
-        with torch.no_grad():
-            return run(*args, **kwargs)
+def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        bias = -bn.running_mean * scale if conv.bias is None else (conv.bias - bn.running_mean) * scale
+        if bn.bias is not None:
+            bias = bias + bn.bias
+        return conv._conv_forward(x, conv.weight * scale.reshape(-1, 1, 1, 1), bias)
     return forward
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _without_grad(forward):
+    def run(*args, **kwargs):
+        with torch.no_grad():
+            return forward(*args, **kwargs)
+    return run
 
 
 def param_groups(net: Network, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
