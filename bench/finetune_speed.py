@@ -119,7 +119,7 @@ def child_cnncodes(images: str, out: str, epochs: str, launched: str) -> dict:
 
 
 def child_breakdown(images: str, steps: str, rounds: str, variants: str) -> dict:
-    """finetune's own Trainer step timed part by part, in every variant of ``variants`` (comma-separated
+    """finetune's own Trainer step timed part by part, in every variant of ``variants`` (/-separated
     VARIANTS names), alternating: ``rounds`` rounds of ``steps`` timed steps each, one untimed step after
     every switch. One process, so the variants share its load, its decoded cache and its model."""
     import pipeline
@@ -148,7 +148,7 @@ def child_breakdown(images: str, steps: str, rounds: str, variants: str) -> dict
     net = ft_model.build_network(build_model(bb, locate_weights(bb, None)), bb, len(listing.class_names),
                                  options["freeze"], None)
     ft_model.place(net.model, torch.device("cpu"))
-    names = variants.split(",")
+    names = variants.split("/")
     times: dict[str, list[dict]] = {v: [] for v in names}
     with tempfile.TemporaryDirectory() as tmp:
         trainer = ft_trainer.Trainer(net, data, listing.class_names, options, {}, torch.device("cpu"), "fp32",
@@ -169,8 +169,8 @@ def child_breakdown(images: str, steps: str, rounds: str, variants: str) -> dict
 # what each variant changes in finetune's step (nothing: its defaults)
 VARIANTS = {
     "default": {},
-    "as before: no fused_forward (BatchNorm layers, autograd in frozen blocks)": {"fused": False},
-    "no fused_forward, frozen blocks under no_grad": {"fused": False, "no_grad": True},
+    "as before: no fused_forward (BatchNorm layers; autograd in frozen blocks)": {"fused": False},
+    "no fused_forward; frozen blocks under no_grad": {"fused": False, "no_grad": True},
     "NCHW": {"nchw": True},
     "1 torch thread": {"threads": 1},
     "augment in a worker process": {"workers": 1},
@@ -296,7 +296,9 @@ def main() -> int:
     parser.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True,
                         help="time finetune's step part by part, and its variants (default on)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant and round (default 3)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated breakdown variants")
+    parser.add_argument("--variants", default="/".join(VARIANTS), help="breakdown variants, separated by /")
+    parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
+                        help="time the tutorial against cnncodes (default on)")
     args = parser.parse_args()
     if args.child:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -311,7 +313,8 @@ def main() -> int:
             if not (root / "train").is_dir():
                 print(f"# {name}: skipped, {root}/train is missing")
                 continue
-            _compare(name, root, Path(tmp), args, env)
+            if args.compare:
+                _compare(name, root, Path(tmp), args, env)
             if args.breakdown:
                 _breakdown(name, root, args, env)
     print(f"# {common.load_average()} at the end")
