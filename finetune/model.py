@@ -170,24 +170,26 @@ def folded_batchnorm(model: nn.Module) -> Iterator[None]:
     pairs = [(getattr(parent, c), getattr(parent, b)) for parent, c, b in conv_bn_pairs(model)
              if not getattr(parent, b).training]
     for conv, bn in pairs:
-        conv.forward = _folded_conv(conv, bn)
+        conv._conv_forward = _folded_conv(conv, bn)  # the convolution's own forward (padding etc.) still runs
         bn.forward = _identity
     try:
         yield
     finally:
         for conv, bn in pairs:
-            del conv.forward, bn.forward
+            del conv._conv_forward, bn.forward
 
 
 def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d):
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    conv_forward = type(conv)._conv_forward.__get__(conv)
+
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         scale = torch.rsqrt(bn.running_var + bn.eps)
         if bn.weight is not None:
             scale = scale * bn.weight
-        bias = -bn.running_mean * scale if conv.bias is None else (conv.bias - bn.running_mean) * scale
+        bias = -bn.running_mean * scale if bias is None else (bias - bn.running_mean) * scale
         if bn.bias is not None:
             bias = bias + bn.bias
-        return conv._conv_forward(x, conv.weight * scale.reshape(-1, 1, 1, 1), bias)
+        return conv_forward(x, weight * scale.reshape(-1, 1, 1, 1), bias)
     return forward
 
 

@@ -441,3 +441,21 @@ def test_evaluation_forward_folds_batchnorm_with_the_same_outputs(start_weights)
     got = forward_logits(model, images, 32, mean, std, torch.device("cpu"), None, batch_size=2)
     assert passed_through and all(passed_through)  # folded into the convolutions
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])  # SAME-padded strided convs; convN / bnN
+def test_folded_batchnorm_keeps_each_architectures_outputs(backbone):
+    from finetune.model import folded_batchnorm
+
+    model = build_model(get_backbone(backbone), WeightsInfo(RANDOM, RANDOM, "")).double().eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics unlike the init's 0 and 1
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    x = torch.rand(2, 3, 40, 40, dtype=torch.float64)
+    with torch.no_grad():
+        want = model(x)
+        with folded_batchnorm(model):
+            got = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    assert not any("_conv_forward" in vars(m) or "forward" in vars(m) for m in model.modules())  # restored
