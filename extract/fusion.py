@@ -14,15 +14,23 @@ def fold_batchnorm(model: nn.Module) -> int:
     """
     if model.training:
         raise ValueError("fold_batchnorm needs a model in eval mode")
-    fused = 0
+    pairs = conv_bn_pairs(model)
+    for parent, conv_name, bn_name in pairs:
+        setattr(parent, conv_name, fuse_conv_bn_eval(getattr(parent, conv_name), getattr(parent, bn_name)))
+        setattr(parent, bn_name, nn.Identity())
+    return len(pairs)
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """(parent, conv name, BatchNorm name) of every Conv2d -> BatchNorm2d pair (with running statistics) of
+    ``model``, found where torchvision builds them (see ``fold_batchnorm``)."""
+    out = []
     for parent in model.modules():
         for conv_name, bn_name in _pairs(parent):
             conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
-                setattr(parent, bn_name, nn.Identity())
-                fused += 1
-    return fused
+                out.append((parent, conv_name, bn_name))
+    return out
 
 
 def _pairs(parent: nn.Module) -> list[tuple[str, str]]:

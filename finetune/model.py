@@ -8,13 +8,16 @@ model's last Linear layer, replaced by one with an output per class.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from extract.backbones import Backbone
 from extract.errors import UsageError
+from extract.fusion import conv_bn_pairs
 
 
 @dataclass
@@ -139,6 +142,67 @@ def train_mode(net: Network, train_bn: bool, backbone_too: bool = True) -> None:
         for module in net.model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
+
+
+@contextmanager
+def fused_forward(net: Network, backbone_too: bool = True) -> Iterator[None]:
+    """Training steps' forward: the frozen span (eval mode, learns nothing: ``train_mode``) runs under
+    ``torch.no_grad``, and every eval-mode BatchNorm is folded into its convolution (``folded_batchnorm``).
+    The same loss and gradients but for rounding, with less autograd bookkeeping and fewer passes over
+    the activations (bench/RESULTS.md). Call it after ``train_mode``."""
+    blocks = [net.model.get_submodule(name) for name in frozen_span(net, backbone_too)]
+    for block in blocks:
+        block.forward = _without_grad(type(block).forward.__get__(block))
+    try:
+        with folded_batchnorm(net.model):
+            yield
+    finally:
+        for block in blocks:
+            del block.forward  # the class's own forward again
+
+
+@contextmanager
+def folded_batchnorm(model: nn.Module) -> Iterator[None]:
+    """While in effect, each convolution followed by a BatchNorm in eval mode (``extract.fusion.conv_bn_pairs``)
+    runs as one convolution whose weight and bias are computed from both at every call, and the BatchNorm
+    passes its input through: the same function of the same parameters, gradients included (the fold is
+    differentiable, so trained BatchNorm weights still learn), with an activation pass fewer forward and
+    backward. Modules, hooks and state dict are untouched; BatchNorm in training mode is left as it is."""
+    pairs = [(getattr(parent, c), getattr(parent, b)) for parent, c, b in conv_bn_pairs(model)
+             if not getattr(parent, b).training]
+    for conv, bn in pairs:
+        conv._conv_forward = _folded_conv(conv, bn)  # the convolution's own forward (padding etc.) still runs
+        bn.forward = _identity
+    try:
+        yield
+    finally:
+        for conv, bn in pairs:
+            del conv._conv_forward, bn.forward
+
+
+def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d):
+    conv_forward = type(conv)._conv_forward.__get__(conv)
+
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        bias = -bn.running_mean * scale if bias is None else (bias - bn.running_mean) * scale
+        if bn.bias is not None:
+            bias = bias + bn.bias
+        return conv_forward(x, weight * scale.reshape(-1, 1, 1, 1), bias)
+    return forward
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _without_grad(forward):
+    def run(*args, **kwargs):
+        with torch.no_grad():
+            return forward(*args, **kwargs)
+    return run
 
 
 def param_groups(net: Network, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:

@@ -28,7 +28,7 @@ from extract.device import autocast_dtype, pick_precision
 
 from . import checkpoint
 from .data import CachedImages, epoch_sampler, normalize, resampled_counts
-from .model import Network, param_groups, set_trainable, train_mode
+from .model import Network, folded_batchnorm, fused_forward, param_groups, set_trainable, train_mode
 
 EPOCH_LOG = "epochs.jsonl"
 FORMAT_VERSION = 1  # of the checkpoint and the saved model bundle
@@ -154,11 +154,12 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.total_epochs} ({phase})", unit="batch",
                    disable=not self.progress, file=sys.stderr, leave=True)
         started, seen, total_loss = time.perf_counter(), 0, 0.0
-        for x, y in bar:
-            loss = self._step(x, y)
-            seen += len(y)
-            total_loss += loss * len(y)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
+        with fused_forward(self.net, backbone_too=not lp):
+            for x, y in bar:
+                loss = self._step(x, y)
+                seen += len(y)
+                total_loss += loss * len(y)
+                bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
         train_seconds = time.perf_counter() - started
         score, val_loss = self.validate()
         if score is not None:
@@ -271,12 +272,13 @@ def forward_probs(model: nn.Module, images: list[torch.Tensor], crop: int, mean,
 
 def forward_logits(model: nn.Module, images: list[torch.Tensor], crop: int, mean, std, device: torch.device,
                    amp_dtype: torch.dtype | None, batch_size: int) -> torch.Tensor:
-    """float32 outputs of ``model`` (on the CPU) for uint8 images, center-cropped to ``crop``, in batches."""
+    """float32 outputs of ``model`` in eval mode (on the CPU) for uint8 images, center-cropped to ``crop``, in batches,
+    BatchNorm folded (``folded_batchnorm``)."""
     from torchvision.transforms.v2.functional import center_crop
 
     out = []
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast, folded_batchnorm(model):
         for i in range(0, len(images), batch_size):
             batch = torch.stack([center_crop(im, [crop, crop]) for im in images[i:i + batch_size]]).to(device)
             out.append(model(normalize(batch, mean, std)).float().cpu())

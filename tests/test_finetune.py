@@ -370,3 +370,92 @@ def test_report_text_says_validation_and_names_no_layer(run):
     ax = fig.axes[0]
     assert "validation loss" in ax.get_legend_handles_labels()[1]
     assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+@pytest.mark.parametrize("backbone_too, train_bn", [(True, False), (False, False), (True, True)])  # LP-FT's probe
+def test_fused_forward_folds_eval_batchnorm_skips_autograd_in_frozen_blocks_same_loss_and_gradients(
+        start_weights, backbone_too, train_bn):
+    from finetune.model import frozen_span, fused_forward, place, set_trainable, train_mode, unit_of
+
+    bb = get_backbone("mobilenet_v2")
+    net = build_network(build_model(bb, WeightsInfo("file", "start.pth", "", str(start_weights))), bb, 3,
+                        freeze=1 / 3, freeze_until=None)
+    place(net.model, torch.device("cpu")).double()  # float64: the two paths differ by rounding only
+    set_trainable(net, backbone_too)
+    train_mode(net, train_bn=train_bn, backbone_too=backbone_too)
+    x = (torch.rand(4, 3, 32, 32, dtype=torch.float64) * 4 - 2).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1, 2, 0])
+
+    def step() -> tuple[torch.Tensor, dict]:
+        torch.manual_seed(0)  # the same dropout mask
+        net.model.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net.model(x), y)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in net.model.named_parameters() if p.grad is not None}
+
+    want_loss, want_grads = step()
+    state = {k: v.clone() for k, v in net.model.state_dict().items()}
+    span = frozen_span(net, backbone_too)
+    batchnorm_calls, span_outputs = [], []
+    for m in net.model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.register_forward_hook(lambda bn, a, out: batchnorm_calls.append(torch.equal(out, a[0])))
+    net.model.get_submodule(span[-1]).register_forward_hook(lambda m, a, out: span_outputs.append(out))
+    with fused_forward(net, backbone_too):
+        loss, grads = step()
+    training_bn = sum(m.training for m in net.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert batchnorm_calls.count(True) == len(batchnorm_calls) - training_bn  # eval ones pass through: folded
+    assert bool(training_bn) == train_bn
+    assert not span_outputs[0].requires_grad  # no autograd graph where nothing learns
+    assert float(loss) == pytest.approx(float(want_loss), rel=1e-9)
+    assert set(grads) == set(want_grads) and not {unit_of(net, n) for n in grads} & set(span)
+    if not train_bn:
+        assert any(".conv.1.weight" in n or ".1.weight" in n for n in grads)  # trained BatchNorm weights still learn
+    for name, g in grads.items():  # equal but for rounding
+        torch.testing.assert_close(g, want_grads[name], rtol=1e-7, atol=1e-10, msg=name)
+    batchnorm_calls.clear()
+    net.model(x)  # the model's own layers again
+    assert batchnorm_calls and not any(batchnorm_calls)
+    assert net.model.state_dict().keys() == state.keys()
+    changed = {k for k, v in net.model.state_dict().items() if not torch.equal(v, state[k])}
+    assert not changed if not train_bn else changed and all("running_" in k or "num_batches" in k for k in changed)
+
+
+def test_evaluation_forward_folds_batchnorm_with_the_same_outputs(start_weights):
+    from torchvision.transforms.v2.functional import center_crop
+
+    from finetune.data import normalize
+    from finetune.trainer import forward_logits
+
+    bb = get_backbone("mobilenet_v2")
+    model = build_model(bb, WeightsInfo("file", "start.pth", "", str(start_weights))).eval()
+    images = [torch.randint(0, 256, (3, 36, 36), dtype=torch.uint8, generator=torch.Generator().manual_seed(k))
+              for k in range(5)]
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    with torch.no_grad():
+        want = model(normalize(torch.stack([center_crop(im, [32, 32]) for im in images]), mean, std))
+    passed_through = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.register_forward_hook(lambda bn, a, out: passed_through.append(torch.equal(out, a[0])))
+    got = forward_logits(model, images, 32, mean, std, torch.device("cpu"), None, batch_size=2)
+    assert passed_through and all(passed_through)  # folded into the convolutions
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])  # SAME-padded strided convs; convN / bnN
+def test_folded_batchnorm_keeps_each_architectures_outputs(backbone):
+    from finetune.model import folded_batchnorm
+
+    model = build_model(get_backbone(backbone), WeightsInfo(RANDOM, RANDOM, "")).double().eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics unlike the init's 0 and 1
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    x = torch.rand(2, 3, 40, 40, dtype=torch.float64)
+    with torch.no_grad():
+        want = model(x)
+        with folded_batchnorm(model):
+            got = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    assert not any("_conv_forward" in vars(m) or "forward" in vars(m) for m in model.modules())  # restored
