@@ -73,7 +73,7 @@ def run_one(name: str, root: Path, freeze: float) -> dict:
     return {"set": name, "freeze": freeze, "epochs": epochs, "n_train": n_train,
             "steps": epochs * math.ceil(n_train / BATCH), "best_epoch": ft["best_epoch"],
             "val_balanced_accuracy": report["balanced_accuracy"], "n_eval": report["n_test"],
-            "carve_score": report["val_balanced_accuracy"], "train_s": round(report["fit_time"], 1),
+            "carve_score": report["val_balanced_accuracy"], "train_s": round(report["fit_time_s"], 1),
             "wall_s": round(wall, 1), "load_avg_1m": round(load, 2), "out": str(out)}
 
 
