@@ -32,6 +32,18 @@ CACHE = Path(os.environ.get("CNNCODES_BENCH_CACHE", Path(os.environ.get("TMPDIR"
 RESULTS = BENCH / "calibrate_finetune.jsonl"
 NO_TIME_CAP = 1e12  # seconds: epochs_for's budget, so that only its step rule decides
 BATCH = 32  # finetune's default batch size
+# The advisor's similarity and the codes side on the same evaluation splits, from bench/RESULTS.md "The advisor's
+# evidence on six real sets, out of sample" (2026-12-04): `advise_images(SET, sample=500)` and `cnncodes run SET
+# --layer penultimate --layer BLOCK --layer penultimate+BLOCK --classifiers svm,softmax`. "codes" is the best of
+# those 12 rows on the evaluation split (the strictest bar for fine-tuning), "pick" the row `run` chose by CV.
+EVIDENCE = {
+    "hymenoptera": {"similarity": 0.745, "codes": 0.962, "codes_row": "softmax penultimate", "pick": 0.960},
+    "clothing6": {"similarity": 0.539, "codes": 0.896, "codes_row": "svm penultimate", "pick": 0.896},
+    "rsscn7_aerial": {"similarity": 0.329, "codes": 0.872, "codes_row": "svm block5", "pick": 0.856},
+    "sign_digits": {"similarity": 0.325, "codes": 0.956, "codes_row": "softmax penultimate+block5", "pick": 0.953},
+    "potato_leaf_imbalanced": {"similarity": 0.373, "codes": 0.969, "codes_row": "softmax block4", "pick": 0.969},
+    "digits": {"similarity": 0.219, "codes": 0.989, "codes_row": "svm penultimate+block5", "pick": 0.987},
+}
 
 
 def set_root(name: str) -> Path:
@@ -99,6 +111,89 @@ def sweep(path: Path, sets: tuple[str, ...], freezes: tuple[float, ...]) -> None
                   flush=True)
 
 
+def balanced_accuracy_se(score: float, class_counts: list[int]) -> float:
+    """Standard error of a balanced accuracy: each class's recall a binomial on its images, every recall set to
+    ``score`` (the codes rows kept no per-class figures)."""
+    k = len(class_counts)
+    return math.sqrt(score * (1 - score) * sum(1 / n for n in class_counts)) / k
+
+
+def winner(name: str, rows: list[dict]) -> dict:
+    """Fine-tune wins a set when its best freeze beats the best codes row by more than one standard error of the
+    difference (the two taken as independent), else codes (cheaper) win."""
+    best = max(rows, key=lambda r: r["val_balanced_accuracy"])
+    counts = list(json.loads((Path(best["out"]) / "report.json").read_text())["test_class_counts"].values())
+    codes = EVIDENCE[name]["codes"]
+    diff = best["val_balanced_accuracy"] - codes
+    se = math.hypot(balanced_accuracy_se(best["val_balanced_accuracy"], counts), balanced_accuracy_se(codes, counts))
+    return {"kind": "finetune" if diff > se else "codes", "diff": diff, "se": se, "best_freeze": best["freeze"],
+            "by_one_point": "finetune" if diff > 0.01 else "codes"}
+
+
+def fit_threshold(points: list[tuple[float, str]], prior: float) -> float:
+    """The similarity threshold (codes from it on, fine-tune below) that gets the most of ``points`` (similarity,
+    winner) right; among equals the midpoint of the widest gap between neighbouring similarities; ``prior``
+    when the points hold one kind of winner only (nothing to separate)."""
+    if len({kind for _, kind in points}) < 2:
+        return prior
+    sims = sorted(s for s, _ in points)
+    candidates = [((a + b) / 2, b - a) for a, b in zip(sims, sims[1:])] + [(sims[0] - 0.01, 0.0),
+                                                                         (sims[-1] + 0.01, 0.0)]
+
+    def errors(t: float) -> int:
+        return sum((s >= t) != (kind == "codes") for s, kind in points)
+
+    return min(candidates, key=lambda c: (errors(c[0]), -c[1]))[0]
+
+
+def leave_one_out(points: dict[str, tuple[float, str]], prior: float) -> dict[str, float]:
+    """Per set, the threshold fitted on the other sets' (similarity, winner) points."""
+    return {name: fit_threshold([p for other, p in points.items() if other != name], prior) for name in points}
+
+
+def says(similarity: float, threshold: float) -> str:
+    """The advisor's kind for a small set: codes from ``threshold`` on (scenario 1), fine-tune below (scenario 3)."""
+    return "codes" if similarity >= threshold else "finetune"
+
+
+def fit(results: list[dict]) -> None:
+    """Print the sweep table, the winners, the leave-one-set-out threshold fit and the freeze summary."""
+    from advise.scenario import SIMILAR_FROM
+
+    done = {name: [r for r in results if r["set"] == name] for name in SETS}
+    done = {name: rows for name, rows in done.items() if rows}
+    wins = {name: winner(name, rows) for name, rows in done.items()}
+    points = {name: (EVIDENCE[name]["similarity"], w["kind"]) for name, w in wins.items()}
+    loo = leave_one_out(points, SIMILAR_FROM)
+    print("\n| set | similarity | codes best (row) | " + " | ".join(f"finetune --freeze {f:g}" for f in FREEZES)
+          + " | winner (fine-tune - codes ± SE) | scenario at 0.5 | threshold without it: scenario | agrees? |")
+    print("|---|---:|---|" + "---|" * len(FREEZES) + "---|---|---|---|")
+    for name, rows in done.items():
+        ev, w = EVIDENCE[name], wins[name]
+        cells = []
+        for f in FREEZES:
+            r = next((r for r in rows if r["freeze"] == f), None)
+            cells.append("not run" if r is None else f"{r['val_balanced_accuracy']:.3f} (epoch {r['best_epoch']}/"
+                         f"{r['epochs']}, {r['steps']} steps, {r['wall_s']:.0f} s)")
+        kind = says(ev["similarity"], loo[name])
+        print(f"| {name} | {ev['similarity']:.3f} | {ev['codes']:.3f} ({ev['codes_row']}) | {' | '.join(cells)} | "
+              f"**{w['kind']}** ({w['diff']:+.3f} ± {w['se']:.3f}; by 1 point: {w['by_one_point']}) | "
+              f"{1 if ev['similarity'] >= SIMILAR_FROM else 3} | {loo[name]:.3f}: {1 if kind == 'codes' else 3} | "
+              f"{'yes' if kind == w['kind'] else 'no'} |")
+    for rule, key in (("winner by one standard error", "kind"), ("winner by 1 point", "by_one_point")):
+        pts = {name: (EVIDENCE[name]["similarity"], w[key]) for name, w in wins.items()}
+        held = leave_one_out(pts, SIMILAR_FROM)
+        agree = sum(says(sim, held[name]) == kind for name, (sim, kind) in pts.items())
+        print(f"{rule}: leave-one-set-out, the scenario agrees on {agree} of {len(pts)} sets; fitted on all "
+              f"{len(pts)}: SIMILAR_FROM = {fit_threshold(list(pts.values()), SIMILAR_FROM):.3f} (now {SIMILAR_FROM})")
+    tuned = [name for name, w in wins.items() if w["kind"] == "finetune"]
+    for f in FREEZES:
+        scores = [r["val_balanced_accuracy"] for name in tuned for r in done[name] if r["freeze"] == f]
+        best_on = [n for n, w in wins.items() if w["best_freeze"] == f]
+        print(f"freeze {f:g}: mean {sum(scores) / max(len(scores), 1):.3f} over the {len(scores)} sets fine-tuning "
+              f"won; the best freeze on {', '.join(best_on) or 'none'}")
+
+
 def cpu_flags() -> str:
     """The CPU model and its vector flags that matter for torch's kernels."""
     try:
@@ -121,6 +216,7 @@ def main() -> int:
     print(cpu_flags(), flush=True)
     if not args.fit_only:
         sweep(args.results, tuple(args.sets.split(",")), tuple(float(f) for f in args.freezes.split(",")))
+    fit(load_results(args.results))
     return 0
 
 
