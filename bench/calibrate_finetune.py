@@ -1,8 +1,8 @@
 """Fine-tuning at freeze 0.33 / 0.7 / 1 / 0 on the six calibration sets, and the advisor's threshold fitted to it.
 
 Each run is ``cnncodes finetune SET --out DIR --freeze F --epochs E --quiet`` in a fresh process, every other
-option at finetune's default; E comes from ``finetune.budget.epochs_for`` with no time cap (>= 300 SGD
-steps or 6 epochs on the images left for training after the validation carve). A result is appended
+option at finetune's default; E is what advise recommends (``advise.commands.finetune_epochs``: finetune.budget's
+step rule, no time cap: >= 300 SGD steps or 6 epochs on the images left for training after the validation carve). A result is appended
 to a JSON-lines file as soon as its run ends and runs already there are skipped, so the script resumes.
 It prints the sweep table and the leave-one-set-out fit of the advisor's similarity threshold.
 
@@ -30,7 +30,6 @@ FREEZES = (0.33, 0.7, 1.0, 0.0)  # the cheapest informative first
 DATASETS = Path(os.environ.get("CNNCODES_DATASETS", REPO.parent / "shared" / "datasets"))
 CACHE = Path(os.environ.get("CNNCODES_BENCH_CACHE", Path(os.environ.get("TMPDIR", "/tmp")) / "cnncodes-bench"))
 RESULTS = BENCH / "calibrate_finetune.jsonl"
-NO_TIME_CAP = 1e12  # seconds: epochs_for's budget, so that only its step rule decides
 BATCH = 32  # finetune's default batch size
 # The advisor's similarity and the codes side on the same evaluation splits, from bench/RESULTS.md "The advisor's
 # evidence on six real sets, out of sample" (2026-12-04): `advise_images(SET, sample=500)` and `cnncodes run SET
@@ -64,23 +63,12 @@ def set_root(name: str) -> Path:
     return root
 
 
-def training_images(root: Path) -> int:
-    """Images finetune trains on at its defaults: the train split less the stratified validation carve."""
-    from extract.reader import list_images
-    from finetune.data import choose_splits
-    from finetune.options import FinetuneConfig
-
-    listing = list_images(root)
-    splits = choose_splits(listing, listing.labels >= 0, FinetuneConfig.val_fraction, FinetuneConfig.seed)
-    return len(splits.train)
-
-
 def run_one(name: str, root: Path, freeze: float) -> dict:
     """One fine-tune as a fresh process; its figures as a JSON-able row."""
-    from finetune.budget import epochs_for
+    from advise.commands import finetune_epochs
+    from extract.reader import list_images
 
-    n_train = training_images(root)
-    epochs = epochs_for(n_train, BATCH, NO_TIME_CAP, 1.0)
+    epochs = finetune_epochs(list_images(root))  # the epochs advise's recommended fine-tune names
     out = CACHE / "calibrate_finetune" / f"{name}-freeze{freeze:g}"
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -90,6 +78,7 @@ def run_one(name: str, root: Path, freeze: float) -> dict:
     wall = time.perf_counter() - start
     report = json.loads((out / "report.json").read_text())
     ft = report["finetune"]
+    n_train = report["n_train"]
     return {"set": name, "freeze": freeze, "epochs": epochs, "n_train": n_train,
             "steps": epochs * math.ceil(n_train / BATCH), "best_epoch": ft["best_epoch"],
             "val_balanced_accuracy": report["balanced_accuracy"], "n_eval": report["n_test"],
