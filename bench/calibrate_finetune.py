@@ -165,7 +165,7 @@ def fit(results: list[dict]) -> None:
     points = {name: (EVIDENCE[name]["similarity"], w["kind"]) for name, w in wins.items()}
     loo = leave_one_out(points, SIMILAR_FROM)
     print("\n| set | similarity | codes best (row) | " + " | ".join(f"finetune --freeze {f:g}" for f in FREEZES)
-          + " | winner (fine-tune - codes ± SE) | scenario at 0.5 | threshold without it: scenario | agrees? |")
+          + f" | winner (fine-tune - codes ± SE) | scenario at {SIMILAR_FROM} | threshold without it: scenario | agrees? |")
     print("|---|---:|---|" + "---|" * len(FREEZES) + "---|---|---|---|")
     for name, rows in done.items():
         ev, w = EVIDENCE[name], wins[name]
