@@ -75,7 +75,7 @@ def test_commands_per_scenario_name_the_layer_and_freeze():
     two = [r.command for r in commands.recommend(2, "d", "block5", [])]
     assert two[0] == f"cnncodes finetune d --out runs/finetune-0.7 --freeze {scenario.FREEZE_LARGE_SIMILAR:g}"
     three = [r.command for r in commands.recommend(3, "d", "block4", [])]
-    assert "--freeze 0.33" in three[0] and "--layer block4" in three[1]  # fine-tuning won 4 of 5 such sets
+    assert "--freeze 0.33" in three[0] and "--layer block4" in three[1]  # fine-tuning won 3 of 5 such sets
     four = [r.command for r in commands.recommend(4, "d", "block4", [])]
     assert four == ["cnncodes finetune d --out runs/finetune-0 --freeze 0"]
     assert commands.carried_options("resnet18", None, None, None) == ["--backbone", "resnet18"]
@@ -86,13 +86,14 @@ def test_commands_per_scenario_name_the_layer_and_freeze():
 # than one standard error of the difference).
 CALIBRATION = {"hymenoptera": (122.5, 0.745, "codes"), "clothing6": (90, 0.539, "finetune"),
                "rsscn7_aerial": (60, 0.329, "finetune"), "sign_digits": (138, 0.325, "finetune"),
-               "potato_leaf_imbalanced": (120, 0.373, "finetune"), "digits": (126.5, 0.219, "codes")}
+               "potato_leaf_imbalanced": (120, 0.373, "codes"), "digits": (126.5, 0.219, "codes")}
 
 
-def test_the_similarity_threshold_sends_five_of_six_calibration_sets_to_their_measured_winner():
+def test_the_similarity_threshold_sends_the_calibration_sets_it_can_to_their_measured_winner():
     said = {name: scenario.scenario_for(per_class, sim) for name, (per_class, sim, _) in CALIBRATION.items()}
     agree = [name for name, (_, _, won) in CALIBRATION.items() if said[name] == (1 if won == "codes" else 3)]
-    assert len(agree) >= 5 and said["clothing6"] == 3, said
+    # potato leaves and digits (codes won) sit below sets where fine-tuning won: no threshold places them
+    assert sorted(agree) == ["clothing6", "hymenoptera", "rsscn7_aerial", "sign_digits"], said
 
 
 def test_the_recommended_finetune_gets_at_least_300_steps(tmp_path):
