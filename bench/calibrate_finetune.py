@@ -43,16 +43,6 @@ EVIDENCE = {
     "potato_leaf_imbalanced": {"similarity": 0.373, "codes": 0.969, "codes_row": "softmax block4", "pick": 0.969},
     "digits": {"similarity": 0.219, "codes": 0.989, "codes_row": "svm penultimate+block5", "pick": 0.987},
 }
-# Earlier fine-tunes of the same sets with fewer SGD steps (bench/RESULTS.md: "Fine-tuning", 6 epochs, and "The
-# advisor's evidence", 12 epochs), used only for a set the sweep has not reached: a lower bound of fine-tuning.
-EARLIER = {
-    "hymenoptera": {"freeze": 1.0, "val_balanced_accuracy": 0.957, "steps": 42, "class_counts": [70, 83]},
-    "rsscn7_aerial": {"freeze": 0.33, "val_balanced_accuracy": 0.906, "steps": 120, "class_counts": [30] * 6},
-    "potato_leaf_imbalanced": {"freeze": 0.33, "val_balanced_accuracy": 0.992, "steps": 120,
-                               "class_counts": [120, 60, 30]},
-}
-
-
 def set_root(name: str) -> Path:
     """The image folder of calibration set ``name``; digits is written once by `cnncodes dataset digits`."""
     if name != "digits":
@@ -119,8 +109,7 @@ def winner(name: str, rows: list[dict]) -> dict:
     """Fine-tune wins a set when its best freeze beats the best codes row by more than one standard error of the
     difference (the two taken as independent), else codes (cheaper) win."""
     best = max(rows, key=lambda r: r["val_balanced_accuracy"])
-    counts = best.get("class_counts") or list(
-        json.loads((Path(best["out"]) / "report.json").read_text())["test_class_counts"].values())
+    counts = list(json.loads((Path(best["out"]) / "report.json").read_text())["test_class_counts"].values())
     codes = EVIDENCE[name]["codes"]
     diff = best["val_balanced_accuracy"] - codes
     se = math.hypot(balanced_accuracy_se(best["val_balanced_accuracy"], counts), balanced_accuracy_se(codes, counts))
@@ -158,8 +147,7 @@ def fit(results: list[dict]) -> None:
     """Print the sweep table, the winners, the leave-one-set-out threshold fit and the freeze summary."""
     from advise.scenario import SIMILAR_FROM
 
-    done = {name: [r for r in results if r["set"] == name] or ([EARLIER[name]] if name in EARLIER else [])
-            for name in SETS}
+    done = {name: [r for r in results if r["set"] == name] for name in SETS}
     done = {name: rows for name, rows in done.items() if rows}
     wins = {name: winner(name, rows) for name, rows in done.items()}
     points = {name: (EVIDENCE[name]["similarity"], w["kind"]) for name, w in wins.items()}
@@ -172,13 +160,8 @@ def fit(results: list[dict]) -> None:
         cells = []
         for f in FREEZES:
             r = next((r for r in rows if r["freeze"] == f), None)
-            if r is None:
-                cells.append("not run")
-            elif "out" not in r:
-                cells.append(f"not run; earlier: {r['val_balanced_accuracy']:.3f} at {r['steps']} steps")
-            else:
-                cells.append(f"{r['val_balanced_accuracy']:.3f} (epoch {r['best_epoch']}/{r['epochs']}, "
-                             f"{r['steps']} steps, {r['wall_s']:.0f} s)")
+            cells.append("not run" if r is None else f"{r['val_balanced_accuracy']:.3f} (epoch {r['best_epoch']}/"
+                         f"{r['epochs']}, {r['steps']} steps, {r['wall_s']:.0f} s)")
         kind = says(ev["similarity"], loo[name])
         print(f"| {name} | {ev['similarity']:.3f} | {ev['codes']:.3f} ({ev['codes_row']}) | {' | '.join(cells)} | "
               f"**{w['kind']}** ({w['diff']:+.3f} ± {w['se']:.3f}; by 1 point: {w['by_one_point']}) | "
