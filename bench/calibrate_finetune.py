@@ -2,7 +2,8 @@
 
 Each run is ``cnncodes finetune SET --out DIR --freeze F --epochs E --quiet`` in a fresh process, every other
 option at finetune's default; E is what advise recommends (``advise.commands.finetune_epochs``: finetune.budget's
-step rule, no time cap: >= 300 SGD steps or 6 epochs on the images left for training after the validation carve). A result is appended
+step rule, no time cap: >= 300 SGD steps or 6 epochs on the images left for training after the validation
+carve). A result is appended
 to a JSON-lines file as soon as its run ends and runs already there are skipped, so the script resumes.
 It prints the sweep table and the leave-one-set-out fit of the advisor's similarity threshold.
 
@@ -153,7 +154,8 @@ def fit(results: list[dict]) -> None:
     points = {name: (EVIDENCE[name]["similarity"], w["kind"]) for name, w in wins.items()}
     loo = leave_one_out(points, SIMILAR_FROM)
     print("\n| set | similarity | codes best (row) | " + " | ".join(f"finetune --freeze {f:g}" for f in FREEZES)
-          + f" | winner (fine-tune - codes ± SE) | scenario at {SIMILAR_FROM} | threshold without it: scenario | agrees? |")
+          + f" | winner (fine-tune - codes ± SE) | scenario at {SIMILAR_FROM} | threshold without it: scenario "
+          "| agrees? |")
     print("|---|---:|---|" + "---|" * len(FREEZES) + "---|---|---|---|")
     for name, rows in done.items():
         ev, w = EVIDENCE[name], wins[name]
