@@ -3,8 +3,8 @@
 Each run is ``cnncodes finetune SET --out DIR --freeze F --epochs E --quiet`` in a fresh process, every other
 option at finetune's default; E is what advise recommends (``advise.commands.finetune_epochs``: finetune.budget's
 step rule, no time cap: >= 300 SGD steps or 6 epochs on the images left for training after the validation
-carve). A result is appended
-to a JSON-lines file as soon as its run ends and runs already there are skipped, so the script resumes.
+carve). A result is appended to a JSON-lines file as soon as its run ends and runs already there are skipped,
+so the script resumes.
 It prints the sweep table and the leave-one-set-out fit of the advisor's similarity threshold.
 
     nohup python bench/calibrate_finetune.py &             # the sweep (hours on a busy CPU), then the fit
