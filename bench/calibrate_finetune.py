@@ -73,6 +73,7 @@ def run_one(name: str, root: Path, freeze: float) -> dict:
     return {"set": name, "freeze": freeze, "epochs": epochs, "n_train": n_train,
             "steps": epochs * math.ceil(n_train / BATCH), "best_epoch": ft["best_epoch"],
             "val_balanced_accuracy": report["balanced_accuracy"], "n_eval": report["n_test"],
+            "eval_class_counts": list(report["test_class_counts"].values()),
             "carve_score": report["val_balanced_accuracy"], "train_s": round(report["fit_time_s"], 1),
             "wall_s": round(wall, 1), "load_avg_1m": round(load, 2), "out": str(out)}
 
@@ -110,7 +111,7 @@ def winner(name: str, rows: list[dict]) -> dict:
     """Fine-tune wins a set when its best freeze beats the best codes row by more than one standard error of the
     difference (the two taken as independent), else codes (cheaper) win."""
     best = max(rows, key=lambda r: r["val_balanced_accuracy"])
-    counts = list(json.loads((Path(best["out"]) / "report.json").read_text())["test_class_counts"].values())
+    counts = best["eval_class_counts"]
     codes = EVIDENCE[name]["codes"]
     diff = best["val_balanced_accuracy"] - codes
     se = math.hypot(balanced_accuracy_se(best["val_balanced_accuracy"], counts), balanced_accuracy_se(codes, counts))
