@@ -15,7 +15,7 @@ from extract.reader import list_images
 from extract.weights import locate_weights
 
 from . import evidence, scenario, trial
-from .commands import carried_options, recommend
+from .commands import carried_options, finetune_epochs, recommend
 from .options import DEFAULT_SAMPLE, MIN_SAMPLE, check_options  # noqa: F401  (MIN_SAMPLE re-exported)
 from .report import build_advice, format_advice
 
@@ -66,7 +66,8 @@ def advise_images(images: str | os.PathLike, *, backbone: str = "mobilenet_v2", 
     parts = similarity.parts()
     number = scenario.scenario_for(size.median_per_class, parts.similarity)
     common = carried_options(backbone, weights, resize, crop, **columns)
-    recommendations = recommend(number, str(images), similarity.best_early_layer if has_early else None, common)
+    recommendations = recommend(number, str(images), similarity.best_early_layer if has_early else None, common,
+                                finetune_epochs(listing))
     trials = None
     if try_options:
         trials = trial.probe_rows(similarity) + [trial.finetune_row(
