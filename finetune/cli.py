@@ -44,7 +44,9 @@ def add_parsers(sub) -> None:
     g.add_argument("--resize", type=declared(F, "resize"), help="shorter side before the crop (default: the backbone's, e.g. 256)")
     g.add_argument("--crop", type=declared(F, "crop"), help="training and evaluation crop size (default: the backbone's, e.g. 224)")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=F.epochs, help="fine-tuning epochs (default: %(default)s)")
+    t.add_argument("--epochs", type=int, default=F.epochs,
+                   help="fine-tuning epochs (default: sized from the training images: at least 300 optimizer "
+                        "steps and at least 6 epochs, e.g. 25 epochs for 360 images at batch 32)")
     t.add_argument("--lp-epochs", type=int, default=F.lp_epochs,
                    help="LP-FT: epochs training the head alone before the fine-tuning epochs (default: 0)")
     t.add_argument("--batch-size", type=declared(F, "batch_size"), default=F.batch_size, help="images per step (default: %(default)s)")

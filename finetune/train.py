@@ -32,7 +32,8 @@ from extract.weights import FINETUNED_BACKBONE, WeightsInfo, build_model, locate
 
 from . import checkpoint
 from . import options as options_module
-from .data import choose_splits, decode, default_workers
+from .budget import step_sized_epochs
+from .data import choose_splits, decode, default_workers, resampled_counts
 from .model import backbone_state, backbone_units, build_network, frozen_count, head_name, place
 from .report import finetune_report, plot_curve
 from .trainer import FORMAT_VERSION, FinetuneInterrupted, Trainer
@@ -45,7 +46,7 @@ CURVE = "learning_curve.png"
 @guards_output("out_dir", images="images", resumes=checkpoint.exists)  # a rerun of the same command resumes
 def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, backbone: str = "mobilenet_v2",
                     weights: str | None = None, freeze: float | None = 1 / 3, freeze_until: str | None = None,
-                    epochs: int = 6, lp_epochs: int = 0, batch_size: int = 32, lr: float = 0.01,
+                    epochs: int | None = None, lp_epochs: int = 0, batch_size: int = 32, lr: float = 0.01,
                     backbone_lr_mult: float = 0.1, weight_decay: float = 1e-4, warmup_epochs: float = 1.0,
                     label_smoothing: float = 0.1, optimizer: str = "sgd", momentum: float = 0.9,
                     class_weight: str | dict | None = "balanced", sampling: str = "none", train_bn: bool = False,
@@ -61,7 +62,8 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     The report has classify's keys (balanced_accuracy etc. on the evaluation split) plus
     ``val_balanced_accuracy`` (the best validation score, which chose the epoch) and ``finetune``
     (settings and the epoch log). ``freeze`` is the leading share of backbone units kept fixed
-    (1 = linear probe); ``freeze_until`` names the last frozen layer instead. ``lp_epochs`` trains the
+    (1 = linear probe); ``freeze_until`` names the last frozen layer instead. ``epochs`` None sizes them
+    from the step budget (``budget.step_sized_epochs`` of the images an epoch draws). ``lp_epochs`` trains the
     head alone first (LP-FT). ``on_epoch`` is called with each epoch's log row after its checkpoint
     is written. ``*_column`` name a manifest's columns (extract.reader.list_images). Raises
     ValueError for unusable options or data, before any long work.
@@ -95,6 +97,7 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
             data = _decode_splits(listing, splits, prep, n_workers, progress, log)
         except KeyboardInterrupt:
             raise FinetuneInterrupted("interrupted while decoding images; nothing was trained yet") from None
+        options["epochs"] = _epochs(options, data)
         _seed_everything(seed)  # the new head's initialization
         net = build_network(build_model(bb, winfo), bb, len(listing.class_names), freeze, freeze_until)
         place(net.model, dev)
@@ -141,6 +144,14 @@ def _decode_splits(listing, splits, prep: dict, workers: int, progress: bool, lo
     if not data["test"]:
         raise ValueError("no readable images in the evaluation split")
     return data
+
+
+def _epochs(options: dict, data: dict) -> int:
+    """The fine-tuning epochs: as given, else sized from the images one epoch draws (after resampling)."""
+    if options["epochs"] is not None:
+        return options["epochs"]
+    drawn = sum(resampled_counts(data["train_labels"], options["sampling"]).values())
+    return step_sized_epochs(drawn, options["batch_size"])
 
 
 def _resume_state(out: Path, config: dict, overwrite: bool) -> dict | None:

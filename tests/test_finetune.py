@@ -370,3 +370,34 @@ def test_report_text_says_validation_and_names_no_layer(run):
     ax = fig.axes[0]
     assert "validation loss" in ax.get_legend_handles_labels()[1]
     assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_default_epochs_come_from_the_step_budget():
+    from finetune.budget import step_sized_epochs
+    from finetune.options import FinetuneConfig
+
+    assert FinetuneConfig.epochs is None  # the command line and the Python API size them
+    assert step_sized_epochs(360, 32) == 25  # 12 steps an epoch: 25 epochs reach 300 steps
+    assert step_sized_epochs(300, 32) == 30
+    assert step_sized_epochs(20_000, 32) == 6  # 625 steps an epoch: never fewer than 6 epochs
+    assert step_sized_epochs(1, 32) == 300
+
+
+def test_unset_epochs_are_sized_from_the_images_an_epoch_draws(tmp_path, start_weights, monkeypatch):
+    import finetune.train
+    from finetune.budget import step_sized_epochs
+
+    asked = []
+
+    def small_budget(n_train, batch_size):  # the rule with a 6-step floor, so the test trains a few epochs
+        asked.append((n_train, batch_size))
+        return step_sized_epochs(n_train, batch_size, min_steps=6, default_epochs=1)
+
+    monkeypatch.setattr(finetune.train, "step_sized_epochs", small_budget)
+    root = _imbalanced_tree(tmp_path / "imgs", train={"cat": 6, "dog": 2}, test={"cat": 2, "dog": 2})
+    report = finetune_images(root, tmp_path / "ft", weights=str(start_weights), freeze=1, val_fraction=0,
+                             sampling="over", **SMALL)
+    assert asked == [(12, 4)]  # 6 cats + 2 dogs drawn as 6 + 6 (--sampling over), in batches of 4
+    assert report["finetune"]["options"]["epochs"] == report["finetune"]["epochs_run"] == 2  # 3 steps an epoch
+    assert finetune_images(root, tmp_path / "ft", weights=str(start_weights), freeze=1, val_fraction=0,
+                           sampling="over", **SMALL)["finetune"]["epochs_run"] == 2  # the same call resumes
