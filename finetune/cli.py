@@ -21,9 +21,9 @@ def add_parsers(sub) -> None:
                     "or root/{train,val,test}/CLASS/*, or a CSV manifest) and write into RUN_DIR the same reports "
                     "as classify (report.json, report.txt, confusion.csv/.png), finetuned.pt (for `cnncodes predict "
                     "RUN_DIR`), backbone.pth (for `cnncodes extract --weights RUN_DIR/backbone.pth`), epochs.jsonl "
-                    "and learning_curve.png. The test split (else val) is only evaluated; the epoch is chosen on a "
-                    "validation set (the val split when a test split exists too, else a stratified share of "
-                    "train). Each epoch is checkpointed: after Ctrl-C or a kill, the same command resumes.")
+                    "and learning_curve.png. The test split (else val) is only evaluated; the last epoch is kept, or "
+                    "the best one on a validation set (the val split when a test split exists too, or a "
+                    "--val-fraction of train). Each epoch is checkpointed: after Ctrl-C or a kill, the same command resumes.")
     p.add_argument("images", help="image folder or CSV manifest")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for the network, reports and checkpoint")
     g = p.add_argument_group("network")
@@ -73,8 +73,9 @@ def add_parsers(sub) -> None:
                    "epochs (default: run every epoch, keep the best)")
     s = p.add_argument_group("data splits")
     s.add_argument("--val-fraction", type=float, default=F.val_fraction,
-                   help="stratified share of train that chooses the epoch, when there is no val split besides a "
-                        "test split; 0 keeps the last epoch (default: %(default)s)")
+                   help="stratified share of train carved to choose the best epoch, when there is no val split "
+                        "besides a test split (default: %(default)s: every training image trains and the last "
+                        "epoch is kept, with no validation score)")
     s.add_argument("--test-fraction", type=float, help="hold out a stratified share for evaluation instead of the "
                    "split folders (default: the test split, else val, else 0.25)")
     s.add_argument("--max-train-images", type=int, help="train on a stratified sample of at most this many images")

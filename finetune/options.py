@@ -41,7 +41,7 @@ class FinetuneConfig:
     sampling: str = option("none", choices=SAMPLING)
     train_bn: bool = option(False)
     augment: bool = option(True)
-    val_fraction: float = option(0.15, within(0, 1), "in [0, 1)")
+    val_fraction: float = option(0.0, within(0, 1), "in [0, 1)")
     test_fraction: float | None = option(None, "test_fraction")
     patience: int | None = option(None, whole(1), "a whole number >= 1")
     seed: int = option(0)

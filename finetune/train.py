@@ -2,8 +2,8 @@
 
 Per step: warm-up then cosine learning rates (head at ``lr``, backbone at ``lr x backbone_lr_mult``),
 label-smoothed, class-weighted cross-entropy, SGD with momentum or AdamW. After every epoch the
-validation set (never the evaluation split) is scored and a checkpoint is written; the best epoch's
-weights are kept. Rerunning the same command resumes after the last completed epoch.
+validation set, where there is one (never the evaluation split), is scored and a checkpoint is written;
+the best epoch's weights are kept, else the last epoch's. Rerunning the same command resumes after the last completed epoch.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
                     backbone_lr_mult: float = 0.1, weight_decay: float = 1e-4, warmup_epochs: float = 1.0,
                     label_smoothing: float = 0.1, optimizer: str = "sgd", momentum: float = 0.9,
                     class_weight: str | dict | None = "balanced", sampling: str = "none", train_bn: bool = False,
-                    augment: bool = True, val_fraction: float = 0.15, test_fraction: float | None = None,
+                    augment: bool = True, val_fraction: float = 0.0, test_fraction: float | None = None,
                     patience: int | None = None, seed: int = 0, device: str = "auto", precision: str = "auto",
                     threads: int | None = None, workers: int | None = None, progress: bool = True,
                     resize: int | None = None, crop: int | None = None, max_train_images: int | None = None,
@@ -60,7 +60,8 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     """Fine-tune ``backbone`` on ``images`` (folder tree or CSV manifest) into ``out_dir``; return the report.
 
     The report has classify's keys (balanced_accuracy etc. on the evaluation split) plus
-    ``val_balanced_accuracy`` (the best validation score, which chose the epoch) and ``finetune``
+    ``val_balanced_accuracy`` (the best validation score, which chose the epoch; None without a validation
+    set: the last epoch is kept) and ``finetune``
     (settings and the epoch log). ``freeze`` is the leading share of backbone units kept fixed
     (1 = linear probe); ``freeze_until`` names the last frozen layer instead. ``epochs`` None sizes them
     from the step budget (``budget.step_sized_epochs`` of the images an epoch draws). ``lp_epochs`` trains the

@@ -60,7 +60,7 @@ def tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(tree, start_weights, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("run") / "ft"
-    return out, finetune_images(tree, out, weights=str(start_weights), epochs=2, **SMALL)
+    return out, finetune_images(tree, out, weights=str(start_weights), epochs=2, val_fraction=0.15, **SMALL)
 
 
 def _state(path: Path) -> dict:
@@ -209,8 +209,10 @@ def test_train_and_val_only_reports_on_val_and_validates_on_train(tmp_path, star
     shutil.copytree(root / "train", flipped / "train")
     shutil.copytree(root / "val" / "cat", flipped / "val" / "dog")
     shutil.copytree(root / "val" / "dog", flipped / "val" / "cat")
-    a = finetune_images(root, tmp_path / "a", weights=str(start_weights), epochs=2, freeze=0.7, **SMALL)
-    b = finetune_images(flipped, tmp_path / "b", weights=str(start_weights), epochs=2, freeze=0.7, **SMALL)
+    a = finetune_images(root, tmp_path / "a", weights=str(start_weights), epochs=2, freeze=0.7, val_fraction=0.15,
+                        **SMALL)
+    b = finetune_images(flipped, tmp_path / "b", weights=str(start_weights), epochs=2, freeze=0.7, val_fraction=0.15,
+                        **SMALL)
     assert a["split_source"] == "split column (train / val)" and a["n_test"] == 12
     assert a["finetune"]["val_source"].endswith("of the training split (seed 0)")
     assert a["n_train"] + a["finetune"]["n_val"] == 12
@@ -401,3 +403,26 @@ def test_unset_epochs_are_sized_from_the_images_an_epoch_draws(tmp_path, start_w
     assert report["finetune"]["options"]["epochs"] == report["finetune"]["epochs_run"] == 2  # 3 steps an epoch
     assert finetune_images(root, tmp_path / "ft", weights=str(start_weights), freeze=1, val_fraction=0,
                            sampling="over", **SMALL)["finetune"]["epochs_run"] == 2  # the same call resumes
+
+
+def test_by_default_every_training_image_trains_and_the_last_epoch_is_kept(tree, start_weights, tmp_path):
+    out = tmp_path / "ft"
+    kept = {}
+
+    def after_epoch(row):
+        kept.update(torch.load(out / "checkpoint.pt", weights_only=True)["model"])
+
+    report = finetune_images(tree, out, weights=str(start_weights), epochs=2, on_epoch=after_epoch, **SMALL)
+    ft = report["finetune"]
+    assert report["n_train"] == 12 and ft["n_val"] == 0  # 12 readable training images (and a broken one), none carved
+    assert report["val_balanced_accuracy"] is None and report["cv_score"] is None
+    assert ft["best_epoch"] == ft["epochs_run"] == 2 and all(r["val_balanced_accuracy"] is None for r in ft["history"])
+    model = _state(out / "finetuned.pt")
+    assert all(torch.equal(model[k], kept[k]) for k in kept)  # the weights of the last epoch
+    assert any(n.startswith("no validation set: the model is the last epoch's") for n in report["notes"])
+    text = (out / "report.txt").read_text()
+    assert "the last epoch: no validation set, no validation score" in text and "validation score:" not in text
+    assert json.loads((out / "report.json").read_text())["val_balanced_accuracy"] is None
+    assert main(["predict", str(out), str(tree / "test"), "-o", str(tmp_path / "p.csv"), "--quiet"]) == 0
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert len(rows) == 12 and all(r["predicted"] in ("cat", "dog") for r in rows)
