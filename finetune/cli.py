@@ -70,7 +70,7 @@ def add_parsers(sub) -> None:
     t.add_argument("--no-augment", dest="augment", action="store_false",
                    help="no random resized crop + flip (on by default)")
     t.add_argument("--patience", type=int, help="stop when the validation score has not improved for this many "
-                   "epochs (default: run every epoch, keep the best)")
+                   "epochs; needs a validation set (default: run every epoch)")
     s = p.add_argument_group("data splits")
     s.add_argument("--val-fraction", type=float, default=F.val_fraction,
                    help="stratified share of train carved to choose the best epoch, when there is no val split "

@@ -92,6 +92,9 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     winfo = locate_weights(bb, weights)  # a missing checkpoint fails here, before the images are decoded
 
     splits = choose_splits(listing, labeled, val_fraction, seed, test_fraction, max_train_images)
+    if patience and not len(splits.val):  # it would stop nothing: say so before the images are decoded
+        raise ValueError("--patience needs a validation set: pass --val-fraction F (a share of train), or give the "
+                         "images a val split besides the test split")
     n_workers = default_workers() if workers is None else workers
     with _threads(threads):
         try:

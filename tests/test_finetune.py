@@ -426,3 +426,10 @@ def test_by_default_every_training_image_trains_and_the_last_epoch_is_kept(tree,
     assert main(["predict", str(out), str(tree / "test"), "-o", str(tmp_path / "p.csv"), "--quiet"]) == 0
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert len(rows) == 12 and all(r["predicted"] in ("cat", "dog") for r in rows)
+
+
+def test_patience_without_a_validation_set_fails_in_one_line_before_decoding(tree, tmp_path, capsys):
+    assert main(["finetune", str(tree), "--out", str(tmp_path / "ft"), "--patience", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnncodes finetune: error: --patience needs a validation set") and "\n" not in err
+    assert not (tmp_path / "ft" / "report.json").exists()
