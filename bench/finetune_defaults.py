@@ -56,7 +56,8 @@ def child_finetune(images: str, out: str, variant: str, seed: str) -> dict:
     ft, history = report["finetune"], report["finetune"]["history"]
     return {"balanced_accuracy": report["balanced_accuracy"], "val": report["val_balanced_accuracy"],
             "n_train": report["n_train"], "n_val": ft["n_val"], "n_test": report["n_test"],
-            "epochs": len(history), "steps": sum(-(-r["images"] // 32) for r in history), "best_epoch": ft["best_epoch"],
+            "epochs": len(history), "steps": sum(-(-r["images"] // 32) for r in history),
+            "best_epoch": ft["best_epoch"],
             "last_loss": history[-1]["train_loss"], "seconds": time.perf_counter() - start,
             "img_s": sum(r["images"] for r in history) / sum(r["train_seconds"] for r in history)}
 
@@ -68,7 +69,8 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         wrong = round((1 - r["balanced_accuracy"]) * r["n_test"])
         chosen = "last" if r["n_val"] == 0 else f"{r['best_epoch']} ({r['val']:.3f})"
-        print(f"| {r['set']} | {r['variant']}: {VARIANTS[r['variant']][0]} | {r['seed']} | {r['balanced_accuracy']:.3f} "
+        print(f"| {r['set']} | {r['variant']}: {VARIANTS[r['variant']][0]} | {r['seed']} "
+              f"| {r['balanced_accuracy']:.3f} "
               f"| ~{wrong} of {r['n_test']} | {r['n_train']} / {r['n_val']} | {r['epochs']} ({r['steps']}) | {chosen} "
               f"| {r['last_loss']:.3f} | {r['seconds']:.0f} | {r['img_s']:.1f} |", flush=True)
 

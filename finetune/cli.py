@@ -23,7 +23,8 @@ def add_parsers(sub) -> None:
                     "RUN_DIR`), backbone.pth (for `cnncodes extract --weights RUN_DIR/backbone.pth`), epochs.jsonl "
                     "and learning_curve.png. The test split (else val) is only evaluated; the last epoch is kept, or "
                     "the best one on a validation set (the val split when a test split exists too, or a "
-                    "--val-fraction of train). Each epoch is checkpointed: after Ctrl-C or a kill, the same command resumes.")
+                    "--val-fraction of train). Each epoch is checkpointed: after Ctrl-C or a kill, the same command "
+                    "resumes.")
     p.add_argument("images", help="image folder or CSV manifest")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for the network, reports and checkpoint")
     g = p.add_argument_group("network")

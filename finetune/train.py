@@ -3,7 +3,8 @@
 Per step: warm-up then cosine learning rates (head at ``lr``, backbone at ``lr x backbone_lr_mult``),
 label-smoothed, class-weighted cross-entropy, SGD with momentum or AdamW. After every epoch the
 validation set, where there is one (never the evaluation split), is scored and a checkpoint is written;
-the best epoch's weights are kept, else the last epoch's. Rerunning the same command resumes after the last completed epoch.
+the best epoch's weights are kept, else the last epoch's. Rerunning the same command resumes after the last
+completed epoch.
 """
 from __future__ import annotations
 
