@@ -63,10 +63,11 @@ def _source_lines(report: dict) -> list[str]:
     its images and the validation set that chose the epoch (it has no codes file and no layer)."""
     ft = report.get("finetune")
     if ft:
+        chosen = (f"epoch chosen on {ft['n_val']} validation images: {ft['val_source']}" if ft["n_val"]
+                  else "the last epoch: no validation set, no validation score")
         return [f"images:            {ft['images']} (fine-tuned network; no codes file)",
                 f"test data:         {report['split_source']}",
-                f"classifier:        {report['classifier']} ({report['hyperparameter']}, epoch chosen on "
-                f"{ft['n_val']} validation images: {ft['val_source']})"]
+                f"classifier:        {report['classifier']} ({report['hyperparameter']}, {chosen})"]
     return [f"codes file:        {report['codes']}",
             f"test data:         {report['split_source']}",
             f"layers:            {' + '.join(report['layers'])}",

@@ -1,8 +1,9 @@
 """Fine-tuning sized by time: epochs from a step budget, and the measured cost of one optimizer step.
 
 A fixed epoch count gives a set of 300 images too few optimizer steps and a set of 20,000 more than a
-time budget allows; ``epochs_for`` asks for at least ``MIN_STEPS`` steps (or ``DEFAULT_EPOCHS`` epochs,
-whichever is more) and as many epochs as the time allows, no more.
+time budget allows; ``step_sized_epochs`` asks for at least ``MIN_STEPS`` steps (or ``DEFAULT_EPOCHS``
+epochs, whichever is more): ``finetune``'s default epochs. ``epochs_for`` (auto) gives as many of those as
+the time allows, no more.
 """
 from __future__ import annotations
 
@@ -14,17 +15,27 @@ DEFAULT_EPOCHS = 6  # finetune's own default: large sets get at least these wher
 TIMED_STEPS = 2  # steps timed by step_seconds, after one untimed warm-up step
 
 
+def step_sized_epochs(n_train: int, batch_size: int, min_steps: int = MIN_STEPS,
+                      default_epochs: int = DEFAULT_EPOCHS) -> int:
+    """Whole epochs giving ``n_train`` images in batches of ``batch_size`` at least ``min_steps`` optimizer
+    steps and at least ``default_epochs`` epochs: few images get more passes, many images no fewer."""
+    if n_train < 1 or batch_size < 1:
+        raise ValueError("step_sized_epochs needs n_train >= 1 and batch_size >= 1")
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    return max(default_epochs, math.ceil(min_steps / steps_per_epoch))
+
+
 def epochs_for(n_train: int, batch_size: int, budget_s: float, seconds_per_step: float,
                min_steps: int = MIN_STEPS, default_epochs: int = DEFAULT_EPOCHS) -> int:
     """Epochs to train ``n_train`` images in batches of ``batch_size`` within ``budget_s`` seconds.
 
-    Wants ``max(min_steps, default_epochs epochs)`` optimizer steps, rounded up to whole epochs; fewer
-    when ``budget_s / seconds_per_step`` steps do not reach that; 0 when not even one epoch fits.
+    Wants ``step_sized_epochs``; fewer when ``budget_s / seconds_per_step`` steps do not reach that; 0 when
+    not even one epoch fits.
     """
     if n_train < 1 or batch_size < 1 or seconds_per_step <= 0:
         raise ValueError("epochs_for needs n_train >= 1, batch_size >= 1 and seconds_per_step > 0")
     steps_per_epoch = math.ceil(n_train / batch_size)
-    wanted = math.ceil(max(min_steps, default_epochs * steps_per_epoch) / steps_per_epoch)
+    wanted = step_sized_epochs(n_train, batch_size, min_steps, default_epochs)
     affordable = int(max(budget_s, 0.0) / (seconds_per_step * steps_per_epoch))
     return min(wanted, affordable)
 

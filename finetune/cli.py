@@ -21,9 +21,10 @@ def add_parsers(sub) -> None:
                     "or root/{train,val,test}/CLASS/*, or a CSV manifest) and write into RUN_DIR the same reports "
                     "as classify (report.json, report.txt, confusion.csv/.png), finetuned.pt (for `cnncodes predict "
                     "RUN_DIR`), backbone.pth (for `cnncodes extract --weights RUN_DIR/backbone.pth`), epochs.jsonl "
-                    "and learning_curve.png. The test split (else val) is only evaluated; the epoch is chosen on a "
-                    "validation set (the val split when a test split exists too, else a stratified share of "
-                    "train). Each epoch is checkpointed: after Ctrl-C or a kill, the same command resumes.")
+                    "and learning_curve.png. The test split (else val) is only evaluated; the last epoch is kept, or "
+                    "the best one on a validation set (the val split when a test split exists too, or a "
+                    "--val-fraction of train). Each epoch is checkpointed: after Ctrl-C or a kill, the same command "
+                    "resumes.")
     p.add_argument("images", help="image folder or CSV manifest")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for the network, reports and checkpoint")
     g = p.add_argument_group("network")
@@ -44,7 +45,9 @@ def add_parsers(sub) -> None:
     g.add_argument("--resize", type=declared(F, "resize"), help="shorter side before the crop (default: the backbone's, e.g. 256)")
     g.add_argument("--crop", type=declared(F, "crop"), help="training and evaluation crop size (default: the backbone's, e.g. 224)")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=F.epochs, help="fine-tuning epochs (default: %(default)s)")
+    t.add_argument("--epochs", type=int, default=F.epochs,
+                   help="fine-tuning epochs (default: sized from the training images: at least 300 optimizer "
+                        "steps and at least 6 epochs, e.g. 25 epochs for 360 images at batch 32)")
     t.add_argument("--lp-epochs", type=int, default=F.lp_epochs,
                    help="LP-FT: epochs training the head alone before the fine-tuning epochs (default: 0)")
     t.add_argument("--batch-size", type=declared(F, "batch_size"), default=F.batch_size, help="images per step (default: %(default)s)")
@@ -68,11 +71,12 @@ def add_parsers(sub) -> None:
     t.add_argument("--no-augment", dest="augment", action="store_false",
                    help="no random resized crop + flip (on by default)")
     t.add_argument("--patience", type=int, help="stop when the validation score has not improved for this many "
-                   "epochs (default: run every epoch, keep the best)")
+                   "epochs; needs a validation set (default: run every epoch)")
     s = p.add_argument_group("data splits")
     s.add_argument("--val-fraction", type=float, default=F.val_fraction,
-                   help="stratified share of train that chooses the epoch, when there is no val split besides a "
-                        "test split; 0 keeps the last epoch (default: %(default)s)")
+                   help="stratified share of train carved to choose the best epoch, when there is no val split "
+                        "besides a test split (default: %(default)s: every training image trains and the last "
+                        "epoch is kept, with no validation score)")
     s.add_argument("--test-fraction", type=float, help="hold out a stratified share for evaluation instead of the "
                    "split folders (default: the test split, else val, else 0.25)")
     s.add_argument("--max-train-images", type=int, help="train on a stratified sample of at most this many images")

@@ -75,7 +75,7 @@ def choose_splits(listing: ImageList, usable: np.ndarray, val_fraction: float, s
         train, val = _stratified(train, y, val_fraction, seed, "validation")
         val_source = f"stratified {val_fraction:g} of the training split (seed {seed})"
     else:
-        val_source = "none (--val-fraction 0): the last epoch is kept"
+        val_source = "none: every training image trains, the last epoch is kept (--val-fraction F carves one)"
     return Splits(np.sort(train), np.sort(val), np.sort(test), split_source, val_source, notes)
 
 

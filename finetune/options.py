@@ -19,14 +19,15 @@ SAMPLING = ("none", "over", "under")
 @dataclass(frozen=True)
 class FinetuneConfig:
     """The options of `cnncodes finetune` / ``finetune_images`` (``progress`` is the command line's --quiet,
-    inverted); ``freeze`` None means: ``freeze_until`` decides."""
+    inverted); ``freeze`` None means: ``freeze_until`` decides; ``epochs`` None: sized by the step budget
+    (finetune.budget.step_sized_epochs)."""
 
     backbone: str = option("mobilenet_v2", check=check_backbone)
     weights: str | None = option(None)
     freeze: float | None = option(1 / 3, within(0, 1, closed_high=True), "between 0 and 1 (1 = linear probe)",
                                   optional=True)
     freeze_until: str | None = option(None)
-    epochs: int = option(6, whole(1), "a whole number >= 1")
+    epochs: int | None = option(None, whole(1), "a whole number >= 1")
     lp_epochs: int = option(0, whole(0), "a whole number >= 0")
     batch_size: int = option(32, whole(1), "a whole number >= 1")
     lr: float = option(0.01, lambda v: v > 0, "positive")
@@ -40,7 +41,7 @@ class FinetuneConfig:
     sampling: str = option("none", choices=SAMPLING)
     train_bn: bool = option(False)
     augment: bool = option(True)
-    val_fraction: float = option(0.15, within(0, 1), "in [0, 1)")
+    val_fraction: float = option(0.0, within(0, 1), "in [0, 1)")
     test_fraction: float | None = option(None, "test_fraction")
     patience: int | None = option(None, whole(1), "a whole number >= 1")
     seed: int = option(0)

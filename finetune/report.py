@@ -35,7 +35,11 @@ def finetune_report(trainer: Trainer, listing, splits, data: dict, options: dict
                      f"(first: {listing.ignored[0]})")
     if n_failed:
         notes.append(f"{n_failed} image(s) could not be read and were excluded (listed under finetune.failures)")
-    notes.append(f"validation set (chooses the epoch): {splits.val_source}; the evaluation split chose nothing")
+    if len(data["val_labels"]):
+        notes.append(f"validation set (chooses the epoch): {splits.val_source}; the evaluation split chose nothing")
+    else:
+        notes.append("no validation set: the model is the last epoch's and there is no validation score "
+                     "(--val-fraction F carves one from train to choose the epoch); the evaluation split chose nothing")
     notes.append("BatchNorm statistics " + ("trained (--train-bn) in the unfrozen units" if options["train_bn"]
                                             else "kept at their pretrained values (eval mode)"))
     if trainer.stopped_early:

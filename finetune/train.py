@@ -2,8 +2,9 @@
 
 Per step: warm-up then cosine learning rates (head at ``lr``, backbone at ``lr x backbone_lr_mult``),
 label-smoothed, class-weighted cross-entropy, SGD with momentum or AdamW. After every epoch the
-validation set (never the evaluation split) is scored and a checkpoint is written; the best epoch's
-weights are kept. Rerunning the same command resumes after the last completed epoch.
+validation set, where there is one (never the evaluation split), is scored and a checkpoint is written;
+the best epoch's weights are kept, else the last epoch's. Rerunning the same command resumes after the last
+completed epoch.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ from extract.weights import FINETUNED_BACKBONE, WeightsInfo, build_model, locate
 
 from . import checkpoint
 from . import options as options_module
-from .data import choose_splits, decode, default_workers
+from .budget import step_sized_epochs
+from .data import choose_splits, decode, default_workers, resampled_counts
 from .model import backbone_state, backbone_units, build_network, frozen_count, head_name, place
 from .report import finetune_report, plot_curve
 from .trainer import FORMAT_VERSION, FinetuneInterrupted, Trainer
@@ -46,11 +48,11 @@ CURVE = "learning_curve.png"
 @guards_output("out_dir", images="images", resumes=checkpoint.exists)  # a rerun of the same command resumes
 def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, backbone: str = "mobilenet_v2",
                     weights: str | None = None, freeze: float | None = 1 / 3, freeze_until: str | None = None,
-                    epochs: int = 6, lp_epochs: int = 0, batch_size: int = 32, lr: float = 0.01,
+                    epochs: int | None = None, lp_epochs: int = 0, batch_size: int = 32, lr: float = 0.01,
                     backbone_lr_mult: float = 0.1, weight_decay: float = 1e-4, warmup_epochs: float = 1.0,
                     label_smoothing: float = 0.1, optimizer: str = "sgd", momentum: float = 0.9,
                     class_weight: str | dict | None = "balanced", sampling: str = "none", train_bn: bool = False,
-                    augment: bool = True, val_fraction: float = 0.15, test_fraction: float | None = None,
+                    augment: bool = True, val_fraction: float = 0.0, test_fraction: float | None = None,
                     patience: int | None = None, seed: int = 0, device: str = "auto", precision: str = "auto",
                     threads: int | None = None, workers: int | None = None, progress: bool = True,
                     resize: int | None = None, crop: int | None = None, max_train_images: int | None = None,
@@ -60,9 +62,11 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     """Fine-tune ``backbone`` on ``images`` (folder tree or CSV manifest) into ``out_dir``; return the report.
 
     The report has classify's keys (balanced_accuracy etc. on the evaluation split) plus
-    ``val_balanced_accuracy`` (the best validation score, which chose the epoch) and ``finetune``
+    ``val_balanced_accuracy`` (the best validation score, which chose the epoch; None without a validation
+    set: the last epoch is kept) and ``finetune``
     (settings and the epoch log). ``freeze`` is the leading share of backbone units kept fixed
-    (1 = linear probe); ``freeze_until`` names the last frozen layer instead. ``lp_epochs`` trains the
+    (1 = linear probe); ``freeze_until`` names the last frozen layer instead. ``epochs`` None sizes them
+    from the step budget (``budget.step_sized_epochs`` of the images an epoch draws). ``lp_epochs`` trains the
     head alone first (LP-FT). ``on_epoch`` is called with each epoch's log row after its checkpoint
     is written. ``*_column`` name a manifest's columns (extract.reader.list_images). Raises
     ValueError for unusable options or data, before any long work.
@@ -90,12 +94,16 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
     winfo = locate_weights(bb, weights)  # a missing checkpoint fails here, before the images are decoded
 
     splits = choose_splits(listing, labeled, val_fraction, seed, test_fraction, max_train_images)
+    if patience and not len(splits.val):  # it would stop nothing: say so before the images are decoded
+        raise ValueError("--patience needs a validation set: pass --val-fraction F (a share of train), or give the "
+                         "images a val split besides the test split")
     n_workers = default_workers() if workers is None else workers
     with _threads(threads):
         try:
             data = _decode_splits(listing, splits, prep, n_workers, progress, log)
         except KeyboardInterrupt:
             raise FinetuneInterrupted("interrupted while decoding images; nothing was trained yet") from None
+        options["epochs"] = _epochs(options, data)
         _seed_everything(seed)  # the new head's initialization
         net = build_network(build_model(bb, winfo), bb, len(listing.class_names), freeze, freeze_until)
         place(net.model, dev)
@@ -142,6 +150,14 @@ def _decode_splits(listing, splits, prep: dict, workers: int, progress: bool, lo
     if not data["test"]:
         raise UsageError("no readable images in the evaluation split")
     return data
+
+
+def _epochs(options: dict, data: dict) -> int:
+    """The fine-tuning epochs: as given, else sized from the images one epoch draws (after resampling)."""
+    if options["epochs"] is not None:
+        return options["epochs"]
+    drawn = sum(resampled_counts(data["train_labels"], options["sampling"]).values())
+    return step_sized_epochs(drawn, options["batch_size"])
 
 
 def _resume_state(out: Path, config: dict, overwrite: bool) -> dict | None:

@@ -2,8 +2,8 @@
 
 Per step: warm-up then cosine learning rates (head at ``lr``, backbone at ``lr x backbone_lr_mult``),
 label-smoothed, class-weighted cross-entropy, SGD with momentum or AdamW. After every epoch the
-validation set (never the evaluation split) is scored and a checkpoint is written; the best epoch's
-weights are kept. Kept apart from finetune.train (the entry point) so the loop reads on its own.
+validation set, if any (never the evaluation split), is scored and a checkpoint is written; the best
+epoch's weights are kept, else the last's. Kept apart from finetune.train (the entry point): the loop reads on its own.
 """
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(tree, start_weights, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("run") / "ft"
-    return out, finetune_images(tree, out, weights=str(start_weights), epochs=2, **SMALL)
+    return out, finetune_images(tree, out, weights=str(start_weights), epochs=2, val_fraction=0.15, **SMALL)
 
 
 def _state(path: Path) -> dict:
@@ -209,8 +209,10 @@ def test_train_and_val_only_reports_on_val_and_validates_on_train(tmp_path, star
     shutil.copytree(root / "train", flipped / "train")
     shutil.copytree(root / "val" / "cat", flipped / "val" / "dog")
     shutil.copytree(root / "val" / "dog", flipped / "val" / "cat")
-    a = finetune_images(root, tmp_path / "a", weights=str(start_weights), epochs=2, freeze=0.7, **SMALL)
-    b = finetune_images(flipped, tmp_path / "b", weights=str(start_weights), epochs=2, freeze=0.7, **SMALL)
+    a = finetune_images(root, tmp_path / "a", weights=str(start_weights), epochs=2, freeze=0.7, val_fraction=0.15,
+                        **SMALL)
+    b = finetune_images(flipped, tmp_path / "b", weights=str(start_weights), epochs=2, freeze=0.7, val_fraction=0.15,
+                        **SMALL)
     assert a["split_source"] == "split column (train / val)" and a["n_test"] == 12
     assert a["finetune"]["val_source"].endswith("of the training split (seed 0)")
     assert a["n_train"] + a["finetune"]["n_val"] == 12
@@ -459,3 +461,64 @@ def test_folded_batchnorm_keeps_each_architectures_outputs(backbone):
             got = model(x)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
     assert not any("_conv_forward" in vars(m) or "forward" in vars(m) for m in model.modules())  # restored
+
+
+def test_default_epochs_come_from_the_step_budget():
+    from finetune.budget import step_sized_epochs
+    from finetune.options import FinetuneConfig
+
+    assert FinetuneConfig.epochs is None  # the command line and the Python API size them
+    assert step_sized_epochs(360, 32) == 25  # 12 steps an epoch: 25 epochs reach 300 steps
+    assert step_sized_epochs(300, 32) == 30
+    assert step_sized_epochs(20_000, 32) == 6  # 625 steps an epoch: never fewer than 6 epochs
+    assert step_sized_epochs(1, 32) == 300
+
+
+def test_unset_epochs_are_sized_from_the_images_an_epoch_draws(tmp_path, start_weights, monkeypatch):
+    import finetune.train
+    from finetune.budget import step_sized_epochs
+
+    asked = []
+
+    def small_budget(n_train, batch_size):  # the rule with a 6-step floor, so the test trains a few epochs
+        asked.append((n_train, batch_size))
+        return step_sized_epochs(n_train, batch_size, min_steps=6, default_epochs=1)
+
+    monkeypatch.setattr(finetune.train, "step_sized_epochs", small_budget)
+    root = _imbalanced_tree(tmp_path / "imgs", train={"cat": 6, "dog": 2}, test={"cat": 2, "dog": 2})
+    report = finetune_images(root, tmp_path / "ft", weights=str(start_weights), freeze=1, val_fraction=0,
+                             sampling="over", **SMALL)
+    assert asked == [(12, 4)]  # 6 cats + 2 dogs drawn as 6 + 6 (--sampling over), in batches of 4
+    assert report["finetune"]["options"]["epochs"] == report["finetune"]["epochs_run"] == 2  # 3 steps an epoch
+    assert finetune_images(root, tmp_path / "ft", weights=str(start_weights), freeze=1, val_fraction=0,
+                           sampling="over", **SMALL)["finetune"]["epochs_run"] == 2  # the same call resumes
+
+
+def test_by_default_every_training_image_trains_and_the_last_epoch_is_kept(tree, start_weights, tmp_path):
+    out = tmp_path / "ft"
+    kept = {}
+
+    def after_epoch(row):
+        kept.update(torch.load(out / "checkpoint.pt", weights_only=True)["model"])
+
+    report = finetune_images(tree, out, weights=str(start_weights), epochs=2, on_epoch=after_epoch, **SMALL)
+    ft = report["finetune"]
+    assert report["n_train"] == 12 and ft["n_val"] == 0  # 12 readable training images (and a broken one), none carved
+    assert report["val_balanced_accuracy"] is None and report["cv_score"] is None
+    assert ft["best_epoch"] == ft["epochs_run"] == 2 and all(r["val_balanced_accuracy"] is None for r in ft["history"])
+    model = _state(out / "finetuned.pt")
+    assert all(torch.equal(model[k], kept[k]) for k in kept)  # the weights of the last epoch
+    assert any(n.startswith("no validation set: the model is the last epoch's") for n in report["notes"])
+    text = (out / "report.txt").read_text()
+    assert "the last epoch: no validation set, no validation score" in text and "validation score:" not in text
+    assert json.loads((out / "report.json").read_text())["val_balanced_accuracy"] is None
+    assert main(["predict", str(out), str(tree / "test"), "-o", str(tmp_path / "p.csv"), "--quiet"]) == 0
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert len(rows) == 12 and all(r["predicted"] in ("cat", "dog") for r in rows)
+
+
+def test_patience_without_a_validation_set_fails_in_one_line_before_decoding(tree, tmp_path, capsys):
+    assert main(["finetune", str(tree), "--out", str(tmp_path / "ft"), "--patience", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnncodes finetune: error: --patience needs a validation set") and "\n" not in err
+    assert not (tmp_path / "ft" / "report.json").exists()
