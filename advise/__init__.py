@@ -3,7 +3,10 @@ recommend the commands for it (and with ``try_options``, score the most plausibl
 
 Names are imported when first used (PEP 562), so that the command line builds its parser without torch.
 """
+import sys
 from importlib import import_module
+
+from cnncodes import CallablePackage
 
 _WHERE = {"advise_images": "advisor", "format_advice": "report", "MIN_SAMPLE": "options"}
 __all__ = list(_WHERE)
@@ -13,3 +16,6 @@ def __getattr__(name: str):
     if name not in _WHERE:
         raise AttributeError(f"module 'advise' has no attribute {name!r}")
     return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+
+
+sys.modules[__name__].__class__ = CallablePackage  # cnncodes.advise(...) is also the API function

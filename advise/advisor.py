@@ -7,12 +7,12 @@ import os
 import sys
 import time
 
-from classify.fileio import write_files
-from extract import ExtractionInterrupted, get_backbone
-from extract.errors import UsageError
-from extract.outputs import guards_output
-from extract.reader import list_images
-from extract.weights import locate_weights
+from cnncodes.classify.fileio import write_files
+from cnncodes.extract import ExtractionInterrupted, get_backbone
+from cnncodes.extract.errors import UsageError
+from cnncodes.extract.outputs import guards_output
+from cnncodes.extract.reader import list_images
+from cnncodes.extract.weights import locate_weights
 
 from . import evidence, scenario, trial
 from .commands import carried_options, finetune_epochs, recommend

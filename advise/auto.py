@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from classify.fileio import write_files
-from extract.errors import UsageError
-from extract.names import AUTO_RESULT, AUTO_WINNER, check_backbone
-from extract.outputs import guards_output
+from cnncodes.classify.fileio import write_files
+from cnncodes.extract.errors import UsageError
+from cnncodes.extract.names import AUTO_RESULT, AUTO_WINNER, check_backbone
+from cnncodes.extract.outputs import guards_output
 
 from .auto_plan import DEFAULT_BUDGET, Candidate, Clock, parse_budget, parse_kinds, plan_candidates
 from .auto_report import format_result, leaderboard_csv, ranked
@@ -64,8 +64,8 @@ def auto_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, budget
     out, log = Path(out_dir), _logger(progress)
     columns = dict(path_column=path_column, label_column=label_column, split_column=split_column)
     roles = image_roles(images, columns, seed)
-    from extract.backbones import get_backbone
-    from extract.weights import locate_weights
+    from cnncodes.extract.backbones import get_backbone
+    from cnncodes.extract.weights import locate_weights
 
     locate_weights(get_backbone(backbone), weights)  # a missing checkpoint fails now, not after the advice
     _start(out, roles, dict(backbone=backbone, weights=weights, resize=resize, crop=crop, seed=seed), overwrite)
@@ -90,7 +90,7 @@ def auto_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, budget
 def _check_options(backbone: str, sample: int | None, **finetune_options) -> None:
     """UsageError for a bad option before any work (before torch loads, but for --sample): the backbone,
     finetune's declared ranges, then the advice's --sample."""
-    from finetune.options import check_options
+    from cnncodes.finetune.options import check_options
 
     check_backbone(backbone)
     check_options({k: v for k, v in finetune_options.items() if v is not None})
@@ -172,7 +172,7 @@ class _Run:
     def codes_file(self) -> Path:
         """RUN_DIR/codes.h5: every image, the top layer and the advice's best earlier layer, extracted once."""
         if self.codes is None:
-            from extract import extract_codes
+            from cnncodes.extract import extract_codes
 
             from .evidence import TOP_LAYER
 
@@ -186,7 +186,7 @@ class _Run:
 
     def _run_codes(self, c: Candidate) -> dict:
         """classify's own fit (C by CV within the fit rows) on the fit rows, scored on the selection share."""
-        from classify.train import fit_and_report
+        from cnncodes.classify.train import fit_and_report
 
         return fit_and_report(self._selection_dataset(c.layers), self.out / "candidates" / c.name,
                               classifier=c.classifier, normalize="power", C=None, class_weight="balanced",
@@ -194,8 +194,8 @@ class _Run:
 
     def _selection_dataset(self, layers: tuple[str, ...]):
         """The codes of the selection manifest's rows: train = the fit rows, test = the selection share."""
-        from classify.data import class_names_of, load, valid_rows
-        from classify.split import Dataset
+        from cnncodes.classify.data import class_names_of, load, valid_rows
+        from cnncodes.classify.split import Dataset
 
         cf, X = load(self.codes_file(), list(layers))
         usable = valid_rows(cf, X)
@@ -212,9 +212,9 @@ class _Run:
         is skipped: its estimate plus the refit's does not fit in the time left."""
         if c.name in self.started:
             return {"epochs": self.started[c.name]}
-        from extract.backbones import get_backbone
-        from extract.recipe import preprocess_config
-        from finetune.budget import epochs_for, step_seconds
+        from cnncodes.extract.backbones import get_backbone
+        from cnncodes.extract.recipe import preprocess_config
+        from cnncodes.finetune.budget import epochs_for, step_seconds
 
         bb = get_backbone(self.common["backbone"])
         crop = preprocess_config(bb, self.common["resize"], self.common["crop"])["crop"]
@@ -251,7 +251,7 @@ class _Run:
             shutil.rmtree(target, ignore_errors=True)  # another candidate's refit: this run's winner replaces it
         self.log(f"refitting the winner, {c.name}, on all {self.roles.n_train} training images")
         if c.kind == "codes":
-            from classify import classify_codes
+            from cnncodes.classify import classify_codes
 
             return classify_codes(self.codes_file(), target, layers=list(c.layers), classifier=c.classifier,
                                   seed=self.seed, progress=self.common["progress"], overwrite=True)
@@ -260,7 +260,7 @@ class _Run:
 
 def _finetune(manifest: Path, target: Path, freeze: float, epochs: int, seed: int, common: dict) -> dict:
     """finetune_images on a manifest with train and test rows, no validation set (the last epoch is kept)."""
-    from finetune import finetune_images
+    from cnncodes.finetune import finetune_images
 
     return finetune_images(manifest, target, freeze=freeze, epochs=epochs, warmup_epochs=min(1.0, epochs / 6),
                            val_fraction=0, batch_size=FINETUNE_BATCH, seed=seed, **common)

@@ -5,14 +5,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from extract import cli_common as cli
+from cnncodes.extract import cli_common as cli
 
 from .cli import add_backbone_options
 
 
 def _budget(text: str) -> str:
     """--budget checked while parsing (a bad value fails before anything loads), kept as written."""
-    from extract.errors import UsageError
+    from cnncodes.extract.errors import UsageError
 
     from .auto_plan import parse_budget
 
@@ -52,7 +52,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_auto(args: argparse.Namespace) -> int:
-    from extract.errors import ExtractionInterrupted
+    from cnncodes.extract.errors import ExtractionInterrupted
 
     from .auto import LOG, auto_images
 
@@ -72,5 +72,5 @@ def cmd_auto(args: argparse.Namespace) -> int:
 
 def _finetune_interrupted() -> tuple[type[Exception], ...]:
     """FinetuneInterrupted, when finetune's trainer is loaded (it imports torch; a bad option never loads it)."""
-    train = sys.modules.get("finetune.train")
+    train = sys.modules.get("cnncodes.finetune.train")
     return (train.FinetuneInterrupted,) if train else ()

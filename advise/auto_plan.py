@@ -9,7 +9,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from extract.errors import UsageError
+from cnncodes.extract.errors import UsageError
 
 from .scenario import FREEZE_LARGE_DIFFERENT, FREEZE_LARGE_SIMILAR, FREEZE_SMALL_DIFFERENT
 

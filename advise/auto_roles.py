@@ -33,9 +33,9 @@ class Roles:
 def image_roles(images, columns: dict, seed: int) -> Roles:
     """Training and evaluation rows by finetune's split rule (the one classify applies to the same column),
     and the selection share of the training rows, as two manifests with absolute paths."""
-    from classify.data import require_two_classes
-    from extract.reader import list_images
-    from finetune.data import choose_splits
+    from cnncodes.classify.data import require_two_classes
+    from cnncodes.extract.reader import list_images
+    from cnncodes.finetune.data import choose_splits
 
     listing = list_images(images, **columns)
     require_two_classes(listing.labels, listing.class_names, str(images))

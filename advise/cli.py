@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from extract.cli_common import (BACKBONE_HELP, ENVIRONMENT_HELP, EXIT_OK, KeepsEnvironmentHelp, add_column_options,
+from cnncodes.extract.cli_common import (BACKBONE_HELP, ENVIRONMENT_HELP, EXIT_OK, KeepsEnvironmentHelp, add_column_options,
                                 add_running_options, declared)
-from extract.config import from_args
+from cnncodes.extract.config import from_args
 
 from .options import AdviseConfig as A
 from .options import check_options
@@ -56,7 +56,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
     options = {**from_args(A, args), "out_dir": args.out}
     check_options(options)  # before torch loads
-    from advise import advise_images, format_advice
+    from cnncodes.advise import advise_images, format_advice
 
     advice = advise_images(args.images, **options)
     print(json.dumps(advice, indent=2) if args.json else format_advice(advice))

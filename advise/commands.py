@@ -34,9 +34,9 @@ def finetune_command(images: str, freeze: float, common: list[str], epochs: int 
 def finetune_epochs(listing) -> int | None:
     """Epochs for the recommended fine-tune: finetune.budget's step rule (no time cap) on the images finetune's
     defaults leave for training after its carves, as in the calibration sweep; None when they cannot be carved."""
-    from finetune.budget import epochs_for
-    from finetune.data import choose_splits
-    from finetune.options import FinetuneConfig as F
+    from cnncodes.finetune.budget import epochs_for
+    from cnncodes.finetune.data import choose_splits
+    from cnncodes.finetune.options import FinetuneConfig as F
 
     try:
         splits = choose_splits(listing, listing.labels >= 0, F.val_fraction, F.seed)

@@ -19,11 +19,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from threadpoolctl import threadpool_limits
 
-from classify.models import build_pipeline, param_grid
-from extract import extract_codes, get_backbone, open_codes
-from extract.errors import UsageError
-from extract.reader import ImageList
-from extract.weights import build_model, locate_weights
+from cnncodes.classify.models import build_pipeline, param_grid
+from cnncodes.extract import extract_codes, get_backbone, open_codes
+from cnncodes.extract.errors import UsageError
+from cnncodes.extract.reader import ImageList
+from cnncodes.extract.weights import build_model, locate_weights
 
 from . import scenario as sc
 from . import transferability as tr

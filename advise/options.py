@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from extract.config import check_config, option, whole
-from extract.device import PRECISIONS, check_precision
-from extract.names import check_backbone
+from cnncodes.extract.config import check_config, option, whole
+from cnncodes.extract.device import PRECISIONS, check_precision
+from cnncodes.extract.names import check_backbone
 
 DEFAULT_SAMPLE = 500
 MIN_SAMPLE = 10

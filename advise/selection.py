@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.errors import UsageError
+from cnncodes.extract.errors import UsageError
 
 SELECTION_SHARE = 0.2  # of the training split, held out of every candidate's fit to score it
 MIN_TRAIN_PER_CLASS = 3  # one image in the share, two to fit (classify's folds need two of a class)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.reader import ImageList
+from cnncodes.extract.reader import ImageList
 
 from .evidence import TOP_LAYER, Similarity, stratified_sample, write_manifest
 from .scenario import FREEZE_LARGE_DIFFERENT, FREEZE_LARGE_SIMILAR, FREEZE_SMALL_DIFFERENT
@@ -53,7 +53,7 @@ def finetune_row(listing: ImageList, rows: np.ndarray, scenario: int, *, out_dir
                  max_images: int, seed: int, log, **finetune_options) -> dict:
     """A short fine-tune with the scenario's freeze on a stratified sample of the training ``rows``;
     its last epoch's balanced accuracy on the sample's share held out of the trial."""
-    from finetune import FinetuneInterrupted, finetune_images
+    from cnncodes.finetune import FinetuneInterrupted, finetune_images
 
     freeze = TRY_FREEZE[scenario]
     picked = rows[stratified_sample(listing.labels[rows], max_images, seed)]

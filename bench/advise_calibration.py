@@ -24,9 +24,9 @@ NAMES = ("hymenoptera", "clothing6", "rsscn7_aerial", "sign_digits", "potato_lea
 
 def permuted_manifest(root: Path, out: Path, seed: int = 0) -> Path:
     """A manifest of ``root``'s training images with their labels shuffled among them."""
-    from extract.reader import list_images
+    from cnncodes.extract.reader import list_images
 
-    from advise.evidence import training_rows
+    from cnncodes.advise.evidence import training_rows
 
     listing = list_images(root)
     rows, _ = training_rows(listing)
@@ -59,7 +59,7 @@ def main() -> None:
                         help="where `cnncodes dataset digits` wrote the digits set")
     parser.add_argument("--json", type=Path, help="also save every advice dict here")
     args = parser.parse_args()
-    from advise import advise_images
+    from cnncodes.advise import advise_images
 
     sets = {name: args.datasets / name for name in NAMES} | {"digits": args.digits}
     print("| set | train images / classes / median per class | sampled | LEEP fraction cross-fitted (in-sample) | "

@@ -28,14 +28,13 @@ SETS = ("hymenoptera", "clothing6")
 
 def child_model(backbone: str, precision: str, n_images: str) -> dict:
     """Model alone: ``n_images`` pre-made images through the extraction's computer, after 4 warm-up batches."""
-    import pipeline
-
+    from cnncodes import pipeline
     pipeline.process_settings()
     import torch
 
-    from extract import runner
-    from extract.backbones import get_backbone
-    from extract.recipe import preprocess_config
+    from cnncodes.extract import runner
+    from cnncodes.extract.backbones import get_backbone
+    from cnncodes.extract.recipe import preprocess_config
 
     torch.manual_seed(0)
     computer, bs, desc = runner.inference_setup(backbone=backbone, precision=precision)
@@ -55,10 +54,10 @@ def head_check(datasets: Path, backbone: str, variants: bool) -> list[str]:
     weights and the preprocessing they expect."""
     import torch
 
-    from extract.backbones import get_backbone
-    from extract.images import load_image
-    from extract.recipe import preprocess_config
-    from extract.weights import build_model, locate_weights
+    from cnncodes.extract.backbones import get_backbone
+    from cnncodes.extract.images import load_image
+    from cnncodes.extract.recipe import preprocess_config
+    from cnncodes.extract.weights import build_model, locate_weights
 
     bb = get_backbone(backbone)
     model, own = build_model(bb, locate_weights(bb)), preprocess_config(bb)

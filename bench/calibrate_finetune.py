@@ -56,8 +56,8 @@ def set_root(name: str) -> Path:
 
 def run_one(name: str, root: Path, freeze: float) -> dict:
     """One fine-tune as a fresh process; its figures as a JSON-able row."""
-    from advise.commands import finetune_epochs
-    from extract.reader import list_images
+    from cnncodes.advise.commands import finetune_epochs
+    from cnncodes.extract.reader import list_images
 
     epochs = finetune_epochs(list_images(root))  # the epochs advise's recommended fine-tune names
     out = CACHE / "calibrate_finetune" / f"{name}-freeze{freeze:g}"
@@ -147,7 +147,7 @@ def says(similarity: float, threshold: float) -> str:
 
 def fit(results: list[dict]) -> None:
     """Print the sweep table, the winners, the leave-one-set-out threshold fit and the freeze summary."""
-    from advise.scenario import SIMILAR_FROM
+    from cnncodes.advise.scenario import SIMILAR_FROM
 
     done = {name: [r for r in results if r["set"] == name] for name in SETS}
     done = {name: rows for name, rows in done.items() if rows}

@@ -37,8 +37,8 @@ def _old_power_transform(self, X):  # the previous PowerNormalizer.transform, fo
 
 
 def child_classify(codes: str, out: str, classifier: str, max_memory: str, side: str, layer: str = "") -> dict:
-    from classify import models
-    from classify.train import classify_codes
+    from cnncodes.classify import models
+    from cnncodes.classify.train import classify_codes
 
     if side == "before":
         models.PowerNormalizer.transform = _old_power_transform
@@ -61,8 +61,8 @@ def child_classify(codes: str, out: str, classifier: str, max_memory: str, side:
 
 
 def child_estimate(codes: str, layer: str) -> dict:
-    from classify.stream import in_memory_bytes
-    from classify.data import resolve_layers
+    from cnncodes.classify.stream import in_memory_bytes
+    from cnncodes.classify.data import resolve_layers
     return {"bytes": in_memory_bytes(codes, resolve_layers(codes, layer or None))}
 
 

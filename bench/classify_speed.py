@@ -50,7 +50,7 @@ CONFIGS = [
 
 # ============================================================================ children
 def child_extract(root: Path, out: Path) -> dict:
-    from extract import extract_codes
+    from cnncodes.extract import extract_codes
 
     t0 = time.perf_counter()
     result = extract_codes(root, out, overwrite=True, progress=False)
@@ -58,7 +58,7 @@ def child_extract(root: Path, out: Path) -> dict:
 
 
 def child_classify(codes: Path, out_dir: Path, which: str) -> dict:
-    from classify.train import classify_codes
+    from cnncodes.classify.train import classify_codes
 
     configs = CONFIGS if which == "all" else [CONFIGS[int(which)]]
     rows, t0 = [], time.perf_counter()
@@ -77,7 +77,7 @@ def child_tutorial(root: Path, epochs: int) -> dict:
     from torch.optim import lr_scheduler
     from torchvision import datasets, models, transforms
 
-    from extract.weights import embedded_checkpoint
+    from cnncodes.extract.weights import embedded_checkpoint
 
     t_start = time.perf_counter()
     data_transforms = {
@@ -129,7 +129,7 @@ def child_synthetic(out: Path, rows: int, dim: int, classes: int) -> dict:
     import h5py
     import numpy as np
 
-    from extract.codesfile import Rows, create_codes_dataset, write_attrs, write_rows
+    from cnncodes.extract.codesfile import Rows, create_codes_dataset, write_attrs, write_rows
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, classes, rows)

@@ -50,14 +50,13 @@ def _decoders_cpu() -> float:
 
 def child_decode(root: Path) -> dict:
     """Every image of ``root`` through extract's decoders, with extract's defaults; nothing else runs."""
-    import pipeline
-
+    from cnncodes import pipeline
     pipeline.process_settings()
-    from extract import runner, shards
-    from extract.backbones import get_backbone
-    from extract.batches import Decoders
-    from extract.reader import list_images
-    from extract.recipe import RunOptions, preprocess_config
+    from cnncodes.extract import runner, shards
+    from cnncodes.extract.backbones import get_backbone
+    from cnncodes.extract.batches import Decoders
+    from cnncodes.extract.reader import list_images
+    from cnncodes.extract.recipe import RunOptions, preprocess_config
 
     listing, rank = list_images(root), shards.Shard()
     prep = preprocess_config(get_backbone("mobilenet_v2"))
@@ -75,12 +74,11 @@ def child_decode(root: Path) -> dict:
 
 def child_model(precision: str, n_images: int) -> dict:
     """Pre-decoded uint8 batches through extract's compiled model and streams (``computer.map``)."""
-    import pipeline
-
+    from cnncodes import pipeline
     pipeline.process_settings()
     import numpy as np
 
-    from extract import runner
+    from cnncodes.extract import runner
 
     computer, bs, desc = runner.inference_setup(backbone="mobilenet_v2", layers=("penultimate",), precision=precision)
     image = np.random.default_rng(0).integers(0, 256, (bs, 3, 224, 224), dtype=np.uint8)
@@ -96,10 +94,9 @@ def child_model(precision: str, n_images: int) -> dict:
 
 def child_extract(root: Path, out: Path, precision: str) -> dict:
     """``extract_codes`` with its defaults but ``precision``; the time inside the call, and to its first batch."""
-    import pipeline
-
+    from cnncodes import pipeline
     pipeline.process_settings()
-    from extract import extract_codes, writer
+    from cnncodes.extract import extract_codes, writer
 
     marks, write_parts = {}, writer.write_parts
 
@@ -124,7 +121,7 @@ def child_extract(root: Path, out: Path, precision: str) -> dict:
 # ============================================================================ parent
 def precisions() -> list[str]:
     """fp32, and bf16 where this CPU has it natively (as extract decides it)."""
-    from extract.device import native_bf16
+    from cnncodes.extract.device import native_bf16
 
     return ["fp32", "bf16"] if native_bf16() else ["fp32"]
 

@@ -63,8 +63,8 @@ def child_tutorial(root: Path, save: Path) -> dict:
     from torch import nn
     from torchvision import datasets, models, transforms
 
-    from extract.backbones import get_backbone
-    from extract.weights import embedded_checkpoint, locate_weights
+    from cnncodes.extract.backbones import get_backbone
+    from cnncodes.extract.weights import embedded_checkpoint, locate_weights
 
     ckpt = embedded_checkpoint("mobilenet_v2") or locate_weights(get_backbone("mobilenet_v2")).path
     t0 = common.now()
@@ -93,13 +93,12 @@ def child_tutorial(root: Path, save: Path) -> dict:
 def child_cnncodes(root: Path, save: Path, precision: str, launched: str) -> dict:
     """``extract_codes`` with its defaults (``precision`` aside); ``launched``: the parent's clock when it
     started this process, for the fixed cost from process start to the first computed batch."""
-    import pipeline
-
+    from cnncodes import pipeline
     pipeline.process_settings()  # what the command line sets before torch loads
     import h5py
     import numpy as np
 
-    from extract import extract_codes, runner, writer
+    from cnncodes.extract import extract_codes, runner, writer
 
     marks = {}
     write_parts, assemble = writer.write_parts, writer.assemble
@@ -141,14 +140,13 @@ def child_model(which: str, n_images: int) -> dict:
     and streams (``computer.map``), with its defaults (cnncodes-fp32: fp32 forced). openvino: the
     tutorial's network converted and compiled by OpenVINO with its own throughput defaults, bf16
     where the CPU has it, fed from an AsyncInferQueue. tutorial: the plain fp32 forward."""
-    import pipeline
-
+    from cnncodes import pipeline
     pipeline.process_settings()  # as in child_cnncodes, for every contender: the same OpenMP settings
     import torch
 
     torch.manual_seed(0)
     if which.startswith("cnncodes"):
-        from extract import runner
+        from cnncodes.extract import runner
 
         computer, bs, desc = runner.inference_setup(backbone="mobilenet_v2", layers=("penultimate",),
                                                     precision="fp32" if which == "cnncodes-fp32" else "auto")
@@ -181,20 +179,19 @@ def child_model(which: str, n_images: int) -> dict:
 def child_agreement(root: Path, n_images: int) -> dict:
     """Codes of the same decoded pixels (the first ``n_images`` of ``root``) from the eager tap model,
     OpenVINO fp32 and OpenVINO bf16: mean and lowest per-image cosine, fp32 to eager and bf16 to fp32."""
-    import pipeline
-
+    from cnncodes import pipeline
     pipeline.process_settings()
     import numpy as np
     import torch
 
-    from extract import eager as inference, runner
-    from extract.backbones import get_backbone
-    from extract.batches import stack_images
-    from extract.images import ImageDataset
-    from extract.reader import list_images
-    from extract.recipe import preprocess_config
-    from extract.taps import resolve_taps
-    from extract.weights import build_model, locate_weights
+    from cnncodes.extract import eager as inference, runner
+    from cnncodes.extract.backbones import get_backbone
+    from cnncodes.extract.batches import stack_images
+    from cnncodes.extract.images import ImageDataset
+    from cnncodes.extract.reader import list_images
+    from cnncodes.extract.recipe import preprocess_config
+    from cnncodes.extract.taps import resolve_taps
+    from cnncodes.extract.weights import build_model, locate_weights
 
     bb = get_backbone("mobilenet_v2")
     prep, listing = preprocess_config(bb), list_images(root)
@@ -234,7 +231,7 @@ def _tutorial_model():
     from torch import nn
     from torchvision import models
 
-    from extract.weights import embedded_checkpoint
+    from cnncodes.extract.weights import embedded_checkpoint
 
     model = models.mobilenet_v2()
     model.load_state_dict(torch.load(embedded_checkpoint("mobilenet_v2"), weights_only=True))
@@ -246,8 +243,8 @@ def _openvino_alone(model, bs: int, n_images: int) -> dict:
     import numpy as np
     import torch
 
-    from extract import openvino_model
-    from extract.device import native_bf16
+    from cnncodes.extract import openvino_model
+    from cnncodes.extract.device import native_bf16
 
     ov = openvino_model.ov()  # without its telemetry, as cnncodes imports it
     core = ov.Core()

@@ -28,11 +28,10 @@ SCRIPT = Path(__file__).resolve()
 
 
 def child_codes(images: str, out: str) -> dict:
-    import pipeline
-
+    from cnncodes import pipeline
     pipeline.process_settings()  # what the command line sets before torch loads
-    from classify import classify_codes
-    from extract import extract_codes
+    from cnncodes.classify import classify_codes
+    from cnncodes.extract import extract_codes
 
     Path(out).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -44,10 +43,9 @@ def child_codes(images: str, out: str) -> dict:
 
 
 def child_finetune(images: str, out: str, freeze: str, epochs: str, lp_epochs: str) -> dict:
-    import pipeline
-
+    from cnncodes import pipeline
     pipeline.process_settings()  # sleeping OpenMP threads: spinning ones made training 3-10x slower here
-    from finetune import finetune_images
+    from cnncodes.finetune import finetune_images
 
     start = time.perf_counter()
     report = finetune_images(images, out, freeze=float(freeze), epochs=int(epochs), lp_epochs=int(lp_epochs),
@@ -67,7 +65,7 @@ def image_sets(names: list[str], digits_per_class: int | None) -> dict[str, Path
             raise SystemExit(f"{common.HYMENOPTERA} is missing")
         sets["hymenoptera"] = common.HYMENOPTERA
     if "digits" in names:
-        from extract.datasets import write_digits
+        from cnncodes.extract.datasets import write_digits
 
         root = common.CACHE / f"digits-{digits_per_class or 'all'}"
         if not root.is_dir():

@@ -42,11 +42,11 @@ DEFAULT_RUNS = [f"{s}:{v}:0" for v in "acbde" for s in ("rsscn7_aerial", "clothi
 
 
 def child_finetune(images: str, out: str, variant: str, seed: str) -> dict:
-    import pipeline
-
+    from cnncodes import pipeline
     pipeline.process_settings()
-    import finetune.data
-    from finetune import finetune_images
+    import cnncodes.finetune.data
+    from cnncodes import finetune
+    from cnncodes.finetune import finetune_images
 
     _, options, scale = VARIANTS[variant]
     if scale:

@@ -60,7 +60,7 @@ def child_tutorial(train_dir: str, launched: str) -> dict:
     from torch import nn, optim
     from torchvision import datasets, models, transforms
 
-    from extract.weights import embedded_checkpoint
+    from cnncodes.extract.weights import embedded_checkpoint
 
     imported = time.time()
     model_ft = models.mobilenet_v2()
@@ -93,10 +93,9 @@ def child_tutorial(train_dir: str, launched: str) -> dict:
 
 def child_cnncodes(images: str, out: str, epochs: str, launched: str) -> dict:
     """``finetune_images`` with its defaults; the decode cache timed by wrapping ``_decode_splits``."""
-    import pipeline
-
+    from cnncodes import pipeline
     pipeline.process_settings()
-    from finetune import finetune_images, train
+    from cnncodes.finetune import finetune_images, train
 
     marks = {}
     decode_splits = train._decode_splits
@@ -122,20 +121,19 @@ def child_breakdown(images: str, steps: str, rounds: str, variants: str) -> dict
     """finetune's own Trainer step timed part by part, in every variant of ``variants`` (/-separated
     VARIANTS names), alternating: ``rounds`` rounds of ``steps`` timed steps each, one untimed step after
     every switch. One process, so the variants share its load, its decoded cache and its model."""
-    import pipeline
-
+    from cnncodes import pipeline
     pipeline.process_settings()
     import torch
 
-    from extract.backbones import get_backbone
-    from extract.recipe import preprocess_config
-    from extract.reader import list_images
-    from extract.weights import build_model, locate_weights
-    from finetune import model as ft_model
-    from finetune import trainer as ft_trainer
-    from finetune.data import choose_splits, default_workers
-    from finetune.options import FinetuneConfig
-    from finetune.train import _decode_splits
+    from cnncodes.extract.backbones import get_backbone
+    from cnncodes.extract.recipe import preprocess_config
+    from cnncodes.extract.reader import list_images
+    from cnncodes.extract.weights import build_model, locate_weights
+    from cnncodes.finetune import model as ft_model
+    from cnncodes.finetune import trainer as ft_trainer
+    from cnncodes.finetune.data import choose_splits, default_workers
+    from cnncodes.finetune.options import FinetuneConfig
+    from cnncodes.finetune.train import _decode_splits
 
     options = {name: f.default for name, f in FinetuneConfig.__dataclass_fields__.items()}
     torch.set_num_threads(default_workers())
@@ -183,8 +181,8 @@ def _variant(trainer, settings: dict, marks: dict):
     """Apply a VARIANTS entry to the trainer and process; undo it on exit."""
     import torch
 
-    from finetune import model as ft_model
-    from finetune import trainer as ft_trainer
+    from cnncodes.finetune import model as ft_model
+    from cnncodes.finetune import trainer as ft_trainer
 
     threads, model, normalize = torch.get_num_threads(), trainer.net.model, ft_trainer.normalize
     torch.set_num_threads(settings.get("threads", threads))
@@ -208,7 +206,7 @@ def _instrument(trainer) -> dict:
     frozen blocks under no_grad while ``marks["no_grad"]``."""
     import torch
 
-    from finetune.model import frozen_span
+    from cnncodes.finetune.model import frozen_span
 
     marks: dict = {"no_grad": False}
     model = trainer.net.model
@@ -247,8 +245,8 @@ def _batches(trainer, workers: int):
     """Endless training batches as Trainer._epoch makes them (augmented from the cache), optionally from a worker."""
     from torch.utils.data import DataLoader
 
-    from extract.batches import fork_context
-    from finetune.data import CachedImages, epoch_sampler
+    from cnncodes.extract.batches import fork_context
+    from cnncodes.finetune.data import CachedImages, epoch_sampler
 
     data, opt = trainer.data, trainer.opt
     dataset = CachedImages(data["train"], data["train_labels"], data["crop"], opt["augment"], data["interpolation"])

@@ -154,7 +154,7 @@ def end_to_end_gpu_decode(name, paths, device, batch, resize, crop, dtype) -> fl
 def product_extract(root: Path, device, batch: int) -> float:
     import tempfile
 
-    from extract import extract_codes
+    from cnncodes.extract import extract_codes
 
     with tempfile.TemporaryDirectory(prefix="cnncodes-gpu-") as tmp:
         t0 = time.perf_counter()

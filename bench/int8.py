@@ -43,16 +43,15 @@ MIN_COSINE, MAX_LOSS = 0.99, 0.5  # the bar (issue 26): whole-file cosine, balan
 # ============================================================================ children (fresh processes)
 def _setup():
     """Extraction's preprocessing and network for the default backbone and tap."""
-    import pipeline
-
+    from cnncodes import pipeline
     pipeline.process_settings()
     import torch
 
-    from extract.backbones import get_backbone
-    from extract.network import prepare
-    from extract.recipe import preprocess_config
-    from extract.taps import MAX_UNPOOLED_DIM
-    from extract.weights import locate_weights
+    from cnncodes.extract.backbones import get_backbone
+    from cnncodes.extract.network import prepare
+    from cnncodes.extract.recipe import preprocess_config
+    from cnncodes.extract.taps import MAX_UNPOOLED_DIM
+    from cnncodes.extract.weights import locate_weights
 
     bb = get_backbone("mobilenet_v2")
     prep = preprocess_config(bb)
@@ -66,8 +65,8 @@ def _images(root: str, prep: dict, size: int) -> "np.ndarray":  # noqa: F821
     over the listing, decoded as extraction decodes them: uint8 [n, 3, crop, crop]."""
     import numpy as np
 
-    from extract.images import ImageDataset
-    from extract.reader import list_images
+    from cnncodes.extract.images import ImageDataset
+    from cnncodes.extract.reader import list_images
 
     listing = list_images(root)
     pool = [i for i, s in enumerate(listing.splits) if s not in ("val", "test")] or list(range(len(listing)))
@@ -87,7 +86,7 @@ def child_quantize(root: str, xml: str, bias_correction: str = "fast") -> dict:
     import nncf
     import torch
 
-    from extract import eager, inference, openvino_model
+    from cnncodes.extract import eager, inference, openvino_model
 
     t0 = common.now()
     images = _images(root, prep, CALIBRATION_SIZE)
@@ -107,7 +106,7 @@ def child_quantize(root: str, xml: str, bias_correction: str = "fast") -> dict:
 def _int8_computer(taps, int8_xml: str, batch_size: int, streams: int, views: int = 1):
     """Extraction's computer on the quantized model, compiled as extraction compiles (the layers NNCF left
     unquantized run in fp32)."""
-    from extract import inference, openvino_model
+    from cnncodes.extract import inference, openvino_model
 
     computer = inference._compiled(openvino_model._read(Path(int8_xml)), taps, "fp32", batch_size * views, streams,
                                    views)
@@ -116,10 +115,9 @@ def _int8_computer(taps, int8_xml: str, batch_size: int, streams: int, views: in
 
 
 def child_extract(root: str, out: str, precision: str, int8_xml: str) -> dict:
-    import pipeline
-
+    from cnncodes import pipeline
     pipeline.process_settings()
-    from extract import extract_codes, runner
+    from cnncodes.extract import extract_codes, runner
 
     run_as = precision
     if precision == "int8":  # extraction with the int8 computer swapped in (the file says fp32)
@@ -136,7 +134,7 @@ def child_model(root: str, precision: str, n_images: str, int8_xml: str) -> dict
     prep, network = _setup()
     import numpy as np
 
-    from extract import runner
+    from cnncodes.extract import runner
 
     if precision == "int8":
         settings = runner.Settings.of(runner.RunOptions("cpu", "fp32", progress=False))

@@ -29,8 +29,7 @@ def child(tree: str, argv: list[str]) -> None:
     spent = {"classifier": 0.0, "model load": 0.0}
     if argv[0] in ("extract", "predict"):
         _instrument(marks, spent)
-    import pipeline
-
+    from cnncodes import pipeline
     try:
         code = pipeline.main(argv)
     except SystemExit as exit_:  # --help
@@ -49,7 +48,7 @@ def child(tree: str, argv: list[str]) -> None:
 
 def _instrument(marks: dict, spent: dict) -> None:
     """Wrap the runner's steps (the same names in older trees) to time them."""
-    from extract import runner
+    from cnncodes.extract import runner
 
     def timed(module, name, phase=None, start=None, end=None, after=None):
         original = getattr(module, name)
@@ -89,7 +88,7 @@ def _instrument(marks: dict, spent: dict) -> None:
         return result
     runner.shards.assemble_when_complete = assemble
     try:
-        from classify import predict
+        from cnncodes.classify import predict
     except ImportError:
         return
     original_load = predict.load_model

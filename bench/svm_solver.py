@@ -25,8 +25,8 @@ import common  # noqa: E402,F401  (puts the repository on sys.path)
 
 from sklearn.svm import LinearSVC  # noqa: E402
 
-from classify import models  # noqa: E402
-from classify.train import classify_codes  # noqa: E402
+from cnncodes.classify import models  # noqa: E402
+from cnncodes.classify.train import classify_codes  # noqa: E402
 
 BEFORE = replace(models.CLASSIFIERS["svm"], warm_path=False, cv_max_rows=None, cv_params=None,
                  build=lambda cw, seed: LinearSVC(class_weight=cw, dual=False, max_iter=10000, random_state=seed))
@@ -37,7 +37,7 @@ def noisy_copies(source: str, layer: str, rows: int, out: Path) -> str:
     import h5py
     import numpy as np
 
-    from extract.codesfile import Rows, create_codes_dataset, read_meta, read_rows, write_attrs, write_rows
+    from cnncodes.extract.codesfile import Rows, create_codes_dataset, read_meta, read_rows, write_attrs, write_rows
 
     with h5py.File(source, "r") as h5:
         meta, src_rows, X = read_meta(h5), read_rows(h5), h5["codes"][layer][:]

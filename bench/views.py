@@ -25,10 +25,9 @@ DATASETS = Path(os.environ.get("CNNCODES_BENCH_DATASETS", common.HYMENOPTERA.par
 
 def child_extract(root: str, out: str, views: str) -> dict:
     """Extract ``root`` with ``views`` views into ``out``: seconds (extract_codes' own clock) and the runtime."""
-    import pipeline
-
+    from cnncodes import pipeline
     pipeline.process_settings()
-    from extract import extract_codes
+    from cnncodes.extract import extract_codes
 
     result = extract_codes(root, out, views=int(views), progress=False)
     return {"seconds": result.seconds, "images": result.n_extracted, "runtime": result.runtime,
@@ -37,7 +36,7 @@ def child_extract(root: str, out: str, views: str) -> dict:
 
 def compare_views(codes: Path, out: Path) -> dict[str, float]:
     """Held-out (val) balanced accuracy of svm and softmax on ``codes``."""
-    from classify import compare
+    from cnncodes.classify import compare
 
     rows = compare(codes, out, classifiers=["svm", "softmax"], progress=False, overwrite=True)
     return {r["classifier"]: r["balanced_accuracy"] for r in rows}

@@ -5,11 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from extract.cli import add_extract_options, check_preprocess, extract_kwargs, none_usable, print_extract_summary
-from extract.cli_common import (ENVIRONMENT_HELP, EXIT_FAILURES, EXIT_OK, MAX_LISTED_FAILURES, KeepsEnvironmentHelp,
+from cnncodes.extract.cli import add_extract_options, check_preprocess, extract_kwargs, none_usable, print_extract_summary
+from cnncodes.extract.cli_common import (ENVIRONMENT_HELP, EXIT_FAILURES, EXIT_OK, MAX_LISTED_FAILURES, KeepsEnvironmentHelp,
                                 add_column_options, add_running_options, column_kwargs, cv_folds, fraction,
                                 one_or_list, positive_float, split_list)
-from extract.errors import UsageError
+from cnncodes.extract.errors import UsageError
 
 from .options import CLASSIFIER_NAMES, DEFAULT_CLASSIFIERS, SAMPLING
 from .options import ClassifyConfig as C
@@ -137,7 +137,7 @@ def add_classify_options(p: argparse.ArgumentParser, several_samplings: bool = F
 
 def _layer_runs(values: list[str] | None) -> list[list[str]]:
     """--layer values as runs (``extract.names.layer_runs``)."""
-    from extract.names import layer_runs
+    from cnncodes.extract.names import layer_runs
 
     return layer_runs(values or ["penultimate"])
 
@@ -150,7 +150,7 @@ def _classify_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from classify import classify_codes, summarize
+    from cnncodes.classify import classify_codes, summarize
 
     report = classify_codes(args.codes, args.out, layers=args.layers, classifier=args.classifier,
                             calibrate=args.calibrate, positive=args.positive, overwrite=args.overwrite,
@@ -169,7 +169,7 @@ def _print_report(report: dict, out: Path) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from classify import compare
+    from cnncodes.classify import compare
 
     rows = compare(args.codes, args.out, classifiers=split_list(args.classifiers), layers=args.layers,
                    overwrite=args.overwrite, **_classify_kwargs(args))
@@ -181,7 +181,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from classify.runs import predict_run
+    from cnncodes.classify.runs import predict_run
 
     result = predict_run(args.run_dir, one_or_list(args.images), args.out, codes_out=args.codes_out,
                          weights=args.weights, threshold=args.threshold, positive=args.positive,
@@ -218,11 +218,11 @@ def _print_evaluation(evaluation: dict | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from classify.data import require_two_classes
-    from classify.stream import parse_size
-    from classify.train import check_options
-    from extract.outputs import claim_output
-    from extract.reader import list_images
+    from cnncodes.classify.data import require_two_classes
+    from cnncodes.classify.stream import parse_size
+    from cnncodes.classify.train import check_options
+    from cnncodes.extract.outputs import claim_output
+    from cnncodes.extract.reader import list_images
 
     layers, classifiers = _layer_runs(args.layers), split_list(args.classifiers)
     if not classifiers:
@@ -243,8 +243,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_into(out: Path, args: argparse.Namespace, layers: list[list[str]], classifiers: list[str],
               samplings: list[str]) -> int:
-    from classify import classify_codes, compare, summarize
-    from extract import extract_codes
+    from cnncodes.classify import classify_codes, compare, summarize
+    from cnncodes.extract import extract_codes
 
     codes = out / "codes.h5"
     result = extract_codes(args.images, codes, **extract_kwargs(args))

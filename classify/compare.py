@@ -8,10 +8,10 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from extract.config import check_config
-from extract.errors import UsageError
-from extract.names import layer_runs
-from extract.outputs import guards_output
+from cnncodes.extract.config import check_config
+from cnncodes.extract.errors import UsageError
+from cnncodes.extract.names import layer_runs
+from cnncodes.extract.outputs import guards_output
 
 from .data import codes_shape, file_taps, resolve_layers
 from .fileio import ensure_writable, write_files

@@ -15,7 +15,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from threadpoolctl import threadpool_limits
 
-from extract.errors import UsageError
+from cnncodes.extract.errors import UsageError
 
 from .data import require_two_classes
 

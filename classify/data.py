@@ -12,9 +12,9 @@ from typing import Iterator, Sequence
 import h5py
 import numpy as np
 
-from extract.codesfile import CodesFile, Rows, open_codes, read_meta, read_rows
-from extract.errors import UsageError
-from extract.names import concatenated_taps
+from cnncodes.extract.codesfile import CodesFile, Rows, open_codes, read_meta, read_rows
+from cnncodes.extract.errors import UsageError
+from cnncodes.extract.names import concatenated_taps
 
 BLOCK_BYTES = 64 * 2 ** 20  # codes read at a time by the overlap check (the streamed path passes its budget)
 

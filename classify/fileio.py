@@ -6,8 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
-from extract.atomic import Content, publish, temporary_name, write_content
-from extract.errors import UsageError
+from cnncodes.extract.atomic import Content, publish, temporary_name, write_content
+from cnncodes.extract.errors import UsageError
 
 
 def ensure_writable(out_dir: str | os.PathLike) -> Path:

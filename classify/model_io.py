@@ -13,12 +13,13 @@ from pathlib import Path
 
 import joblib
 
-from extract.errors import UsageError
-from extract.names import CODES_MODEL, FINETUNED_MODEL
+from cnncodes.extract.errors import UsageError
+from cnncodes.extract.names import CODES_MODEL, FINETUNED_MODEL
 
 MODEL_NAME = CODES_MODEL
 SIDECAR_SUFFIX = ".sha256"
 CODES_SUFFIXES = (".h5", ".hdf5")
+LEGACY_MODULES = ("classify.models", "classify.linear_svm")  # where 0.1 models found their pickled classes
 
 
 def model_files(bundle: dict) -> dict[str, bytes | str]:
@@ -58,10 +59,27 @@ def load_model(path_or_run_dir: str | os.PathLike) -> dict:
     if expected != actual:
         raise UsageError(f"{path} does not match its checksum in {sidecar.name} (expected {expected[:16] or 'nothing'}..., "
                          f"file is {actual[:16]}...); it was changed after training, refusing to load it")
-    bundle = joblib.load(io.BytesIO(data))
+    bundle = _unpickle(data)
     if not isinstance(bundle, dict) or "pipeline" not in bundle:
         raise UsageError(f"{path} is not a cnncodes model")
     return bundle
+
+
+def _unpickle(data: bytes):
+    """joblib.load of ``data``. Models saved before cnncodes was installed as one package (0.1) name their
+    classes by the old top-level modules (``classify.models.PowerNormalizer``): those names are lent to
+    the unpickler, pointing at the same module objects, during the load."""
+    import sys
+    from importlib import import_module
+
+    lent = {old: import_module(f"cnncodes.{old}") for name in LEGACY_MODULES
+            for old in (name.split(".")[0], name) if old not in sys.modules}
+    sys.modules.update(lent)
+    try:
+        return joblib.load(io.BytesIO(data))
+    finally:
+        for old in lent:
+            sys.modules.pop(old, None)
 
 
 def find_runs(folder: str | os.PathLike, depth: int = 2) -> list[Path]:

@@ -22,7 +22,7 @@ from sklearn.svm import SVC
 from sklearn.utils import check_array
 from sklearn.utils.class_weight import compute_class_weight
 
-from extract.errors import UsageError
+from cnncodes.extract.errors import UsageError
 
 from .linear_svm import SquaredHingeSVC
 from .options import check_options

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from extract.config import check_config, option, whole
-from extract.errors import UsageError
+from cnncodes.extract.config import check_config, option, whole
+from cnncodes.extract.errors import UsageError
 
 CLASSIFIER_NAMES = ("svm", "softmax", "knn", "rbf_svm", "forest")  # classify.models.CLASSIFIERS' keys
 NORMALIZE = ("power", "l2", "standard", "none")

@@ -8,9 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
-from extract.codesfile import check_recipe
-from extract.errors import UsageError
-from extract.outputs import guards_output
+from cnncodes.extract.codesfile import check_recipe
+from cnncodes.extract.errors import UsageError
+from cnncodes.extract.outputs import guards_output
 
 from .data import file_meta, file_taps, layer_recipe, load
 from .fileio import write_files
@@ -101,7 +101,7 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike | Seque
     """
     import tempfile
 
-    from extract import extract_codes
+    from cnncodes.extract import extract_codes
 
     sources = [images] if isinstance(images, (str, os.PathLike)) else list(images)
     codes_files = [s for s in sources if is_codes_file(s)]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from extract.errors import UsageError
+from cnncodes.extract.errors import UsageError
 
 from .data import class_names_of
 

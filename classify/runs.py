@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from extract.names import AUTO_RESULT, AUTO_WINNER
+from cnncodes.extract.names import AUTO_RESULT, AUTO_WINNER
 
 from .model_io import is_finetuned_run, load_model
 
@@ -29,7 +29,7 @@ def load_run_model(run_dir: str | os.PathLike) -> dict:
     """
     run_dir = winner_of(run_dir)
     if is_finetuned_run(run_dir):
-        from finetune.predict import load_network
+        from cnncodes.finetune.predict import load_network
 
         network, bundle = load_network(run_dir)
         return {**bundle, "kind": "finetuned", "network": network}
@@ -41,7 +41,7 @@ def predict_run(run_dir: str | os.PathLike, images: str | os.PathLike | Sequence
     """Predict ``images`` with the run's recipe, whichever kind of run ``run_dir`` is (see the two predict_images)."""
     run_dir = winner_of(run_dir)
     if is_finetuned_run(run_dir):
-        from finetune.predict import predict_images
+        from cnncodes.finetune.predict import predict_images
     else:
         from .predict import predict_images
     return predict_images(run_dir, images, out_csv, **options)

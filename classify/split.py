@@ -13,8 +13,8 @@ import h5py
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from extract.codesfile import check_recipe
-from extract.errors import UsageError
+from cnncodes.extract.codesfile import check_recipe
+from cnncodes.extract.errors import UsageError
 
 from .data import (BLOCK_BYTES, _Named, class_names_of, codes_shape, coverage_notes, file_meta, layer_recipe, load,
                    meta_rows, resolve_layers, row_blocks, valid_rows)

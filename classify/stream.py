@@ -26,8 +26,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from threadpoolctl import threadpool_limits
 
-from extract.codesfile import check_recipe
-from extract.errors import UsageError
+from cnncodes.extract.codesfile import check_recipe
+from cnncodes.extract.errors import UsageError
 
 from .blocks import BLOCK_SHARE, Blocks
 from .cv import check_training_set

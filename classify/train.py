@@ -19,8 +19,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from threadpoolctl import threadpool_limits
 
-from extract.errors import UsageError
-from extract.outputs import guards_output
+from cnncodes.extract.errors import UsageError
+from cnncodes.extract.outputs import guards_output
 
 from . import options
 from .cv import CV_MAX_ROWS, CV_SCORING, check_training_set, cv_sample, cv_splitter, warm_path_cv

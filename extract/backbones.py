@@ -93,7 +93,7 @@ def _efficientnet_lite(name: str) -> Backbone:
     crop = lite.VARIANTS[name].crop
     transform = {"resize": crop + 32, "crop": crop, "mean": [127 / 255] * 3, "std": [128 / 255] * 3,
                  "interpolation": "bicubic"}
-    return Backbone(name, functools.partial(_build, "extract.efficientnet_lite", name), "",
+    return Backbone(name, functools.partial(_build, "cnncodes.extract.efficientnet_lite", name), "",
                     _efficientnet_lite_aliases(name), LITE_CHECKPOINTS[name], transform)
 
 

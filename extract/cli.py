@@ -127,8 +127,8 @@ def extract_kwargs(args: argparse.Namespace) -> dict:
 
 def check_preprocess(args: argparse.Namespace) -> None:
     """--resize below --crop (given, or the backbone's default) would not fit the crop: refuse it up front."""
-    from extract.backbones import get_backbone
-    from extract.recipe import preprocess_config
+    from cnncodes.extract.backbones import get_backbone
+    from cnncodes.extract.recipe import preprocess_config
 
     prep = preprocess_config(get_backbone(args.backbone), args.resize, args.crop)
     if prep["resize"] < prep["crop"]:
@@ -137,8 +137,8 @@ def check_preprocess(args: argparse.Namespace) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from extract import extract_codes
-    from extract.shards import resolve
+    from cnncodes.extract import extract_codes
+    from cnncodes.extract.shards import resolve
 
     check_preprocess(args)
     if Path(args.out).is_dir():
@@ -158,7 +158,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_assemble(args: argparse.Namespace) -> int:
-    from extract.shards import assemble_codes
+    from cnncodes.extract.shards import assemble_codes
 
     print(f"wrote {args.out}" if assemble_codes(args.out) else f"{args.out} is complete: nothing to assemble")
     return EXIT_OK
@@ -200,7 +200,7 @@ def print_extract_summary(result) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from extract import open_codes
+    from cnncodes.extract import open_codes
 
     cf = open_codes(args.codes)
     meta, rows = cf.meta, cf.rows
@@ -235,7 +235,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from extract.export import export_codes
+    from cnncodes.extract.export import export_codes
 
     out = export_codes(args.codes, args.out, to=args.to, ok_only=args.ok_only, overwrite=args.overwrite)
     print(f"wrote {out} ({args.to})")
@@ -243,10 +243,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from extract.backbones import get_backbone
-    from extract.recipe import preprocess_config
-    from extract.taps import describe_layers
-    from extract.weights import RANDOM, WeightsInfo, build_model
+    from cnncodes.extract.backbones import get_backbone
+    from cnncodes.extract.recipe import preprocess_config
+    from cnncodes.extract.taps import describe_layers
+    from cnncodes.extract.weights import RANDOM, WeightsInfo, build_model
 
     backbone = get_backbone(args.model)
     crop = args.crop or preprocess_config(backbone)["crop"]
@@ -263,7 +263,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
-    from extract.datasets import write_digits
+    from cnncodes.extract.datasets import write_digits
 
     counts = write_digits(Path(args.folder), test_fraction=args.test_fraction, seed=args.seed,
                           overwrite=args.overwrite)

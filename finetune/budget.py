@@ -46,9 +46,9 @@ def step_seconds(backbone: str, weights: str | None, freeze: float, n_classes: i
     on random ``crop`` x ``crop`` batches: the mean of TIMED_STEPS steps after a warm-up step."""
     import torch
 
-    from extract.backbones import get_backbone
-    from extract.device import pick_device
-    from extract.weights import build_model, locate_weights
+    from cnncodes.extract.backbones import get_backbone
+    from cnncodes.extract.device import pick_device
+    from cnncodes.extract.weights import build_model, locate_weights
 
     from .model import build_network, fused_forward, place, train_mode
 

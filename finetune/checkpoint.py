@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from classify.fileio import write_files
-from extract.errors import UsageError
+from cnncodes.classify.fileio import write_files
+from cnncodes.extract.errors import UsageError
 
 CHECKPOINT = "checkpoint.pt"
 

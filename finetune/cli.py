@@ -5,9 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from extract.cli_common import (BACKBONE_HELP, ENVIRONMENT_HELP, EXIT_INTERRUPTED, EXIT_OK, KeepsEnvironmentHelp,
+from cnncodes.extract.cli_common import (BACKBONE_HELP, ENVIRONMENT_HELP, EXIT_INTERRUPTED, EXIT_OK, KeepsEnvironmentHelp,
                                 add_column_options, declared)
-from extract.config import choices, from_args
+from cnncodes.extract.config import choices, from_args
 
 from .options import FinetuneConfig as F
 
@@ -94,14 +94,14 @@ def add_parsers(sub) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from finetune.options import check_options
+    from cnncodes.finetune.options import check_options
 
     options = from_args(F, args)
     if args.freeze is None and args.freeze_until is None:
         options["freeze"] = F.freeze
     check_options(options)  # before torch loads: a bad value fails at once
-    from classify.render import summarize
-    from finetune import FinetuneInterrupted, finetune_images
+    from cnncodes.classify.render import summarize
+    from cnncodes.finetune import FinetuneInterrupted, finetune_images
 
     try:
         report = finetune_images(args.images, args.out, **options)

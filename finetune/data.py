@@ -18,11 +18,11 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from classify.split import evaluation_split
-from extract.batches import decoder_init, fork_context
-from extract.errors import UsageError
-from extract.images import ImageDataset
-from extract.reader import ImageList
+from cnncodes.classify.split import evaluation_split
+from cnncodes.extract.batches import decoder_init, fork_context
+from cnncodes.extract.errors import UsageError
+from cnncodes.extract.images import ImageDataset
+from cnncodes.extract.reader import ImageList
 
 from .options import check_options
 

@@ -15,9 +15,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from extract.backbones import Backbone
-from extract.errors import UsageError
-from extract.fusion import conv_bn_pairs
+from cnncodes.extract.backbones import Backbone
+from cnncodes.extract.errors import UsageError
+from cnncodes.extract.fusion import conv_bn_pairs
 
 
 @dataclass

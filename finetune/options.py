@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from extract.config import check_config, option, whole, within
-from extract.device import PRECISIONS, check_precision
-from extract.names import check_backbone
+from cnncodes.extract.config import check_config, option, whole, within
+from cnncodes.extract.device import PRECISIONS, check_precision
+from cnncodes.extract.names import check_backbone
 
 OPTIMIZERS = ("sgd", "adamw")
 SAMPLING = ("none", "over", "under")

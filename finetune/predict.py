@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from classify.fileio import write_files
-from classify.model_io import is_codes_file, is_finetuned_run  # noqa: F401  (is_finetuned_run: re-exported)
-from classify.predictions import apply_threshold, binary_rule, evaluate_known, threshold_entry
-from extract.backbones import get_backbone
-from extract.device import mixed_precision, pick_device
-from extract.errors import UsageError
-from extract.outputs import guards_output
-from extract.reader import list_images
+from cnncodes.classify.fileio import write_files
+from cnncodes.classify.model_io import is_codes_file, is_finetuned_run  # noqa: F401  (is_finetuned_run: re-exported)
+from cnncodes.classify.predictions import apply_threshold, binary_rule, evaluate_known, threshold_entry
+from cnncodes.extract.backbones import get_backbone
+from cnncodes.extract.device import mixed_precision, pick_device
+from cnncodes.extract.errors import UsageError
+from cnncodes.extract.outputs import guards_output
+from cnncodes.extract.reader import list_images
 
 from .data import decode, default_workers
 from .model import place

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 import torchvision
 
-from classify.data import coverage_notes
-from classify.models import parse_class_weight
-from classify.report import binary_metrics, build_report, missing_test_classes
-from extract.weights import WeightsInfo
+from cnncodes.classify.data import coverage_notes
+from cnncodes.classify.models import parse_class_weight
+from cnncodes.classify.report import binary_metrics, build_report, missing_test_classes
+from cnncodes.extract.weights import WeightsInfo
 
 from .data import resampled_counts
 from .trainer import Trainer

@@ -18,19 +18,19 @@ from typing import Callable
 import numpy as np
 import torch
 
-from classify.fileio import ensure_writable, write_files
-from classify.data import require_two_classes
-from classify.models import parse_class_weight
-from classify.render import report_files, summarize
-from extract.backbones import get_backbone
-from extract.names import FINETUNED_MODEL
-from extract.device import check_precision, pick_device
-from extract.errors import UsageError
-from extract.outputs import guards_output
-from extract.reader import list_images
-from extract.recipe import make_recipe, preprocess_config
-from extract.taps import resolve_taps
-from extract.weights import FINETUNED_BACKBONE, WeightsInfo, build_model, locate_weights
+from cnncodes.classify.fileio import ensure_writable, write_files
+from cnncodes.classify.data import require_two_classes
+from cnncodes.classify.models import parse_class_weight
+from cnncodes.classify.render import report_files, summarize
+from cnncodes.extract.backbones import get_backbone
+from cnncodes.extract.names import FINETUNED_MODEL
+from cnncodes.extract.device import check_precision, pick_device
+from cnncodes.extract.errors import UsageError
+from cnncodes.extract.outputs import guards_output
+from cnncodes.extract.reader import list_images
+from cnncodes.extract.recipe import make_recipe, preprocess_config
+from cnncodes.extract.taps import resolve_taps
+from cnncodes.extract.weights import FINETUNED_BACKBONE, WeightsInfo, build_model, locate_weights
 
 from . import checkpoint
 from . import options as options_module
@@ -95,7 +95,7 @@ def finetune_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, ba
 
     splits = choose_splits(listing, labeled, val_fraction, seed, test_fraction, max_train_images)
     if patience and not len(splits.val):  # it would stop nothing: say so before the images are decoded
-        raise ValueError("--patience needs a validation set: pass --val-fraction F (a share of train), or give the "
+        raise UsageError("--patience needs a validation set: pass --val-fraction F (a share of train), or give the "
                          "images a val split besides the test split")
     n_workers = default_workers() if workers is None else workers
     with _threads(threads):

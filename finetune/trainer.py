@@ -22,9 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from classify.fileio import write_files
-from classify.models import class_weight_values, parse_class_weight
-from extract.device import autocast_dtype, pick_precision
+from cnncodes.classify.fileio import write_files
+from cnncodes.classify.models import class_weight_values, parse_class_weight
+from cnncodes.extract.device import autocast_dtype, pick_precision
 
 from . import checkpoint
 from .data import CachedImages, epoch_sampler, normalize, resampled_counts

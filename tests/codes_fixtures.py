@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 from sklearn.datasets import make_classification
 
-from extract.codesfile import Rows, create_codes_dataset, write_attrs, write_rows
+from cnncodes.extract.codesfile import Rows, create_codes_dataset, write_attrs, write_rows
 
 PREPROCESS = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
               "interpolation": "bilinear"}

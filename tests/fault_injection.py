@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from extract import codesfile, parts  # noqa: E402
+from cnncodes.extract import codesfile, parts  # noqa: E402
 
 
 @dataclass

@@ -19,7 +19,7 @@ PAUSED = "PAUSED AFTER THE FIRST PART"
 CHILD = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-from extract import parts
+from cnncodes.extract import parts
 
 write_part, paused = parts.write_part, []
 
@@ -31,7 +31,7 @@ def write_then_pause(path, *args, **kwargs):
         sys.stdin.readline()  # until the test lets it go on (or closes the pipe)
 
 parts.write_part = write_then_pause
-import pipeline
+from cnncodes import pipeline
 sys.exit(pipeline.main(sys.argv[1:]))
 """
 

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-import pipeline
-from advise import commands, evidence, scenario, transferability as tr
+from cnncodes import pipeline
+from cnncodes.advise import commands, evidence, scenario, transferability as tr
 from conftest import FAST, make_tree
-from extract.reader import list_images
+from cnncodes.extract.reader import list_images
 
 
 # --- the mapping from evidence to scenario (pure) ---------------------------------------------------------
@@ -99,15 +99,15 @@ def test_the_similarity_threshold_sends_the_calibration_sets_it_can_to_their_mea
 def test_the_recommended_finetune_gets_at_least_300_steps(tmp_path):
     root = make_tree(tmp_path / "imgs", classes=("a", "b", "c"), per_class=6, splits=("train", "test"))
     epochs = commands.finetune_epochs(list_images(root))
-    assert epochs == 300  # 18 train images less a 3-image validation carve: one step of 32 an epoch
+    assert epochs == 300  # 18 training images (no carve by default): one step of 32 an epoch
     tune = [r.command for r in commands.recommend(3, "d", "block4", [], epochs)][0]
     assert tune == "cnncodes finetune d --out runs/finetune-0.33 --freeze 0.33 --epochs 300"
     flat = make_tree(tmp_path / "flat", classes=("a", "b"), per_class=200)  # no split folders
-    assert commands.finetune_epochs(list_images(flat)) == 38  # 400 - 100 evaluation - 45 validation: 8 steps
+    assert commands.finetune_epochs(list_images(flat)) == 30  # 400 - 100 evaluation (no carve): 10 steps of 32 an epoch
 
 
 def test_notes_flag_imbalance_and_a_borderline_similarity():
-    from advise.report import notes_for
+    from cnncodes.advise.report import notes_for
 
     size = evidence.Size(n_images=40, n_classes=2, per_class={"a": 30, "b": 10}, min_per_class=10,
                          median_per_class=20.0, max_per_class=30, imbalance_ratio=3.0, split="train")
@@ -313,7 +313,7 @@ def test_cli_try_scores_probes_and_a_short_finetune(tmp_path, capsys):
 def test_ctrl_c_during_the_pass_exits_130_and_leaves_no_temporary_files(tmp_path, capsys, monkeypatch):
     import tempfile
 
-    from extract import ExtractionInterrupted
+    from cnncodes.extract import ExtractionInterrupted
 
     def interrupted(*args, **kwargs):
         raise ExtractionInterrupted("interrupted: 0 of 1 parts are saved; run the same command again to resume")

@@ -17,9 +17,10 @@ from conftest import FAST, ROOT, make_tree
 from test_finetune import SMALL, run, start_weights, tree  # noqa: F401  (fixtures: a fine-tuned two-class run)
 
 import cnncodes
-import extract.cli
-import pipeline
-from extract.errors import UsageError
+import cnncodes.extract.cli
+from cnncodes import extract
+from cnncodes import pipeline
+from cnncodes.extract.errors import UsageError
 
 
 def _rows(path: Path) -> list[dict]:
@@ -89,7 +90,7 @@ def test_predict_exits_non_zero_when_nothing_was_predicted(run, tmp_path, capsys
     (["--backbone", "resnet9"], "unknown backbone 'resnet9'"),
 ])
 def test_finetune_options_fail_before_torch_is_imported(tmp_path, option, message):
-    code = ("import sys, pipeline\nrc = pipeline.main(sys.argv[1:])\n"
+    code = ("import sys\nfrom cnncodes import pipeline\nrc = pipeline.main(sys.argv[1:])\n"
             "print(rc, 'torch' in sys.modules, 'sklearn' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code, "finetune", str(tmp_path / "no-images"), "--out",
                            str(tmp_path / "ft"), *option], capture_output=True, text=True, cwd=ROOT)
@@ -114,8 +115,8 @@ def test_run_on_a_one_class_folder_is_refused_before_extraction(tmp_path, capsys
 
 
 def test_backbone_names_match_the_backbones_table():
-    from extract.backbones import BACKBONES
-    from extract.names import BACKBONE_NAMES
+    from cnncodes.extract.backbones import BACKBONES
+    from cnncodes.extract.names import BACKBONE_NAMES
 
     assert sorted(BACKBONE_NAMES) == sorted(BACKBONES)
 
@@ -148,8 +149,8 @@ def test_weights_naming_a_classify_run_folder_says_what_it_is(tmp_path, image_tr
 def test_a_wrong_checkpoint_names_the_reason_after_the_colon(tmp_path):
     import torch
 
-    from extract.backbones import get_backbone
-    from extract.weights import WeightsNotFound, build_model, locate_weights
+    from cnncodes.extract.backbones import get_backbone
+    from cnncodes.extract.weights import WeightsNotFound, build_model, locate_weights
 
     state = build_model(get_backbone("mobilenet_v2"), locate_weights(get_backbone("mobilenet_v2"), "random"))
     ckpt = tmp_path / "short.pth"
@@ -232,7 +233,7 @@ def test_import_cnncodes_loads_neither_torch_nor_sklearn():
 
 def test_load_codes_gives_numpy_by_layers_and_split_leaving_failed_rows_out(tmp_path):
     import cnncodes
-    from extract import open_codes
+    from cnncodes.extract import open_codes
 
     codes, y = imbalanced_codes()
     ok = np.ones(len(y), bool)
@@ -259,7 +260,7 @@ def test_codes_transformer_in_a_sklearn_pipeline_gives_the_extracted_codes(tmp_p
     from sklearn.svm import LinearSVC
 
     import cnncodes
-    from extract import open_codes
+    from cnncodes.extract import open_codes
 
     images = make_tree(tmp_path / "images", classes=("cat", "dog"), per_class=5)
     paths = sorted(str(p) for p in images.glob("*/*.png"))[::-1]  # not in the folder's order
@@ -295,8 +296,8 @@ def test_the_docs_python_example_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     real = cnncodes.extract_codes
     monkeypatch.setattr(cnncodes, "extract_codes", lambda source, out, **kw: real(source, out, **{**kw, **FAST_OPTIONS}))
-    import classify.predict
-
+    import cnncodes.classify.predict
+    from cnncodes import classify
     predict_images = classify.predict.predict_images
     monkeypatch.setattr(classify.predict, "predict_images",
                         lambda *args, **kw: predict_images(*args, **{**kw, "workers": 0, "progress": False}))

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-import pipeline
-from advise import auto as auto_module, auto_plan, auto_report
-from advise.auto import auto_images
-from advise.auto_plan import parse_budget
-from advise.selection import append_log, noise, pick_winner, read_log, selection_share
+from cnncodes import pipeline
+from cnncodes.advise import auto as auto_module, auto_plan, auto_report
+from cnncodes.advise.auto import auto_images
+from cnncodes.advise.auto_plan import parse_budget
+from cnncodes.advise.selection import append_log, noise, pick_winner, read_log, selection_share
 from conftest import ROOT, make_tree
-from finetune.budget import epochs_for
+from cnncodes.finetune.budget import epochs_for
 
 TINY = dict(weights="random", resize=36, crop=32, precision="fp32", sample=10, epochs=1, workers=0, progress=False)
 TINY_CLI = ["--weights", "random", "--resize", "36", "--crop", "32", "--precision", "fp32", "--sample", "10",
@@ -166,8 +166,8 @@ def test_a_tiny_budget_runs_the_cheapest_candidate_and_skips_the_rest(tree, tmp_
 
 
 def test_a_fine_tune_that_would_overrun_the_budget_is_skipped_before_it_starts(tree, tmp_path, monkeypatch):
-    import finetune.budget
-
+    import cnncodes.finetune.budget
+    from cnncodes import finetune
     monkeypatch.setattr(finetune.budget, "step_seconds", lambda *a, **k: 1000.0)  # a very slow machine
     result = auto_images(tree, tmp_path / "run", budget="10m", **TINY)
     tunes = [r for r in result["leaderboard"] if r["kind"] == "finetune"]
@@ -247,7 +247,7 @@ def test_a_fine_tuned_winner_is_refit_on_the_training_split_and_predicts(tree, t
 def test_a_killed_auto_resumes_its_fine_tune_where_the_kill_left_it(tree, tmp_path, monkeypatch):
     out = tmp_path / "run"
     argv = ["auto", str(tree), "--out", str(out), "--candidates", "finetune", *TINY_CLI, "--epochs", "2"]
-    killer = ("import os, signal, sys, pipeline\nfrom finetune import trainer\nsave = trainer.Trainer._save_checkpoint\n"
+    killer = ("import os, signal, sys\nfrom cnncodes import pipeline\nfrom cnncodes.finetune import trainer\nsave = trainer.Trainer._save_checkpoint\n"
               "def save_then_die(self):\n    save(self)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
               "trainer.Trainer._save_checkpoint = save_then_die\nsys.exit(pipeline.main(sys.argv[1:]))\n")
     done = subprocess.run([sys.executable, "-c", killer, *argv], capture_output=True, text=True, cwd=ROOT)
@@ -255,7 +255,7 @@ def test_a_killed_auto_resumes_its_fine_tune_where_the_kill_left_it(tree, tmp_pa
     first = json.loads((out / "started.json").read_text())
     assert list(first) == [name := next(iter(first))] and first[name] == 2
     assert not (out / "leaderboard.jsonl").exists()
-    from finetune import trainer
+    from cnncodes.finetune import trainer
 
     trained, real_epoch = [], trainer.Trainer._epoch
 
@@ -274,7 +274,7 @@ def test_a_killed_auto_resumes_its_fine_tune_where_the_kill_left_it(tree, tmp_pa
 
 @pytest.mark.parametrize("option", [["--candidates", "magic"], ["--budget", "0s"], ["--backbone", "lenet"]])
 def test_bad_options_fail_before_torch_is_imported(tmp_path, option):
-    code = "import sys, pipeline\ntry:\n    rc = pipeline.main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n" \
+    code = "import sys\nfrom cnncodes import pipeline\ntry:\n    rc = pipeline.main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n" \
            "print(rc, 'torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code, "auto", str(tmp_path), "--out", str(tmp_path / "run"), *option],
                           capture_output=True, text=True, cwd=ROOT)

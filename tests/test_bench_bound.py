@@ -16,8 +16,8 @@ def test_decode_alone_decodes_every_image_with_extracts_defaults(image_tree):
                            str(image_tree)], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    from extract import runner
-    from extract.recipe import RunOptions
+    from cnncodes.extract import runner
+    from cnncodes.extract.recipe import RunOptions
 
     settings = runner.Settings.of(RunOptions(progress=False))
     assert result["images"] == len(list(image_tree.rglob("*.png"))) == 12

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from codes_fixtures import make_codes, write_codes_file
 
-import pipeline
-from classify import compare
+from cnncodes import pipeline
+from cnncodes.classify import compare
 
 CLASSIFIERS = ("svm", "softmax", "knn", "rbf_svm")
 
@@ -108,7 +108,7 @@ def test_no_minority_recall_when_classes_tie_for_the_fewest_rows(tmp_path):
 
 def test_ties_go_to_the_simpler_configuration_never_the_fit_time():
     # issue 22 item 9: ties were broken by fit time, so identical runs picked none / over / none
-    from classify.compare import rank_rows
+    from cnncodes.classify.compare import rank_rows
 
     def row(classifier, layers, sampling, dim, fit_time, cv=0.9):
         return {"classifier": classifier, "layers": layers, "sampling": sampling, "dim": dim, "fit_time_s": fit_time,
@@ -129,7 +129,7 @@ def test_candidates_are_cross_validated_on_the_same_rows(tmp_path, monkeypatch):
     # issue 22 item 10: svm's CV used at most 5,000 training rows, softmax's up to 20,000
     from dataclasses import replace
 
-    from classify import models
+    from cnncodes.classify import models
 
     monkeypatch.setitem(models.CLASSIFIERS, "svm", replace(models.CLASSIFIERS["svm"], cv_max_rows=40))
     codes = make_codes(tmp_path / "codes.h5")
@@ -186,7 +186,7 @@ def test_compare_checks_every_layer_before_training(tmp_path, capsys):
 
 
 def test_layer_sets_are_written_one_way_in_compare_classify_and_the_cli(tmp_path):
-    from classify import classify_codes
+    from cnncodes.classify import classify_codes
 
     codes = make_codes(tmp_path / "codes.h5")
     rows = compare(codes, tmp_path / "cmp", classifiers=("svm",), layers="block4, block4 + penultimate", C=1.0,

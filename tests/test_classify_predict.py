@@ -11,9 +11,9 @@ import pytest
 from codes_fixtures import binary_codes, imbalanced_codes, make_codes, recipe, write_codes_file
 from sklearn.metrics import balanced_accuracy_score
 
-import pipeline
-from classify import classify_codes, load_model, predict_codes
-from extract.codesfile import RecipeMismatch
+from cnncodes import pipeline
+from cnncodes.classify import classify_codes, load_model, predict_codes
+from cnncodes.extract.codesfile import RecipeMismatch
 
 NAMES = ["cat", "dog", "bird"]
 
@@ -289,3 +289,31 @@ def test_predict_messages_name_the_layer_the_swap_and_the_compare_runs(tmp_path,
     assert "subfolders do; pick one" in err
     assert str(tmp_path / "cmp" / "softmax__block4") in err and str(tmp_path / "cmp" / "svm__block4") in err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_model_saved_under_the_old_top_level_module_names_still_loads(tmp_path):
+    """0.1 installed the stages as top-level packages: its model.joblib pickles classify.models.* classes."""
+    import pickle
+    import sys
+
+    import joblib
+    import numpy as np
+
+    from cnncodes.classify import models
+    from cnncodes.classify.model_io import load_model, model_files
+
+    step = models.PowerNormalizer()
+    bundle = {"pipeline": step.fit(np.ones((3, 2))), "class_names": ["a", "b"]}
+    sys.modules["classify"], sys.modules["classify.models"] = sys.modules["cnncodes.classify"], models
+    models.PowerNormalizer.__module__ = "classify.models"
+    try:
+        files = model_files(bundle)
+    finally:
+        models.PowerNormalizer.__module__ = "cnncodes.classify.models"
+        del sys.modules["classify"], sys.modules["classify.models"]
+    assert b"classify.models" in files["model.joblib"] and b"cnncodes.classify" not in files["model.joblib"]
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data.encode() if isinstance(data, str) else data)
+    loaded = load_model(tmp_path)
+    assert type(loaded["pipeline"]) is models.PowerNormalizer and "classify" not in sys.modules
+    assert pickle.loads(pickle.dumps(loaded["pipeline"])).__class__ is models.PowerNormalizer

@@ -13,8 +13,8 @@ import pytest
 from codes_fixtures import imbalanced_codes, make_codes, split_column, write_codes_file
 from sklearn.svm import LinearSVC
 
-from classify import classify_codes, load_model, models, predict_codes, stream, stream_cv
-from classify.blocks import Blocks
+from cnncodes.classify import classify_codes, load_model, models, predict_codes, stream, stream_cv
+from cnncodes.classify.blocks import Blocks
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(progress=False, cv=3)
@@ -131,7 +131,7 @@ def test_cli_max_memory(codes, tmp_path, capsys):
     assert bad.stderr.strip().splitlines() == [
         "cnncodes classify: error: memory size must look like 2G, 512M or 1000000 (bytes), got 'lots'"]
 
-    import pipeline
+    from cnncodes import pipeline
     assert pipeline.main(cmd[2:-1] + ["--max-memory", TINY]) == 0
     out = capsys.readouterr().out
     assert "streamed solver:" in out and "streamed SGD" in out.splitlines()[-1]  # report notes and summary
@@ -154,7 +154,7 @@ def test_svm_solver_change_keeps_accuracy(tmp_path, monkeypatch):
 
 
 def test_compare_streams_layer_sets_over_max_memory(codes, tmp_path):
-    from classify import compare
+    from cnncodes.classify import compare
 
     rows = compare(codes, tmp_path / "cmp", classifiers=["svm", "softmax"], layers="block4", max_memory=TINY, **FAST)
     assert {r["classifier"] for r in rows} == {"svm", "softmax"}
@@ -166,7 +166,7 @@ def test_compare_streams_layer_sets_over_max_memory(codes, tmp_path):
 
 
 def test_compare_refuses_in_memory_classifiers_on_streamed_codes_before_training(codes, tmp_path):
-    from classify import compare
+    from cnncodes.classify import compare
 
     with pytest.raises(ValueError, match="classifier knn needs every code in memory"):
         compare(codes, tmp_path / "cmp", classifiers=["svm", "knn"], layers="block4", max_memory=TINY, **FAST)
@@ -176,7 +176,7 @@ def test_compare_refuses_in_memory_classifiers_on_streamed_codes_before_training
 
 
 def test_cli_compare_and_run_take_max_memory(codes, tmp_path, capsys):
-    import pipeline
+    from cnncodes import pipeline
     from conftest import FAST as EXTRACT_FAST, make_tree
 
     assert pipeline.main(["compare", str(codes), "--out", str(tmp_path / "cmp"), "--classifiers", "svm",

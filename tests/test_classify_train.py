@@ -12,10 +12,12 @@ from codes_fixtures import binary_codes, imbalanced_codes, make_codes, recipe, s
 from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, classification_report,
                              confusion_matrix, f1_score, roc_auc_score)
 
-import classify.render
-import pipeline
-from classify import classify_codes, compare, load_model, summarize
-from extract.codesfile import RecipeMismatch
+import cnncodes.classify.render
+
+from cnncodes import classify
+from cnncodes import pipeline
+from cnncodes.classify import classify_codes, compare, load_model, summarize
+from cnncodes.extract.codesfile import RecipeMismatch
 
 NAMES = ["cat", "dog", "bird"]
 FAST = dict(progress=False, cv=3)
@@ -344,8 +346,9 @@ def test_failure_while_writing_leaves_nothing_half_written(codes, tmp_path, monk
 
 
 def test_large_training_sets_choose_C_on_a_stratified_sample_then_fit_all_rows(codes, tmp_path, monkeypatch):
-    import classify.train
-    from classify.cv import cv_subsample
+    import cnncodes.classify.train
+    from cnncodes import classify
+    from cnncodes.classify.cv import cv_subsample
 
     monkeypatch.setattr(classify.train, "CV_MAX_ROWS", 40)
     report = classify_codes(codes, tmp_path, **FAST)
@@ -400,7 +403,7 @@ def test_calibration_folds_split_original_rows_and_resample_inside(codes, tmp_pa
 
 def test_cv_sample_keeps_every_class_in_every_fold():
     # a budget-sized sample of 10 rows once left one class a single row: "1-fold CV" crashed
-    from classify.cv import cv_sample
+    from cnncodes.classify.cv import cv_sample
 
     y = np.repeat([0, 1, 2], [60, 20, 10])
     index, folds = cv_sample(y, 10, 5, seed=0)
@@ -484,7 +487,7 @@ def test_report_text_shows_training_and_resampled_counts(tmp_path):
 
 @pytest.mark.parametrize("counts,target", [((40, 160), 100), ((10, 50, 90), 50), ((7, 30, 31, 100), 30)])
 def test_hybrid_sampling_ends_every_class_at_the_median(counts, target):
-    from classify.models import make_samplers
+    from cnncodes.classify.models import make_samplers
 
     y = np.repeat(np.arange(len(counts)), counts)
     X = np.arange(len(y), dtype=float)[:, None]
@@ -494,7 +497,7 @@ def test_hybrid_sampling_ends_every_class_at_the_median(counts, target):
 
 
 def test_hybrid_report_counts_meet_at_the_median(tmp_path):
-    from classify import classify_codes
+    from cnncodes.classify import classify_codes
 
     codes = make_codes(tmp_path / "codes.h5", n_per_class=(20, 80), class_names=("NORMAL", "PNEUMONIA"),
                        with_split=False)
@@ -505,7 +508,7 @@ def test_hybrid_report_counts_meet_at_the_median(tmp_path):
 
 
 def test_class_missing_from_one_side_of_the_split_is_a_note(tmp_path):
-    from classify import classify_codes
+    from cnncodes.classify import classify_codes
     from codes_fixtures import imbalanced_codes
 
     codes, y = imbalanced_codes((30, 30, 10))
@@ -517,7 +520,7 @@ def test_class_missing_from_one_side_of_the_split_is_a_note(tmp_path):
 
 
 def test_test_file_holding_training_images_is_refused(tmp_path, capsys):
-    from classify import classify_codes
+    from cnncodes.classify import classify_codes
     from codes_fixtures import imbalanced_codes
 
     codes, y = imbalanced_codes((20, 20))
@@ -535,7 +538,7 @@ def test_test_file_holding_training_images_is_refused(tmp_path, capsys):
 
 
 def test_test_file_of_other_images_is_accepted(tmp_path):
-    from classify import classify_codes
+    from cnncodes.classify import classify_codes
 
     train = make_codes(tmp_path / "train.h5", with_split=False)
     test = make_codes(tmp_path / "test.h5", with_split=False, seed=5)  # same paths and sizes, other codes
@@ -544,7 +547,7 @@ def test_test_file_of_other_images_is_accepted(tmp_path):
 
 
 def test_api_refuses_bad_cv_and_notes_no_cv(tmp_path):
-    from classify import classify_codes
+    from cnncodes.classify import classify_codes
 
     codes = make_codes(tmp_path / "codes.h5")
     with pytest.raises(ValueError, match="cv must be 0 .* got 1"):

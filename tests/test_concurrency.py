@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 import subprocess
 
-import pipeline
-from extract import codesfile, lock
+from cnncodes import pipeline
+from cnncodes.extract import codesfile, lock
 from fault_injection import extract_command, make_images
 from paused_run import PausedRun
 

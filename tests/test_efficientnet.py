@@ -11,15 +11,15 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-import pipeline
-from advise.evidence import EARLY_LAYERS
+from cnncodes import pipeline
+from cnncodes.advise.evidence import EARLY_LAYERS
 from conftest import FAST, make_tree
-from extract import weights as W
-from extract.backbones import get_backbone
-from extract.codesfile import open_codes
-from extract.images import load_image, preprocess
-from extract.recipe import preprocess_config
-from finetune.model import build_network
+from cnncodes.extract import weights as W
+from cnncodes.extract.backbones import get_backbone
+from cnncodes.extract.codesfile import open_codes
+from cnncodes.extract.images import load_image, preprocess
+from cnncodes.extract.recipe import preprocess_config
+from cnncodes.finetune.model import build_network
 
 LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 RANDOM = W.WeightsInfo(W.RANDOM, W.RANDOM, "")

@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import cnncodes
-import pipeline
+from cnncodes import pipeline
 from codes_fixtures import imbalanced_codes, split_column, write_codes_file
-from extract import open_codes
+from cnncodes.extract import open_codes
 
 
 @pytest.fixture

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline
+from cnncodes import pipeline
 from conftest import FAST, ROOT, make_tree
-from extract import extract_codes, open_codes
-from extract.backbones import BACKBONES, get_backbone
-from extract.images import load_image
-from extract.taps import resolve_taps
-from extract.weights import RANDOM, WeightsInfo, build_model
+from cnncodes.extract import extract_codes, open_codes
+from cnncodes.extract.backbones import BACKBONES, get_backbone
+from cnncodes.extract.images import load_image
+from cnncodes.extract.taps import resolve_taps
+from cnncodes.extract.weights import RANDOM, WeightsInfo, build_model
 
 
 def random_model(name: str) -> torch.nn.Module:
@@ -38,7 +38,7 @@ def test_every_alias_resolves_to_a_non_negative_layer(name):
     taps = resolve_taps(backbone, model, list(backbone.aliases), "avg", crop=64)
     assert "penultimate" in backbone.aliases
     assert [t.name for t in taps] == list(backbone.aliases)
-    from extract.taps import TapModel
+    from cnncodes.extract.taps import TapModel
 
     with torch.inference_mode():
         out = TapModel(model, taps)(torch.randn(2, 3, 64, 64))
@@ -191,7 +191,7 @@ def test_rerun_is_a_no_op_and_python_api_matches(image_tree, tmp_path):
 def test_dataset_command_writes_the_digits_tree(tmp_path, capsys):
     from PIL import Image
 
-    from extract.datasets import write_digits
+    from cnncodes.extract.datasets import write_digits
 
     assert write_digits(tmp_path / "small", per_class=4, test_fraction=0.25) == {"train": 30, "test": 10}
     files = sorted((tmp_path / "small").glob("*/*/*.png"))
@@ -207,7 +207,7 @@ def test_dataset_command_writes_the_digits_tree(tmp_path, capsys):
 def test_folding_batchnorm_keeps_the_outputs(name):
     import copy
 
-    from extract.fusion import fold_batchnorm
+    from cnncodes.extract.fusion import fold_batchnorm
 
     model = random_model(name)
     fused = copy.deepcopy(model)
@@ -241,7 +241,7 @@ def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def test_cpu_inference_runs_on_openvino_and_matches_eager():
-    from extract.runner import inference_setup
+    from cnncodes.extract.runner import inference_setup
 
     computer, batch_size, description = inference_setup(layers=("block4", "penultimate"), weights="random",
                                                         device="cpu", precision="fp32")
@@ -259,8 +259,8 @@ def test_cpu_inference_runs_on_openvino_and_matches_eager():
 def test_cpu_bf16_runs_on_openvino_only_where_the_cpu_reports_native_bf16(monkeypatch, capabilities, runtime):
     """Each CPU's path is forced through what the CPU reports, so both run (and pass) on any CPU: OpenVINO
     where bf16 is native, eager bf16 autocast elsewhere (OpenVINO would silently compute fp32 there)."""
-    from extract import device
-    from extract.runner import inference_setup
+    from cnncodes.extract import device
+    from cnncodes.extract.runner import inference_setup
 
     monkeypatch.setenv(device.CAPABILITIES_ENV, capabilities)
     computer, _, description = inference_setup(weights="random", device="cpu", precision="bf16")
@@ -270,7 +270,7 @@ def test_cpu_bf16_runs_on_openvino_only_where_the_cpu_reports_native_bf16(monkey
 
 
 def test_cpu_capabilities_report_what_openvino_says_unless_forced(monkeypatch):
-    from extract import device, openvino_model
+    from cnncodes.extract import device, openvino_model
 
     monkeypatch.delenv(device.CAPABILITIES_ENV, raising=False)
     assert device.cpu_capabilities() == list(openvino_model.core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
@@ -283,7 +283,7 @@ def test_cpu_capabilities_report_what_openvino_says_unless_forced(monkeypatch):
 @pytest.mark.parametrize("capabilities, expected", [(["FP32", "BF16", "INT8"], "bf16"), (["FP32", "INT8"], "fp32")])
 def test_auto_precision_on_the_cpu_is_bf16_only_where_the_cpu_reports_native_bf16(monkeypatch, tmp_path,
                                                                                   image_tree, capabilities, expected):
-    from extract import device
+    from cnncodes.extract import device
 
     cpu = torch.device("cpu")
     assert device.pick_precision("auto", cpu, lambda: capabilities) == expected
@@ -298,7 +298,7 @@ def test_auto_precision_on_the_cpu_is_bf16_only_where_the_cpu_reports_native_bf1
 def test_bf16_on_a_cpu_without_native_bf16_runs_eagerly_and_records_bf16(monkeypatch, image_tree, tmp_path, capsys):
     """OpenVINO runs fp32 where the CPU has no native bf16: the codes come from eager bf16 autocast instead,
     so the recipe's bf16 is what made them, and the summary says why it is slow."""
-    from extract import device
+    from cnncodes.extract import device
 
     monkeypatch.setenv(device.CAPABILITIES_ENV, "FP32,INT8")
     out, fp32 = tmp_path / "bf16.h5", tmp_path / "fp32.h5"
@@ -329,7 +329,7 @@ def test_a_file_never_mixes_precisions(image_tree, tmp_path, capsys):
 
 
 def test_a_network_openvino_cannot_convert_runs_eagerly_with_one_note(monkeypatch, image_tree, tmp_path, capsys):
-    from extract import openvino_model
+    from cnncodes.extract import openvino_model
 
     def fail(*args, **kwargs):
         raise RuntimeError("this graph cannot be converted")
@@ -353,8 +353,8 @@ def test_a_network_openvino_cannot_convert_runs_eagerly_with_one_note(monkeypatc
 def test_reading_codes_and_info_do_not_load_torch(image_tree, tmp_path):
     codes = tmp_path / "codes.h5"
     assert pipeline.main(["extract", str(image_tree), "-o", str(codes), *FAST, "--workers", "0"]) == 0
-    script = ("import sys; import classify, extract, pipeline; "
-              "from extract import open_codes; open_codes(sys.argv[1]); assert pipeline.main(['info', sys.argv[1]]) == 0; "
+    script = ("import sys; import cnncodes.classify, cnncodes.extract; from cnncodes import pipeline; "
+              "from cnncodes.extract import open_codes; open_codes(sys.argv[1]); assert pipeline.main(['info', sys.argv[1]]) == 0; "
               "assert 'torch' not in sys.modules, 'torch loaded'")
     done = subprocess.run([sys.executable, "-c", script, str(codes)], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
@@ -363,7 +363,7 @@ def test_reading_codes_and_info_do_not_load_torch(image_tree, tmp_path):
 def test_extraction_freezes_garbage_collection_only_while_it_runs(image_tree, tmp_path, monkeypatch):
     import gc
 
-    from extract import runner
+    from cnncodes.extract import runner
 
     seen, original = [], runner.plan_job
     monkeypatch.setattr(runner, "plan_job", lambda *a, **k: seen.append(gc.get_freeze_count()) or original(*a, **k))
@@ -384,7 +384,7 @@ def test_a_moved_image_folder_is_refused_naming_only_what_differs(image_tree, tm
 
 
 def test_layers_lists_every_alias_of_resnet18(capsys):
-    from extract.backbones import get_backbone
+    from cnncodes.extract.backbones import get_backbone
 
     assert pipeline.main(["layers", "resnet18", "--crop", "64"]) == 0
     listed = {a.strip() for line in capsys.readouterr().out.splitlines()[2:]

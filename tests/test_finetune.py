@@ -19,16 +19,16 @@ import pytest
 import torch
 
 from conftest import ROOT, make_tree
-from extract.backbones import get_backbone
-from extract.codesfile import RECIPE_KEYS, open_codes
-from extract.device import mixed_precision
-from extract.weights import RANDOM, WeightsInfo, build_model, sha256_of
-from finetune import finetune_images
-from finetune.data import choose_splits
-from finetune.model import build_network, param_groups
-from finetune.train import check_options
-from finetune.trainer import lr_lambda
-from pipeline import main
+from cnncodes.extract.backbones import get_backbone
+from cnncodes.extract.codesfile import RECIPE_KEYS, open_codes
+from cnncodes.extract.device import mixed_precision
+from cnncodes.extract.weights import RANDOM, WeightsInfo, build_model, sha256_of
+from cnncodes.finetune import finetune_images
+from cnncodes.finetune.data import choose_splits
+from cnncodes.finetune.model import build_network, param_groups
+from cnncodes.finetune.train import check_options
+from cnncodes.finetune.trainer import lr_lambda
+from cnncodes.pipeline import main
 
 SMALL = dict(resize=36, crop=32, batch_size=4, workers=0, threads=1, progress=False)
 
@@ -117,7 +117,7 @@ def test_learning_rate_groups_and_schedule(start_weights):
 KILLED_RUN = """
 import sys, time
 sys.path.insert(0, {root!r})
-from finetune import finetune_images
+from cnncodes.finetune import finetune_images
 def pause(row):
     if row["epoch"] == 1:
         print("EPOCH 1 SAVED", flush=True)
@@ -154,8 +154,8 @@ def test_killed_run_resumes_to_the_same_weights(tree, start_weights, tmp_path):
 
 
 def test_report_has_classify_keys_and_files(run, tree, tmp_path):
-    from classify import classify_codes
-    from extract import extract_codes
+    from cnncodes.classify import classify_codes
+    from cnncodes.extract import extract_codes
 
     out, report = run
     extract_codes(tree, tmp_path / "codes.h5", weights="random", resize=36, crop=32, progress=False, workers=0)
@@ -228,7 +228,7 @@ def _untimed(history: list[dict]) -> list[dict]:
 
 
 def test_a_val_split_besides_test_validates(tmp_path):
-    from extract.reader import list_images
+    from cnncodes.extract.reader import list_images
 
     listing = list_images(make_tree(tmp_path / "tvt", per_class=3, splits=("train", "val", "test")))
     splits = choose_splits(listing, listing.labels >= 0, val_fraction=0.15, seed=0)
@@ -289,7 +289,7 @@ def test_lp_epochs_train_the_head_alone_first(tree, start_weights, tmp_path):
 
 @pytest.mark.parametrize("sampling, per_class", [("none", None), ("over", 8), ("under", 2)])
 def test_epoch_sampler_balances_classes(sampling, per_class):
-    from finetune.data import epoch_sampler, resampled_counts
+    from cnncodes.finetune.data import epoch_sampler, resampled_counts
 
     labels = np.array([0] * 8 + [1] * 2)
     drawn = list(epoch_sampler(labels, sampling, seed=0, epoch=0))
@@ -305,7 +305,7 @@ def test_epoch_sampler_balances_classes(sampling, per_class):
 @pytest.mark.parametrize("backbone, freeze, dropout_trains", [("alexnet", 1.0, False), ("mobilenet_v2", 1.0, False),
                                                               ("mobilenet_v2", 0.5, True)])
 def test_the_frozen_span_runs_in_eval_mode_dropout_included(backbone, freeze, dropout_trains):
-    from finetune.model import train_mode
+    from cnncodes.finetune.model import train_mode
 
     bb = get_backbone(backbone)
     net = build_network(build_model(bb, WeightsInfo(RANDOM, RANDOM, "")), bb, 2, freeze, None)
@@ -322,7 +322,7 @@ def test_the_frozen_span_runs_in_eval_mode_dropout_included(backbone, freeze, dr
 
 
 def test_balanced_loss_weights_come_from_the_counts_an_epoch_draws():
-    from finetune.trainer import loss_weights
+    from cnncodes.finetune.trainer import loss_weights
 
     y = np.array([0] * 80 + [1] * 20)
     names = ["a", "b"]
@@ -358,8 +358,8 @@ def test_a_single_image_class_is_warned_about_and_missing_held_out_classes_noted
 
 
 def test_report_text_says_validation_and_names_no_layer(run):
-    from classify.render import summarize
-    from finetune.report import curve_figure
+    from cnncodes.classify.render import summarize
+    from cnncodes.finetune.report import curve_figure
 
     out, report = run
     text = (out / "report.txt").read_text()
@@ -377,7 +377,7 @@ def test_report_text_says_validation_and_names_no_layer(run):
 @pytest.mark.parametrize("backbone_too, train_bn", [(True, False), (False, False), (True, True)])  # LP-FT's probe
 def test_fused_forward_folds_eval_batchnorm_skips_autograd_in_frozen_blocks_same_loss_and_gradients(
         start_weights, backbone_too, train_bn):
-    from finetune.model import frozen_span, fused_forward, place, set_trainable, train_mode, unit_of
+    from cnncodes.finetune.model import frozen_span, fused_forward, place, set_trainable, train_mode, unit_of
 
     bb = get_backbone("mobilenet_v2")
     net = build_network(build_model(bb, WeightsInfo("file", "start.pth", "", str(start_weights))), bb, 3,
@@ -426,8 +426,8 @@ def test_fused_forward_folds_eval_batchnorm_skips_autograd_in_frozen_blocks_same
 def test_evaluation_forward_folds_batchnorm_with_the_same_outputs(start_weights):
     from torchvision.transforms.v2.functional import center_crop
 
-    from finetune.data import normalize
-    from finetune.trainer import forward_logits
+    from cnncodes.finetune.data import normalize
+    from cnncodes.finetune.trainer import forward_logits
 
     bb = get_backbone("mobilenet_v2")
     model = build_model(bb, WeightsInfo("file", "start.pth", "", str(start_weights))).eval()
@@ -447,7 +447,7 @@ def test_evaluation_forward_folds_batchnorm_with_the_same_outputs(start_weights)
 
 @pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])  # SAME-padded strided convs; convN / bnN
 def test_folded_batchnorm_keeps_each_architectures_outputs(backbone):
-    from finetune.model import folded_batchnorm
+    from cnncodes.finetune.model import folded_batchnorm
 
     model = build_model(get_backbone(backbone), WeightsInfo(RANDOM, RANDOM, "")).double().eval()
     for m in model.modules():
@@ -464,8 +464,8 @@ def test_folded_batchnorm_keeps_each_architectures_outputs(backbone):
 
 
 def test_default_epochs_come_from_the_step_budget():
-    from finetune.budget import step_sized_epochs
-    from finetune.options import FinetuneConfig
+    from cnncodes.finetune.budget import step_sized_epochs
+    from cnncodes.finetune.options import FinetuneConfig
 
     assert FinetuneConfig.epochs is None  # the command line and the Python API size them
     assert step_sized_epochs(360, 32) == 25  # 12 steps an epoch: 25 epochs reach 300 steps
@@ -475,8 +475,9 @@ def test_default_epochs_come_from_the_step_budget():
 
 
 def test_unset_epochs_are_sized_from_the_images_an_epoch_draws(tmp_path, start_weights, monkeypatch):
-    import finetune.train
-    from finetune.budget import step_sized_epochs
+    import cnncodes.finetune.train
+    from cnncodes import finetune
+    from cnncodes.finetune.budget import step_sized_epochs
 
     asked = []
 

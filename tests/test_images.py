@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageFile
 from torchvision import transforms
 
-from extract.images import ImageError, load_image, load_rgb, preprocess, to_rgb
+from cnncodes.extract.images import ImageError, load_image, load_rgb, preprocess, to_rgb
 from bad_corpus import EXIF_ROTATED, NO_PERMISSION, make_bad_corpus, picture
 
 # Key words each bad file's reason must contain.

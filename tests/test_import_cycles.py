@@ -12,7 +12,7 @@ PACKAGES = ("extract", "classify", "finetune", "advise")
 def _modules() -> dict[str, ast.Module]:
     files = {f"{p}.{f.stem}": f for p in PACKAGES for f in (ROOT / p).glob("*.py") if f.stem != "__init__"}
     files.update({p: ROOT / p / "__init__.py" for p in PACKAGES})
-    files.update(pipeline=ROOT / "pipeline.py", cnncodes=ROOT / "cnncodes.py")
+    files.update(pipeline=ROOT / "pipeline.py", api=ROOT / "api.py", cnncodes=ROOT / "__init__.py")
     return {name: ast.parse(path.read_text()) for name, path in files.items()}
 
 
@@ -20,6 +20,11 @@ def _lazy_names(trees: dict[str, ast.Module]) -> dict[str, dict[str, str]]:
     """Each package's PEP 562 table (_WHERE): name -> the submodule that defines it."""
     return {p: {k: f"{p}.{v}" for k, v in ast.literal_eval(n.value).items()} for p in PACKAGES
             for n in trees[p].body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "_WHERE"}
+
+
+def _short(module: str) -> str:
+    """``cnncodes.extract.runner`` -> ``extract.runner``: the modules are named by their place in the tree."""
+    return module.removeprefix("cnncodes.") if module != "cnncodes" else module
 
 
 def _edges(name: str, tree: ast.Module, known: set[str], lazy: dict) -> set[str]:
@@ -31,9 +36,9 @@ def _edges(name: str, tree: ast.Module, known: set[str], lazy: dict) -> set[str]
         if id(node) in typing_only:
             continue
         if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
+            out |= {_short(a.name) for a in node.names}
         elif isinstance(node, ast.ImportFrom):
-            base = ".".join(filter(None, [package, node.module])) if node.level == 1 else node.module or ""
+            base = ".".join(filter(None, [package, node.module])) if node.level == 1 else _short(node.module or "")
             out |= {f"{base}.{a.name}" if f"{base}.{a.name}" in known else lazy.get(base, {}).get(a.name, base)
                     for a in node.names}
     return (out & known) - {name}

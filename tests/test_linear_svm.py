@@ -8,9 +8,9 @@ import pytest
 from codes_fixtures import imbalanced_codes, make_codes
 from sklearn.svm import LinearSVC
 
-from classify import classify_codes, load_model, models
-from classify.linear_svm import SquaredHingeSVC
-from classify.models import PowerNormalizer
+from cnncodes.classify import classify_codes, load_model, models
+from cnncodes.classify.linear_svm import SquaredHingeSVC
+from cnncodes.classify.models import PowerNormalizer
 
 FAST = dict(progress=False, cv=3)
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import cnncodes
-import pipeline
+from cnncodes import pipeline
 from conftest import FAST, make_tree, write_image
-from extract.reader import list_images
-from finetune.data import choose_splits
+from cnncodes.extract.reader import list_images
+from cnncodes.finetune.data import choose_splits
 
 
 def _codes_counts(path: Path) -> dict[tuple[str, str], int]:
@@ -148,7 +148,7 @@ def test_run_and_predict_read_the_named_columns(tmp_path, capsys):
 
 
 def test_a_single_file_or_several_paths_are_listed_under_their_common_root(tmp_path):
-    from extract.reader import list_images
+    from cnncodes.extract.reader import list_images
 
     images = make_tree(tmp_path / "images", per_class=2)
     one = list_images(images / "cat" / "img_000.png")
@@ -177,7 +177,7 @@ def test_a_single_file_or_several_paths_are_listed_under_their_common_root(tmp_p
 
 @pytest.mark.parametrize("folder", ["valid", "validation", "dev", "Val"])
 def test_split_folder_names_are_recognised(tmp_path, folder):
-    from extract.reader import list_images
+    from cnncodes.extract.reader import list_images
 
     root = make_tree(tmp_path / "images", per_class=2, splits=("train", folder))
     listing = list_images(root)
@@ -186,7 +186,7 @@ def test_split_folder_names_are_recognised(tmp_path, folder):
 
 
 def test_split_folders_mixed_with_class_folders_are_refused(tmp_path):
-    from extract.reader import list_images
+    from cnncodes.extract.reader import list_images
 
     root = make_tree(tmp_path / "images", per_class=1, splits=("train", "valid"))
     make_tree(root, classes=("owl",), per_class=1)
@@ -198,7 +198,7 @@ def test_split_folders_mixed_with_class_folders_are_refused(tmp_path):
                                           ("path,class,split", "pls"), ("Label,Filepath", "lp"),
                                           ("img,category,subset", "pls")])
 def test_manifest_accepts_common_header_names(tmp_path, header, order):
-    from extract.reader import list_images
+    from cnncodes.extract.reader import list_images
 
     make_tree(tmp_path / "images", per_class=2)
     lines = [header]
@@ -213,7 +213,7 @@ def test_manifest_accepts_common_header_names(tmp_path, header, order):
 
 
 def test_manifest_with_an_unknown_header_is_refused(tmp_path):
-    from extract.reader import list_images
+    from cnncodes.extract.reader import list_images
 
     make_tree(tmp_path / "images", per_class=1)
     (tmp_path / "list.csv").write_text("picture,kind\nimages/cat/img_000.png,cat\n")
@@ -222,7 +222,7 @@ def test_manifest_with_an_unknown_header_is_refused(tmp_path):
 
 
 def test_manifest_without_header_still_reads_its_first_row(tmp_path):
-    from extract.reader import list_images
+    from cnncodes.extract.reader import list_images
 
     make_tree(tmp_path / "images", per_class=1)
     (tmp_path / "list.csv").write_text("images/cat/img_000.png,cat\nimages/dog/img_000.png,dog,test\n")

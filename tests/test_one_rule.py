@@ -16,9 +16,9 @@ from conftest import FAST, ROOT, make_tree
 from test_finetune import run, start_weights, tree  # noqa: F401  (fixtures: a fine-tuned two-class run)
 
 import cnncodes
-import pipeline
-from classify.report import REPORT_SETTINGS
-from extract.errors import UsageError
+from cnncodes import pipeline
+from cnncodes.classify.report import REPORT_SETTINGS
+from cnncodes.extract.errors import UsageError
 
 
 # --- the layer syntax (extract.names.layer_runs) ----------------------------------------------------------
@@ -55,12 +55,12 @@ def test_the_api_extracts_every_tap_its_layer_values_name_as_the_command_line(tm
 # --- the device and precision policy (extract.device) -----------------------------------------------------
 
 def test_the_device_policy_loads_without_torch_for_the_option_checks():
-    code = "import sys, extract.device, finetune.options, pipeline\nprint('torch' in sys.modules)"
+    code = "import sys, cnncodes.extract.device, cnncodes.finetune.options, cnncodes.pipeline\nprint('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "False"
-    from extract.config import check_config, choices
-    from extract.device import PRECISIONS
-    from finetune.options import FinetuneConfig
+    from cnncodes.extract.config import check_config, choices
+    from cnncodes.extract.device import PRECISIONS
+    from cnncodes.finetune.options import FinetuneConfig
 
     def accepted(precision: str) -> bool:
         try:
@@ -74,7 +74,7 @@ def test_the_device_policy_loads_without_torch_for_the_option_checks():
 
 
 def test_one_precision_policy_for_inference_and_training(monkeypatch):
-    from extract import device
+    from cnncodes.extract import device
 
     cpu = torch.device("cpu")
     monkeypatch.setenv(device.CAPABILITIES_ENV, "BF16,FP32")
@@ -122,7 +122,7 @@ def test_train_and_compare_refuse_a_bad_option_alike_before_any_work(tmp_path, o
 
 
 def test_the_command_line_and_the_api_share_one_shard_and_dtype_check(tmp_path, capsys):
-    from extract.checks import check
+    from cnncodes.extract.checks import check
 
     with pytest.raises(UsageError, match=r"^--shard must be R/N with 0 <= R < N, got 2/2$"):
         cnncodes.extract_codes(make_tree(tmp_path / "images", per_class=1), tmp_path / "c.h5", shard=(2, 2))

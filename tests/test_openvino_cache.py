@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT
 
-from extract import openvino_model
+from cnncodes.extract import openvino_model
 
 
 class Scale(torch.nn.Module):
@@ -37,8 +37,8 @@ def cache(tmp_path, monkeypatch):
 def test_a_rerun_loads_the_converted_model_and_builds_nothing(cache, monkeypatch, image_tree, tmp_path):
     """The taps are kept beside the converted model: a rerun neither builds the network nor converts it, and
     writes the same codes."""
-    from extract import extract_codes, network
-    from extract.codesfile import open_codes
+    from cnncodes.extract import extract_codes, network
+    from cnncodes.extract.codesfile import open_codes
     from fault_injection import files_equal
 
     def run(name: str):
@@ -95,7 +95,7 @@ def test_an_extraction_outside_ci_loads_no_telemetry(tmp_path, image_tree):
     """Importing OpenVINO posts usage telemetry (a client id under ~/intel, then a thread that forks a sender:
     that fork once hung a run inside h5py). A whole extraction that converts a network loads none of it and
     writes nothing under HOME."""
-    out = _outside_ci(tmp_path, "import sys; from extract import extract_codes; "
+    out = _outside_ci(tmp_path, "import sys; from cnncodes.extract import extract_codes; "
                       f"r = extract_codes({str(image_tree)!r}, {str(tmp_path / 'c.h5')!r}, weights='random', "
                       "resize=72, crop=64, precision='fp32', progress=False); "
                       "print(r.runtime, sys.modules.get('openvino_telemetry'))")
@@ -111,17 +111,17 @@ def test_converting_sends_no_telemetry_where_openvino_was_imported_first(tmp_pat
         pytest.skip("this OpenVINO has no telemetry package")
     out = _outside_ci(tmp_path, "import openvino, openvino_telemetry, torch; sent = []; "
                       "openvino_telemetry.Telemetry.send_event = lambda self, *a, **k: sent.append(a); "
-                      "from extract import openvino_model; "
+                      "from cnncodes.extract import openvino_model; "
                       "openvino_model.converted(torch.nn.ReLU(), torch.ones(1, 3), None); print(len(sent))")
     assert out.split()[-1] == "0", out
 
 
 def test_a_network_for_another_device_is_built_and_never_read_from_the_cache(cache, monkeypatch):
     """The cache holds CPU conversions only: a CUDA run builds its network and resolves its taps itself."""
-    from extract import network
-    from extract.backbones import get_backbone
-    from extract.recipe import preprocess_config
-    from extract.weights import RANDOM, WeightsInfo
+    from cnncodes.extract import network
+    from cnncodes.extract.backbones import get_backbone
+    from cnncodes.extract.recipe import preprocess_config
+    from cnncodes.extract.weights import RANDOM, WeightsInfo
 
     monkeypatch.setattr(openvino_model, "cached", lambda key: pytest.fail("read the cache"))
     bb = get_backbone("mobilenet_v2")

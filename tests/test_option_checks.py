@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import pipeline
+from cnncodes import pipeline
 from conftest import make_tree
 
 

@@ -11,12 +11,12 @@ from dataclasses import fields
 import pytest
 from conftest import ROOT
 
-import pipeline
-from advise.options import AdviseConfig
-from classify.options import ClassifyConfig, CompareConfig
-from extract.config import defaults
-from extract.options import ExtractConfig
-from finetune.options import FinetuneConfig
+from cnncodes import pipeline
+from cnncodes.advise.options import AdviseConfig
+from cnncodes.classify.options import ClassifyConfig, CompareConfig
+from cnncodes.extract.config import defaults
+from cnncodes.extract.options import ExtractConfig
+from cnncodes.finetune.options import FinetuneConfig
 
 CONFIGS = {"extract": [ExtractConfig], "run": [ExtractConfig, CompareConfig], "finetune": [FinetuneConfig],
            "advise": [AdviseConfig], "classify": [ClassifyConfig], "compare": [CompareConfig]}
@@ -57,12 +57,12 @@ def test_parser_defaults_and_choices_come_from_the_config(command):
 
 
 def _library_functions() -> dict:
-    from advise.advisor import advise_images
-    from extract.runner import extract_codes
-    from finetune.train import finetune_images
+    from cnncodes.advise.advisor import advise_images
+    from cnncodes.extract.runner import extract_codes
+    from cnncodes.finetune.train import finetune_images
 
-    from classify.compare import compare
-    from classify.train import classify_codes
+    from cnncodes.classify.compare import compare
+    from cnncodes.classify.train import classify_codes
 
     return {ExtractConfig: extract_codes, FinetuneConfig: finetune_images, AdviseConfig: advise_images,
             ClassifyConfig: classify_codes, CompareConfig: compare}
@@ -77,7 +77,7 @@ def test_the_library_keywords_and_defaults_are_the_configs(config):
 
 
 def test_classify_names_are_the_estimators_and_the_parsers_choices():
-    from classify import models, options
+    from cnncodes.classify import models, options
 
     assert options.CLASSIFIER_NAMES == tuple(models.CLASSIFIERS)
     parser = _options(_parsers()["classify"])
@@ -87,10 +87,10 @@ def test_classify_names_are_the_estimators_and_the_parsers_choices():
 
 
 @pytest.mark.parametrize("command, function", [
-    ("extract", "extract.runner:extract_codes"), ("classify", "classify.train:classify_codes"),
-    ("compare", "classify.compare:compare"), ("predict", "finetune.predict:predict_images"),
-    ("finetune", "finetune.train:finetune_images"), ("advise", "advise.advisor:advise_images"),
-    ("export", "extract.export:export_codes"),
+    ("extract", "cnncodes.extract.runner:extract_codes"), ("classify", "cnncodes.classify.train:classify_codes"),
+    ("compare", "cnncodes.classify.compare:compare"), ("predict", "cnncodes.finetune.predict:predict_images"),
+    ("finetune", "cnncodes.finetune.train:finetune_images"), ("advise", "cnncodes.advise.advisor:advise_images"),
+    ("export", "cnncodes.extract.export:export_codes"),
 ])
 def test_every_option_is_a_python_keyword_with_the_command_lines_name(command, function):
     """The README's promise: the Python API takes the command line's option names with underscores."""
@@ -119,7 +119,7 @@ def test_the_python_api_checks_options_before_torch_is_imported(call, message):
 
 
 def test_advise_options_fail_before_torch_is_imported(tmp_path):
-    code = ("import sys, pipeline\nrc = pipeline.main(sys.argv[1:])\n"
+    code = ("import sys\nfrom cnncodes import pipeline\nrc = pipeline.main(sys.argv[1:])\n"
             "print(rc, 'torch' in sys.modules, 'sklearn' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code, "advise", str(tmp_path), "--sample", "3"],
                           capture_output=True, text=True, cwd=ROOT)
@@ -128,10 +128,10 @@ def test_advise_options_fail_before_torch_is_imported(tmp_path):
 
 
 def test_each_stage_registers_its_own_commands():
-    from advise import cli as advise_cli
-    from classify import cli as classify_cli
-    from extract import cli as extract_cli
-    from finetune import cli as finetune_cli
+    from cnncodes.advise import cli as advise_cli
+    from cnncodes.classify import cli as classify_cli
+    from cnncodes.extract import cli as extract_cli
+    from cnncodes.finetune import cli as finetune_cli
 
     parsers = _parsers()
     owners = {"extract": extract_cli, "assemble": extract_cli, "info": extract_cli, "export": extract_cli,
@@ -150,8 +150,8 @@ def test_each_stage_registers_its_own_commands():
 def test_classify_checks_its_options_once_before_reading_the_codes(tmp_path, options, message):
     """One rule per option (classify/options.py), applied before the file is opened: a missing file is not
     what the error names, and nothing is written."""
-    from classify import classify_codes
-    from extract.errors import UsageError
+    from cnncodes.classify import classify_codes
+    from cnncodes.extract.errors import UsageError
 
     with pytest.raises(UsageError) as err:
         classify_codes(tmp_path / "missing.h5", tmp_path / "run", **options)

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 import cnncodes
-import pipeline
-from classify import classify_codes, load_model
+from cnncodes import pipeline
+from cnncodes.classify import classify_codes, load_model
 from codes_fixtures import make_codes
 from conftest import FAST, ROOT, make_tree
-from extract.errors import ExtractionError
+from cnncodes.extract.errors import ExtractionError
 
 FT = ["--weights", "random", "--resize", "36", "--crop", "32", "--epochs", "1", "--batch-size", "4", "--workers", "0",
       "--threads", "1", "--quiet"]
@@ -79,7 +79,7 @@ class _Holder:
     """Another process holding the output's lock, as a run writing it does, until it is closed."""
 
     def __init__(self, out: Path):
-        code = ("import sys; from pathlib import Path; from extract.lock import output_lock\n"
+        code = ("import sys; from pathlib import Path; from cnncodes.extract.lock import output_lock\n"
                 "with output_lock(Path(sys.argv[1]).resolve()):\n"
                 "    print('held', flush=True); sys.stdin.read()")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -214,7 +214,7 @@ def test_dataset_refuses_a_non_empty_folder(tmp_path, capsys):
 
 
 def test_dataset_overwrite_replaces_whole_folder_without_leakage(tmp_path):
-    from extract.datasets import write_digits
+    from cnncodes.extract.datasets import write_digits
 
     target = make_tree(tmp_path / "digits", per_class=1)  # stale files that must not survive
     write_digits(target, test_fraction=0.3, per_class=10, overwrite=True)

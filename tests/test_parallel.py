@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 
-import pipeline
+from cnncodes import pipeline
 from conftest import FAST, ROOT, make_tree
-from extract import open_codes
+from cnncodes.extract import open_codes
 
 
 def test_decode_workers_and_inference_streams_give_the_main_process_codes_in_order(tmp_path):
@@ -47,11 +47,10 @@ def test_batches_come_back_in_order_from_concurrent_streams(tmp_path):
 
 STREAMS_IN_ORDER = """
 import numpy as np
-import pipeline
-
-from extract import batches, runner
-from extract.images import ImageDataset
-from extract.reader import list_images
+from cnncodes import pipeline
+from cnncodes.extract import batches, runner
+from cnncodes.extract.images import ImageDataset
+from cnncodes.extract.reader import list_images
 
 
 def main():
@@ -79,9 +78,9 @@ if __name__ == "__main__":  # decode workers may start by forkserver, which impo
 def test_decoded_batches_from_shared_slots_match_the_serial_decode_when_slots_are_reused(tmp_path, monkeypatch):
     """Forked decoders write into a few shared slots, reused many times over: every batch, held until the next
     one is asked for, has its own rows' pixels, failures included; without fork, batches cross pickled."""
-    from extract import batches
-    from extract.images import ImageDataset
-    from extract.reader import list_images
+    from cnncodes.extract import batches
+    from cnncodes.extract.images import ImageDataset
+    from cnncodes.extract.reader import list_images
 
     tree = make_tree(tmp_path / "images", per_class=12)
     (tree / "dog" / "img_007.png").write_bytes(b"broken")
@@ -109,7 +108,7 @@ def test_one_decoder_per_cpu_stays_on_its_cpu(monkeypatch):
     decoders, or ranks sharing the CPUs, none is pinned."""
     import multiprocessing
 
-    from extract import batches
+    from cnncodes.extract import batches
 
     cpus = tuple(sorted(os.sched_getaffinity(0)))
     assert batches.decoder_cpus(len(cpus)) == cpus and batches.decoder_cpus(len(cpus) + 1) == cpus
@@ -121,7 +120,7 @@ def test_one_decoder_per_cpu_stays_on_its_cpu(monkeypatch):
 
 
 def _affinity_after_init(worker_id, cpus):
-    from extract import batches
+    from cnncodes.extract import batches
 
     before = os.sched_getaffinity(0)
     batches.decoder_init(worker_id, cpus)

@@ -9,10 +9,10 @@ import pytest
 from codes_fixtures import binary_codes
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
-import pipeline
-from classify import load_model
+from cnncodes import pipeline
+from cnncodes.classify import load_model
 from conftest import FAST, make_tree, write_image
-from extract import open_codes
+from cnncodes.extract import open_codes
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_predict_refuses_codes_or_weights_of_another_recipe(trained, tmp_path, c
 
 
 def _embedded():
-    from extract.weights import embedded_checkpoint
+    from cnncodes.extract.weights import embedded_checkpoint
 
     return embedded_checkpoint("mobilenet_v2")
 
@@ -174,7 +174,7 @@ def test_cli_predict_and_extract_take_one_image_or_several(tmp_path, capsys):
     out = tmp_path / "two.h5"
     assert pipeline.main(["extract", str(photo), str(images / "train" / "cat" / "img_000.png"), "-o", str(out),
                           *FAST, "--workers", "0"]) == 0
-    from extract import open_codes
+    from cnncodes.extract import open_codes
 
     cf = open_codes(out)
     assert sorted(cf.rows.paths) == ["test/dog/img_003.png", "train/cat/img_000.png"]
@@ -185,7 +185,7 @@ def test_version_is_printed_without_importing_torch():
     import subprocess
     import sys
 
-    code = ("import sys, pipeline\ntry:\n    pipeline.main(['--version'])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom cnncodes import pipeline\ntry:\n    pipeline.main(['--version'])\nexcept SystemExit:\n    pass\n"
             "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=pipeline.__file__.rsplit("/", 1)[0], check=True)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pipeline
+from cnncodes import pipeline
 from conftest import FAST
-from extract import codesfile, open_codes, parts
+from cnncodes.extract import codesfile, open_codes, parts
 from fault_injection import bad_corpus_expectations, extract_command, files_equal, kill_and_resume, make_images
 from paused_run import PausedRun
 
@@ -194,7 +194,7 @@ def test_failed_images_are_nan_and_strict_exits_non_zero(image_tree, tmp_path, c
 
 def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
     """4x the images must not need more memory: codes stream to part files and are assembled part by part."""
-    probe = ("import resource, sys; sys.path.insert(0, {root!r}); import pipeline; "
+    probe = ("import resource, sys; sys.path.insert(0, {root!r}); from cnncodes import pipeline; "
              "code = pipeline.main(sys.argv[1:]); "
              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
     peaks = {}
@@ -212,7 +212,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
 
 def _watch_decoding(monkeypatch) -> list[str]:
     """Record, in order, each start of decoders and each preparation of the network (built, or read from the cache)."""
-    from extract import batches, runner
+    from cnncodes.extract import batches, runner
 
     events, decoded, prepare = [], batches.decoded_batches, runner.prepare
     monkeypatch.setattr(batches, "decoded_batches", lambda *a, **k: events.append("decode") or decoded(*a, **k))
@@ -235,7 +235,7 @@ def test_early_decoders_for_a_job_that_turned_out_otherwise_are_replaced(image_t
     """If a file or parts appear while the network is built, the plan differs from the early guess (every
     row): those decoders are dropped and the planned rows decoded instead."""
     from conftest import write_image
-    from extract import runner
+    from cnncodes.extract import runner
 
     out = tmp_path / "codes.h5"
     assert extract(image_tree, out) == 0

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline
+from cnncodes import pipeline
 from conftest import ROOT
-from extract import codesfile, lock, parts
-from extract.recipe import RunOptions
-from extract.runner import Settings
-from extract.shards import Shard, resolve
+from cnncodes.extract import codesfile, lock, parts
+from cnncodes.extract.recipe import RunOptions
+from cnncodes.extract.runner import Settings
+from cnncodes.extract.shards import Shard, resolve
 from fault_injection import make_images
 from paused_run import PausedRun
 
@@ -95,11 +95,11 @@ def test_ranks_on_one_machine_take_their_own_gpu_and_share_the_cpus():
 def test_openvino_pins_its_threads_only_where_its_streams_fill_the_machine(monkeypatch):
     """OpenVINO pins stream threads from the first core on, so ranks sharing a machine would all be pinned
     onto the same cores; a process whose streams take every CPU keeps the pinning."""
-    from extract import device, mapper
-    from extract.backbones import get_backbone
-    from extract.network import prepare
-    from extract.recipe import preprocess_config
-    from extract.weights import RANDOM, WeightsInfo
+    from cnncodes.extract import device, mapper
+    from cnncodes.extract.backbones import get_backbone
+    from cnncodes.extract.network import prepare
+    from cnncodes.extract.recipe import preprocess_config
+    from cnncodes.extract.weights import RANDOM, WeightsInfo
 
     monkeypatch.setattr(device, "usable_cpus", lambda: 4)
     bb = get_backbone("mobilenet_v2")
@@ -126,7 +126,7 @@ def test_torchrun_with_two_cpu_ranks_equals_one_process(images_and_reference, tm
     source, reference = images_and_reference
     out = tmp_path / "codes.h5"
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-                          "-m", "pipeline", *command(source, out)[2:]], capture_output=True, text=True, timeout=600,
+                          "-m", "cnncodes.pipeline", *command(source, out)[2:]], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("shard 0/2 done") + run.stdout.count("shard 1/2 done") == 1, run.stdout
@@ -207,7 +207,7 @@ def test_two_shards_of_fewer_images_than_a_part_each_extract_a_part(tmp_path, ca
 def test_a_run_resuming_the_parts_of_shards_counts_only_what_it_extracted(tmp_path, capsys):
     """One process finishes what shard 0/2 left (the parts as the shards cut them); the rows it reused are
     reported apart, and its rate counts only the rows it extracted."""
-    from extract import extract_codes
+    from cnncodes.extract import extract_codes
 
     source = make_images(tmp_path / "images", 20)
     reference, out = tmp_path / "reference.h5", tmp_path / "codes.h5"
@@ -250,7 +250,7 @@ def test_a_killed_shard_reruns_only_its_missing_parts_and_assemble_names_what_is
     assert pipeline.main(["assemble", str(out)]) == 2
     assert "20 of 40 parts are missing (0, 2, 4, 6, 8, 10, 12, 14, ...), those of shard 0/2;" in capsys.readouterr().err
 
-    from extract import writer
+    from cnncodes.extract import writer
 
     def killed_while_assembling(*_args, **_kwargs):
         raise OSError("killed while assembling")

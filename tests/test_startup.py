@@ -16,8 +16,8 @@ from PIL import Image
 
 from conftest import FAST, ROOT, make_tree
 
-from extract import open_codes
-from extract.device import gpu_driver_present
+from cnncodes.extract import open_codes
+from cnncodes.extract.device import gpu_driver_present
 
 HEAVY = ("torch", "torchvision")
 
@@ -31,7 +31,7 @@ def loaded(tag):
     with open(os.path.join(os.environ["STARTUP_MODULES"], f"{tag}-{os.getpid()}.json"), "w") as fh:
         json.dump(top, fh)
 
-from extract import images
+from cnncodes.extract import images
 
 decode = images.ImageDataset.__getitem__
 
@@ -41,8 +41,7 @@ def recording(self, i):
     return item
 
 images.ImageDataset.__getitem__ = recording
-import pipeline
-
+from cnncodes import pipeline
 try:
     code = pipeline.main(sys.argv[1:])
 finally:
@@ -105,7 +104,7 @@ def test_a_warm_extract_and_predict_load_no_torch_and_give_the_cold_runs_codes(t
 
 
 def test_auto_picks_the_cpu_without_torch_where_no_gpu_driver_is_present(monkeypatch):
-    code = ("import sys; from extract import device; device.GPU_DRIVER_FILES = (); "
+    code = ("import sys; from cnncodes.extract import device; device.GPU_DRIVER_FILES = (); "
             "print(device.choose_device('auto'), device.choose_device('cpu'), sorted(set(sys.modules) & {'torch'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -116,7 +115,7 @@ def test_auto_picks_the_cpu_without_torch_where_no_gpu_driver_is_present(monkeyp
 def test_the_backbone_table_is_torchvisions():
     """backbones.py states each torchvision backbone's checkpoint and evaluation transform without importing
     torchvision: they are the weights enum's."""
-    from extract.backbones import BACKBONES
+    from cnncodes.extract.backbones import BACKBONES
 
     checked = 0
     for backbone in BACKBONES.values():
@@ -138,7 +137,7 @@ def test_the_hub_folder_is_torchs_without_torch(monkeypatch, tmp_path, torch_hom
     else:
         monkeypatch.delenv("TORCH_HOME", raising=False)
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    code = "import sys; from extract import weights; print(weights.hub_checkpoint_dir(), 'torch' in sys.modules)"
+    code = "import sys; from cnncodes.extract import weights; print(weights.hub_checkpoint_dir(), 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
@@ -148,7 +147,7 @@ def test_the_hub_folder_is_torchs_without_torch(monkeypatch, tmp_path, torch_hom
 @pytest.mark.parametrize("size", [(80, 60), (60, 97), (72, 72)])
 def test_views_are_torchvisions_pixels(size):
     """The NumPy views are torchvision's TenCrop and flip of the same resized image, pixel for pixel."""
-    from extract.images import views_of
+    from cnncodes.extract.images import views_of
 
     rng = np.random.default_rng(1)
     img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))

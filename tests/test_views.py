@@ -9,12 +9,12 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-import pipeline
+from cnncodes import pipeline
 from conftest import FAST, make_tree
-from extract import extract_codes, open_codes
-from extract.backbones import get_backbone
-from extract.images import load_image, load_rgb
-from extract.weights import RANDOM, WeightsInfo, build_model
+from cnncodes.extract import extract_codes, open_codes
+from cnncodes.extract.backbones import get_backbone
+from cnncodes.extract.images import load_image, load_rgb
+from cnncodes.extract.weights import RANDOM, WeightsInfo, build_model
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

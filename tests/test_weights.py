@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-import pipeline
+from cnncodes import pipeline
 from conftest import FAST
-from extract import weights as W
-from extract.backbones import get_backbone
-from extract.images import preprocess
-from extract.recipe import preprocess_config
+from cnncodes.extract import weights as W
+from cnncodes.extract.backbones import get_backbone
+from cnncodes.extract.images import preprocess
+from cnncodes.extract.recipe import preprocess_config
 
 MOBILENET = get_backbone("mobilenet_v2")
 

@@ -1,37 +1,16 @@
-"""cnncodes as a Python library: extract CNN codes, read them as numpy, train, compare, finetune, advise, predict.
-
-A thin facade over the ``extract``, ``classify``, ``finetune`` and ``advise`` packages. Importing it
-loads neither torch nor scikit-learn: each function imports what it needs when it is called, so
-``load_codes`` (h5py and numpy only) is as quick in a notebook as it is from the command line::
-
-    import cnncodes
-
-    cnncodes.extract_codes("data/digits", "digits.h5", layers=["block4", "penultimate"])
-    codes = cnncodes.load_codes("digits.h5", layers="block4", split="train")   # codes.X, codes.y, ...
-    report = cnncodes.train("digits.h5", "runs/svm", layers="block4", classifier="svm")
-    result = cnncodes.predict("runs/svm", "data/digits/test", "preds.csv")
-    report = cnncodes.finetune("data/digits", "runs/ft", epochs=3, quiet=True)    # predict works on it too
-
-Options take the command line's names with underscores (``quiet=True``, ``layer=``, ``no_augment=True``).
-
-``CodesTransformer`` turns a list of image paths into codes inside a scikit-learn ``Pipeline``.
-"""
+"""The Python API's functions; ``cnncodes/__init__`` exposes them (see its docstring)."""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import h5py
 import numpy as np
 
-try:
-    __version__ = version("cnncodes")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.1.0"
+from . import __version__  # noqa: F401
 
 __all__ = ["extract_codes", "load_codes", "Codes", "train", "compare", "finetune", "advise", "auto", "load_model",
            "predict", "CodesTransformer", "export", "__version__"]
@@ -61,14 +40,14 @@ def extract_codes(source: PathLike | Sequence[PathLike], out: PathLike, **option
     workers, dtype, overwrite, update, progress, path_column, label_column, split_column... as on the
     command line; checked before torch loads. Returns an ExtractResult.
     """
-    from extract.names import tap_names
-    from extract.options import check_options
+    from cnncodes.extract.names import tap_names
+    from cnncodes.extract.options import check_options
 
     options = _keywords(options)
     if options.get("layers") is not None:  # "a,b", "a+b" or a list, as --layer: the taps to extract
         options["layers"] = tap_names(options["layers"])
     check_options(options)  # before torch loads
-    from extract import extract_codes as _extract
+    from cnncodes.extract import extract_codes as _extract
 
     return _extract(source, out, **options)
 
@@ -90,8 +69,8 @@ def load_codes(path: PathLike, layers: str | Sequence[str] | None = None, split:
     naming those it has); rows whose image failed
     (NaN codes) are left out unless ``include_failed``. Uses h5py only (no torch, no scikit-learn).
     """
-    from extract.errors import UsageError
-    from extract.names import concatenated_taps
+    from cnncodes.extract.errors import UsageError
+    from cnncodes.extract.names import concatenated_taps
 
     with h5py.File(path, "r") as h5:
         if "codes" not in h5:
@@ -106,7 +85,7 @@ def load_codes(path: PathLike, layers: str | Sequence[str] | None = None, split:
         if split is not None:
             in_split = h5["split"].asstr()[()] == split
             if not in_split.any():  # the split rule's error (scikit-learn is loaded only on this path)
-                from classify.split import missing_split_error
+                from cnncodes.classify.split import missing_split_error
                 raise missing_split_error(path, h5["split"].asstr()[()], split)
             keep &= in_split
         X = np.hstack([h5["codes"][t][()][keep].astype(np.float32, copy=False) for t in wanted])
@@ -120,14 +99,14 @@ def train(codes: PathLike, out_dir: PathLike, **options) -> dict:
     ``options``: layers, classifier, normalize, C, cv, class_weight, sampling, test, test_fraction,
     seed, calibrate, max_iter, positive, overwrite, progress. Returns the report (as report.json).
     """
-    from classify import classify_codes
+    from cnncodes.classify import classify_codes
 
     return classify_codes(codes, out_dir, **_keywords(options))
 
 
 def compare(codes: PathLike, out_dir: PathLike, **options) -> list[dict]:
     """Every classifier on every layer, ranked by cross-validation on the training split (``classify.compare``)."""
-    from classify import compare as _compare
+    from cnncodes.classify import compare as _compare
 
     return _compare(codes, out_dir, **_keywords(options))
 
@@ -138,11 +117,11 @@ def finetune(images: PathLike, out_dir: PathLike, **options) -> dict:
     ``options``: backbone, weights, freeze, freeze_until, epochs, lr, batch_size, optimizer, sampling,
     val_fraction, test_fraction, seed, device, quiet... as on the command line; checked before torch loads.
     """
-    from finetune.options import check_options
+    from cnncodes.finetune.options import check_options
 
     options = _keywords(options)
     check_options(options)
-    from finetune import finetune_images
+    from cnncodes.finetune import finetune_images
 
     return finetune_images(images, out_dir, **options)
 
@@ -151,11 +130,11 @@ def advise(images: PathLike, **options) -> dict:
     """Which transfer-learning scenario (1-4) fits ``images``, with the evidence and the commands to run
     (``advise.advise_images``). ``options``: backbone, weights, sample, seed, try, resize, crop, device, quiet...;
     checked before torch loads."""
-    from advise.options import check_options
+    from cnncodes.advise.options import check_options
 
     options = _keywords(options)
     check_options(options)  # before torch loads
-    from advise import advise_images
+    from cnncodes.advise import advise_images
 
     return advise_images(images, **options)
 
@@ -164,7 +143,7 @@ def auto(images: PathLike, out_dir: PathLike, **options) -> dict:
     """Advise, score the plausible candidates within a time budget on training data only, refit the winner into
     ``out_dir``/winner and evaluate it once (``advise.auto.auto_images``). ``options``: budget ("15m"),
     candidates, epochs, backbone, weights, resize, crop, seed, quiet, overwrite... Returns auto.json's dict."""
-    from advise.auto import auto_images
+    from cnncodes.advise.auto import auto_images
 
     return auto_images(images, out_dir, **_keywords(options))
 
@@ -174,7 +153,7 @@ def load_model(run_dir: PathLike) -> dict:
     ``bundle["class_names"]`` the class names. A codes model (checksum verified) has ``bundle["pipeline"]``,
     the fitted scikit-learn pipeline, and ``bundle["layers"]``, its taps; a fine-tuned run has
     ``bundle["network"]``, the torch module in eval mode."""
-    from classify.runs import load_run_model
+    from cnncodes.classify.runs import load_run_model
 
     return load_run_model(run_dir)
 
@@ -187,7 +166,7 @@ def predict(run_dir: PathLike, source: PathLike | Sequence[PathLike], out_csv: P
     weights, device, precision, batch_size, workers, quiet, path_column, label_column, split_column,
     overwrite (replace an existing ``out_csv``; never a file of ``run_dir``).
     """
-    from classify.runs import predict_run
+    from cnncodes.classify.runs import predict_run
 
     return predict_run(run_dir, source, out_csv, **_keywords(options))
 
@@ -195,7 +174,7 @@ def predict(run_dir: PathLike, source: PathLike | Sequence[PathLike], out_csv: P
 def export(codes: PathLike, out: PathLike, to: str = "npy", **options) -> Path:
     """Write a codes file as npy + parquet (``to="npy"``, a folder) or one parquet table; ``options``:
     ok_only, overwrite. Returns ``out``."""
-    from extract.export import export_codes
+    from cnncodes.extract.export import export_codes
 
     return export_codes(codes, out, to=to, **options)
 
@@ -232,12 +211,12 @@ def _codes_transformer_class() -> type:
             return self
 
         def transform(self, X) -> np.ndarray:
-            from extract.errors import UsageError
+            from cnncodes.extract.errors import UsageError
 
             paths = [Path(p).resolve() for p in (X.tolist() if isinstance(X, np.ndarray) else X)]
             if not paths:
                 raise UsageError("CodesTransformer.transform needs at least one image path")
-            from extract.names import concatenated_taps
+            from cnncodes.extract.names import concatenated_taps
 
             layers = concatenated_taps(self.layer)
             with tempfile.TemporaryDirectory(prefix="cnncodes-transform-") as tmp:
