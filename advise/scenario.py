@@ -23,10 +23,10 @@ from scipy import stats
 # refitting its upper layers is no longer a small-data problem.
 LARGE_FROM_PER_CLASS = 1000
 # "Similar" from 0.64 on the similarity scale (mean of two label-aware scores in [0, 1], see SimilarityParts):
-# fitted to the six calibration sets' measured winners, codes or fine-tuning (bench/RESULTS.md, issue 24): the
-# midpoint of the gap between clothing6 (fine-tuning won) and hymenoptera (codes won). Potato leaves and digits
-# (codes won, below sets where fine-tuning won) are on the wrong side of any threshold, and left out one set at a
-# time the fit agrees on 3 of 6 only: weakly supported. Labels the network knows nothing about sit near 0.25.
+# fitted to the six calibration sets' measured winners, codes or `finetune --freeze 0.33` with its defaults
+# (bench/RESULTS.md, issue 24): the midpoint of the gap between clothing6 (fine-tuning won) and hymenoptera
+# (codes won). Left out one set at a time the fit agrees on 5 of 6; digits (8x8 scans, codes won) sits below
+# sets where fine-tuning won. Labels the network knows nothing about sit near 0.25.
 SIMILAR_FROM = 0.64
 INTERVAL_LEVEL = 0.95  # of the similarity's confidence interval over the cross-validation folds
 # Freeze fractions for `cnncodes finetune --freeze` (of the backbone, from the input side):
