@@ -177,8 +177,8 @@ class Trainer:
         self._write_log()
         self.log(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}"
                  + (f", validation balanced accuracy {score:.4f}" if score is not None else "")
-                 + f", {row['images_per_second']:.1f} img/s" + (" (best so far)" if self.best["epoch"] == epoch + 1
-                                                                 else ""))
+                 + f", {row['images_per_second']:.1f} img/s"
+                 + (" (best so far)" if score is not None and self.best["epoch"] == epoch + 1 else ""))
         return row
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:

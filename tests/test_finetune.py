@@ -495,14 +495,17 @@ def test_unset_epochs_are_sized_from_the_images_an_epoch_draws(tmp_path, start_w
                            sampling="over", **SMALL)["finetune"]["epochs_run"] == 2  # the same call resumes
 
 
-def test_by_default_every_training_image_trains_and_the_last_epoch_is_kept(tree, start_weights, tmp_path):
+def test_by_default_every_training_image_trains_and_the_last_epoch_is_kept(tree, start_weights, tmp_path, capsys):
     out = tmp_path / "ft"
     kept = {}
 
     def after_epoch(row):
         kept.update(torch.load(out / "checkpoint.pt", weights_only=True)["model"])
 
-    report = finetune_images(tree, out, weights=str(start_weights), epochs=2, on_epoch=after_epoch, **SMALL)
+    report = finetune_images(tree, out, weights=str(start_weights), epochs=2, on_epoch=after_epoch,
+                             **{**SMALL, "progress": True})
+    log = capsys.readouterr().err
+    assert "epoch 2: loss" in log and "best so far" not in log  # no validation set: nothing is "best"
     ft = report["finetune"]
     assert report["n_train"] == 12 and ft["n_val"] == 0  # 12 readable training images (and a broken one), none carved
     assert report["val_balanced_accuracy"] is None and report["cv_score"] is None
