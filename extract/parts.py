@@ -126,6 +126,13 @@ def open_job(parts_dir: Path, job: Job, listing: ImageList, job_rows: list[int],
     return {p for p in finished_parts(parts_dir) if p < job.n_parts}, discarded
 
 
+def discard_job(parts_dir: Path) -> None:
+    """Remove ``parts_dir``, its ``job.json`` first: a removal cut short by a kill leaves a folder that names no
+    job (started afresh by the next run), never a job whose rows file is already gone."""
+    (parts_dir / JOB_FILE).unlink(missing_ok=True)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+
+
 def finished_parts(parts_dir: Path) -> set[int]:
     """The numbers of the part files in ``parts_dir`` (each one complete: see the module note)."""
     return {int(p.stem.split("-")[1]) for p in parts_dir.glob("part-*.npz")}

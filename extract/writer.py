@@ -107,7 +107,7 @@ def assemble(out: Path, listing: ImageList, meta: dict, taps, dtype: str, job_ro
             if kept:
                 _copy_kept_codes(ds, out, tap.name, kept, plan.part_size)
         h5.attrs["complete"] = True
-    shutil.rmtree(parts_dir, ignore_errors=True)
+    parts.discard_job(parts_dir)
 
 
 def _copy_kept_codes(ds: h5py.Dataset, old_path: Path, tap: str, kept: dict[int, int], block: int) -> None:

@@ -127,8 +127,8 @@ def kill_and_resume(source: Path, workdir: Path, kills: int, part_size: int = 16
             report.incomplete_outputs += 1
         log(f"kill {report.kills:>2} ({moment}): {after} of {n_parts} part(s) saved, "
             f"output {'complete' if out.exists() else 'absent'}")
-    subprocess.run(extract_command(source, out, part_size), check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    resumed = subprocess.run(extract_command(source, out, part_size), capture_output=True, text=True)
+    assert resumed.returncode == 0, f"the resume exited {resumed.returncode}: {resumed.stderr[-2000:]}"
     report.equal = files_equal(reference, out)
     with h5py.File(out, "r") as h5:
         report.n_images = len(h5["paths"])

@@ -37,6 +37,28 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_file(tmp_
     assert report.equal and report.n_images == 96
 
 
+def test_a_kill_while_the_parts_are_removed_leaves_nothing_a_rerun_trips_on(image_tree, tmp_path, monkeypatch):
+    """A kill during the parts folder's removal (after the file is complete) used to leave job.json without
+    rows.h5: with the file deleted, the rerun failed with exit 2 on the missing rows file."""
+    import shutil
+
+    out, rmtree = tmp_path / "codes.h5", shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):
+        if Path(path) != parts.parts_dir_for(out):
+            return rmtree(path, *args, **kwargs)
+        Path(path, parts.ROWS_FILE).unlink(missing_ok=True)  # what rmtree had removed when the kill came
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    assert extract(image_tree, out, "--part-size", "4") == 130
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    assert parts.parts_dir_for(out).exists() and not (parts.parts_dir_for(out) / parts.ROWS_FILE).exists()
+    out.unlink(missing_ok=True)  # the user starts over
+    assert extract(image_tree, out, "--part-size", "4") == 0
+    assert codesfile.is_complete(out) and not parts.parts_dir_for(out).exists()
+
+
 def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path):
     source = make_images(tmp_path / "images", 64)
     out = tmp_path / "codes.h5"
