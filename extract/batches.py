@@ -114,8 +114,10 @@ class Decoding:
         return self.slots.batch(*done) if self.slots is not None else done
 
     def close(self) -> None:
+        """Cancel the batches not started and wait for the ones being decoded (one per worker, short): a pool left
+        shutting down races the interpreter's exit, which then prints a traceback (Bad file descriptor)."""
         self.running.clear()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def __del__(self) -> None:
         if hasattr(self, "pool"):
