@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from cnncodes.extract.cli_common import (BACKBONE_HELP, ENVIRONMENT_HELP, EXIT_OK, KeepsEnvironmentHelp, add_column_options,
-                                add_running_options, declared)
+from cnncodes.extract.cli_common import (BACKBONE_HELP, ENVIRONMENT_HELP, EXIT_OK, KeepsEnvironmentHelp,
+                                         add_column_options, add_running_options, declared)
 from cnncodes.extract.config import from_args
 
 from .options import AdviseConfig as A

@@ -39,8 +39,8 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from cnncodes.classify import classify_codes, stream, stream_cv  # noqa: E402
 from cnncodes.classify.cv import CV_SCORING, cv_sample, cv_splitter  # noqa: E402
 from cnncodes.classify.data import resolve_layers  # noqa: E402
-from cnncodes.classify.models import (build_pipeline, class_weight_values, classifier_spec, make_normalizer,  # noqa: E402
-                             parse_class_weight)
+from cnncodes.classify.models import (build_pipeline, class_weight_values, classifier_spec,  # noqa: E402
+                                      make_normalizer, parse_class_weight)
 from cnncodes.classify.split import load_dataset  # noqa: E402
 
 OLD_GRIDS = {"svm": (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1), "softmax": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)}

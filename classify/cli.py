@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from cnncodes.extract.cli import add_extract_options, check_preprocess, extract_kwargs, none_usable, print_extract_summary
-from cnncodes.extract.cli_common import (ENVIRONMENT_HELP, EXIT_FAILURES, EXIT_OK, MAX_LISTED_FAILURES, KeepsEnvironmentHelp,
-                                add_column_options, add_running_options, column_kwargs, cv_folds, fraction,
-                                one_or_list, positive_float, split_list)
+from cnncodes.extract.cli_common import (ENVIRONMENT_HELP, EXIT_FAILURES, EXIT_OK, MAX_LISTED_FAILURES,
+                                         KeepsEnvironmentHelp, add_column_options, add_running_options, column_kwargs,
+                                         cv_folds, fraction, one_or_list, positive_float, split_list)
 from cnncodes.extract.errors import UsageError
 
 from .options import CLASSIFIER_NAMES, DEFAULT_CLASSIFIERS, SAMPLING

@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from cnncodes.extract.cli_common import (BACKBONE_HELP, ENVIRONMENT_HELP, EXIT_INTERRUPTED, EXIT_OK, KeepsEnvironmentHelp,
-                                add_column_options, declared)
+from cnncodes.extract.cli_common import (BACKBONE_HELP, ENVIRONMENT_HELP, EXIT_INTERRUPTED, EXIT_OK,
+                                         KeepsEnvironmentHelp, add_column_options, declared)
 from cnncodes.extract.config import choices, from_args
 
 from .options import FinetuneConfig as F
