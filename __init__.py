@@ -39,12 +39,22 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'cnncodes' has no attribute {name!r}")
 
 
+def lazy_names(package: str, where: dict[str, str]):
+    """A package's PEP 562 ``__getattr__``: each name of ``where`` is imported from its submodule on first use,
+    so importing the package loads nothing heavy."""
+    def __getattr__(name: str):
+        if name not in where:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(import_module(f".{where[name]}", package), name)
+    return __getattr__
+
+
 class CallablePackage(ModuleType):
     """A stage package that is also the API function of the same name: ``cnncodes.finetune(images, out)``
     runs ``api.finetune``, while ``cnncodes.finetune.train`` stays the package's module."""
 
     def __call__(self, *args, **kwargs):
-        return getattr(import_module(".api", __package__ or "cnncodes"), self.__name__.rsplit(".", 1)[1])(*args, **kwargs)
+        return getattr(import_module(".api", __name__), self.__name__.rsplit(".", 1)[1])(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<cnncodes.{self.__name__.rsplit('.', 1)[1]}: package and API function>"

@@ -6,21 +6,12 @@ import argparse
 import os
 import sys
 
+from cnncodes import __version__
 from cnncodes.advise import auto_cli, cli as advise_cli
 from cnncodes.classify import cli as classify_cli
 from cnncodes.extract import cli as extract_cli
 from cnncodes.extract.cli_common import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, shard_of  # noqa: F401
 from cnncodes.finetune import cli as finetune_cli
-
-
-def package_version() -> str:
-    """The installed cnncodes version (without importing extract, which loads torch)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("cnncodes")
-    except PackageNotFoundError:  # running from a source tree without installing
-        return "0.1.0"
 
 
 def _show_warning(command: str):
@@ -39,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transfer learning with CNN codes: extract ReLU'd activations of a frozen ImageNet ConvNet "
                     "once into an HDF5 codes file, then train, compare and evaluate linear SVM / softmax "
                     "classifiers on them.")
-    parser.add_argument("--version", action="version", version=f"cnncodes {package_version()}")
+    parser.add_argument("--version", action="version", version=f"cnncodes {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     extract_cli.add_parsers(sub)  # each stage registers its own commands
     classify_cli.add_parsers(sub)

@@ -4,18 +4,12 @@ recommend the commands for it (and with ``try_options``, score the most plausibl
 Names are imported when first used (PEP 562), so that the command line builds its parser without torch.
 """
 import sys
-from importlib import import_module
 
-from cnncodes import CallablePackage
+from cnncodes import CallablePackage, lazy_names
 
 _WHERE = {"advise_images": "advisor", "format_advice": "report", "MIN_SAMPLE": "options"}
 __all__ = list(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'advise' has no attribute {name!r}")
-    return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+__getattr__ = lazy_names(__name__, _WHERE)
 
 
 sys.modules[__name__].__class__ = CallablePackage  # cnncodes.advise(...) is also the API function

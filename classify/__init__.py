@@ -4,18 +4,14 @@ Names are imported when first used (PEP 562), so that the command line builds it
 scikit-learn. ``classify.compare`` is the function, also once its module of the same name is imported.
 """
 import sys
-from importlib import import_module
 from types import ModuleType
+
+from cnncodes import lazy_names
 
 _WHERE = {"classify_codes": "train", "compare": "compare", "load_model": "model_io", "predict_codes": "predict",
           "summarize": "render", "CLASSIFIERS": "models", "DEFAULT_NORMALIZE": "options"}
 __all__ = list(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'classify' has no attribute {name!r}")
-    return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+__getattr__ = lazy_names(__name__, _WHERE)
 
 
 class _Package(ModuleType):

@@ -3,13 +3,7 @@
 Names are imported when first used (PEP 562), so that reading codes files (``extract.codesfile``,
 ``open_codes``) never loads torch.
 """
-from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("cnncodes")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.1.0"
+from cnncodes import lazy_names
 
 _WHERE = {
     "BACKBONES": "backbones", "DEFAULT_BACKBONE": "backbones", "get_backbone": "backbones",
@@ -19,8 +13,4 @@ _WHERE = {
 }
 __all__ = list(_WHERE)
 
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'extract' has no attribute {name!r}")
-    return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+__getattr__ = lazy_names(__name__, _WHERE)

@@ -220,7 +220,7 @@ def _gc_frozen():
 def _file_meta(recipe: dict, winfo, listing, settings: Settings, dtype: str) -> dict:
     import h5py
 
-    from . import __version__
+    from cnncodes import __version__
 
     return {
         "recipe": recipe, "backbone": recipe["backbone"], "weights": winfo.as_dict(), "taps": recipe["taps"],

@@ -9,6 +9,7 @@ import pytest
 from codes_fixtures import binary_codes
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
+import cnncodes
 from cnncodes import pipeline
 from cnncodes.classify import load_model
 from conftest import FAST, make_tree, write_image
@@ -189,7 +190,7 @@ def test_version_is_printed_without_importing_torch():
             "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=pipeline.__file__.rsplit("/", 1)[0], check=True)
-    assert done.stdout.splitlines() == [f"cnncodes {pipeline.package_version()}", "torch not loaded"]
+    assert done.stdout.splitlines() == [f"cnncodes {cnncodes.__version__}", "torch not loaded"]
 
 
 @pytest.mark.parametrize("option, message", [(["--classifiers", "svm,logreg"], "unknown classifier 'logreg'"),
