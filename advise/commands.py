@@ -72,9 +72,9 @@ def recommend(scenario: int, images: str, early_layer: str | None, common: list[
         early = [] if early_layer is None else [Recommendation(
             codes_command(images, early_layer, common),
             f"a linear classifier on earlier codes ({early_layer}, the best earlier layer in the probe): minutes "
-            "faster, and it won on the other 2")]
+            "faster, and it won on the fifth (8 x 8 digit scans)")]
         tune = Recommendation(finetune_command(images, FREEZE_SMALL_DIFFERENT, common, epochs),
-                              "fine-tune with the first third of the network frozen (slower; it won on 3 of the 5 "
+                              "fine-tune with the first third of the network frozen (slower; it won on 4 of the 5 "
                               "calibration sets in this scenario, bench/RESULTS.md)")
         return [tune] + early
     if scenario == 4:

@@ -75,7 +75,7 @@ def test_commands_per_scenario_name_the_layer_and_freeze():
     two = [r.command for r in commands.recommend(2, "d", "block5", [])]
     assert two[0] == f"cnncodes finetune d --out runs/finetune-0.7 --freeze {scenario.FREEZE_LARGE_SIMILAR:g}"
     three = [r.command for r in commands.recommend(3, "d", "block4", [])]
-    assert "--freeze 0.33" in three[0] and "--layer block4" in three[1]  # fine-tuning won 3 of 5 such sets
+    assert "--freeze 0.33" in three[0] and "--layer block4" in three[1]  # fine-tuning won 4 of 5 such sets
     four = [r.command for r in commands.recommend(4, "d", "block4", [])]
     assert four == ["cnncodes finetune d --out runs/finetune-0 --freeze 0"]
     assert commands.carried_options("resnet18", None, None, None) == ["--backbone", "resnet18"]
