@@ -17,7 +17,8 @@ Per run: seconds inside ``extract_codes``, the whole child process (parent's clo
 process tree (rusage of the reaped children: the child and its decoders), and the main process's garbage
 collections. It prints the median per-round ratio variant / base of each, with the round-to-round spread.
 ``--log FILE`` appends every run as a JSON line; ``--report FILE`` prints the summary of such a log, so the
-rounds can be split over several commands (``--first-round`` keeps the rotation going).
+rounds can be split over several commands (``--first-round`` keeps the rotation going; ``--from-round``
+leaves a disturbed start out of the report).
 """
 from __future__ import annotations
 
@@ -178,13 +179,15 @@ def main(argv=None) -> int:
     ap.add_argument("--sets", default="x1,x5", help="hymenoptera repeated: x1, x5 (default both)")
     ap.add_argument("--log", type=Path, help="append every run to this JSON-lines file")
     ap.add_argument("--report", type=Path, help="only print the summary of a --log file")
+    ap.add_argument("--from-round", type=int, default=0, help="--report: leave out the rounds before this one")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         child(*args.child)
         return 0
     if args.report:
-        report([json.loads(line) for line in args.report.read_text().splitlines() if line.strip()])
+        runs = [json.loads(line) for line in args.report.read_text().splitlines() if line.strip()]
+        report([r for r in runs if r["round"] >= args.from_round])
         return 0
     images, desc = common.standard_images(False)
     sets = {name: common.repeated(images, desc, int(name[1:]))[0] for name in args.sets.split(",")}
