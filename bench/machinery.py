@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Does extract's machinery still pay? `gc.freeze`, the shared-memory batch slots and the early decoders,
-each switched off in turn, against the code as it is, in whole fresh `cnncodes extract` processes.
+"""Does extract's machinery still pay? The shared-memory batch slots and the early decoders, each switched off
+in turn, and `gc.freeze` (removed: its figures did not pay) put back, against the code as it is, in whole fresh
+`cnncodes extract` processes.
 
 Every run is a fresh child that patches the runner before ``pipeline.main`` and runs
 `cnncodes extract ROOT -o OUT --overwrite --quiet` (MobileNetV2 penultimate, defaults otherwise):
 
 * base: the code as it is;
-* nofreeze: ``runner._gc_frozen`` is a null context (no ``gc.freeze`` while extracting);
+* freeze: ``gc.freeze()`` around ``extract_codes`` (as extract did until issue 23, item 5);
 * noslots: ``batches.Slots`` makes none, so the forked decoders return their batches pickled;
 * noearly: ``runner.fresh`` is False, so the decoders start only after the network is built.
 
@@ -23,7 +24,6 @@ leaves a disturbed start out of the report).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
-VARIANTS = ("base", "nofreeze", "noslots", "noearly")
+VARIANTS = ("base", "freeze", "noslots", "noearly")
 PRECISIONS = {"native": None, "fp32": "FP32,INT8"}  # name: $CNNCODES_CPU_CAPABILITIES (None: this CPU's)
 CACHE_DIR = common.CACHE / "machinery-openvino"
 
@@ -52,19 +52,21 @@ def child(variant: str, root: str, out: str) -> None:
     from cnncodes import extract
     from cnncodes.extract import batches, runner
 
-    if variant == "nofreeze":
-        runner._gc_frozen = contextlib.nullcontext
-    elif variant == "noslots":
+    if variant == "noslots":
         batches.Slots = lambda *a, **k: None
     elif variant == "noearly":
         runner.fresh = lambda *a, **k: False
-    elif variant != "base":
+    elif variant not in ("base", "freeze"):
         raise SystemExit(f"unknown variant {variant}")
     marks, gc_runs = {}, {"full": 0, "seconds": 0.0}
 
     def timed(*args, **kwargs):
         t0 = time.perf_counter()
+        if variant == "freeze":
+            gc.freeze()
         result = runner.extract_codes(*args, **kwargs)
+        if variant == "freeze":
+            gc.unfreeze()
         marks["inside"] = time.perf_counter() - t0
         marks["images"] = result.n_extracted
         marks["runtime"] = result.runtime
@@ -150,7 +152,7 @@ def report(runs: list[dict]) -> None:
                   f"{statistics.median(r['inside'] for r in base):.2f} s, whole "
                   f"{statistics.median(r['whole'] for r in base):.2f} s, CPU {statistics.median(r['cpu'] for r in base):.2f}"
                   f" s, full GCs {statistics.median(r['gc_full'] for r in base):.0f}")
-            for variant in VARIANTS[1:]:
+            for variant in sorted({r["variant"] for r in runs} - {"base"}):  # a log's own (older ones: nofreeze)
                 cells = []
                 for key in ("inside", "whole", "cpu"):
                     ratios = [by[(set_name, precision, variant, b["round"])][key] / b[key] for b in base
