@@ -7,10 +7,8 @@ steps.
 from __future__ import annotations
 
 import functools
-import gc
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,7 +135,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         torch.cuda.set_device(str(settings.device))  # pinned memory and autocast on this rank's GPU, not GPU 0
     winfo = locate_weights(bb, weights)
     parts_dir = parts.parts_dir_for(out)
-    with output_lock(out, rank.rank if rank.sharded else None) as held, _gc_frozen():
+    with output_lock(out, rank.rank if rank.sharded else None) as held:
         started = time.perf_counter()
         decoders = functools.partial(Decoders, listing, prep=prep, batch_size=settings.batch_size,
                                      workers=settings.workers, rank_parts=rank.parts, views=views)
@@ -199,22 +197,6 @@ def _open_job(parts_dir: Path, settings: Settings, plan, rank: shards.Shard, res
     if discarded:
         result.notes.append("discarded the parts of an earlier interrupted run made with other settings")
     return part_plan, done
-
-
-@contextmanager
-def _gc_frozen():
-    """Keep the objects that exist now (torch alone makes hundreds of thousands) out of garbage collection
-    while extracting: each full collection would walk all of them; forked workers also stop copying the
-    pages that collections would touch. Scoped to the call and undone after it; left alone if the caller
-    froze objects already."""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def _file_meta(recipe: dict, winfo, listing, settings: Settings, dtype: str) -> dict:

@@ -360,18 +360,6 @@ def test_reading_codes_and_info_do_not_load_torch(image_tree, tmp_path):
     assert done.returncode == 0, done.stderr
 
 
-def test_extraction_freezes_garbage_collection_only_while_it_runs(image_tree, tmp_path, monkeypatch):
-    import gc
-
-    from cnncodes.extract import runner
-
-    seen, original = [], runner.plan_job
-    monkeypatch.setattr(runner, "plan_job", lambda *a, **k: seen.append(gc.get_freeze_count()) or original(*a, **k))
-    assert gc.get_freeze_count() == 0
-    extract_codes(image_tree, tmp_path / "a.h5", weights="random", resize=72, crop=64, workers=0, progress=False)
-    assert seen[0] > 1000 and gc.get_freeze_count() == 0  # torch's objects frozen during the run, released after
-
-
 def test_a_moved_image_folder_is_refused_naming_only_what_differs(image_tree, tmp_path, capsys):
     out = tmp_path / "codes.h5"
     common = [*FAST, "--device", "cpu", "--workers", "0"]
