@@ -30,7 +30,7 @@ from cnncodes.extract.outputs import guards_output
 from .auto_plan import DEFAULT_BUDGET, Candidate, Clock, parse_budget, parse_kinds, plan_candidates
 from .auto_report import format_result, leaderboard_csv, ranked
 from .auto_roles import Roles, image_roles
-from .auto_score import FINETUNE_BATCH, LOG, STARTED, Scoring
+from .auto_score import LOG, STARTED, Scoring, finetune
 from .selection import FOLDS, pick_winner, read_log
 
 IMAGES, SELECTION, CODES, SETTINGS = "images.csv", "selection.csv", "codes.h5", "settings.json"
@@ -170,15 +170,7 @@ class _Run(Scoring):
 
             return classify_codes(self.codes_file(), target, layers=list(c.layers), classifier=c.classifier,
                                   seed=self.seed, progress=self.common["progress"], overwrite=True)
-        return _finetune(self.out / IMAGES, target, c.freeze, winner["epochs"], self.seed, self.common)
-
-
-def _finetune(manifest: Path, target: Path, freeze: float, epochs: int, seed: int, common: dict) -> dict:
-    """finetune_images on a manifest with train and test rows, no validation set (the last epoch is kept)."""
-    from cnncodes.finetune import finetune_images
-
-    return finetune_images(manifest, target, freeze=freeze, epochs=epochs, warmup_epochs=min(1.0, epochs / 6),
-                           val_fraction=0, batch_size=FINETUNE_BATCH, seed=seed, **common)
+        return finetune(self.out / IMAGES, target, c.freeze, winner["epochs"], self.seed, self.common)
 
 
 def _result(images, out: Path, clock: Clock, advice: dict, roles: Roles, rows: list[dict], winner: dict | None,

@@ -102,14 +102,12 @@ class Scoring:
         from cnncodes.extract.reader import list_images
         from cnncodes.finetune.predict import predict_images
 
-        from .auto import _finetune
-
         folds, target = self.out / "folds", self.out / "candidates" / c.name
         manifest, held, done = folds / f"fold-{k + 1}.csv", folds / f"held-{k + 1}.csv", target / f"heldout-{k + 1}.csv"
         if not done.is_file():
             write_files(folds, {manifest.name: self.roles.fold_manifest(k),
                                 held.name: self.roles.fold_manifest(k, held_only=True)})
-            _finetune(manifest, target / f"fold-{k + 1}", c.freeze, epochs, self.seed, self.common)
+            finetune(manifest, target / f"fold-{k + 1}", c.freeze, epochs, self.seed, self.common)
             predict_images(target / f"fold-{k + 1}", held, done, device=self.common["device"],
                            precision=self.common["precision"], workers=self.common["workers"],
                            progress=self.common["progress"], overwrite=True)
@@ -151,3 +149,10 @@ class Scoring:
                                                       f"{max(self.clock.left(), 0):.0f} s left"}
         return {"epochs": epochs}
 
+
+def finetune(manifest: Path, target: Path, freeze: float, epochs: int, seed: int, common: dict) -> dict:
+    """finetune_images on a manifest with train and test rows, no validation set (the last epoch is kept)."""
+    from cnncodes.finetune import finetune_images
+
+    return finetune_images(manifest, target, freeze=freeze, epochs=epochs, warmup_epochs=min(1.0, epochs / 6),
+                           val_fraction=0, batch_size=FINETUNE_BATCH, seed=seed, **common)
