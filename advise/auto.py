@@ -9,9 +9,9 @@ split (test, else val, else a stratified share carved as finetune carves it): th
 estimate, and nothing is chosen by it.
 
 RUN_DIR holds images.csv (every image with its role: train, or test / val = the evaluation split),
-selection.csv (the training split, each image's selection fold), folds/ (each fold's manifest), advice/,
-codes.h5 (one extraction of every image), candidates/NAME/ (its fold runs and out-of-fold predictions,
-oof.csv), leaderboard.jsonl (a line per finished candidate: a rerun skips it), leaderboard.csv,
+selection.csv (the training split, each image's selection fold 1-3; empty: fits only), folds/ (each
+fold's manifest), advice/, codes.h5 (one extraction of every image), candidates/NAME/ (its fold runs and
+out-of-fold predictions, oof.csv), leaderboard.jsonl (a line per finished candidate: a rerun skips it), leaderboard.csv,
 report.txt, auto.json and winner/ (the refit winner with the usual report contract, for `cnncodes predict`).
 """
 from __future__ import annotations

@@ -70,8 +70,8 @@ def image_roles(images, columns: dict, seed: int) -> Roles:
 
     held = "val" if set(np.asarray(listing.splits)[splits.test]) == {"val"} else "test"  # its own name, in reports
     images_csv = manifest([(i, "train") for i in splits.train] + [(i, held) for i in splits.test])
-    selection_csv = csv_text(["path", "label", "fold"],
-                         [(path[i], names[listing.labels[i]], f) for i, f in zip(splits.train, folds)])
+    selection_csv = csv_text(["path", "label", "fold"], [(path[i], names[listing.labels[i]], f + 1 if f >= 0 else "")
+                                                        for i, f in zip(splits.train, folds)])
     stamp = "".join(f"{p}\0{s}\0{m}\n" for p, s, m in zip(listing.paths, listing.file_size, listing.file_mtime_ns))
     notes = list(splits.notes) + ([f"{len(splits.val)} val image(s) beside the test split are not used"]
                                   if len(splits.val) else [])

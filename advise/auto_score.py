@@ -120,9 +120,10 @@ class Scoring:
 
     def _write_oof(self, c: Candidate, predicted: np.ndarray) -> None:
         names, roles = self.roles.class_names, self.roles
-        rows = [(p, names[y], f, names[q] if q >= 0 else "")
+        rows = [(p, names[y], f + 1, names[q] if q >= 0 else "")
                 for p, y, f, q in zip(roles.train_paths, roles.train_labels, roles.folds, predicted) if f >= 0]
-        write_files(self.out / "candidates" / c.name, {"oof.csv": csv_text(["path", "label", "fold", "predicted"], rows)})
+        write_files(self.out / "candidates" / c.name,
+                    {"oof.csv": csv_text(["path", "label", "fold", "predicted"], rows)})
 
     def _finetune_plan(self, c: Candidate) -> dict:
         """The fine-tune's epochs (fixed, recorded by an earlier start, or sized from the time left) or why it

@@ -153,7 +153,7 @@ def test_leaderboard_report_and_the_winners_run_contract(full_run, tree, tmp_pat
     assert f"winner: {result['winner']['candidate']}" in report and "the honest estimate" in report
     assert json.loads((out / "auto.json").read_text()) == json.loads(json.dumps(result))
     folds = {r["path"]: int(r["fold"]) for r in csv.DictReader(open(out / "selection.csv"))}
-    assert len(folds) == 16 and sorted(set(folds.values())) == [0, 1, 2]  # train/ only, three folds
+    assert len(folds) == 16 and sorted(set(folds.values())) == [1, 2, 3]  # train/ only, three folds (fold-1..3/)
     assert result["selection"]["n_train"] == result["selection"]["n_scored"] == 16
     for row in result["leaderboard"]:  # each score is its candidate's out-of-fold predictions of every image
         oof = list(csv.DictReader(open(out / row["report_dir"] / "oof.csv")))
@@ -163,13 +163,13 @@ def test_leaderboard_report_and_the_winners_run_contract(full_run, tree, tmp_pat
         assert row["score"] == pytest.approx(sum(sum(h) / len(h) for h in hits.values()) / 2)
         assert row["folds"] == 3 and "correct" not in row  # auto.json keeps the per-image correctness out
         fold_reports = [json.loads(p.read_text()) for p in sorted((out / row["report_dir"]).glob("fold-*/report.json"))]
-        assert [r["n_test"] for r in fold_reports] == [list(folds.values()).count(k) for k in range(3)]
+        assert [r["n_test"] for r in fold_reports] == [list(folds.values()).count(k) for k in (1, 2, 3)]
         assert all(r["n_train"] + r["n_test"] == 16 for r in fold_reports)
     assert {r["candidate"] for r in result["leaderboard"]} == set(read_log(out / "leaderboard.jsonl"))
     for k in range(3):  # the fine-tunes' folds are the codes' folds: fold k's manifest holds out fold k's images
         rows = list(csv.DictReader(open(out / "folds" / f"fold-{k + 1}.csv")))
         assert len(rows) == 16 and {r["path"] for r in rows if r["split"] == "test"} == \
-            {p for p, f in folds.items() if f == k}
+            {p for p, f in folds.items() if f == k + 1}
     winner = Path(result["winner"]["run_dir"])
     estimate = json.loads((winner / "report.json").read_text())
     assert estimate["n_train"] == 16 and estimate["n_test"] == 16  # refit on all of train/, evaluated on test/
