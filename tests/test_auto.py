@@ -310,7 +310,8 @@ def test_a_killed_auto_resumes_its_fine_tune_where_the_kill_left_it(tree, tmp_pa
     assert pipeline.main(argv) == 0
     assert [(fold, k) for run, fold, k in trained if run == name] == [
         ("fold-1", 1), ("fold-2", 0), ("fold-2", 1), ("fold-3", 0), ("fold-3", 1)]  # fold 1's first epoch was kept
-    epochs = [json.loads(line) for line in (out / "candidates" / name / "fold-1" / "epochs.jsonl").read_text().splitlines()]
+    fold_log = out / "candidates" / name / "fold-1" / "epochs.jsonl"
+    epochs = [json.loads(line) for line in fold_log.read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2]
     result = json.loads((out / "auto.json").read_text())
     assert all(r["status"] == "done" and r["epochs"] == 2 for r in result["leaderboard"])
