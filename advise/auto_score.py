@@ -59,10 +59,11 @@ class Scoring:
         row = {"candidate": c.name, "kind": c.kind, "cost": list(c.cost), "layers": list(c.layers),
                "classifier": c.classifier, "freeze": c.freeze, "epochs": plan.get("epochs"),
                **out_of_fold(self.roles.train_labels[scored], predicted[scored]),
-               "folds": len(self._folds()), "n_scored": int(scored.sum()),
+               "folds": len(self._folds()), "n_scored": int(scored.sum()), "refit_s": plan.get("refit_s"),
                "seconds": round(time.monotonic() - started, 1), "status": "done",
                "report_dir": (Path("candidates") / c.name).as_posix()}
         append_log(self.out / LOG, row)
+        self.done[c.name] = row
         self.log(f"{i + 1}/{n} {c.name}: {row['score']:.3f} ± {row['se']:.3f} (out of fold), {row['seconds']:.1f} s")
         return row
 
@@ -126,8 +127,9 @@ class Scoring:
                     {"oof.csv": csv_text(["path", "label", "fold", "predicted"], rows)})
 
     def _finetune_plan(self, c: Candidate) -> dict:
-        """The fine-tune's epochs (fixed, recorded by an earlier start, or sized from the time left) or why it
-        is skipped: its estimate for every fold plus the refit does not fit in the time left."""
+        """The fine-tune's epochs (fixed, recorded by an earlier start, or sized from the time left) and its
+        refit's estimate, or why it is skipped: its folds plus the winner's refit (its own, or a finished
+        fine-tune's if longer: either may win) do not fit in the time left."""
         if c.name in self.started:
             return {"epochs": self.started[c.name]}
         from cnncodes.extract.backbones import get_backbone
@@ -138,18 +140,21 @@ class Scoring:
         crop = preprocess_config(bb, self.common["resize"], self.common["crop"])["crop"]
         per_step = step_seconds(self.common["backbone"], self.common["weights"], c.freeze, self.roles.n_classes,
                                 FINETUNE_BATCH, crop, self.common["device"])
-        fits, n_train = len(self._folds()), self.roles.n_train
+        fits, n_train, rate = len(self._folds()), self.roles.n_train, self.rate or ASSUMED_RATE
         n_fit = n_train - self.roles.n_scored // fits  # each fold's fit rows
-        # decoding: each fold decodes the whole training split and predicts its held-out images; the refit all
-        decode = (fits * n_train + self.roles.n_scored + n_train + self.roles.n_test) / (self.rate or ASSUMED_RATE)
+        decode = (fits * n_train + self.roles.n_scored) / rate  # each fold decodes train, then predicts its fold
+        refit_decode = (n_train + self.roles.n_test) / rate
+        reserved = max([r.get("refit_s") or 0 for r in self.done.values()], default=0)  # a finished one may win
         steps = fits + n_train / n_fit  # the folds' epochs and the refit's (more images), in fold epochs
-        epochs = self.epochs or epochs_for(n_fit, FINETUNE_BATCH, (self.clock.left() - decode) / steps, per_step)
-        need = decode + steps * epochs * math.ceil(n_fit / FINETUNE_BATCH) * per_step
+        epochs = self.epochs or epochs_for(n_fit, FINETUNE_BATCH,
+                                           (self.clock.left() - decode - max(refit_decode, reserved)) / steps,
+                                           per_step)
+        refit = refit_decode + epochs * math.ceil(n_train / FINETUNE_BATCH) * per_step
+        need = decode + fits * epochs * math.ceil(n_fit / FINETUNE_BATCH) * per_step + max(refit, reserved)
         if not epochs or need > self.clock.left():  # epochs kept for the cheapest candidate, which always runs
-            return {"epochs": max(epochs, 1), "skip": f"needs about {need:.0f} s for its {fits} folds and refit, "
+            return {"epochs": max(epochs, 1), "skip": f"needs about {need:.0f} s for its {fits} folds and a refit, "
                                                       f"{max(self.clock.left(), 0):.0f} s left"}
-        return {"epochs": epochs}
-
+        return {"epochs": epochs, "refit_s": round(refit, 1)}
 
 def finetune(manifest: Path, target: Path, freeze: float, epochs: int, seed: int, common: dict) -> dict:
     """finetune_images on a manifest with train and test rows, no validation set (the last epoch is kept)."""

@@ -219,6 +219,17 @@ def test_a_fine_tune_that_would_overrun_the_budget_is_skipped_before_it_starts(t
     assert result["winner"]["kind"] == "codes"
 
 
+def test_a_fine_tune_that_would_leave_no_time_for_a_finished_fine_tunes_refit_is_skipped(tree, tmp_path):
+    out = tmp_path / "run"
+    auto_images(tree, out, budget="10m", candidates="codes", **TINY)
+    append_log(out / "leaderboard.jsonl", {"candidate": "finetune-earlier", "kind": "finetune", "cost": [1, 9],
+                                           "score": 0.5, "se": 0.1, "refit_s": 10_000})  # it may win: its refit
+    result = auto_images(tree, out, budget="10m", **TINY)
+    tunes = [r for r in result["leaderboard"] if r["kind"] == "finetune"]
+    assert tunes and all(r["status"].startswith("skipped: needs about") for r in tunes)
+    assert not list((out / "candidates").glob("finetune-*"))
+
+
 def test_an_interrupted_auto_keeps_what_finished_and_a_rerun_resumes(tree, tmp_path, monkeypatch, capsys):
     real, calls, interrupt = auto_module._Run._codes_fold, [], {"now": True}
 
