@@ -2,30 +2,25 @@
 
 Advise, then train the plausible candidates cheapest first within a time budget: codes classifiers (svm,
 softmax on the top layer, the best earlier layer and both) and fine-tunes at the freeze the advice suggests,
-then its neighbours. Every candidate is scored by one selection protocol on the training split only
-(advise/selection.py); the winner is refit on the whole training split and evaluated once on the evaluation
+then its neighbours. Every candidate is scored by one selection protocol on the training split only: cross-fitted
+on the same folds, scored by its out-of-fold predictions (advise/selection.py, advise/auto_score.py); the
+winner is refit on the whole training split and evaluated once on the evaluation
 split (test, else val, else a stratified share carved as finetune carves it): that figure is the honest
 estimate, and nothing is chosen by it.
 
 RUN_DIR holds images.csv (every image with its role: train, or test / val = the evaluation split),
-selection.csv (the training split: train = the rows candidates fit on, test = the selection share),
-advice/, codes.h5 (one extraction of every image), candidates/NAME/ (each candidate's report on the
-selection share), leaderboard.jsonl (a line per finished candidate: a rerun skips it), leaderboard.csv,
+selection.csv (the training split, each image's selection fold 1-3; empty: fits only), folds/ (each
+fold's manifest), advice/, codes.h5 (one extraction of every image), candidates/NAME/ (its fold runs and
+out-of-fold predictions, oof.csv), leaderboard.jsonl (a line per finished candidate: a rerun skips it), leaderboard.csv,
 report.txt, auto.json and winner/ (the refit winner with the usual report contract, for `cnncodes predict`).
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 from cnncodes.classify.fileio import write_files
 from cnncodes.extract.errors import UsageError
@@ -35,12 +30,11 @@ from cnncodes.extract.outputs import guards_output
 from .auto_plan import DEFAULT_BUDGET, Candidate, Clock, parse_budget, parse_kinds, plan_candidates
 from .auto_report import format_result, leaderboard_csv, ranked
 from .auto_roles import Roles, image_roles
-from .selection import SELECTION_SHARE, append_log, noise, pick_winner, read_log
+from .auto_score import LOG, STARTED, Scoring, finetune
+from .selection import FOLDS, pick_winner, read_log
 
-FINETUNE_BATCH = 32
-ASSUMED_RATE = 20.0  # images/s decoded, for the estimates when no extraction ran (fine-tunes only); CPU-ish
-IMAGES, SELECTION, CODES, LOG, STARTED, SETTINGS = ("images.csv", "selection.csv", "codes.h5", "leaderboard.jsonl",
-                                                    "started.json", "settings.json")
+IMAGES, SELECTION, CODES, SETTINGS = "images.csv", "selection.csv", "codes.h5", "settings.json"
+PROTOCOL = f"cross-fitted on {FOLDS} folds"  # in settings.json: a run folder of another protocol is refused
 
 
 @guards_output("out_dir", images="images", resumes=lambda out: (out / SETTINGS).is_file())
@@ -79,10 +73,11 @@ def auto_images(images: str | os.PathLike, out_dir: str | os.PathLike, *, budget
         log(f"one extraction of all {roles.n_train + roles.n_test} images into {out / CODES}")
         run.codes_file()
     rows = [run.candidate(c, i, len(plan)) for i, c in enumerate(plan)]
-    winner = pick_winner(rows)
+    winner = pick_winner(rows, roles.train_labels[roles.folds >= 0])
     final = run.refit(winner, plan)
     result = _result(images, out, clock, advice, roles, rows, winner, final, budget)
-    write_files(out, {AUTO_RESULT: json.dumps(result, indent=2) + "\n", "leaderboard.csv": leaderboard_csv(rows),
+    write_files(out, {AUTO_RESULT: json.dumps(result, indent=2) + "\n",
+                      "leaderboard.csv": leaderboard_csv(rows, winner),
                       "report.txt": format_result(result) + "\n"})
     return result
 
@@ -104,10 +99,10 @@ def _check_options(backbone: str, sample: int | None, **finetune_options) -> Non
 def _start(out: Path, roles: Roles, options: dict, overwrite: bool) -> None:
     """Refuse a RUN_DIR holding an auto run of other images or options (unless ``overwrite``, which clears
     it); write the manifests and the settings a rerun is compared with."""
-    settings = {**options, "images": roles.fingerprint}
+    settings = {**options, "images": roles.fingerprint, "selection": PROTOCOL}
     saved = out / SETTINGS
     if overwrite:
-        for name in ("candidates", AUTO_WINNER, "advice"):
+        for name in ("candidates", "folds", AUTO_WINNER, "advice"):
             shutil.rmtree(out / name, ignore_errors=True)
         for name in (LOG, STARTED, AUTO_RESULT, "leaderboard.csv", "report.txt"):
             (out / name).unlink(missing_ok=True)
@@ -133,8 +128,8 @@ def _advice(images, out: Path, log, **options) -> dict:
     return advice
 
 
-class _Run:
-    """The candidates' runs and the winner's refit, all within one RUN_DIR and one clock."""
+class _Run(Scoring):
+    """The candidates' runs (auto_score.Scoring) and the winner's refit, all within one RUN_DIR and one clock."""
 
     def __init__(self, out: Path, clock: Clock, log, roles: Roles, advice: dict, common: dict, batch_size,
                  seed: int, epochs: int | None, overwrite: bool):
@@ -143,31 +138,6 @@ class _Run:
         self.overwrite = overwrite
         self.done, self.codes, self.rate = read_log(out / LOG), None, None
         self.started = json.loads((out / STARTED).read_text(encoding="utf-8")) if (out / STARTED).is_file() else {}
-
-    def candidate(self, c: Candidate, i: int, n: int) -> dict:
-        """Score ``c`` (or read its row back), or skip it when it does not fit in the time left."""
-        if c.name in self.done:
-            row = self.done[c.name]
-            self.log(f"{i + 1}/{n} {c.name}: {row['score']:.3f} ± {row['se']:.3f} (finished by an earlier run)")
-            return row
-        spent = i and self.clock.left() <= 0  # the cheapest always runs: there is an answer
-        plan = self._finetune_plan(c) if c.kind == "finetune" and not spent else {}
-        if spent or (i and plan.get("skip")):
-            why = plan.get("skip") or "the budget is spent"
-            self.log(f"{i + 1}/{n} {c.name}: skipped ({why})")
-            return {"candidate": c.name, "kind": c.kind, "cost": list(c.cost), "score": None, "se": None,
-                    "seconds": None, "status": f"skipped: {why}"}
-        started = time.monotonic()
-        report = self._run_codes(c) if c.kind == "codes" else self._run_finetune(c, plan["epochs"])
-        row = {"candidate": c.name, "kind": c.kind, "cost": list(c.cost), "layers": list(c.layers),
-               "classifier": c.classifier, "freeze": c.freeze, "epochs": plan.get("epochs"),
-               "score": report["balanced_accuracy"], "se": noise(report["per_class"]),
-               "n_fit": report["n_train"], "n_selection": report["n_test"],
-               "seconds": round(time.monotonic() - started, 1), "status": "done",
-               "report_dir": (Path("candidates") / c.name).as_posix()}
-        append_log(self.out / LOG, row)
-        self.log(f"{i + 1}/{n} {c.name}: {row['score']:.3f} ± {row['se']:.3f} (selection), {row['seconds']:.1f} s")
-        return row
 
     def codes_file(self) -> Path:
         """RUN_DIR/codes.h5: every image, the top layer and the advice's best earlier layer, extracted once."""
@@ -183,61 +153,6 @@ class _Run:
             self.codes, self.rate = result.path, result.images_per_second or None
             self.overwrite = False  # once replaced, a second call reuses it
         return self.codes
-
-    def _run_codes(self, c: Candidate) -> dict:
-        """classify's own fit (C by CV within the fit rows) on the fit rows, scored on the selection share."""
-        from cnncodes.classify.train import fit_and_report
-
-        return fit_and_report(self._selection_dataset(c.layers), self.out / "candidates" / c.name,
-                              classifier=c.classifier, normalize="power", C=None, class_weight="balanced",
-                              sampling="none", seed=self.seed, cv=5)  # quiet: the candidate's line says it
-
-    def _selection_dataset(self, layers: tuple[str, ...]):
-        """The codes of the selection manifest's rows: train = the fit rows, test = the selection share."""
-        from cnncodes.classify.data import class_names_of, load, valid_rows
-        from cnncodes.classify.split import Dataset
-
-        cf, X = load(self.codes_file(), list(layers))
-        usable = valid_rows(cf, X)
-        role = {r["path"]: r["split"] for r in csv.DictReader(io.StringIO(self.roles.selection_csv))}
-        split = np.array([role.get(p, "") for p in cf.rows.paths])
-        fit, chosen = np.flatnonzero(usable & (split == "train")), np.flatnonzero(usable & (split == "test"))
-        y = cf.rows.labels
-        return Dataset(X[fit], y[fit], X[chosen], y[chosen], class_names_of(cf), list(layers), cf.recipe,
-                       str(cf.path), None, f"auto's selection share ({SELECTION_SHARE:g} of train, seed {self.seed})",
-                       int((~cf.rows.ok.astype(bool) & (split != "")).sum()), 0)
-
-    def _finetune_plan(self, c: Candidate) -> dict:
-        """The fine-tune's epochs (fixed, recorded by an earlier start, or sized from the time left) or why it
-        is skipped: its estimate plus the refit's does not fit in the time left."""
-        if c.name in self.started:
-            return {"epochs": self.started[c.name]}
-        from cnncodes.extract.backbones import get_backbone
-        from cnncodes.extract.recipe import preprocess_config
-        from cnncodes.finetune.budget import epochs_for, step_seconds
-
-        bb = get_backbone(self.common["backbone"])
-        crop = preprocess_config(bb, self.common["resize"], self.common["crop"])["crop"]
-        per_step = step_seconds(self.common["backbone"], self.common["weights"], c.freeze, self.roles.n_classes,
-                                FINETUNE_BATCH, crop, self.common["device"])
-        n_fit, n_all = self.roles.n_train - self.roles.n_selection, self.roles.n_train + self.roles.n_test
-        decode = n_all / (self.rate or ASSUMED_RATE)  # decoding every image once, at the extraction's rate
-        refit = self.roles.n_train / n_fit  # the refit trains on the whole training split: this many times the steps
-        epochs = self.epochs or epochs_for(n_fit, FINETUNE_BATCH, (self.clock.left() - 2 * decode) / (1 + refit),
-                                           per_step)
-        need = 2 * decode + (1 + refit) * epochs * math.ceil(n_fit / FINETUNE_BATCH) * per_step
-        if not epochs or need > self.clock.left():  # epochs kept for the cheapest candidate, which always runs
-            return {"epochs": max(epochs, 1),
-                    "skip": f"needs about {need:.0f} s with its refit, {max(self.clock.left(), 0):.0f} s left"}
-        return {"epochs": epochs}
-
-    def _run_finetune(self, c: Candidate, epochs: int) -> dict:
-        """finetune on the selection manifest: fits on its train rows, evaluated on the selection share;
-        no validation set, so the last epoch is kept (the share chooses between candidates only)."""
-        self.started[c.name] = epochs
-        write_files(self.out, {STARTED: json.dumps(self.started, indent=2) + "\n"})  # a rerun resumes with these
-        return _finetune(self.out / SELECTION, self.out / "candidates" / c.name, c.freeze, epochs, self.seed,
-                         self.common)
 
     def refit(self, winner: dict | None, plan: list[Candidate]) -> dict | None:
         """The winner refit on the whole training split into RUN_DIR/winner, evaluated on the evaluation split."""
@@ -255,15 +170,7 @@ class _Run:
 
             return classify_codes(self.codes_file(), target, layers=list(c.layers), classifier=c.classifier,
                                   seed=self.seed, progress=self.common["progress"], overwrite=True)
-        return _finetune(self.out / IMAGES, target, c.freeze, winner["epochs"], self.seed, self.common)
-
-
-def _finetune(manifest: Path, target: Path, freeze: float, epochs: int, seed: int, common: dict) -> dict:
-    """finetune_images on a manifest with train and test rows, no validation set (the last epoch is kept)."""
-    from cnncodes.finetune import finetune_images
-
-    return finetune_images(manifest, target, freeze=freeze, epochs=epochs, warmup_epochs=min(1.0, epochs / 6),
-                           val_fraction=0, batch_size=FINETUNE_BATCH, seed=seed, **common)
+        return finetune(self.out / IMAGES, target, c.freeze, winner["epochs"], self.seed, self.common)
 
 
 def _result(images, out: Path, clock: Clock, advice: dict, roles: Roles, rows: list[dict], winner: dict | None,
@@ -275,15 +182,28 @@ def _result(images, out: Path, clock: Clock, advice: dict, roles: Roles, rows: l
         "seconds": round(clock.used(), 1),
         "advice": {k: advice[k] for k in ("scenario", "scenario_name", "similarity")}
         | {"best_early_layer": advice["evidence"].get("best_early_layer"), "file": "advice/advice.json"},
-        "selection": {"metric": "balanced_accuracy", "share": SELECTION_SHARE, "seed": json.loads(
-            (out / SETTINGS).read_text(encoding="utf-8"))["seed"], "n_fit": roles.n_train - roles.n_selection,
-            "n_selection": roles.n_selection, "noise": "binomial standard error (Laplace-smoothed recalls)",
-            "rule": "the cheapest candidate within one standard error of the best"},
+        "selection": _selection(roles, json.loads((out / SETTINGS).read_text(encoding="utf-8"))["seed"]),
         "evaluation": {"split_source": roles.split_source, "n_test": roles.n_test},
-        "leaderboard": ranked(rows, winner), "winner": None if winner is None else
-        {**winner, "run_dir": (out / AUTO_WINNER).as_posix(), "estimate": estimate},
+        "leaderboard": [_brief(r) for r in ranked(rows, winner)], "winner": None if winner is None else
+        {**_brief(winner), "run_dir": (out / AUTO_WINNER).as_posix(), "estimate": estimate},
         "notes": roles.notes,
     }
+
+
+def _selection(roles: Roles, seed: int) -> dict:
+    """auto.json's account of the selection protocol."""
+    folds = sorted(set(roles.folds.tolist()) - {-1})
+    how = (f"{len(folds)}-fold cross-fitting: every training image predicted once by a fit on the other folds"
+           if len(folds) > 1 else f"one stratified share of {roles.n_scored} training images, the rest fit")
+    return {"metric": "balanced_accuracy", "protocol": how, "folds": len(folds), "seed": seed,
+            "n_train": roles.n_train, "n_scored": roles.n_scored,
+            "noise": "binomial standard error over the scored images (Laplace-smoothed recalls)",
+            "rule": "the cheapest candidate within one standard error of the paired difference from the best"}
+
+
+def _brief(row: dict) -> dict:
+    """A leaderboard row without its per-image correctness (kept in leaderboard.jsonl)."""
+    return {k: v for k, v in row.items() if k != "correct"}
 
 
 def _logger(progress: bool):

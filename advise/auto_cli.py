@@ -30,9 +30,10 @@ def add_parsers(sub) -> None:
         epilog=cli.ENVIRONMENT_HELP, formatter_class=cli.KeepsEnvironmentHelp,
         description="Run the advisor, then train codes classifiers (svm, softmax on the top layer, the best "
                     "earlier layer and both) and fine-tunes (the advised freeze, then its neighbours) cheapest "
-                    "first within --budget. Every candidate fits on the same 80% of the training split and is "
-                    "scored on the other 20% (balanced accuracy ± its standard error); the cheapest within one "
-                    "standard error of the best wins, is refit on the whole training split into RUN_DIR/winner "
+                    "first within --budget. Every candidate is cross-fitted on the same 3 stratified folds of the "
+                    "training split and scored by the balanced accuracy of its out-of-fold predictions ± its "
+                    "standard error; the cheapest within one standard error (of the paired difference) of the "
+                    "best wins, is refit on the whole training split into RUN_DIR/winner "
                     "(for `cnncodes predict`) and evaluated once on the test split (else val): the honest "
                     "estimate. Writes leaderboard.csv, report.txt and auto.json; a rerun resumes.")
     p.add_argument("images", help="image folder or CSV manifest")

@@ -7,8 +7,6 @@ from __future__ import annotations
 import csv
 import io
 
-from .selection import pick_winner
-
 LEADERBOARD_COLUMNS = ("rank", "candidate", "kind", "selection_score", "noise_se", "seconds", "status", "winner")
 
 
@@ -19,11 +17,12 @@ def ranked(rows: list[dict], winner: dict | None) -> list[dict]:
              "winner": winner is not None and r["candidate"] == winner["candidate"]} for k, r in enumerate(order)]
 
 
-def leaderboard_csv(rows: list[dict]) -> str:
+def leaderboard_csv(rows: list[dict], winner: dict | None) -> str:
+    """leaderboard.csv: each candidate's out-of-fold score ± its noise, time and status, ranked."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(LEADERBOARD_COLUMNS)
-    for r in ranked(rows, pick_winner(rows)):
+    for r in ranked(rows, winner):
         writer.writerow([r["rank"] or "", r["candidate"], r["kind"], _fmt(r["score"]), _fmt(r["se"]),
                          "" if r["seconds"] is None else r["seconds"], r["status"], "yes" if r["winner"] else ""])
     return buf.getvalue()
@@ -38,9 +37,9 @@ def format_result(result: dict) -> str:
     adv, sel, ev = result["advice"], result["selection"], result["evaluation"]
     lines = [f"auto on {result['images']}: advice scenario {adv['scenario']} ({adv['scenario_name']}); "
              f"see {adv['file']}",
-             f"selection: each candidate fits on {sel['n_fit']} training images and is scored on the other "
-             f"{sel['n_selection']} (a stratified {sel['share']:g} share, seed {sel['seed']}) by balanced accuracy ± "
-             f"its {sel['noise']}; the evaluation split ({ev['split_source']}, {ev['n_test']} images) chose nothing",
+             f"selection: {sel['protocol']} ({sel['n_scored']} of {sel['n_train']} training images scored, the same "
+             f"folds for every candidate, seed {sel['seed']}), by balanced accuracy ± its {sel['noise']}; the "
+             f"evaluation split ({ev['split_source']}, {ev['n_test']} images) chose nothing",
              "", "| # | candidate | selection bal. acc. | ± noise (SE) | time (s) | status |",
              "|---:|---|---:|---:|---:|---|"]
     for r in result["leaderboard"]:

@@ -1,10 +1,11 @@
-"""auto's one selection protocol: the share of the training split every candidate is scored on, the noise
+"""auto's one selection protocol: the folds of the training split every candidate is scored on, the noise
 of that score, the winner, and the leaderboard log a rerun resumes from (numpy and files only).
 
-Every candidate, codes classifier or fine-tune, fits on the same rows of the training split and is scored
-by balanced accuracy on the same stratified share of it (SELECTION_SHARE, seeded), so the scores compare;
-the evaluation split is not among them. The winner is the cheapest candidate whose score is within one
-standard error of the best one's (the one-standard-error rule): a costlier candidate must beat the noise.
+Every candidate, codes classifier or fine-tune, is cross-fitted on the same seeded, stratified folds of the
+training split (selection_folds): fitted once per fold on the other folds, it predicts the held-out fold, and
+its out-of-fold predictions of every training image give its balanced accuracy, so the scores compare and the
+evaluation split is not among them. The winner is the cheapest candidate within noise of the best: the best's
+lead over it is at most one standard error of the paired difference on the same images (pick_winner).
 """
 from __future__ import annotations
 
@@ -17,25 +18,41 @@ import numpy as np
 
 from cnncodes.extract.errors import UsageError
 
-SELECTION_SHARE = 0.2  # of the training split, held out of every candidate's fit to score it
-MIN_TRAIN_PER_CLASS = 3  # one image in the share, two to fit (classify's folds need two of a class)
+FOLDS = 3  # cross-fitting folds: every candidate (a fine-tune too) is fitted this many times
+SHARE = 0.2  # the single scored share of a training split too large to cross-fit
+CROSS_FIT_UP_TO = 10_000  # training images; beyond, a 0.2 share holds 2,000+ images (an SE near one point)
+MIN_TRAIN_PER_CLASS = 3  # one image in each fold, two to fit (classify's folds need two of a class)
 
 
-def selection_share(labels: np.ndarray, seed: int, share: float = SELECTION_SHARE) -> np.ndarray:
-    """Mask over the training ``labels``: True for the stratified, seeded share that scores the candidates
-    (at least one image of every class)."""
-    from sklearn.model_selection import train_test_split
+def selection_folds(labels: np.ndarray, seed: int) -> np.ndarray:
+    """Each training image's selection fold (stratified, seeded): 0..FOLDS-1, every image held out once; for a
+    training split over CROSS_FIT_UP_TO images a single SHARE scores (fold 0) and the rest only fit (-1)."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
 
     classes, counts = np.unique(labels, return_counts=True)
     if len(classes) < 2 or counts.min() < MIN_TRAIN_PER_CLASS:
         few = ", ".join(f"{c} ({n})" for c, n in zip(classes, counts) if n < MIN_TRAIN_PER_CLASS)
         raise UsageError(f"auto needs at least {MIN_TRAIN_PER_CLASS} training images of each of at least two "
                          f"classes (one scores the candidates, two fit them); too few: {few or 'a single class'}")
-    n_take = max(math.ceil(share * len(labels)), len(classes))
-    _, taken = train_test_split(np.arange(len(labels)), test_size=n_take, random_state=seed, stratify=labels)
-    mask = np.zeros(len(labels), bool)
-    mask[taken] = True
-    return mask
+    folds = np.full(len(labels), -1)
+    if len(labels) > CROSS_FIT_UP_TO:
+        _, taken = train_test_split(np.arange(len(labels)), test_size=SHARE, random_state=seed, stratify=labels)
+        folds[taken] = 0
+        return folds
+    for k, (_, held) in enumerate(StratifiedKFold(FOLDS, shuffle=True, random_state=seed).split(labels, labels)):
+        folds[held] = k
+    return folds
+
+
+def out_of_fold(y: np.ndarray, predicted: np.ndarray) -> dict:
+    """A candidate's selection score from its out-of-fold predictions of the scored images (class indices, -1
+    for an image it could not read): balanced accuracy, its noise, and each image's correctness ("0"/"1", for
+    the paired comparison)."""
+    correct = predicted == y
+    per_class = {int(c): {"recall": float(correct[y == c].mean()), "support": int((y == c).sum())}
+                 for c in np.unique(y)}
+    return {"score": float(np.mean([r["recall"] for r in per_class.values()])), "se": noise(per_class),
+            "correct": "".join("1" if c else "0" for c in correct)}
 
 
 def noise(per_class: dict[str, dict]) -> float:
@@ -53,14 +70,29 @@ def noise(per_class: dict[str, dict]) -> float:
     return math.sqrt(variance) / len(present)
 
 
-def pick_winner(rows: list[dict]) -> dict | None:
-    """The cheapest (lowest ``cost``) scored row within one standard error (``se``) of the best ``score``."""
+def paired_se(a: str, b: str, y: np.ndarray) -> float:
+    """Standard error of the difference of two balanced accuracies measured on the same images (``a``, ``b``:
+    each image's correctness, "0"/"1"): sqrt(sum_c var_c(a - b) / n_c) / K."""
+    d = np.frombuffer(a.encode(), np.uint8).astype(float) - np.frombuffer(b.encode(), np.uint8)
+    variance = sum(d[y == c].var(ddof=1) / (y == c).sum() for c in np.unique(y) if (y == c).sum() > 1)
+    return math.sqrt(variance) / len(np.unique(y))
+
+
+def pick_winner(rows: list[dict], y: np.ndarray | None = None) -> dict | None:
+    """The cheapest (lowest ``cost``) scored row within noise of the best ``score``: its deficit at most one
+    standard error of the paired difference (rows with ``correct`` on the scored images' labels ``y``), else
+    of the best's own ``se``."""
     scored = [r for r in rows if r.get("score") is not None]
     if not scored:
         return None
     best = max(scored, key=lambda r: (r["score"], [-c for c in r["cost"]]))
-    bar = best["score"] - (best["se"] if math.isfinite(best["se"]) else 0.0)
-    return min((r for r in scored if r["score"] >= bar), key=lambda r: r["cost"])
+
+    def noise_against(r: dict) -> float:
+        if y is not None and r.get("correct") and best.get("correct") and len(r["correct"]) == len(y):
+            return paired_se(best["correct"], r["correct"], y)
+        return best["se"] if math.isfinite(best["se"]) else 0.0
+
+    return min((r for r in scored if best["score"] - r["score"] <= noise_against(r) + 1e-12), key=lambda r: r["cost"])
 
 
 def read_log(path: Path) -> dict[str, dict]:

@@ -20,7 +20,8 @@ from cnncodes import pipeline
 from cnncodes.advise import auto as auto_module, auto_plan, auto_report
 from cnncodes.advise.auto import auto_images
 from cnncodes.advise.auto_plan import parse_budget
-from cnncodes.advise.selection import append_log, noise, pick_winner, read_log, selection_share
+from cnncodes.advise import selection
+from cnncodes.advise.selection import append_log, noise, out_of_fold, pick_winner, read_log, selection_folds
 from conftest import ROOT, make_tree
 from cnncodes.finetune.budget import epochs_for
 
@@ -67,6 +68,28 @@ def test_the_cheapest_candidate_within_one_standard_error_wins():
     assert 0 < noise(perfect) < noise({"a": {"recall": 1.0, "support": 2}, "b": {"recall": 1.0, "support": 2}})
 
 
+def test_within_noise_is_judged_on_the_paired_difference_of_the_same_images():
+    import numpy as np
+
+    y = np.array([0] * 50 + [1] * 50)
+    truth = y.copy()
+
+    def row(name, cost, wrong):
+        predicted = truth.copy()
+        predicted[wrong] = 1 - predicted[wrong]
+        return {"candidate": name, "cost": cost, **out_of_fold(y, predicted)}
+
+    common = list(range(10)) + list(range(50, 60))  # both wrong on these: 0.80 at best
+    cheap, dear = row("cheap", [0, 0], common + [10, 11, 60, 61]), row("dear", [1, 0], common)
+    assert (cheap["score"], dear["score"]) == pytest.approx((0.76, 0.80)) and len(dear["correct"]) == 100
+    # 4 points apart, within the best's own SE (0.041) but the two differ on only 4 images and agree on 96: the
+    # paired SE (0.020) says the lead is not noise
+    assert pick_winner([cheap, dear])["candidate"] == "cheap"  # judged on the best's own SE alone
+    assert pick_winner([cheap, dear], y)["candidate"] == "dear"
+    once = row("once", [0, 1], common + [10])  # one image worse than dear: within the paired noise, and cheaper
+    assert pick_winner([once, dear], y)["candidate"] == "once"
+
+
 @pytest.mark.parametrize("scenario, freezes", [(1, ["0.7", "0.33"]), (3, ["0.33", "0.7", "0"]), (4, ["0", "0.33"])])
 def test_candidates_cheapest_first_then_the_advised_freeze_and_its_neighbours(scenario, freezes):
     advice = {"scenario": scenario, "evidence": {"best_early_layer": "block4"}}
@@ -79,15 +102,19 @@ def test_candidates_cheapest_first_then_the_advised_freeze_and_its_neighbours(sc
     assert [c.name for c in none_early] == ["codes-penultimate-svm", "codes-penultimate-softmax"]
 
 
-def test_selection_share_is_stratified_seeded_and_needs_three_per_class():
+def test_selection_folds_hold_out_every_training_image_once_stratified_and_seeded(monkeypatch):
     import numpy as np
 
     labels = np.array([0] * 10 + [1] * 5)
-    share = selection_share(labels, seed=0)
-    assert share.sum() == 3 and set(labels[share]) == {0, 1}
-    assert (share == selection_share(labels, seed=0)).all()
+    folds = selection_folds(labels, seed=0)
+    assert sorted(set(folds)) == [0, 1, 2] and (folds == selection_folds(labels, seed=0)).all()
+    assert all(set(labels[folds == k]) == {0, 1} for k in range(3))  # every class in every fold
+    assert not (folds == selection_folds(labels, seed=1)).all()
     with pytest.raises(ValueError, match="at least 3 training images"):
-        selection_share(np.array([0, 0, 0, 1, 1]), seed=0)
+        selection_folds(np.array([0, 0, 0, 1, 1]), seed=0)
+    monkeypatch.setattr(selection, "CROSS_FIT_UP_TO", 10)  # a large training split: one scored share
+    share = selection_folds(labels, seed=0)
+    assert sorted(set(share)) == [-1, 0] and (share == 0).sum() == 3 and set(labels[share == 0]) == {0, 1}
 
 
 def test_a_line_cut_short_by_a_kill_is_ignored_and_the_next_row_kept(tmp_path):
@@ -120,15 +147,29 @@ def test_leaderboard_report_and_the_winners_run_contract(full_run, tree, tmp_pat
     assert {"codes-penultimate-svm", "codes-penultimate-softmax"} <= names
     assert any(n.startswith("finetune-") for n in names)
     assert sum(r["winner"] == "yes" for r in board) == 1
+    assert all(0 <= float(r["selection_score"]) <= 1 and 0 < float(r["noise_se"]) < 0.5 for r in board if r["rank"])
     report = (out / "report.txt").read_text()
     assert "| # | candidate | selection bal. acc. | ± noise (SE) | time (s) | status |" in report
     assert f"winner: {result['winner']['candidate']}" in report and "the honest estimate" in report
     assert json.loads((out / "auto.json").read_text()) == json.loads(json.dumps(result))
-    for row in result["leaderboard"]:  # each score is its candidate's report on the selection share
-        cand = json.loads((out / row["report_dir"] / "report.json").read_text())
-        assert cand["balanced_accuracy"] == row["score"]
-        assert (cand["n_train"], cand["n_test"]) == (result["selection"]["n_fit"], result["selection"]["n_selection"])
-    assert result["selection"]["n_fit"] + result["selection"]["n_selection"] == 16  # train/ only
+    folds = {r["path"]: int(r["fold"]) for r in csv.DictReader(open(out / "selection.csv"))}
+    assert len(folds) == 16 and sorted(set(folds.values())) == [1, 2, 3]  # train/ only, three folds (fold-1..3/)
+    assert result["selection"]["n_train"] == result["selection"]["n_scored"] == 16
+    for row in result["leaderboard"]:  # each score is its candidate's out-of-fold predictions of every image
+        oof = list(csv.DictReader(open(out / row["report_dir"] / "oof.csv")))
+        assert sorted(r["path"] for r in oof) == sorted(folds)  # every training image scored exactly once
+        assert {r["path"]: int(r["fold"]) for r in oof} == folds  # on the same folds for every candidate
+        hits = {c: [r["predicted"] == c for r in oof if r["label"] == c] for c in ("cat", "dog")}
+        assert row["score"] == pytest.approx(sum(sum(h) / len(h) for h in hits.values()) / 2)
+        assert row["folds"] == 3 and "correct" not in row  # auto.json keeps the per-image correctness out
+        fold_reports = [json.loads(p.read_text()) for p in sorted((out / row["report_dir"]).glob("fold-*/report.json"))]
+        assert [r["n_test"] for r in fold_reports] == [list(folds.values()).count(k) for k in (1, 2, 3)]
+        assert all(r["n_train"] + r["n_test"] == 16 for r in fold_reports)
+    assert {r["candidate"] for r in result["leaderboard"]} == set(read_log(out / "leaderboard.jsonl"))
+    for k in range(3):  # the fine-tunes' folds are the codes' folds: fold k's manifest holds out fold k's images
+        rows = list(csv.DictReader(open(out / "folds" / f"fold-{k + 1}.csv")))
+        assert len(rows) == 16 and {r["path"] for r in rows if r["split"] == "test"} == \
+            {p for p, f in folds.items() if f == k + 1}
     winner = Path(result["winner"]["run_dir"])
     estimate = json.loads((winner / "report.json").read_text())
     assert estimate["n_train"] == 16 and estimate["n_test"] == 16  # refit on all of train/, evaluated on test/
@@ -147,8 +188,10 @@ def test_selection_never_reads_the_evaluation_split(full_run, tree, tmp_path):
     (flipped / "test" / "tmp").rename(flipped / "test" / "dog")  # every evaluation label is now wrong
     again = auto_images(flipped, tmp_path / "run", budget="10m", **TINY)
     assert _chosen(again) == _chosen(full_run[1])
-    test_paths = [r["path"] for r in csv.DictReader(open(tmp_path / "run" / "selection.csv"))]
-    assert len(test_paths) == 16 and all("/train/" in p for p in test_paths)  # the fine-tunes' only images
+    scored = [r["path"] for r in csv.DictReader(open(tmp_path / "run" / "selection.csv"))]
+    assert len(scored) == 16 and all("/train/" in p for p in scored)
+    for manifest in (tmp_path / "run" / "folds").glob("*.csv"):  # the fine-tunes' only images
+        assert all("/train/" in r["path"] for r in csv.DictReader(open(manifest)))
 
 
 def test_a_tiny_budget_runs_the_cheapest_candidate_and_skips_the_rest(tree, tmp_path):
@@ -176,23 +219,34 @@ def test_a_fine_tune_that_would_overrun_the_budget_is_skipped_before_it_starts(t
     assert result["winner"]["kind"] == "codes"
 
 
+def test_a_fine_tune_that_would_leave_no_time_for_a_finished_fine_tunes_refit_is_skipped(tree, tmp_path):
+    out = tmp_path / "run"
+    auto_images(tree, out, budget="10m", candidates="codes", **TINY)
+    append_log(out / "leaderboard.jsonl", {"candidate": "finetune-earlier", "kind": "finetune", "cost": [1, 9],
+                                           "score": 0.5, "se": 0.1, "refit_s": 10_000})  # it may win: its refit
+    result = auto_images(tree, out, budget="10m", **TINY)
+    tunes = [r for r in result["leaderboard"] if r["kind"] == "finetune"]
+    assert tunes and all(r["status"].startswith("skipped: needs about") for r in tunes)
+    assert not list((out / "candidates").glob("finetune-*"))
+
+
 def test_an_interrupted_auto_keeps_what_finished_and_a_rerun_resumes(tree, tmp_path, monkeypatch, capsys):
-    real, calls, interrupt = auto_module._Run._run_codes, [], [True]
+    real, calls, interrupt = auto_module._Run._codes_fold, [], {"now": True}
 
-    def third_is_interrupted(self, c):
-        calls.append(c.name)
-        if len(calls) == 3 and interrupt.pop():
+    def third_is_interrupted(self, c, k):
+        calls.append(c.name) if c.name not in calls else None
+        if len(calls) == 3 and interrupt["now"]:
+            interrupt["now"] = False
             raise KeyboardInterrupt  # Ctrl-C during the third candidate, once
-        return real(self, c)
+        return real(self, c, k)
 
-    monkeypatch.setattr(auto_module._Run, "_run_codes", third_is_interrupted)
+    monkeypatch.setattr(auto_module._Run, "_codes_fold", third_is_interrupted)
     argv = ["auto", str(tree), "--out", str(tmp_path / "run"), "--candidates", "codes", *TINY_CLI]
     assert pipeline.main(argv) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     finished = read_log(tmp_path / "run" / "leaderboard.jsonl")
     assert list(finished) == calls[:2]
     calls.clear()
-    interrupt.append(False)
     assert pipeline.main(argv) == 0
     assert calls and not set(calls) & set(finished)  # the finished candidates were not trained again
     result = json.loads((tmp_path / "run" / "auto.json").read_text())
@@ -251,7 +305,7 @@ def test_a_killed_auto_resumes_its_fine_tune_where_the_kill_left_it(tree, tmp_pa
               "def save_then_die(self):\n    save(self)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
               "trainer.Trainer._save_checkpoint = save_then_die\nsys.exit(pipeline.main(sys.argv[1:]))\n")
     done = subprocess.run([sys.executable, "-c", killer, *argv], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == -signal.SIGKILL  # killed right after the first fine-tune's first epoch was saved
+    assert done.returncode == -signal.SIGKILL  # killed right after the first fine-tune's first fold's first epoch
     first = json.loads((out / "started.json").read_text())
     assert list(first) == [name := next(iter(first))] and first[name] == 2
     assert not (out / "leaderboard.jsonl").exists()
@@ -260,13 +314,15 @@ def test_a_killed_auto_resumes_its_fine_tune_where_the_kill_left_it(tree, tmp_pa
     trained, real_epoch = [], trainer.Trainer._epoch
 
     def recorded(self, k):
-        trained.append((self.out.name, k))
+        trained.append((self.out.parent.name, self.out.name, k))
         return real_epoch(self, k)
 
     monkeypatch.setattr(trainer.Trainer, "_epoch", recorded)
     assert pipeline.main(argv) == 0
-    assert [k for run, k in trained if run == name] == [1]  # only its second epoch: the first was saved before the kill
-    epochs = [json.loads(line) for line in (out / "candidates" / name / "epochs.jsonl").read_text().splitlines()]
+    assert [(fold, k) for run, fold, k in trained if run == name] == [
+        ("fold-1", 1), ("fold-2", 0), ("fold-2", 1), ("fold-3", 0), ("fold-3", 1)]  # fold 1's first epoch was kept
+    fold_log = out / "candidates" / name / "fold-1" / "epochs.jsonl"
+    epochs = [json.loads(line) for line in fold_log.read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2]
     result = json.loads((out / "auto.json").read_text())
     assert all(r["status"] == "done" and r["epochs"] == 2 for r in result["leaderboard"])
