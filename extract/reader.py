@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import UsageError
-from .folders import IMAGE_EXTENSIONS, walk_tree
+from .folders import is_image_extension, walk_tree
 from .manifest import MANIFEST_EXTENSIONS, read_manifest, refuse_columns
 
 
@@ -98,7 +98,7 @@ def _list_one(source: Path, given: dict[str, str] | None = None) -> tuple[list[t
 
 def _is_image_file(path: Path) -> bool:
     """An image by its extension (a broken one becomes a recorded failure), else by its content."""
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
+    if is_image_extension(path.suffix):
         return True
     try:
         with Image.open(path):
