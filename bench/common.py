@@ -6,6 +6,7 @@ reads its settings once per process), and the parent only schedules rounds and c
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -110,6 +111,22 @@ def large_images(quick: bool) -> tuple[Path, str]:
     n = 8 if quick else 100  # start-up (0.4-1 s) is still a fifth of a run here; --repeat makes it weigh less
     root = make_jpeg_tree(CACHE / f"photos-4000x3000-{n}", n, (4000, 3000), splits=("all",), quality=92)
     return root / "all", f"{n} generated 4000x3000 JPEGs ({root / 'all'})"
+
+
+def package_root(tree: str | Path) -> Path:
+    """A folder whose ``cnncodes`` is ``tree`` (a source tree is the package itself: pyproject maps cnncodes to
+    "."), to put first on a child's PYTHONPATH, so that it imports that tree's code, not the installed one."""
+    tree = Path(tree).resolve()
+    root = CACHE / "packages" / hashlib.sha256(str(tree).encode()).hexdigest()[:16]
+    link = root / "cnncodes"
+    if not link.is_symlink() or link.resolve() != tree:
+        root.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(tree, target_is_directory=True)
+    return root
+
+
+sys.path.insert(0, str(package_root(REPO)))  # `import cnncodes` is this tree's code, whatever is installed
 
 
 # ------------------------------------------------------------------------------------------ children
