@@ -9,8 +9,8 @@ out), listing, model load (network + compiled model), first batch (compiled mode
 classifier (predict: loading the model), in process (the child's own clock), cpu (its main process's user + system
 CPU seconds, threads included: what a busy machine stretches least), and whole process (the parent's clock). The
 main process's CPU seconds from its start to the decoders' start ("cpu to decoders": the one core's alone) and to
-the first decoded batch it takes ("cpu to batch"), and the CPU seconds of the whole process tree, decoders included
-("cpu tree", the parent's count), come beside them. ``--images DIR`` extracts DIR instead of the 8 images, where the
+the first decoded batch it takes ("cpu to batch"), its main thread's CPU seconds (the Python), and the CPU seconds
+of the whole process tree, decoders included ("cpu tree", the parent's count), come beside them. ``--images DIR`` extracts DIR instead of the 8 images, where the
 per-batch work weighs (e.g. the benchmarks' hymenoptera x5). Each tree runs as the package ``cnncodes``
 (``common.package_root``), whatever is installed.
 """
@@ -25,7 +25,7 @@ import time
 T0 = time.perf_counter()
 COMMANDS = ("help", "info", "extract", "predict")
 PHASES = ("imports", "listing", "model load", "first batch", "assembly", "classifier", "in process", "cpu to decoders",
-          "cpu to batch", "cpu")
+          "cpu to batch", "cpu main thread", "cpu")
 
 
 def child(package_root: str, argv: list[str]) -> None:
@@ -43,7 +43,7 @@ def child(package_root: str, argv: list[str]) -> None:
         code = exit_.code
     end = time.perf_counter()
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    phases = {"in process": end - T0, "cpu": usage.ru_utime + usage.ru_stime}
+    phases = {"in process": end - T0, "cpu": usage.ru_utime + usage.ru_stime, "cpu main thread": time.thread_time()}
     if "listing start" in marks:
         phases.update({
             "imports": marks["listing start"] - T0 - marks.get("classifier before listing", 0.0),
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
             cells = [statistics.median([r[c] for r in runs]) if c in runs[0] else None for c in columns]
             print(f"{command:<9} {tree:<7}" + "".join(f"{v:>14.3f}" if v is not None else f"{'':>14}" for v in cells))
         if "before" in trees:
-            for column in ("whole process", "cpu tree", "cpu to decoders", "cpu to batch"):
+            for column in ("whole process", "cpu tree", "cpu", "cpu main thread", "cpu to decoders", "cpu to batch"):
                 pairs = [(a[column], b[column]) for a, b in zip(times["after", command], times["before", command])
                          if column in a and column in b]
                 if pairs:

@@ -128,10 +128,10 @@ def _list_several(sources: list[Path]) -> tuple[list[tuple[str, str, str]], list
 
 def stat_files(listing: ImageList) -> None:
     """Record each file's size and mtime (-1 when it cannot be stat'ed) to detect later changes."""
-    sizes, mtimes = [], []
+    sizes, mtimes, root = [], [], str(listing.root)
     for rel in listing.paths:
         try:
-            st = os.stat(listing.root / rel)
+            st = os.stat(os.path.join(root, rel))
             sizes.append(st.st_size)
             mtimes.append(st.st_mtime_ns)
         except OSError:
