@@ -12,6 +12,9 @@ Layout (readable with plain h5py, no cnncodes needed)::
 
 Attributes: format_version, recipe (JSON; its views: crops averaged per image), backbone, weights
 (JSON), taps (JSON), preprocess (JSON), class_names (JSON), image_root, versions (JSON), precision, dtype, complete.
+
+h5py is imported where a file is opened (here, and in parts.py, plan.py and writer.py): a fresh extraction forks
+its decoders before it is loaded.
 """
 from __future__ import annotations
 
