@@ -171,6 +171,13 @@ def cpu_line() -> str:
     return f"{model}, {os.cpu_count()} CPUs, flags: {shown}"
 
 
+def code_line() -> str:
+    """Which cnncodes the children import (this tree's, see package_root)."""
+    import cnncodes
+
+    return f"code: {Path(cnncodes.__file__).resolve().parent}"
+
+
 def load_average() -> str:
     try:
         return "load average %.1f %.1f %.1f on %d CPUs" % (*os.getloadavg(), os.cpu_count() or 0)

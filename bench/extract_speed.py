@@ -474,6 +474,7 @@ def main(argv=None) -> int:
     root, desc = common.repeated(*common.standard_images(args.quick), args.repeat)
     print(f"extract speed: MobileNetV2 penultimate codes, {rounds} alternating round(s); {common.load_average()}")
     print(f"cpu: {common.cpu_line()}")
+    print(common.code_line())
     print(f"images: {desc}")
     with tempfile.TemporaryDirectory(prefix="cnncodes-bench-") as tmp:
         tmp = Path(tmp)
