@@ -6,6 +6,7 @@ reads its settings once per process), and the parent only schedules rounds and c
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -112,6 +113,22 @@ def large_images(quick: bool) -> tuple[Path, str]:
     return root / "all", f"{n} generated 4000x3000 JPEGs ({root / 'all'})"
 
 
+def package_root(tree: str | Path) -> Path:
+    """A folder whose ``cnncodes`` is ``tree`` (a source tree is the package itself: pyproject maps cnncodes to
+    "."), to put first on a child's PYTHONPATH, so that it imports that tree's code, not the installed one."""
+    tree = Path(tree).resolve()
+    root = CACHE / "packages" / hashlib.sha256(str(tree).encode()).hexdigest()[:16]
+    link = root / "cnncodes"
+    if not link.is_symlink() or link.resolve() != tree:
+        root.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(tree, target_is_directory=True)
+    return root
+
+
+sys.path.insert(0, str(package_root(REPO)))  # `import cnncodes` is this tree's code, whatever is installed
+
+
 # ------------------------------------------------------------------------------------------ children
 def run_child(script: Path, args: list[str], timeout: float = 3600, env: dict | None = None) -> dict:
     """Run ``script --child ...`` in a fresh interpreter (``env``: its environment); it prints one JSON
@@ -152,6 +169,13 @@ def cpu_line() -> str:
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni")
     shown = " ".join(f for f in wanted if f in flags) or "none of " + " ".join(wanted)
     return f"{model}, {os.cpu_count()} CPUs, flags: {shown}"
+
+
+def code_line() -> str:
+    """Which cnncodes the children import (this tree's, see package_root)."""
+    import cnncodes
+
+    return f"code: {Path(cnncodes.__file__).resolve().parent}"
 
 
 def load_average() -> str:

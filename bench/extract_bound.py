@@ -216,6 +216,7 @@ def main(argv=None) -> int:
     print(f"extract pipeline bound: MobileNetV2 penultimate codes, {args.rounds} alternating round(s); "
           f"{common.load_average()}")
     print(f"cpu: {common.cpu_line()}")
+    print(common.code_line())
     print(f"images: {desc}")
     with tempfile.TemporaryDirectory(prefix="cnncodes-bound-") as tmp:
         out = measure(root, args.rounds, Path(tmp), precision_list)

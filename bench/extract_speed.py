@@ -95,7 +95,6 @@ def child_cnncodes(root: Path, save: Path, precision: str, launched: str) -> dic
     started this process, for the fixed cost from process start to the first computed batch."""
     from cnncodes import pipeline
     pipeline.process_settings()  # what the command line sets before torch loads
-    import h5py
     import numpy as np
 
     from cnncodes.extract import extract_codes, runner, writer
@@ -121,6 +120,8 @@ def child_cnncodes(root: Path, save: Path, precision: str, launched: str) -> dic
     result = extract_codes(root, out, backbone="mobilenet_v2", layers=("penultimate",), overwrite=True,
                            progress=False, precision=precision)
     seconds = common.now() - t0
+    import h5py  # after the call: extract imports it once its decoders run
+
     with h5py.File(out, "r") as h5:
         codes = h5["codes/penultimate"][()]
         paths = h5["paths"].asstr()[()]
@@ -128,10 +129,10 @@ def child_cnncodes(root: Path, save: Path, precision: str, launched: str) -> dic
                  if k in ("precision", "device", "dtype")}
     np.savez(save, codes=codes, paths=np.array([str(p) for p in paths], dtype=str))
     out.unlink()
-    import torch
+    from cnncodes.extract.device import Device  # not torch's: its import would count in this whole process
 
     return {"images": int(len(paths)), "seconds": seconds, "failures": len(result.failures),
-            "workers": runner.default_workers(torch.device("cpu")), "runtime": result.runtime,
+            "workers": runner.default_workers(Device("cpu")), "runtime": result.runtime,
             "to_first_batch": marks["first_batch"] - float(launched), "assembly": marks["assembly"], **attrs}
 
 
@@ -473,6 +474,7 @@ def main(argv=None) -> int:
     root, desc = common.repeated(*common.standard_images(args.quick), args.repeat)
     print(f"extract speed: MobileNetV2 penultimate codes, {rounds} alternating round(s); {common.load_average()}")
     print(f"cpu: {common.cpu_line()}")
+    print(common.code_line())
     print(f"images: {desc}")
     with tempfile.TemporaryDirectory(prefix="cnncodes-bench-") as tmp:
         tmp = Path(tmp)

@@ -12,6 +12,9 @@ Layout (readable with plain h5py, no cnncodes needed)::
 
 Attributes: format_version, recipe (JSON; its views: crops averaged per image), backbone, weights
 (JSON), taps (JSON), preprocess (JSON), class_names (JSON), image_root, versions (JSON), precision, dtype, complete.
+
+h5py is imported where a file is opened (here, and in parts.py, plan.py and writer.py): a fresh extraction forks
+its decoders before it is loaded.
 """
 from __future__ import annotations
 
@@ -19,16 +22,17 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
-import h5py
 import numpy as np
 
 from .errors import UsageError
 
+if TYPE_CHECKING:
+    import h5py
+
 FORMAT_VERSION = 1
 ROW_FIELDS = ("labels", "paths", "split", "ok", "errors", "file_size", "file_mtime_ns")
-_STR = h5py.string_dtype("utf-8")
 # The parts of a recipe that change the codes: two files agree when these agree.
 RECIPE_KEYS = ("backbone", "weights_sha256", "taps", "preprocess", "precision", "views")
 # Keys that files and models made before they were recorded lack: compared only when both sides have them.
@@ -102,9 +106,11 @@ def _string_array(values) -> np.ndarray:
 
 def write_rows(h5: h5py.File, rows: Rows) -> None:
     """Write the per-image columns of ``rows`` into an open file."""
+    import h5py
+
     h5.create_dataset("labels", data=rows.labels.astype(np.int64))
     for name in ("paths", "split", "errors"):
-        h5.create_dataset(name, data=_string_array(getattr(rows, name)), dtype=_STR)
+        h5.create_dataset(name, data=_string_array(getattr(rows, name)), dtype=h5py.string_dtype("utf-8"))
     h5.create_dataset("ok", data=rows.ok.astype(bool))
     h5.create_dataset("file_size", data=rows.file_size.astype(np.int64))
     h5.create_dataset("file_mtime_ns", data=rows.file_mtime_ns.astype(np.int64))
@@ -148,6 +154,8 @@ def create_codes_dataset(h5: h5py.File, tap: str, n_rows: int, dim: int, dtype: 
 
 def is_complete(path: str | os.PathLike) -> bool:
     """True when ``path`` is a finished codes file."""
+    import h5py
+
     try:
         with h5py.File(path, "r") as h5:
             return bool(h5.attrs.get("complete", False))
@@ -182,6 +190,8 @@ def open_codes(path: str | os.PathLike, taps: Iterable[str] | None = None) -> Co
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such codes file")
+    import h5py
+
     try:
         h5 = h5py.File(path, "r")
     except OSError as err:

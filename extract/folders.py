@@ -14,12 +14,23 @@ from .errors import UsageError
 # valid/validation/dev are validation splits; classify evaluates on test, else on val.
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "dev": "val", "test": "test", "testing": "test"}
-IMAGE_EXTENSIONS = frozenset(ext.lower() for ext in Image.registered_extensions())
 
 
 def is_image_name(name: str) -> bool:
     """An image by its name: a Pillow extension, not hidden."""
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return not name.startswith(".") and is_image_extension(os.path.splitext(name)[1])
+
+
+def is_image_extension(ext: str) -> bool:
+    """Whether ``ext`` (any case) is one of ``Image.registered_extensions()``, loading Pillow's other plugins only
+    where needed: those of its common formats (``Image.preinit``) register most extensions; every plugin is imported
+    (``Image.init``) only for an extension they do not know. The main process lists the images before the decoders
+    start, and they need no other plugin for the common formats (images.open_image)."""
+    ext = ext.lower()
+    Image.preinit()
+    if ext not in Image.EXTENSION:
+        Image.init()
+    return ext in Image.EXTENSION
 
 
 def walk_tree(root: Path) -> tuple[list[tuple[str, str, str]], list[str]]:

@@ -9,6 +9,7 @@ never loads torch; ``preprocess`` and ``load_image`` give the same pixels as tor
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
@@ -27,11 +28,12 @@ if TYPE_CHECKING:
 #: Images with more pixels than this are refused before decoding (Pillow's own default, ~89 Mpx).
 MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 
-# Raster formats we decode. Others are refused: EPS, for one, would run Ghostscript on the file.
-Image.init()
-FORMATS: tuple[str, ...] = tuple(f for f in (
-    "JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "AVIF", "PPM", "TGA", "ICO",
-    "JPEG2000", "PCX", "SGI", "PSD", "QOI") if f in Image.OPEN)
+# Raster formats we decode, in the order they are tried. Others are refused: EPS, for one, would run Ghostscript on
+# the file. The first five are those of the plugins Pillow loads first (Image.preinit); see open_image.
+DECODED = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "AVIF", "PPM", "TGA", "ICO",
+           "JPEG2000", "PCX", "SGI", "PSD", "QOI")
+Image.preinit()
+_FIRST = tuple(f for f in DECODED[:5] if f in Image.OPEN)
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
@@ -56,7 +58,7 @@ def load_rgb(path: str | os.PathLike, min_side: int | None = None, *,
             head = f.read(64)
             if not head:
                 raise ImageError("empty file (0 bytes)")
-            img = Image.open(f, formats=FORMATS)
+            img = open_image(f)
             fmt = img.format
             _check_size(*img.size, limit)
             if min_side and fmt in ("JPEG", "MPO"):
@@ -71,6 +73,24 @@ def load_rgb(path: str | os.PathLike, min_side: int | None = None, *,
         raise
     except Exception as e:
         raise ImageError(_reason(e, fmt, head, limit)) from None
+
+
+@functools.cache
+def formats() -> tuple[str, ...]:
+    """The formats of ``DECODED`` that this Pillow reads (every plugin loaded)."""
+    Image.init()
+    return tuple(f for f in DECODED if f in Image.OPEN)
+
+
+def open_image(f) -> Image.Image:
+    """``Image.open`` over ``formats()`` in their order, importing Pillow's other plugins only where needed: the
+    first five formats' plugins are loaded already (``Image.preinit``), so a file that one of them takes opens
+    without the others (``Image.init`` imports every plugin); any other file gets the call over every format, so
+    the outcome is always that call's."""
+    try:
+        return Image.open(f, formats=_FIRST)
+    except UnidentifiedImageError:
+        return Image.open(f, formats=formats())
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -45,7 +45,10 @@ def default_batch_size(device) -> int:
 
 
 def mean_over_views(codes: dict[str, np.ndarray], views: int) -> dict[str, np.ndarray]:
-    """Each image's codes, the mean of its ``views`` consecutive rows (one image's views), as new arrays."""
+    """Each image's codes, the mean of its ``views`` consecutive rows (one image's views), as new arrays; with one
+    view, ``codes`` itself."""
+    if views == 1:
+        return codes
     return {name: value.reshape(-1, views, value.shape[-1]).mean(axis=1) for name, value in codes.items()}
 
 
@@ -77,23 +80,37 @@ class OpenVINOComputer:
             outs.append([out[port][:len(chunk)] for port in self.compiled.outputs])
         return {name: torch.from_numpy(np.concatenate([o[i] for o in outs])) for i, name in enumerate(self.names)}
 
+    def _missing(self, n: int) -> int:
+        """The black images that fill a batch of ``n`` up to the compiled batch size (their codes are dropped)."""
+        if n > self.batch_size:
+            raise ValueError(f"a batch of {n} images for a model compiled for {self.batch_size}")
+        return self.batch_size - n
+
     def _padded(self, images: np.ndarray) -> np.ndarray:
-        """A short batch filled up with black images to the compiled batch size (their codes are dropped)."""
-        missing = self.batch_size - len(images)
-        if missing < 0:
-            raise ValueError(f"a batch of {len(images)} images for a model compiled for {self.batch_size}")
+        missing = self._missing(len(images))
         return np.concatenate([images, np.zeros((missing, *images.shape[1:]), images.dtype)]) if missing else images
+
+    def _start(self, request, images: np.ndarray) -> None:
+        """Start ``request`` on ``images``, copied (padded) into its own input tensor: the same bytes as handing
+        OpenVINO the array, without its Python input dispatch (bench/RESULTS.md)."""
+        n, missing = len(images), self._missing(len(images))
+        target = request.get_input_tensor(0).data
+        target[:n] = images
+        if missing:
+            target[n:] = 0
+        request.start_async()
 
     def map(self, batches):
         """Keeps every stream busy: a batch is started on a free inference request, and when none is free
-        the oldest one is waited for and its codes yielded, so they come out in order."""
+        the oldest one is waited for and its codes yielded, so they come out in order. A batch's codes may be
+        its request's output memory: like the decoded batches, valid until the next batch is asked for."""
         free = [self.compiled.create_infer_request() for _ in range(2 * self.streams)]  # one waiting per stream
         running: deque[tuple[object, np.ndarray, list[str]]] = deque()
         for images, ok, errors in batches:
             if not free:
                 yield self._finish(*running.popleft(), free)
             request = free.pop()
-            request.start_async({0: self._padded(np.asarray(images))})
+            self._start(request, np.asarray(images))
             running.append((request, np.asarray(ok), errors))
         while running:
             yield self._finish(*running.popleft(), free)

@@ -15,7 +15,6 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from . import codesfile
@@ -163,6 +162,8 @@ def _write_job_rows(parts_dir: Path, listing: ImageList, job_rows: list[int], ke
                           file_mtime_ns=listing.file_mtime_ns)
 
     def write(path: Path) -> None:
+        import h5py
+
         with h5py.File(path, "w") as h5:
             codesfile.write_rows(h5, rows)
             h5.create_dataset("job_rows", data=np.asarray(job_rows, dtype=np.int64))
@@ -174,6 +175,8 @@ def _write_job_rows(parts_dir: Path, listing: ImageList, job_rows: list[int], ke
 
 def read_job_rows(parts_dir: Path, job: Job) -> tuple[ImageList, list[Tap], list[int], dict[int, int] | None]:
     """(listing, taps, job rows, kept rows) of the job, as the run that opened it saw them."""
+    import h5py
+
     with h5py.File(parts_dir / ROWS_FILE, "r") as h5:
         rows = codesfile.read_rows(h5)
         job_rows = h5["job_rows"][()].tolist()

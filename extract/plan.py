@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
-
 from . import codesfile, parts
 from .errors import ExtractionError
 from .reader import ImageList
@@ -37,6 +35,8 @@ def plan_job(out: Path, listing: ImageList, recipe: dict, overwrite: bool, updat
         return Plan(everything)
     if not codesfile.is_complete(out):
         raise ExtractionError(f"{out} exists and is not a complete codes file; choose another name or pass --overwrite")
+    import h5py
+
     with h5py.File(out, "r") as h5:
         old_meta = codesfile.read_meta(h5)
         old_rows = codesfile.read_rows(h5)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import UsageError
-from .folders import IMAGE_EXTENSIONS, walk_tree
+from .folders import is_image_extension, walk_tree
 from .manifest import MANIFEST_EXTENSIONS, read_manifest, refuse_columns
 
 
@@ -98,7 +98,7 @@ def _list_one(source: Path, given: dict[str, str] | None = None) -> tuple[list[t
 
 def _is_image_file(path: Path) -> bool:
     """An image by its extension (a broken one becomes a recorded failure), else by its content."""
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
+    if is_image_extension(path.suffix):
         return True
     try:
         with Image.open(path):
@@ -128,10 +128,10 @@ def _list_several(sources: list[Path]) -> tuple[list[tuple[str, str, str]], list
 
 def stat_files(listing: ImageList) -> None:
     """Record each file's size and mtime (-1 when it cannot be stat'ed) to detect later changes."""
-    sizes, mtimes = [], []
+    sizes, mtimes, root = [], [], str(listing.root)
     for rel in listing.paths:
         try:
-            st = os.stat(listing.root / rel)
+            st = os.stat(os.path.join(root, rel))
             sizes.append(st.st_size)
             mtimes.append(st.st_mtime_ns)
         except OSError:

@@ -16,7 +16,7 @@ from . import parts, shards, writer
 from .backbones import DEFAULT_BACKBONE, get_backbone
 from .batches import Decoders
 from .options import check_options
-from .device import Device, choose_device, pick_precision, usable_cpus
+from .device import Device, check_precision, choose_device, pick_precision, usable_cpus
 from .errors import ExtractionError, ExtractionInterrupted, UsageError  # noqa: F401  (re-exported)
 from .inference import default_batch_size
 from .mapper import make_computer
@@ -61,7 +61,7 @@ class Settings:
     """RunOptions with the device's defaults filled in; parts hold whole batches."""
 
     device: Device
-    precision: str
+    asked_precision: str  # --precision, checked for the device; ``precision`` resolves auto
     batch_size: int
     workers: int
     part_size: int
@@ -76,8 +76,14 @@ class Settings:
         part_size = max(bs, (options.part_size or DEFAULT_PART_SIZE) // bs * bs)
         cpus = shard.cpus()
         workers = options.workers if options.workers is not None else default_workers(dev, cpus)
-        return cls(dev, pick_precision(options.precision, dev), bs, workers, part_size, options.progress,
+        return cls(dev, check_precision(options.precision, dev.type), bs, workers, part_size, options.progress,
                    forward_streams(dev, cpus))
+
+    @functools.cached_property
+    def precision(self) -> str:
+        """The precision run, ``auto`` resolved when first needed: on the CPU OpenVINO says what is native (its
+        import and a CPU query), which a fresh job's decoders need not wait for."""
+        return pick_precision(self.asked_precision, self.device)
 
     def part_size_for(self, n_rows: int, rank: shards.Shard) -> int:
         """The part size of a new job of ``n_rows`` shared by ``rank``'s ranks (see parts.part_size_for)."""

@@ -13,9 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
-from tqdm.auto import tqdm
 
 from . import codesfile, parts
 from .atomic import writing
@@ -23,6 +21,8 @@ from .errors import ExtractionError, ExtractionInterrupted
 from .reader import ImageList
 
 if TYPE_CHECKING:
+    import h5py
+
     from .inference import Batch
 
 
@@ -53,6 +53,8 @@ class PartBuffer:
 def write_parts(batches: Iterable[Batch], plan: parts.PartPlan, todo: list[int], parts_dir: Path, dtype: str,
                 progress: bool) -> None:
     """Write the parts ``todo`` from ``batches`` (their batches in order, never crossing a part boundary)."""
+    from tqdm.auto import tqdm
+
     bar = tqdm(total=sum(len(plan.rows(p)) for p in todo), unit="img", desc="extract", disable=not progress,
                dynamic_ncols=True)
     pending = iter(todo)
@@ -79,6 +81,8 @@ def write_parts(batches: Iterable[Batch], plan: parts.PartPlan, todo: list[int],
 def assemble(out: Path, listing: ImageList, meta: dict, taps, dtype: str, job_rows: list[int],
              plan: parts.PartPlan, parts_dir: Path, kept: dict[int, int] | None) -> None:
     """Write the final codes file from the parts (and kept old rows), then delete the parts."""
+    import h5py
+
     n = len(listing)
     ok = np.zeros(n, dtype=bool)
     errors = np.array([""] * n, dtype=object)
@@ -111,6 +115,8 @@ def assemble(out: Path, listing: ImageList, meta: dict, taps, dtype: str, job_ro
 
 
 def _copy_kept_codes(ds: h5py.Dataset, old_path: Path, tap: str, kept: dict[int, int], block: int) -> None:
+    import h5py
+
     dest_all = np.fromiter(kept.keys(), dtype=np.int64)
     src_all = np.fromiter(kept.values(), dtype=np.int64)
     with h5py.File(old_path, "r") as old:
@@ -129,6 +135,8 @@ def _write_rows(ds: h5py.Dataset, dest: np.ndarray, values: np.ndarray) -> None:
 
 
 def failures_of(out: Path) -> list[tuple[str, str]]:
+    import h5py
+
     with h5py.File(out, "r") as h5:
         rows = codesfile.read_rows(h5)
     return [(p, e) for p, e, ok in zip(rows.paths, rows.errors, rows.ok) if not ok]

@@ -255,6 +255,22 @@ def test_cpu_inference_runs_on_openvino_and_matches_eager():
     torch.testing.assert_close(got["penultimate"], _eager_penultimate(images), rtol=1e-4, atol=1e-4)
 
 
+def test_mapped_batches_give_each_batch_its_own_codes_while_the_requests_are_reused():
+    """``map`` runs many more batches than it has inference requests, full and short (padded) ones: each batch's
+    codes, taken before the next batch is asked for, are that batch's own, bit for bit those of a single call."""
+    from cnncodes.extract.runner import inference_setup
+
+    computer, batch_size, _ = inference_setup(layers=("penultimate",), weights="random", device="cpu", precision="fp32")
+    rng = np.random.default_rng(0)
+    sizes = [4, 3, 4, 1, 4, 4, 2, 4, 4, 3, 4, 4]
+    assert batch_size == 4 and len(sizes) > 2 * computer.streams
+    batches = [(rng.integers(0, 256, (n, 3, 224, 224), dtype=np.uint8), np.ones(n, bool), [""] * n) for n in sizes]
+    mapped = [(codes["penultimate"].copy(), errors) for codes, _, errors in computer.map(iter(batches))]
+    assert [len(errors) for _, errors in mapped] == sizes
+    for (images, _, _), (codes, _) in zip(batches, mapped):
+        np.testing.assert_array_equal(codes, computer(images)["penultimate"].numpy())
+
+
 @pytest.mark.parametrize("capabilities, runtime", [("BF16,FP32,INT8", "openvino"), ("FP32,INT8", "eager")])
 def test_cpu_bf16_runs_on_openvino_only_where_the_cpu_reports_native_bf16(monkeypatch, capabilities, runtime):
     """Each CPU's path is forced through what the CPU reports, so both run (and pass) on any CPU: OpenVINO

@@ -1,8 +1,11 @@
 """Decoding and preprocessing: every corpus file either loads correctly or fails with a reason."""
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from torchvision import transforms
 
 from cnncodes.extract.images import ImageError, load_image, load_rgb, preprocess, to_rgb
 from bad_corpus import EXIF_ROTATED, NO_PERMISSION, make_bad_corpus, picture
+from conftest import ROOT
 
 # Key words each bad file's reason must contain.
 BAD_REASONS = {
@@ -261,3 +265,47 @@ def test_wide_modes_are_scaled(mode, values, expected):
 def test_every_mode_converts_to_rgb(mode):
     out = to_rgb(Image.new(mode, (3, 2)))
     assert out.mode == "RGB" and out.size == (3, 2)
+
+
+# In a fresh process (Pillow's plugins not loaded yet): decode each file named, saying after each whether every
+# Pillow plugin is loaded by then, and what came out (the pixels, or the reason).
+DECODE_PROBE = """
+import json, sys
+import numpy as np
+from cnncodes.extract.images import DECODED, ImageError, formats, load_rgb
+
+out = []
+for path in sys.argv[1:]:
+    try:
+        pixels = np.asarray(load_rgb(path)).tolist()
+    except ImageError as err:
+        pixels = str(err)
+    out.append([pixels, "PIL.TiffImagePlugin" in sys.modules])
+from PIL import Image
+Image.init()
+print(json.dumps({"decoded": out, "formats": list(formats()), "expected": [f for f in DECODED if f in Image.OPEN]}))
+"""
+
+
+def test_common_formats_decode_without_every_plugin_and_the_others_as_before(tmp_path):
+    """JPEG, PNG, GIF and BMP files decode in a process where Pillow's other plugins were never imported (the
+    decoders, forked before the main process needs them); a TIFF then loads them and decodes; an EPS is still
+    refused (it would run Ghostscript); the formats tried are the DECODED ones this Pillow has, as before."""
+    files = []
+    for name, fmt in (("a.jpg", "JPEG"), ("b.png", "PNG"), ("c.gif", "GIF"), ("d.bmp", "BMP"), ("e.tif", "TIFF"),
+                      ("f.eps", "EPS"), ("g.png", "TIFF")):  # g: a TIFF named .png
+        picture((24, 16), len(files)).save(tmp_path / name, format=fmt)
+        files.append(tmp_path / name)
+    done = subprocess.run([sys.executable, "-c", DECODE_PROBE, *map(str, files)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    assert done.returncode == 0, done.stderr
+    probe = json.loads(done.stdout)
+    assert [loaded for _, loaded in probe["decoded"]] == [False] * 4 + [True] * 3
+    for path, (pixels, _) in zip(files, probe["decoded"]):
+        if path.suffix == ".eps":
+            assert "not an image" in pixels
+        else:
+            with Image.open(path) as img:
+                np.testing.assert_array_equal(np.array(pixels, dtype=np.uint8), np.asarray(img.convert("RGB")))
+    assert probe["formats"] == probe["expected"] and "EPS" not in probe["formats"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -13,7 +15,7 @@ import pytest
 
 import cnncodes
 from cnncodes import pipeline
-from conftest import FAST, make_tree, write_image
+from conftest import FAST, ROOT, make_tree, write_image
 from cnncodes.extract.reader import list_images
 from cnncodes.finetune.data import choose_splits
 
@@ -228,3 +230,40 @@ def test_manifest_without_header_still_reads_its_first_row(tmp_path):
     (tmp_path / "list.csv").write_text("images/cat/img_000.png,cat\nimages/dog/img_000.png,dog,test\n")
     listing = list_images(tmp_path / "list.csv")
     assert listing.class_names == ["cat", "dog"] and listing.splits == ["", "test"]
+
+
+# In a fresh process (Pillow's plugins not loaded yet): the first extension asked about, then every registered one
+# and a few others, in both cases; whether every plugin got loaded by the first question; Pillow's registered set.
+EXTENSIONS_PROBE = """
+import json, sys
+from PIL import Image
+from cnncodes.extract.folders import is_image_extension, is_image_name
+
+first = is_image_extension(sys.argv[1])
+all_loaded = "PIL.TiffImagePlugin" in sys.modules
+registered = sorted(ext.lower() for ext in Image.registered_extensions())
+asked = sorted(set(registered) | set(sys.argv[2:]))
+answers = {ext: [is_image_extension(ext), is_image_extension(ext.upper()), is_image_name("a" + ext),
+                 is_image_name(".a" + ext)] for ext in asked}
+print(json.dumps({"first": first, "all_loaded": all_loaded, "registered": registered, "answers": answers}))
+"""
+
+
+@pytest.mark.parametrize("first, is_image, loads_every_plugin", [(".JPG", True, False), (".png", True, False),
+                                                                 (".tif", True, True), (".txt", False, True)])
+def test_image_extensions_are_pillows_registered_ones_and_common_ones_load_no_other_plugin(tmp_path, first, is_image,
+                                                                                         loads_every_plugin):
+    """The listing's rule (a name is an image when Pillow registers its extension) answers exactly as
+    Image.registered_extensions(), whatever is asked first; the common formats' extensions are answered without
+    importing every Pillow plugin (the main process lists the images before the decoders start)."""
+    others = [".txt", ".csv", ".npy", "", ".jpg.bak", ".fpx", ".mic"]
+    done = subprocess.run([sys.executable, "-c", EXTENSIONS_PROBE, first, *others], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    assert done.returncode == 0, done.stderr
+    probe = json.loads(done.stdout)
+    assert probe["first"] is is_image and probe["all_loaded"] is loads_every_plugin
+    registered = set(probe["registered"])
+    assert {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".webp"} <= registered
+    for ext, (lower, upper, named, hidden) in probe["answers"].items():
+        assert lower is upper is named is (ext in registered) and hidden is False, ext

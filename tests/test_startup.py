@@ -20,6 +20,7 @@ from cnncodes.extract import open_codes
 from cnncodes.extract.device import gpu_driver_present
 
 HEAVY = ("torch", "torchvision")
+AFTER_THE_DECODERS = ("h5py", "openvino", "tqdm")  # imported by a fresh extraction once its decoders run
 
 # Runs the cnncodes command line given as its arguments, then writes the top-level packages loaded by the main
 # process, and by every decode worker after each image it decoded, into $STARTUP_MODULES/<pid>.json.
@@ -72,7 +73,8 @@ DEVICE = ["--device", "cpu"] if gpu_driver_present() else []
 
 def test_a_warm_extract_and_predict_load_no_torch_and_give_the_cold_runs_codes(tmp_path, monkeypatch):
     """The cold run converts the model (torch loaded); the warm extract and predict run on the cached model with
-    PIL + NumPy decoders and OpenVINO alone, and their codes are the cold run's."""
+    PIL + NumPy decoders and OpenVINO alone, and their codes are the cold run's. The warm extract's decoders were
+    forked before h5py, OpenVINO and tqdm were imported."""
     monkeypatch.setenv("CNNCODES_CACHE_DIR", str(tmp_path / "cache"))  # cold: nothing converted yet
     tree = make_tree(tmp_path / "images", per_class=6)
     options = [*FAST, *DEVICE, "--workers", "2"]
@@ -91,6 +93,10 @@ def test_a_warm_extract_and_predict_load_no_torch_and_give_the_cold_runs_codes(t
         assert any(k.startswith("worker") for k in loaded) and any(k.startswith("main") for k in loaded), loaded
         assert all(not set(HEAVY) & modules for modules in loaded.values()), record
         assert all("openvino" in modules for name, modules in loaded.items() if name.startswith("main"))
+    # a fresh job's decoders start before the main process loads what they do not need: its CPU before they run
+    # is the one core's alone
+    workers = [modules for name, modules in _loaded(tmp_path / "warm").items() if name.startswith("worker")]
+    assert workers and not any(set(AFTER_THE_DECODERS) & modules for modules in workers)
 
     cold_codes, warm_codes = open_codes(tmp_path / "run" / "codes.h5"), open_codes(tmp_path / "warm.h5")
     paths = list(cold_codes.rows.paths)
