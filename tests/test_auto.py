@@ -155,7 +155,9 @@ def test_leaderboard_report_and_the_winners_run_contract(full_run, tree, tmp_pat
     folds = {r["path"]: int(r["fold"]) for r in csv.DictReader(open(out / "selection.csv"))}
     assert len(folds) == 16 and sorted(set(folds.values())) == [1, 2, 3]  # train/ only, three folds (fold-1..3/)
     assert result["selection"]["n_train"] == result["selection"]["n_scored"] == 16
-    for row in result["leaderboard"]:  # each score is its candidate's out-of-fold predictions of every image
+    done = [r for r in result["leaderboard"] if r["status"] == "done"]  # a slow machine may skip costly ones
+    assert {"codes-penultimate-svm", "codes-penultimate-softmax"} <= {r["candidate"] for r in done}
+    for row in done:  # each score is its candidate's out-of-fold predictions of every image
         oof = list(csv.DictReader(open(out / row["report_dir"] / "oof.csv")))
         assert sorted(r["path"] for r in oof) == sorted(folds)  # every training image scored exactly once
         assert {r["path"]: int(r["fold"]) for r in oof} == folds  # on the same folds for every candidate
