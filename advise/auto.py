@@ -192,7 +192,7 @@ def _result(images, out: Path, clock: Clock, advice: dict, roles: Roles, rows: l
 
 def _selection(roles: Roles, seed: int) -> dict:
     """auto.json's account of the selection protocol."""
-    folds = sorted(set(roles.folds.tolist()) - {-1})
+    folds = roles.fold_ids
     how = (f"{len(folds)}-fold cross-fitting: every training image predicted once by a fit on the other folds"
            if len(folds) > 1 else f"one stratified share of {roles.n_scored} training images, the rest fit")
     return {"metric": "balanced_accuracy", "protocol": how, "folds": len(folds), "seed": seed,

@@ -40,6 +40,11 @@ class Roles:
         return len(self.train_labels)
 
     @property
+    def fold_ids(self) -> list[int]:
+        """The selection folds that score (0, 1, ...; one for a single share)."""
+        return sorted(set(self.folds.tolist()) - {-1})
+
+    @property
     def n_scored(self) -> int:
         return int((self.folds >= 0).sum())
 

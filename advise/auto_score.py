@@ -50,9 +50,10 @@ class Scoring:
             self.started[c.name] = plan["epochs"]
             write_files(self.out, {STARTED: json.dumps(self.started, indent=2) + "\n"})  # a rerun keeps these
         predicted = np.full(self.roles.n_train, -1)
+        codes = self._training_codes(c.layers) if c.kind == "codes" else None
         for k in self._folds():
             held = self.roles.folds == k
-            predicted[held] = (self._codes_fold(c, k) if c.kind == "codes" else
+            predicted[held] = (self._codes_fold(c, k, codes) if c.kind == "codes" else
                                self._finetune_fold(c, k, plan["epochs"]))
         self._write_oof(c, predicted)
         scored = self.roles.folds >= 0
@@ -68,21 +69,28 @@ class Scoring:
         return row
 
     def _folds(self) -> list[int]:
-        return sorted(set(self.roles.folds.tolist()) - {-1})
+        return self.roles.fold_ids
 
-    def _codes_fold(self, c: Candidate, k: int) -> np.ndarray:
-        """classify's fit on the other folds' codes; its predictions (the run's class indices, -1 for an image
-        without codes) for fold ``k``'s images, in selection.csv's order."""
-        from cnncodes.classify.data import class_names_of, load, valid_rows
+    def _training_codes(self, layers: tuple[str, ...]) -> tuple:
+        """The codes file read once for a candidate: (file, codes, each training image's row in it, whether that
+        row has usable codes), in selection.csv's order."""
+        from cnncodes.classify.data import load, valid_rows
+
+        cf, X = load(self.codes_file(), list(layers))
+        usable = valid_rows(cf, X)
+        where = {p: i for i, p in enumerate(cf.rows.paths)}
+        rows = np.array([where.get(p, -1) for p in self.roles.train_paths])
+        return cf, X, rows, (rows >= 0) & usable[np.maximum(rows, 0)]
+
+    def _codes_fold(self, c: Candidate, k: int, codes: tuple) -> np.ndarray:
+        """classify's fit on the other folds' ``codes`` (_training_codes); its predictions (the run's class
+        indices, -1 for an image without codes) for fold ``k``'s images, in selection.csv's order."""
+        from cnncodes.classify.data import class_names_of
         from cnncodes.classify.model_io import load_model
         from cnncodes.classify.split import Dataset
         from cnncodes.classify.train import fit_and_report
 
-        cf, X = load(self.codes_file(), list(c.layers))
-        usable = valid_rows(cf, X)
-        where = {p: i for i, p in enumerate(cf.rows.paths)}
-        rows = np.array([where.get(p, -1) for p in self.roles.train_paths])
-        ok = (rows >= 0) & usable[np.maximum(rows, 0)]
+        cf, X, rows, ok = codes
         fit, held = rows[ok & (self.roles.folds != k)], rows[ok & (self.roles.folds == k)]
         y, names = cf.rows.labels, class_names_of(cf)
         data = Dataset(X[fit], y[fit], X[held], y[held], names, list(c.layers), cf.recipe, str(cf.path), None,

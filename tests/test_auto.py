@@ -235,12 +235,12 @@ def test_a_fine_tune_that_would_leave_no_time_for_a_finished_fine_tunes_refit_is
 def test_an_interrupted_auto_keeps_what_finished_and_a_rerun_resumes(tree, tmp_path, monkeypatch, capsys):
     real, calls, interrupt = auto_module._Run._codes_fold, [], {"now": True}
 
-    def third_is_interrupted(self, c, k):
+    def third_is_interrupted(self, c, k, codes):
         calls.append(c.name) if c.name not in calls else None
         if len(calls) == 3 and interrupt["now"]:
             interrupt["now"] = False
             raise KeyboardInterrupt  # Ctrl-C during the third candidate, once
-        return real(self, c, k)
+        return real(self, c, k, codes)
 
     monkeypatch.setattr(auto_module._Run, "_codes_fold", third_is_interrupted)
     argv = ["auto", str(tree), "--out", str(tmp_path / "run"), "--candidates", "codes", *TINY_CLI]
