@@ -114,7 +114,7 @@ def open_job(parts_dir: Path, job: Job, listing: ImageList, job_rows: list[int],
                                   + "; ".join(_difference(job.about(), found.about())) + "): every shard must "
                                   f"use the same options; delete {parts_dir} to start over")
         if parts_dir.exists():
-            shutil.rmtree(parts_dir)
+            discard_job(parts_dir, ignore_errors=False)
             discarded = found is not None
         parts_dir.mkdir(parents=True)
         _write_job_rows(parts_dir, listing, job_rows, kept)
@@ -125,11 +125,12 @@ def open_job(parts_dir: Path, job: Job, listing: ImageList, job_rows: list[int],
     return {p for p in finished_parts(parts_dir) if p < job.n_parts}, discarded
 
 
-def discard_job(parts_dir: Path) -> None:
+def discard_job(parts_dir: Path, ignore_errors: bool = True) -> None:
     """Remove ``parts_dir``, its ``job.json`` first: a removal cut short by a kill leaves a folder that names no
-    job (started afresh by the next run), never a job whose rows file is already gone."""
+    job (started afresh by the next run), never a job whose rows file is already gone. ``ignore_errors``: after
+    the codes file is written, a part left behind is no failure; before a new job, it is."""
     (parts_dir / JOB_FILE).unlink(missing_ok=True)
-    shutil.rmtree(parts_dir, ignore_errors=True)
+    shutil.rmtree(parts_dir, ignore_errors=ignore_errors)
 
 
 def finished_parts(parts_dir: Path) -> set[int]:
