@@ -57,7 +57,7 @@ def test_epochs_come_from_a_step_budget():
     assert epochs_for(300, 32, budget_s=50, seconds_per_step=1.0) == 5  # fewer steps than wanted where time is short
 
 
-def test_the_cheapest_candidate_within_one_standard_error_wins():
+def test_the_cheapest_kind_within_one_standard_error_wins():
     rows = [{"candidate": "cheap", "cost": [0, 0], "score": 0.90, "se": 0.02},
             {"candidate": "dear", "cost": [1, 0], "score": 0.91, "se": 0.02},
             {"candidate": "skipped", "cost": [1, 1], "score": None, "se": None}]
@@ -66,6 +66,17 @@ def test_the_cheapest_candidate_within_one_standard_error_wins():
     assert pick_winner(rows)["candidate"] == "dear"
     perfect = {"a": {"recall": 1.0, "support": 4}, "b": {"recall": 1.0, "support": 4}}
     assert 0 < noise(perfect) < noise({"a": {"recall": 1.0, "support": 2}, "b": {"recall": 1.0, "support": 2}})
+
+
+def test_within_a_kind_the_best_score_wins_however_close():
+    # clothing6's case: freeze 0.7 within noise of 0.33 out of fold, 1.5 points below it on val
+    rows = [{"candidate": "codes", "cost": [0, 0], "score": 0.87, "se": 0.015},
+            {"candidate": "finetune-0.7", "cost": [1, 0], "score": 0.915, "se": 0.012},
+            {"candidate": "finetune-0.33", "cost": [1, 1], "score": 0.922, "se": 0.012}]
+    assert pick_winner(rows)["candidate"] == "finetune-0.33"
+    codes = [{"candidate": "svm", "cost": [0, 0], "score": 0.950, "se": 0.015},
+             {"candidate": "softmax", "cost": [0, 1], "score": 0.955, "se": 0.015}]
+    assert pick_winner(codes + rows[1:])["candidate"] == "softmax"  # codes within noise: their best, not the cheapest
 
 
 def test_within_noise_is_judged_on_the_paired_difference_of_the_same_images():
