@@ -198,7 +198,8 @@ def _selection(roles: Roles, seed: int) -> dict:
     return {"metric": "balanced_accuracy", "protocol": how, "folds": len(folds), "seed": seed,
             "n_train": roles.n_train, "n_scored": roles.n_scored,
             "noise": "binomial standard error over the scored images (Laplace-smoothed recalls)",
-            "rule": "the best of the cheapest kind, codes then fine-tunes, within one standard error of the paired difference from the best"}
+            "rule": "the best of the cheapest kind, codes then fine-tunes, within one standard error of the paired "
+                    "difference from the best"}
 
 
 def _brief(row: dict) -> dict:

@@ -33,9 +33,9 @@ def add_parsers(sub) -> None:
                     "first within --budget. Every candidate is cross-fitted on the same 3 stratified folds of the "
                     "training split and scored by the balanced accuracy of its out-of-fold predictions ± its "
                     "standard error; the best of the cheapest kind (codes, then fine-tunes) within one "
-                    "standard error (of the paired difference) of the best wins, is refit on the whole training split into RUN_DIR/winner "
-                    "(for `cnncodes predict`) and evaluated once on the test split (else val): the honest "
-                    "estimate. Writes leaderboard.csv, report.txt and auto.json; a rerun resumes.")
+                    "standard error (of the paired difference) of the best wins, is refit on the whole "
+                    "training split into RUN_DIR/winner (for `cnncodes predict`) and evaluated once on the "
+                    "test split (else val): the honest estimate. Writes leaderboard.csv, report.txt and auto.json; a rerun resumes.")
     p.add_argument("images", help="image folder or CSV manifest")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for the run")
     p.add_argument("--budget", type=_budget, default="15m",

@@ -86,7 +86,7 @@ def pick_winner(rows: list[dict], y: np.ndarray | None = None) -> dict | None:
 
     Noise buys a cheaper kind only: a codes classifier costs one backbone pass and a linear fit, a fine-tune
     tens of passes, while within a kind costs differ by under 2x and the one-SE rule would only give away
-    accuracy (clothing6: freeze 0.7 within noise of 0.33 out of fold, 1.5 points below it on val)."""
+    accuracy (clothing6's freeze 0.7 against 0.33: bench/RESULTS.md, auto on the six sets)."""
     scored = [r for r in rows if r.get("score") is not None]
     if not scored:
         return None
