@@ -40,6 +40,11 @@ class Roles:
         return len(self.train_labels)
 
     @property
+    def class_index(self) -> dict[str, int]:
+        """Each class name's index (``train_labels``' numbering)."""
+        return {name: j for j, name in enumerate(self.class_names)}
+
+    @property
     def fold_ids(self) -> list[int]:
         """The selection folds that score (0, 1, ...; one for a single share)."""
         return sorted(set(self.folds.tolist()) - {-1})

@@ -51,7 +51,7 @@ class Scoring:
             write_files(self.out, {STARTED: json.dumps(self.started, indent=2) + "\n"})  # a rerun keeps these
         predicted = np.full(self.roles.n_train, -1)
         codes = self._training_codes(c.layers) if c.kind == "codes" else None
-        for k in self._folds():
+        for k in self.roles.fold_ids:
             held = self.roles.folds == k
             predicted[held] = (self._codes_fold(c, k, codes) if c.kind == "codes" else
                                self._finetune_fold(c, k, plan["epochs"]))
@@ -60,16 +60,13 @@ class Scoring:
         row = {"candidate": c.name, "kind": c.kind, "cost": list(c.cost), "layers": list(c.layers),
                "classifier": c.classifier, "freeze": c.freeze, "epochs": plan.get("epochs"),
                **out_of_fold(self.roles.train_labels[scored], predicted[scored]),
-               "folds": len(self._folds()), "n_scored": int(scored.sum()), "refit_s": plan.get("refit_s"),
+               "folds": len(self.roles.fold_ids), "n_scored": int(scored.sum()), "refit_s": plan.get("refit_s"),
                "seconds": round(time.monotonic() - started, 1), "status": "done",
                "report_dir": (Path("candidates") / c.name).as_posix()}
         append_log(self.out / LOG, row)
         self.done[c.name] = row
         self.log(f"{i + 1}/{n} {c.name}: {row['score']:.3f} ± {row['se']:.3f} (out of fold), {row['seconds']:.1f} s")
         return row
-
-    def _folds(self) -> list[int]:
-        return self.roles.fold_ids
 
     def _training_codes(self, layers: tuple[str, ...]) -> tuple:
         """The codes file read once for a candidate: (file, codes, each training image's row in it, whether that
@@ -94,12 +91,12 @@ class Scoring:
         fit, held = rows[ok & (self.roles.folds != k)], rows[ok & (self.roles.folds == k)]
         y, names = cf.rows.labels, class_names_of(cf)
         data = Dataset(X[fit], y[fit], X[held], y[held], names, list(c.layers), cf.recipe, str(cf.path), None,
-                       f"auto's selection fold {k + 1} of {len(self._folds())} (seed {self.seed})",
+                       f"auto's selection fold {k + 1} of {len(self.roles.fold_ids)} (seed {self.seed})",
                        int((~ok).sum()), 0)
         target = self.out / "candidates" / c.name / f"fold-{k + 1}"
         fit_and_report(data, target, classifier=c.classifier, normalize="power", C=None, class_weight="balanced",
                        sampling="none", seed=self.seed, cv=5)  # quiet: the candidate's line says it
-        index = {name: j for j, name in enumerate(self.roles.class_names)}
+        index = self.roles.class_index
         predicted = np.full(len(rows), -1)
         predicted[ok & (self.roles.folds == k)] = [index[names[j]] for j in
                                                    load_model(target)["pipeline"].predict(X[held])]
@@ -108,7 +105,6 @@ class Scoring:
     def _finetune_fold(self, c: Candidate, k: int, epochs: int) -> np.ndarray:
         """finetune on fold ``k``'s manifest (or its finished fold read back), then its predictions of the
         held-out images (class indices, -1 for an unreadable image), in selection.csv's order."""
-        from cnncodes.extract.reader import list_images
         from cnncodes.finetune.predict import predict_images
 
         folds, target = self.out / "folds", self.out / "candidates" / c.name
@@ -120,10 +116,9 @@ class Scoring:
             predict_images(target / f"fold-{k + 1}", held, done, device=self.common["device"],
                            precision=self.common["precision"], workers=self.common["workers"],
                            progress=self.common["progress"], overwrite=True)
-        root = list_images(held).root
-        with open(done, newline="", encoding="utf-8") as fh:
-            said = {(root / r["path"]).as_posix(): r["predicted"] for r in csv.DictReader(fh)}
-        index = {name: j for j, name in enumerate(self.roles.class_names)}
+        with open(done, newline="", encoding="utf-8") as fh:  # its paths are the manifest's: absolute, as train_paths
+            said = {r["path"]: r["predicted"] for r in csv.DictReader(fh)}
+        index = self.roles.class_index
         return np.array([index.get(said.get(p, ""), -1) for p, f in zip(self.roles.train_paths, self.roles.folds)
                          if f == k])
 
@@ -148,7 +143,7 @@ class Scoring:
         crop = preprocess_config(bb, self.common["resize"], self.common["crop"])["crop"]
         per_step = step_seconds(self.common["backbone"], self.common["weights"], c.freeze, self.roles.n_classes,
                                 FINETUNE_BATCH, crop, self.common["device"])
-        fits, n_train, rate = len(self._folds()), self.roles.n_train, self.rate or ASSUMED_RATE
+        fits, n_train, rate = len(self.roles.fold_ids), self.roles.n_train, self.rate or ASSUMED_RATE
         n_fit = n_train - self.roles.n_scored // fits  # each fold's fit rows
         decode = (fits * n_train + self.roles.n_scored) / rate  # each fold decodes train, then predicts its fold
         refit_decode = (n_train + self.roles.n_test) / rate
@@ -163,6 +158,7 @@ class Scoring:
             return {"epochs": max(epochs, 1), "skip": f"needs about {need:.0f} s for its {fits} folds and a refit, "
                                                       f"{max(self.clock.left(), 0):.0f} s left"}
         return {"epochs": epochs, "refit_s": round(refit, 1)}
+
 
 def finetune(manifest: Path, target: Path, freeze: float, epochs: int, seed: int, common: dict) -> dict:
     """finetune_images on a manifest with train and test rows, no validation set (the last epoch is kept)."""

@@ -172,6 +172,7 @@ def test_leaderboard_report_and_the_winners_run_contract(full_run, tree, tmp_pat
         oof = list(csv.DictReader(open(out / row["report_dir"] / "oof.csv")))
         assert sorted(r["path"] for r in oof) == sorted(folds)  # every training image scored exactly once
         assert {r["path"]: int(r["fold"]) for r in oof} == folds  # on the same folds for every candidate
+        assert all(r["predicted"] in ("cat", "dog") for r in oof)  # each prediction found its image (none unread)
         hits = {c: [r["predicted"] == c for r in oof if r["label"] == c] for c in ("cat", "dog")}
         assert row["score"] == pytest.approx(sum(sum(h) / len(h) for h in hits.values()) / 2)
         assert row["folds"] == 3 and "correct" not in row  # auto.json keeps the per-image correctness out
