@@ -71,13 +71,12 @@ class OpenVINOComputer:
         runs use ``map``."""
         import torch
 
-        images, outs = np.asarray(images), []
+        images, outs, request = np.asarray(images), [], self.compiled.create_infer_request()
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
-            # copied in: the compiled model's own request shares its input by default and keeps pointing at it
-            # after the call; once the array was freed, the next inference requests corrupted the heap
-            out = self.compiled([self._padded(chunk)], share_inputs=False)
-            outs.append([out[port][:len(chunk)] for port in self.compiled.outputs])
+            self._start(request, chunk)  # copied into the request's own input (padded), as in runs
+            request.wait()
+            outs.append([request.get_output_tensor(i).data[:len(chunk)].copy() for i in range(len(self.names))])
         return {name: torch.from_numpy(np.concatenate([o[i] for o in outs])) for i, name in enumerate(self.names)}
 
     def _missing(self, n: int) -> int:
@@ -85,10 +84,6 @@ class OpenVINOComputer:
         if n > self.batch_size:
             raise ValueError(f"a batch of {n} images for a model compiled for {self.batch_size}")
         return self.batch_size - n
-
-    def _padded(self, images: np.ndarray) -> np.ndarray:
-        missing = self._missing(len(images))
-        return np.concatenate([images, np.zeros((missing, *images.shape[1:]), images.dtype)]) if missing else images
 
     def _start(self, request, images: np.ndarray) -> None:
         """Start ``request`` on ``images``, copied (padded) into its own input tensor: the same bytes as handing
