@@ -35,7 +35,8 @@ def add_parsers(sub) -> None:
                     "standard error; the best of the cheapest kind (codes, then fine-tunes) within one "
                     "standard error (of the paired difference) of the best wins, is refit on the whole "
                     "training split into RUN_DIR/winner (for `cnncodes predict`) and evaluated once on the "
-                    "test split (else val): the honest estimate. Writes leaderboard.csv, report.txt and auto.json; a rerun resumes.")
+                    "test split (else val): the honest estimate. Writes leaderboard.csv, report.txt and "
+                    "auto.json; a rerun resumes.")
     p.add_argument("images", help="image folder or CSV manifest")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for the run")
     p.add_argument("--budget", type=_budget, default="15m",

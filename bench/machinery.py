@@ -151,7 +151,8 @@ def report(runs: list[dict]) -> None:
             print(f"\n{set_name}, {precision} ({base[0]['runtime']}): base median inside "
                   f"{statistics.median(r['inside'] for r in base):.2f} s, whole "
                   f"{statistics.median(r['whole'] for r in base):.2f} s, CPU "
-                  f"{statistics.median(r['cpu'] for r in base):.2f} s, full GCs {statistics.median(r['gc_full'] for r in base):.0f}")
+                  f"{statistics.median(r['cpu'] for r in base):.2f} s, full GCs "
+                  f"{statistics.median(r['gc_full'] for r in base):.0f}")
             for variant in sorted({r["variant"] for r in runs} - {"base"}):  # a log's own (older ones: nofreeze)
                 cells = []
                 for key in ("inside", "whole", "cpu"):

@@ -10,9 +10,9 @@ classifier (predict: loading the model), in process (the child's own clock), cpu
 CPU seconds, threads included: what a busy machine stretches least), and whole process (the parent's clock). The
 main process's CPU seconds from its start to the decoders' start ("cpu to decoders": the one core's alone) and to
 the first decoded batch it takes ("cpu to batch"), its main thread's CPU seconds (the Python), and the CPU seconds
-of the whole process tree, decoders included ("cpu tree", the parent's count), come beside them. ``--images DIR`` extracts DIR instead of the 8 images, where the
-per-batch work weighs (e.g. the benchmarks' hymenoptera x5). Each tree runs as the package ``cnncodes``
-(``common.package_root``), whatever is installed.
+of the whole process tree, decoders included ("cpu tree", the parent's count), come beside them. ``--images DIR``
+extracts DIR instead of the 8 images, where the per-batch work weighs (e.g. the benchmarks' hymenoptera x5). Each
+tree runs as the package ``cnncodes`` (``common.package_root``), whatever is installed.
 """
 from __future__ import annotations
 
