@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import parts, shards, writer
+from . import cores, parts, shards, writer
 from .backbones import DEFAULT_BACKBONE, get_backbone
 from .batches import Decoders
 from .options import check_options
@@ -176,11 +176,14 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         if todo:
             # the workers decode while the network is converted or loaded
             decoded = (early or decoders(plan.job_rows, part_size=part_plan.part_size, todo=todo)).batches
+            cpus = usable_cpus()
+            measure = cores.measures(decoded, settings.workers, settings.streams, cpus, result.n_extracted)
             computer = make_computer(network, prep, settings.device, settings.precision, settings.batch_size,
-                                     settings.streams, views)
-            result.runtime = computer.describe()
+                                     1 if measure else settings.streams, views)
             result.notes.extend([computer.note] if computer.note else [])
-            writer.write_parts(computer.map(decoded), part_plan, todo, parts_dir, dtype, settings.progress)
+            placed = cores.Placement(computer, decoded, cpus, measure)
+            writer.write_parts(placed, part_plan, todo, parts_dir, dtype, settings.progress)
+            result.runtime = placed.describe()
         result.assembled, result.missing_parts = shards.assemble_when_complete(out, held)
         result.seconds = time.perf_counter() - started
         result.failures = [] if result.missing_parts else writer.failures_of(out)
