@@ -70,7 +70,8 @@ class OpenVINOComputer:
         return f"cpu {self.precision} openvino, {self.streams} stream(s){alone}"
 
     def with_streams(self, streams: int, decoding_cores: int = 0) -> OpenVINOComputer:
-        """The same model compiled for ``streams`` streams, beside decoders confined to ``decoding_cores`` (cores.py)."""
+        """The same model compiled for ``streams`` streams, beside decoders confined to ``decoding_cores``
+        (cores.py)."""
         computer = OpenVINOComputer(self.model, self.names, self.precision, self.batch_size, streams, self.views)
         computer.decoding_cores = decoding_cores
         return computer

@@ -82,7 +82,8 @@ def test_a_run_that_measures_its_cores_gives_the_shared_runs_codes(tmp_path, mon
     monkeypatch.setattr(cores, "MIN_IMAGES", 0)
     monkeypatch.setattr(cores, "MIN_DECODED", 0)
     monkeypatch.setattr(cores, "PROBE_BATCHES", 3)  # of 10
-    monkeypatch.setattr(cores, "decoder_cores", lambda cpus, decode, forward: measured.append((decode, forward)) or decided)
+    monkeypatch.setattr(cores, "decoder_cores",
+                        lambda cpus, decode, forward: measured.append((decode, forward)) or decided)
     placed = extract_codes(tree, tmp_path / "placed.h5", **kwargs)
     cpus = len(os.sched_getaffinity(0))
     split = f"{cpus - 1} stream(s), decoding alone on 1 core(s)"
