@@ -12,8 +12,7 @@ images/s, measured on this CPU in the same run. Each side is a fresh child proce
   batch size, streams and threads) on pre-decoded uint8 batches, after a few warm batches;
 * extract: ``extract.extract_codes`` with its defaults but ``precision``, the HDF5 file included, the
   converted model cached; its rate is images over the time inside the call (start-up included: loading
-  the network while the decoders start), and the child's whole process is reported beside it, with how it
-  placed decoding and the network on the cores (extract/cores.py: shared, or split where that measured faster).
+  the network while the decoders start), and the child's whole process is reported beside it.
 
 fp32, and bf16 where the CPU has it natively. Rounds alternate the order (ABC, CBA). It prints rates,
 CPU seconds per image of each side, and end to end as a fraction of the bound (target 95%).
@@ -183,8 +182,6 @@ def report(out: dict, precision_list: list[str]) -> None:
         print(f"  {precision}: model alone {statistics.median(model):.1f} images/s (rounds: "
               f"{' '.join(f'{v:.1f}' for v in model)}; {out[('model', precision)][0]['settings']}; CPU "
               f"{cpu_ms('model', precision):.2f} ms an image)")
-        placements = sorted({r["runtime"] for r in ext})
-        print(f"        extract ran: {'; '.join(placements)}")
         print(f"        bound 1 / (1/decode + 1/model) {statistics.median(bounds):.1f} images/s; extract end to end "
               f"{statistics.median(extract):.1f} images/s (rounds: {' '.join(f'{v:.1f}' for v in extract)}; "
               f"CPU {cpu_ms('extract', precision):.2f} ms an image; first batch after {first:.2f} s; whole "

@@ -2,7 +2,8 @@
 
 Worker processes (a process pool, forked) only decode, with PIL and NumPy, into shared slots (``Slots``);
 the main process runs the network, which on the CPU is OpenVINO's own multi-stream inference, so no
-worker holds a compiled model, and no process of a warm run loads torch. The workers start decoding as
+worker holds a compiled model, and no process of a warm run loads torch. By default decoding and the network take
+turns on the cores (``Decoding.in_turns``) rather than time-share them. The workers start decoding as
 soon as ``decoded_batches`` is called, so the caller can prepare the network meanwhile: for a fresh job,
 before the network is even built (``Decoders``), up to ``PREFETCH_BYTES`` of images ahead. Where torch is
 loaded (finetune's DataLoader workers) it runs with one thread: GNU OpenMP deadlocks in a forked child
@@ -10,13 +11,12 @@ whose parent already ran a parallel region, and more threads would only compete 
 """
 from __future__ import annotations
 
-import contextlib
+import concurrent.futures
 import mmap
 import multiprocessing
 import os
 import signal
 import sys
-import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -83,42 +83,44 @@ def decoded_batches(dataset: ImageDataset, batches: list[list[int]], workers: in
 class Decoding:
     """Batches decoded by a pool of ``workers`` processes, at most ``ahead`` of them in flight, yielded in order.
     The pool stops when the batches are done, or when this is dropped (a job that turned out otherwise, an
-    error, Ctrl-C); a worker that dies fails the run (``BrokenProcessPool``) instead of hanging it.
-    The workers add up their CPU time (``cost``), and ``confine`` moves decoding onto fewer cores (cores.py)."""
+    error, Ctrl-C); a worker that dies fails the run (``BrokenProcessPool``) instead of hanging it."""
 
     def __init__(self, dataset: ImageDataset, slots: Slots | None, batches: list[list[int]], workers: int,
                  ahead: int, context: str):
         ctx = multiprocessing.get_context(context)
         cpus = decoder_cpus(workers)
         self.slots, self.todo, self.running, self.workers = slots, iter(enumerate(batches)), deque(), workers
-        self.shared, self.submitted_all = Shared(ctx, workers), False
+        self.go = ctx.Event()  # cleared: the workers wait before their next batch (``in_turns``)
+        self.go.set()
         self.pool = ProcessPoolExecutor(workers, ctx, initializer=_worker_init,
-                                        initargs=(dataset, slots, ctx.Value("i", 0), cpus, self.shared))
+                                        initargs=(dataset, slots, ctx.Value("i", 0), cpus, self.go))
         for _ in range(ahead):
             self._submit()
 
-    def cost(self) -> tuple[float, int]:
-        """(CPU seconds, images) the workers have spent decoding so far."""
-        with self.shared.cost.get_lock():
-            seconds, images = self.shared.cost[:]
-        return seconds, int(images)
-
-    def confine(self, cores: int) -> None:
-        """From their next batch on, at most ``cores`` workers decode at a time, all on the last ``cores`` of this
-        process's CPUs (the network's streams take the others); 0: every worker, where it started."""
-        self.shared.cores.value = cores
-
-    def decoded_all(self) -> bool:
-        """Whether every batch is decoded (some may still wait to be taken)."""
-        return self.submitted_all and (not self.running or self.running[-1].done()) and all(
-            future.done() for future in self.running)
+    def in_turns(self) -> Iterator[Decoded]:
+        """The batches, with decoding and the caller's forward pass taking turns on the cores instead of sharing
+        them (a decoder and an inference stream on one core slow each other down: bench/RESULTS.md): the workers
+        wait while decoded batches are left; once the next one is not decoded, every batch in flight (the
+        look-ahead) is decoded on every core while the caller waits, and its forward passes have the cores."""
+        self.go.clear()
+        try:
+            while True:
+                if self.running and not self.running[0].done():
+                    self.go.set()
+                    concurrent.futures.wait(self.running)
+                    self.go.clear()
+                try:
+                    batch = next(self)
+                except StopIteration:
+                    return
+                yield batch
+        finally:
+            self.go.set()
 
     def _submit(self) -> None:
         item = next(self.todo, None)
         if item is not None:
             self.running.append(self.pool.submit(_decode_batch, *item))
-        else:
-            self.submitted_all = True
 
     def __iter__(self) -> Decoding:
         return self
@@ -138,6 +140,7 @@ class Decoding:
     def close(self) -> None:
         """Cancel the batches not started and wait for the ones being decoded (one per worker, short): a pool left
         shutting down races the interpreter's exit, which then prints a traceback (Bad file descriptor)."""
+        self.go.set()  # a worker waiting for its turn finishes its batch
         self.running.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
@@ -146,28 +149,16 @@ class Decoding:
             self.close()
 
 
-class Shared:
-    """What the main process and its decode workers share: the workers' CPU seconds and images decoded (``cost``),
-    the cores they are confined to (``cores``, 0: none), and for k cores a gate with k permits (``gates[k]``)."""
-
-    def __init__(self, ctx, workers: int):
-        self.cost, self.cores = ctx.Array("d", 2), ctx.Value("i", 0, lock=False)
-        self.gates = [None] + [ctx.Semaphore(k) for k in range(1, workers + 1)]
-        self.cpus = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
+_WORKER: tuple = ()  # a decode worker's (dataset, slots, go), set by _worker_init
 
 
-_WORKER: tuple = ()  # a decode worker's (dataset, slots, shared), set by _worker_init
-_PLACED: list = [0, None]  # the confinement a worker has applied to itself, and its CPUs before any
-
-
-def _worker_init(dataset: ImageDataset, slots: Slots | None, counter, cpus: tuple[int, ...], shared: Shared) -> None:
+def _worker_init(dataset: ImageDataset, slots: Slots | None, counter, cpus: tuple[int, ...], go) -> None:
     global _WORKER
     _die_with_parent()
     with counter.get_lock():
         worker_id, counter.value = counter.value, counter.value + 1
     decoder_init(worker_id, cpus)
-    _WORKER = (dataset, slots, shared)
-    _PLACED[1] = os.sched_getaffinity(0) if shared.cpus else None
+    _WORKER = (dataset, slots, go)
 
 
 def _die_with_parent() -> None:
@@ -185,27 +176,13 @@ def _die_with_parent() -> None:
 
 
 def _decode_batch(n: int, rows: list[int]):
-    """In a worker: batch ``n`` decoded into its slot ((slot, rows, ok, errors)), or returned whole without slots;
-    its CPU time is added to the shared cost."""
-    dataset, slots, shared = _WORKER
-    started = time.process_time()
-    cores = shared.cores.value
-    with shared.gates[cores] if 0 < cores < len(shared.gates) else contextlib.nullcontext():  # a permit a core
-        _place(shared, cores)
-        done = stack_images([dataset[i] for i in rows]) if slots is None else slots.__getitems__([(n, i) for i in rows])
-    spent = time.process_time() - started
-    with shared.cost.get_lock():
-        shared.cost[0] += spent
-        shared.cost[1] += len(rows)
-    return done
-
-
-def _place(shared: Shared, cores: int) -> None:
-    """Move this worker onto the last ``cores`` CPUs, or back where it started (0), when that changed
-    (``Decoding.confine``)."""
-    if cores != _PLACED[0] and shared.cpus:
-        os.sched_setaffinity(0, shared.cpus[len(shared.cpus) - cores:] if cores else _PLACED[1])
-        _PLACED[0] = cores
+    """In a worker: batch ``n`` decoded into its slot ((slot, rows, ok, errors)), or returned whole without slots,
+    once it is the decoders' turn (``Decoding.in_turns``)."""
+    dataset, slots, go = _WORKER
+    go.wait()
+    if slots is None:
+        return stack_images([dataset[i] for i in rows])
+    return slots.__getitems__([(n, i) for i in rows])
 
 
 class Slots:

@@ -59,22 +59,12 @@ class OpenVINOComputer:
 
     runtime = "openvino"
 
-    def __init__(self, model, names: list[str], precision: str, batch_size: int, streams: int, views: int = 1):
-        """``model``: the converted ``openvino.Model`` (any batch size), compiled here."""
+    def __init__(self, compiled, names: list[str], precision: str, batch_size: int, streams: int, views: int = 1):
         self.device, self.precision, self.batch_size, self.note = devices.Device("cpu"), precision, batch_size, ""
-        self.model, self.names, self.streams, self.views = model, names, streams, views
-        self.compiled, self.decoding_cores = _compile(model, precision, batch_size, streams), 0
+        self.compiled, self.names, self.streams, self.views = compiled, names, streams, views
 
     def describe(self) -> str:
-        alone = f", decoding alone on {self.decoding_cores} core(s)" if self.decoding_cores else ""
-        return f"cpu {self.precision} openvino, {self.streams} stream(s){alone}"
-
-    def with_streams(self, streams: int, decoding_cores: int = 0) -> OpenVINOComputer:
-        """The same model compiled for ``streams`` streams, beside decoders confined to ``decoding_cores``
-        (cores.py)."""
-        computer = OpenVINOComputer(self.model, self.names, self.precision, self.batch_size, streams, self.views)
-        computer.decoding_cores = decoding_cores
-        return computer
+        return f"cpu {self.precision} openvino, {self.streams} stream(s)"
 
     def __call__(self, images: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
         """Codes of one batch as torch tensors, to compare with the eager model (conversion checks, tests);
@@ -131,11 +121,6 @@ class OpenVINOComputer:
 
 def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: int,
               views: int = 1) -> OpenVINOComputer:
-    return OpenVINOComputer(model, [t.name for t in taps], precision, batch_size, streams, views)
-
-
-def _compile(model, precision: str, batch_size: int, streams: int):
-    """``model`` compiled for ``batch_size`` and ``streams`` single-threaded streams, in ``precision`` (or an error)."""
     # OpenVINO pins each process's stream threads from the first core on: ranks sharing a machine would all
     # be pinned onto the same cores (bench/RESULTS.md), so pin only streams that fill the CPUs
     config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "NUM_STREAMS": streams,
@@ -149,7 +134,7 @@ def _compile(model, precision: str, batch_size: int, streams: int):
     runs = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     if runs != OPENVINO_PRECISION[precision]:  # the codes file records what made its codes
         raise ValueError(f"OpenVINO runs {runs} here, not {precision}")
-    return compiled
+    return OpenVINOComputer(compiled, [t.name for t in taps], precision, batch_size, streams, views)
 
 
 def check_agreement(expected: dict, got: dict, min_cosine: float) -> None:

@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cores, parts, shards, writer
+from . import parts, shards, writer
 from .backbones import DEFAULT_BACKBONE, get_backbone
-from .batches import Decoders
+from .batches import Decoders, Decoding
 from .options import check_options
 from .device import Device, check_precision, choose_device, pick_precision, usable_cpus
 from .errors import ExtractionError, ExtractionInterrupted, UsageError  # noqa: F401  (re-exported)
@@ -102,6 +102,13 @@ def forward_streams(device: Device, cpus: int | None = None) -> int:
     return default_workers(device, cpus) if device.type == "cpu" else 1
 
 
+def takes_turns(decoded, computer, settings: Settings) -> bool:
+    """Whether decoding and the forward pass take turns on the cores (``Decoding.in_turns``): where decoders and
+    OpenVINO streams each fill every core, as they do by default in one process (not for shards sharing them)."""
+    return (isinstance(decoded, Decoding) and computer.runtime == "openvino"
+            and settings.workers == settings.streams == usable_cpus())
+
+
 def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone: str = DEFAULT_BACKBONE,
                   layers: tuple[str, ...] | list[str] = ("penultimate",), pool: str = "avg", weights: str | None = None,
                   device: str = "auto", precision: str = "auto", batch_size: int | None = None,
@@ -176,14 +183,12 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         if todo:
             # the workers decode while the network is converted or loaded
             decoded = (early or decoders(plan.job_rows, part_size=part_plan.part_size, todo=todo)).batches
-            cpus = usable_cpus()
-            measure = cores.measures(decoded, settings.workers, settings.streams, cpus, result.n_extracted)
             computer = make_computer(network, prep, settings.device, settings.precision, settings.batch_size,
-                                     1 if measure else settings.streams, views)
+                                     settings.streams, views)
+            result.runtime = computer.describe()
             result.notes.extend([computer.note] if computer.note else [])
-            placed = cores.Placement(computer, decoded, cpus, measure)
-            writer.write_parts(placed, part_plan, todo, parts_dir, dtype, settings.progress)
-            result.runtime = placed.describe()
+            batches = decoded.in_turns() if takes_turns(decoded, computer, settings) else decoded
+            writer.write_parts(computer.map(batches), part_plan, todo, parts_dir, dtype, settings.progress)
         result.assembled, result.missing_parts = shards.assemble_when_complete(out, held)
         result.seconds = time.perf_counter() - started
         result.failures = [] if result.missing_parts else writer.failures_of(out)

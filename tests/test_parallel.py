@@ -127,3 +127,59 @@ def _affinity_after_init(worker_id, cpus):
     after = os.sched_getaffinity(0)
     os.sched_setaffinity(0, before)
     return after
+
+
+def test_decoding_in_turns_gives_the_serial_batches_and_keeps_the_workers_waiting_while_batches_are_left(
+        tmp_path, monkeypatch):
+    """``in_turns``: every batch is the serial decode's, in order, over several turns (a look-ahead of four
+    batches, slots reused); whenever the caller holds a batch the workers wait (``go`` cleared), and they may go
+    again once the batches are done or the caller stops early (a closed pool does not hang on a waiting worker)."""
+    import threading
+
+    from cnncodes.extract import batches
+    from cnncodes.extract.images import ImageDataset
+    from cnncodes.extract.reader import list_images
+
+    tree = make_tree(tmp_path / "images", per_class=12)
+    listing = list_images(tree)
+    dataset = ImageDataset(listing.root, listing.paths, 72, 64)
+    rows = [list(range(i, min(i + 2, len(listing)))) for i in range(0, len(listing), 2)]
+    serial = [pixels.copy() for pixels, _, _ in batches.decoded_batches(dataset, rows, 0)]
+    monkeypatch.setattr(batches, "PREFETCH_BYTES", 1)  # two batches ahead a worker: 12 batches take several turns
+    decoded = batches.decoded_batches(dataset, rows, workers=2)
+    got, waiting = [], []
+    for pixels, _, _ in decoded.in_turns():
+        got.append(pixels.copy())
+        waiting.append(not decoded.go.is_set())
+    assert len(got) == len(serial) and all(waiting) and decoded.go.is_set()
+    for want, have in zip(serial, got):
+        np.testing.assert_array_equal(have, want)
+
+    stopped = batches.decoded_batches(dataset, rows, workers=2)
+    turns = stopped.in_turns()
+    next(turns)
+    assert not stopped.go.is_set()
+    turns.close()
+    closing = threading.Thread(target=stopped.close)
+    closing.start()
+    closing.join(timeout=60)
+    assert stopped.go.is_set() and not closing.is_alive()
+
+
+def test_extraction_in_turns_gives_the_codes_of_shared_cores(tmp_path, monkeypatch):
+    """Decoding and the network taking turns (the default with OpenVINO in one process) or sharing the cores:
+    the same codes, bit for bit."""
+    from cnncodes.extract import extract_codes, runner
+
+    tree = make_tree(tmp_path / "images", per_class=20)
+    kwargs = dict(weights="random", resize=72, crop=64, precision="fp32", progress=False, device="cpu", batch_size=2)
+    asked = []
+    takes_turns = runner.takes_turns
+    monkeypatch.setattr(runner, "takes_turns", lambda *args: asked.append(takes_turns(*args)) or asked[-1])
+    extract_codes(tree, tmp_path / "turns.h5", **kwargs)
+    monkeypatch.setattr(runner, "takes_turns", lambda *args: asked.append(False) or False)
+    extract_codes(tree, tmp_path / "shared.h5", **kwargs)
+    assert asked == [True, False]
+    a, b = open_codes(tmp_path / "turns.h5"), open_codes(tmp_path / "shared.h5")
+    assert list(a.rows.paths) == list(b.rows.paths) and len(a.rows.paths) == 40
+    np.testing.assert_array_equal(a.codes["penultimate"], b.codes["penultimate"])

@@ -25,7 +25,7 @@ INTERNAL = {
     ("advise/commands.py", "recommend"), ("advise/evidence.py", "imagenet_logits"),
     ("advise/transferability.py", "explained_fraction"), ("classify/linear_svm.py", "fit"),
     ("extract/fusion.py", "fold_batchnorm"), ("extract/images.py", "views_of"), ("extract/images.py", "_five_crops"),
-    ("extract/inference.py", "_compile"),
+    ("extract/inference.py", "_compiled"),
     ("extract/inference.py", "check_agreement"), ("extract/inference.py", "_missing"),
     ("finetune/budget.py", "epochs_for"), ("finetune/budget.py", "step_sized_epochs"), ("finetune/model.py", "head_name"),
 }
