@@ -89,7 +89,7 @@ class Decoding:
                  ahead: int, context: str):
         ctx = multiprocessing.get_context(context)
         cpus = decoder_cpus(workers)
-        self.slots, self.todo, self.running, self.workers = slots, iter(enumerate(batches)), deque(), workers
+        self.slots, self.todo, self.running = slots, iter(enumerate(batches)), deque()
         self.go = ctx.Event()  # cleared: the workers wait before their next batch (``in_turns``)
         self.go.set()
         self.pool = ProcessPoolExecutor(workers, ctx, initializer=_worker_init,

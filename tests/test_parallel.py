@@ -167,18 +167,27 @@ def test_decoding_in_turns_gives_the_serial_batches_and_keeps_the_workers_waitin
 
 
 def test_extraction_in_turns_gives_the_codes_of_shared_cores(tmp_path, monkeypatch):
-    """Decoding and the network taking turns (the default with OpenVINO in one process) or sharing the cores:
-    the same codes, bit for bit."""
-    from cnncodes.extract import extract_codes, runner
+    """Turns where a decoder and an OpenVINO stream sit on every core (not with eager PyTorch, nor more decoders
+    than cores); taking turns or sharing the cores, each forced whatever this machine: the same codes, bit for
+    bit."""
+    from dataclasses import replace
+
+    from cnncodes.extract import batches, extract_codes, runner
+    from cnncodes.extract.recipe import RunOptions
 
     tree = make_tree(tmp_path / "images", per_class=20)
     kwargs = dict(weights="random", resize=72, crop=64, precision="fp32", progress=False, device="cpu", batch_size=2)
+    cpus, decoding = len(os.sched_getaffinity(0)), object.__new__(batches.Decoding)
+    settings = runner.Settings.of(RunOptions(device="cpu", progress=False))
+    openvino, eager = (type("Computer", (), {"runtime": runtime})() for runtime in ("openvino", "eager"))
+    filling = replace(settings, workers=cpus, streams=cpus)  # a decoder and a stream on every core
+    assert runner.takes_turns(decoding, openvino, filling)
+    assert not runner.takes_turns(decoding, eager, filling)
+    assert not runner.takes_turns(decoding, openvino, replace(filling, workers=cpus + 1))
     asked = []
-    takes_turns = runner.takes_turns
-    monkeypatch.setattr(runner, "takes_turns", lambda *args: asked.append(takes_turns(*args)) or asked[-1])
-    extract_codes(tree, tmp_path / "turns.h5", **kwargs)
-    monkeypatch.setattr(runner, "takes_turns", lambda *args: asked.append(False) or False)
-    extract_codes(tree, tmp_path / "shared.h5", **kwargs)
+    for turns, name in ((True, "turns.h5"), (False, "shared.h5")):  # each path forced, whatever this machine
+        monkeypatch.setattr(runner, "takes_turns", lambda *args, turns=turns: asked.append(turns) or turns)
+        extract_codes(tree, tmp_path / name, **kwargs)
     assert asked == [True, False]
     a, b = open_codes(tmp_path / "turns.h5"), open_codes(tmp_path / "shared.h5")
     assert list(a.rows.paths) == list(b.rows.paths) and len(a.rows.paths) == 40
