@@ -16,6 +16,7 @@ and ``map`` yields each image's mean of its views' codes (``mean_over_views``).
 from __future__ import annotations
 
 from collections import deque
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -119,8 +120,10 @@ class OpenVINOComputer:
         return codes, ok, errors
 
 
-def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: int,
-              views: int = 1) -> OpenVINOComputer:
+def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: int, views: int = 1,
+              key: str | None = None) -> OpenVINOComputer:
+    """``model`` compiled for ``batch_size`` crops; its compiled form is kept with the cache entry ``key``
+    (openvino_model.compiled_dir)."""
     # OpenVINO pins each process's stream threads from the first core on: ranks sharing a machine would all
     # be pinned onto the same cores (bench/RESULTS.md), so pin only streams that fill the CPUs
     config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "NUM_STREAMS": streams,
@@ -130,11 +133,23 @@ def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: 
     shape = fixed.inputs[0].get_partial_shape()
     shape[0] = batch_size
     fixed.reshape({fixed.inputs[0]: shape})
-    compiled = openvino_model.core().compile_model(fixed, "CPU", config)
+    compiled = _compile(fixed, config, openvino_model.compiled_dir(key))
     runs = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     if runs != OPENVINO_PRECISION[precision]:  # the codes file records what made its codes
         raise ValueError(f"OpenVINO runs {runs} here, not {precision}")
     return OpenVINOComputer(compiled, [t.name for t in taps], precision, batch_size, streams, views)
+
+
+def _compile(model, config: dict, cache: Path | None):
+    """Compile ``model``, loading or storing its compiled form in ``cache``; without it where OpenVINO cannot use
+    that folder (not writable, say), which only costs time."""
+    core = openvino_model.core()
+    if cache is not None:
+        try:
+            return core.compile_model(model, "CPU", {**config, "CACHE_DIR": str(cache)})
+        except RuntimeError:
+            pass
+    return core.compile_model(model, "CPU", config)
 
 
 def check_agreement(expected: dict, got: dict, min_cosine: float) -> None:

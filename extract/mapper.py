@@ -24,7 +24,7 @@ def make_computer(network: Network, preprocess: dict, device, precision: str, ba
     if device.type == "cpu" and network.converted is not None and not (
             precision == "bf16" and not devices.native_bf16()):
         try:
-            return _compiled(network.converted, taps, precision, crops, streams, views)
+            return _compiled(network.converted, taps, precision, crops, streams, views, network.key)
         except Exception:
             pass
     from .eager import CodeComputer, _converted, _eager

@@ -5,7 +5,7 @@ time for the same network, weights, taps and input size, so its IR files (``ov.s
 kept in a cache folder: ``$CNNCODES_CACHE_DIR`` (``off``: no cache), else
 ``$XDG_CACHE_HOME/cnncodes/openvino`` or ``~/.cache/cnncodes/openvino``; the oldest entries go
 beyond ``MAX_ENTRIES``. Beside the IR files an entry keeps the caller's ``meta.json`` (network.py: the
-taps, so that a rerun builds nothing). The caller checks every conversion against the eager model
+taps, so that a rerun builds nothing) and OpenVINO's compiled forms (``compiled_dir``). The caller checks every conversion against the eager model
 before it is used; the key covers everything an entry depends on, so a later run trusts it, and a
 damaged entry costs a conversion.
 """
@@ -62,6 +62,14 @@ def cache_dir() -> Path | None:
     if setting:
         return Path(setting)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnncodes" / "openvino"
+
+
+def compiled_dir(key: str | None) -> Path | None:
+    """Where OpenVINO keeps the compiled forms of the entry ``key`` (its ``CACHE_DIR``: one blob per batch size,
+    precision and streams), inside the entry, so they go with it. Loading a blob skips most of compiling at each
+    run's start (bench/RESULTS.md); a damaged one OpenVINO compiles again and replaces."""
+    folder = cache_dir()
+    return folder / key / "compiled" if folder and key else None
 
 
 def cache_key(description: dict) -> str:

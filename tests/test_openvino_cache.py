@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -36,7 +37,8 @@ def cache(tmp_path, monkeypatch):
 
 def test_a_rerun_loads_the_converted_model_and_builds_nothing(cache, monkeypatch, image_tree, tmp_path):
     """The taps are kept beside the converted model: a rerun neither builds the network nor converts it, and
-    writes the same codes."""
+    writes the same codes. OpenVINO's compiled form is kept in the entry too: a rerun that loads it, and one
+    that finds it damaged (compiled again), write the same codes to the bit."""
     from cnncodes.extract import extract_codes, network
     from cnncodes.extract.codesfile import open_codes
     from fault_injection import files_equal
@@ -49,6 +51,8 @@ def test_a_rerun_loads_the_converted_model_and_builds_nothing(cache, monkeypatch
 
     first = run("first.h5")
     assert len(list(cache.glob("*/model.xml"))) == 1
+    blobs = list(cache.glob("*/compiled/*.blob"))
+    assert len(blobs) == 1 and blobs[0].stat().st_size > 0
 
     def never(*args, **kwargs):
         raise AssertionError("built or converted again")
@@ -59,6 +63,30 @@ def test_a_rerun_loads_the_converted_model_and_builds_nothing(cache, monkeypatch
     assert again.taps == first.taps == ["block4", "penultimate"]
     assert again.meta["taps"] == first.meta["taps"] and again.recipe == first.recipe
     assert files_equal(first.path, again.path)
+    blobs[0].chmod(0o644)
+    blobs[0].write_bytes(blobs[0].read_bytes()[:1000])  # cut short
+    assert files_equal(first.path, run("damaged.h5").path)
+    assert len(list(cache.glob("*/compiled/*.blob"))) == 1 and blobs[0].stat().st_size > 1000  # compiled again
+
+
+def test_a_compiled_form_that_cannot_be_stored_only_costs_time(cache, monkeypatch, image_tree, tmp_path):
+    """Where OpenVINO cannot use the folder for compiled forms (here a file stands in its way), the converted model
+    is compiled without it: OpenVINO still runs, with the same codes."""
+    from cnncodes.extract import extract_codes
+    from fault_injection import files_equal
+
+    def run(name: str):
+        result = extract_codes(image_tree, tmp_path / name, weights="random", resize=72, crop=64, precision="fp32",
+                               progress=False)
+        assert result.runtime.startswith("cpu fp32 openvino") and not result.notes, (result.runtime, result.notes)
+        return tmp_path / name
+
+    first = run("first.h5")
+    (compiled,) = cache.glob("*/compiled")
+    shutil.rmtree(compiled)
+    compiled.write_text("in the way", encoding="utf-8")
+    assert files_equal(first, run("again.h5"))
+    assert compiled.read_text(encoding="utf-8") == "in the way"
 
 
 def test_a_damaged_entry_is_deleted_and_costs_a_conversion(cache):
