@@ -37,15 +37,38 @@ def available() -> bool:
 
 
 def ov():
-    """The ``openvino`` module, imported without its usage telemetry. On import it posts an event (Google
-    Analytics, writing a client id under ~/intel) from a thread that forks a process to send it: that fork,
-    taken while the main thread held h5py's lock, hung extractions for good (h5py's and logging's at-fork
-    locks), and cnncodes stays offline. With ``openvino_telemetry`` blocked, OpenVINO's tools use their own
-    stand-in (``telemetry_stub``); a process that imported OpenVINO earlier keeps what it has."""
+    """The ``openvino`` module, imported without its usage telemetry and, until a conversion asks for it, without
+    its converter. On import OpenVINO posts an event (Google Analytics, writing a client id under ~/intel) from a
+    thread that forks a process to send it: that fork, taken while the main thread held h5py's lock, hung
+    extractions for good (h5py's and logging's at-fork locks), and cnncodes stays offline. With
+    ``openvino_telemetry`` blocked, OpenVINO's tools use their own stand-in (``telemetry_stub``). The converter
+    (``openvino.tools.ovc``) is half of the import and a warm run converts nothing: ``openvino.convert_model``
+    imports it on first use. A process that imported OpenVINO earlier keeps what it has."""
     sys.modules.setdefault("openvino_telemetry", None)
+    if "openvino" not in sys.modules:
+        sys.modules[_CONVERTER] = None  # openvino/__init__ skips what raises ImportError
+        try:
+            import openvino
+        finally:
+            if sys.modules.get(_CONVERTER, "") is None:
+                del sys.modules[_CONVERTER]
+        if not hasattr(openvino, "convert_model"):
+            openvino.__getattr__ = _converter_on_use
     import openvino
 
     return openvino
+
+
+_CONVERTER = "openvino.tools.ovc"
+
+
+def _converter_on_use(name: str):
+    """``openvino``'s module ``__getattr__`` (PEP 562) where ``ov`` left the converter out."""
+    if name == "convert_model":
+        from openvino.tools.ovc import convert_model
+
+        return convert_model
+    raise AttributeError(f"module 'openvino' has no attribute {name!r}")
 
 
 @functools.cache
@@ -111,7 +134,9 @@ def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None, m
     with torch.no_grad():
         program = torch.export.export(module, (example,))
     with no_telemetry():
-        model = openvino.convert_model(program)
+        from openvino.tools.ovc import convert_model
+
+        model = convert_model(program)
     model.reshape({model.inputs[0]: openvino.PartialShape([-1, *example.shape[1:]])})
     folder = cache_dir()
     if folder and key and (_store(model, meta or {}, folder / key) or (folder / key / "model.xml").is_file()):

@@ -131,6 +131,18 @@ def test_an_extraction_outside_ci_loads_no_telemetry(tmp_path, image_tree):
     assert list((tmp_path / "home").iterdir()) == []
 
 
+def test_openvino_is_imported_without_its_converter_until_a_conversion_asks_for_it():
+    """A warm run converts nothing, so ``ov`` leaves OpenVINO's converter out of the import (half of its cost);
+    ``openvino.convert_model`` still works, importing it on first use, and an attribute OpenVINO lacks still raises."""
+    code = ("import sys; from cnncodes.extract import openvino_model; ov = openvino_model.ov(); "
+            "before = 'openvino.tools.ovc' in sys.modules; convert = ov.convert_model; "
+            "from openvino.tools.ovc import convert_model; missing = hasattr(ov, 'no_such_thing'); "
+            "print(before, convert is convert_model, 'openvino.tools.ovc' in sys.modules, missing)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True", "False"], out.stdout
+
+
 def test_converting_sends_no_telemetry_where_openvino_was_imported_first(tmp_path):
     """Where the caller imported OpenVINO (its telemetry live), converting still sends no event."""
     try:  # installed with OpenVINO; cnncodes blocks its import in this process, so ask the package metadata
