@@ -154,6 +154,17 @@ def serve_child(child_args: list[str], children: dict) -> int:
     return 0
 
 
+# Children run as on a CPU with AVX2 and no AVX-512 (most desktops and laptops, AMD Zen 2/3): oneDNN's kernels (in
+# OpenVINO and in torch), ATen's, MKL's and NumPy's dispatch capped at AVX2, and no native bf16 for cnncodes.
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR", "CNNCODES_CPU_CAPABILITIES": "FP32,INT8"}
+
+
+def emulate_avx2_only() -> None:
+    """Make the children started from now on run as on an AVX2-only CPU (``AVX2_ONLY``; ``cpu_line`` says so)."""
+    os.environ.update(AVX2_ONLY)
+
+
 def cpu_line() -> str:
     """The CPU model, its core count and the flags that decide the fast paths (AVX2, AVX-512, bf16, AMX)."""
     model, flags = "unknown CPU", set()
@@ -168,7 +179,10 @@ def cpu_line() -> str:
         pass
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni")
     shown = " ".join(f for f in wanted if f in flags) or "none of " + " ".join(wanted)
-    return f"{model}, {os.cpu_count()} CPUs, flags: {shown}"
+    line = f"{model}, {os.cpu_count()} CPUs, flags: {shown}"
+    if all(os.environ.get(k) == v for k, v in AVX2_ONLY.items()):
+        line += "; children emulate an AVX2-only CPU: " + " ".join(f"{k}={v!r}" for k, v in AVX2_ONLY.items())
+    return line
 
 
 def code_line() -> str:

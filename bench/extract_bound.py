@@ -204,6 +204,9 @@ def main(argv=None) -> int:
                                                           "2,000 files from hymenoptera)")
     ap.add_argument("--precision", action="append", choices=("fp32", "bf16"),
                     help="measure only this precision (repeatable; default fp32, and bf16 where native)")
+    ap.add_argument("--avx2-only", action="store_true",
+                    help="run every child as on a CPU with AVX2 and no AVX-512 (common.AVX2_ONLY: the kernels of "
+                         "OpenVINO, torch, MKL and NumPy capped at AVX2, no native bf16)")
     ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -211,6 +214,8 @@ def main(argv=None) -> int:
             "decode": lambda root: child_decode(Path(root)),
             "model": lambda precision, n: child_model(precision, int(n)),
             "extract": lambda root, out, precision: child_extract(Path(root), Path(out), precision)})
+    if args.avx2_only:
+        common.emulate_avx2_only()
     root, desc = common.repeated(*common.standard_images(False), args.repeat)
     precision_list = args.precision or precisions()
     print(f"extract pipeline bound: MobileNetV2 penultimate codes, {args.rounds} alternating round(s); "

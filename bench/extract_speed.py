@@ -453,6 +453,9 @@ def main(argv=None) -> int:
                     help="use every image N times (symlinks), so start-up weighs less (default 1)")
     ap.add_argument("--no-model", dest="model", action="store_false",
                     help="skip the model-alone runs (end to end only; bench/extract_bound.py measures the model alone)")
+    ap.add_argument("--avx2-only", action="store_true",
+                    help="run every child as on a CPU with AVX2 and no AVX-512 (common.AVX2_ONLY: the kernels of "
+                         "OpenVINO, torch, MKL and NumPy capped at AVX2, no native bf16)")
     ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -467,6 +470,8 @@ def main(argv=None) -> int:
             "agreement": lambda root, n_images: child_agreement(Path(root), int(n_images)),
             "model": lambda which, n_images: child_model(which, int(n_images))})
 
+    if args.avx2_only:
+        common.emulate_avx2_only()
     rounds = args.rounds or (1 if args.quick else 3)
     large = (not args.quick) if args.large is None else args.large
     if args.quick and not os.environ.get("CNNCODES_BENCH_FULL_SET"):
