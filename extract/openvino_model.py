@@ -6,8 +6,8 @@ kept in a cache folder: ``$CNNCODES_CACHE_DIR`` (``off``: no cache), else
 ``$XDG_CACHE_HOME/cnncodes/openvino`` or ``~/.cache/cnncodes/openvino``; the oldest entries go
 beyond ``MAX_ENTRIES``. Beside the IR files an entry keeps the caller's ``meta.json`` (network.py: the
 taps, so that a rerun builds nothing) and OpenVINO's compiled forms (``compiled_dir``). The caller checks
-every conversion against the eager model before it is used; the key covers everything an entry depends on, so a later run trusts it, and a
-damaged entry costs a conversion.
+every conversion against the eager model before it is used; the key covers everything an entry depends on,
+so a later run trusts it, and a damaged entry costs a conversion.
 """
 from __future__ import annotations
 
