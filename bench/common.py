@@ -2,7 +2,9 @@
 
 Every timed run happens in a fresh child process (``python bench/<script>.py --child ...``), so
 that the two sides never share thread pools, allocator state or environment variables (OpenMP
-reads its settings once per process), and the parent only schedules rounds and compares.
+reads its settings once per process), and the parent only schedules rounds and compares. NumPy is
+imported where it is used, so that a child makes cnncodes' process settings (``pipeline.process_settings``)
+before OpenBLAS reads them.
 """
 from __future__ import annotations
 
@@ -15,8 +17,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 # the real image sets: ../shared/datasets, or $CNNCODES_DATASETS (a worktree elsewhere)
@@ -34,6 +34,7 @@ def natural_image(rng: np.random.Generator, width: int, height: int, tint: np.nd
 
     Smooth content matters: JPEG files of noise are huge and slow to decode, real photos are not.
     """
+    import numpy as np
     from PIL import Image
 
     out = np.zeros((height, width, 3), dtype=np.float32)
@@ -56,6 +57,7 @@ def natural_image(rng: np.random.Generator, width: int, height: int, tint: np.nd
 def make_jpeg_tree(root: Path, n: int, size: tuple[int, int], *, splits=("train", "val"), classes=("ants", "bees"),
                    quality: int = 90, seed: int = 0) -> Path:
     """``root/<split>/<class>/img_NNNN.jpg``: n photo-like JPEGs of ``size`` (cached: made once)."""
+    import numpy as np
     from PIL import Image
 
     stamp = root / ".complete"
@@ -231,6 +233,8 @@ def order_for(round_index: int, names: list[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ quality
 def match_by_path(paths_a, codes_a, paths_b, codes_b):
+    import numpy as np
+
     index = {p: i for i, p in enumerate(paths_b)}
     common = [p for p in paths_a if p in index]
     ia = {p: i for i, p in enumerate(paths_a)}
@@ -240,6 +244,8 @@ def match_by_path(paths_a, codes_a, paths_b, codes_b):
 
 
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    import numpy as np
+
     ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
     a, b = a[ok].astype(np.float64), b[ok].astype(np.float64)
     num = (a * b).sum(1)
@@ -249,6 +255,7 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def svm_accuracy(paths, codes, train_prefix="train/", test_prefix="val/", seed: int = 0) -> float:
     """Held-out accuracy of a LinearSVC (L2-normalized codes, C=1) trained on train/, tested on val/."""
+    import numpy as np
     from sklearn.svm import LinearSVC
 
     labels = np.array([p.split("/")[1] for p in paths])

@@ -164,3 +164,28 @@ def test_views_are_torchvisions_pixels(size):
     two = views_of(img, 72, 64, views=2)
     np.testing.assert_allclose(two[0], center, atol=3)  # the crop's region resized directly (test_images)
     np.testing.assert_array_equal(two[1], two[0][:, :, ::-1])
+
+
+def test_the_command_line_makes_its_thread_settings_before_numpy_loads(tmp_path):
+    """OpenMP and OpenBLAS read their settings when they load: the command line makes them first (sleeping OpenMP
+    threads; OpenBLAS threads that stop spinning soon after a call, where importing NumPy makes one)."""
+    code = """
+import builtins, json, os, sys
+seen, load = [], builtins.__import__
+
+def watch(name, *args, **kwargs):
+    if name.split(".")[0] == "numpy" and "numpy" not in sys.modules and not seen:
+        seen.append({k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")})
+    return load(name, *args, **kwargs)
+
+builtins.__import__ = watch
+from cnncodes import pipeline
+code = pipeline.main(["extract", sys.argv[1], "-o", sys.argv[2]])
+print(json.dumps([code, seen, "numpy" in sys.modules]))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing"), str(tmp_path / "c.h5")], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    code, seen, numpy_loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert code != 0 and numpy_loaded, done.stderr  # refused (no such folder) after loading NumPy
+    assert seen == [{"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "20"}]
