@@ -196,7 +196,12 @@ def build_model(backbone: Backbone, info: WeightsInfo) -> torch.nn.Module:
             torch.manual_seed(0)  # the same untrained network every time, so runs stay comparable
             return backbone.build().eval()
     model = backbone.build()
-    state = torch.load(info.path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(info.path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a file torch saved (its unpickler raises any kind), or one holding more than tensors
+        reason = " ".join(f"{type(err).__name__}: {err}".split())
+        raise WeightsNotFound(f"{info.path} is not a checkpoint torch can read as weights ({reason[:200]}"
+                              f"{'...' if len(reason) > 200 else ''}); give a .pth file of a state dict") from err
     if isinstance(state, dict) and "head" in state and "n_classes" in state:  # finetuned.pt under another name
         raise WeightsNotFound(_finetuned_model_message(Path(info.path)))
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -80,6 +80,19 @@ def test_wrong_architecture_checkpoint_is_refused(tmp_path):
         W.build_model(MOBILENET, info)
 
 
+def test_a_file_that_is_no_checkpoint_is_refused_in_one_line(image_tree, tmp_path, capsys):
+    """A --weights file torch cannot read as weights (here text) is a usage error naming the file, not an internal
+    error, and leaves no codes file."""
+    junk = tmp_path / "notes.pth"
+    junk.write_text("not a checkpoint\n", encoding="utf-8")
+    out = tmp_path / "codes.h5"
+    code = pipeline.main(["extract", str(image_tree), "-o", str(out), "--weights", str(junk), "--quiet", "--workers",
+                          "0", "--resize", "72", "--crop", "64", "--precision", "fp32"])
+    err = capsys.readouterr().err
+    assert code not in (0, 1) and f"{junk} is not a checkpoint torch can read" in err, (code, err)
+    assert "internal error" not in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_hub_cache_is_used_when_nothing_is_embedded(monkeypatch):
     source = embedded_path()
     monkeypatch.setattr(W, "embedded_checkpoint", lambda name: None)
