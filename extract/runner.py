@@ -146,7 +146,6 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         import torch
 
         torch.cuda.set_device(str(settings.device))  # pinned memory and autocast on this rank's GPU, not GPU 0
-    winfo = locate_weights(bb, weights)
     parts_dir = parts.parts_dir_for(out)
     with output_lock(out, rank.rank if rank.sharded else None) as held:
         started = time.perf_counter()
@@ -155,6 +154,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         # a fresh job's decoders start before the network is built: one core would idle meanwhile
         early = (decoders(list(range(len(listing))), part_size=settings.part_size_for(len(listing), rank))
                  if fresh(out, overwrite, parts_dir) else None)
+        winfo = locate_weights(bb, weights)  # hashes the checkpoint (10 ms): after the fork, beside the decoders
         network = prepare(bb, winfo, list(layers), pool, prep, max_dim, settings.device)
         taps = network.taps
         recipe = Recipe.make(bb, winfo, taps, prep, settings.precision, views).as_dict()
