@@ -34,9 +34,11 @@ def child(package_root: str, argv: list[str]) -> None:
     sys.path.insert(0, package_root)
     marks: dict[str, float] = {}
     spent = {"classifier": 0.0, "model load": 0.0}
+    from cnncodes import pipeline
+
+    pipeline.process_settings()  # before NumPy loads (instrumenting imports it), as the command line makes them
     if argv[0] in ("extract", "predict"):
         _instrument(marks, spent, argv[0])
-    from cnncodes import pipeline
     try:
         code = pipeline.main(argv)
     except SystemExit as exit_:  # --help
