@@ -154,7 +154,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         # a fresh job's decoders start before the network is built: one core would idle meanwhile
         early = (decoders(list(range(len(listing))), part_size=settings.part_size_for(len(listing), rank))
                  if fresh(out, overwrite, parts_dir) else None)
-        winfo = locate_weights(bb, weights)  # hashes the checkpoint (10 ms): after the fork, beside the decoders
+        winfo = locate_weights(bb, weights)  # hashes the checkpoint: after the fork, beside the decoders
         network = prepare(bb, winfo, list(layers), pool, prep, max_dim, settings.device)
         taps = network.taps
         recipe = Recipe.make(bb, winfo, taps, prep, settings.precision, views).as_dict()

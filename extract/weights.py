@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .backbones import LITE_CHECKPOINTS, Backbone
+from .codesfile import short
 from .names import CODES_MODEL, FINETUNED_BACKBONE, FINETUNED_MODEL
 
 if TYPE_CHECKING:
@@ -199,9 +200,9 @@ def build_model(backbone: Backbone, info: WeightsInfo) -> torch.nn.Module:
     try:
         state = torch.load(info.path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a file torch saved (its unpickler raises any kind), or one holding more than tensors
-        reason = " ".join(f"{type(err).__name__}: {err}".split())
-        raise WeightsNotFound(f"{info.path} is not a checkpoint torch can read as weights ({reason[:200]}"
-                              f"{'...' if len(reason) > 200 else ''}); give a .pth file of a state dict") from err
+        reason = short(" ".join(f"{type(err).__name__}: {err}".split()), 200)
+        raise WeightsNotFound(f"{info.path} is not a checkpoint torch can read as weights ({reason}); give a .pth "
+                              "file of a state dict") from err
     if isinstance(state, dict) and "head" in state and "n_classes" in state:  # finetuned.pt under another name
         raise WeightsNotFound(_finetuned_model_message(Path(info.path)))
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -209,7 +210,6 @@ def build_model(backbone: Backbone, info: WeightsInfo) -> torch.nn.Module:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        reason = " ".join(str(err).split())  # torch's first line ends with a colon; the reasons follow
-        raise WeightsNotFound(f"{info.path} is not a {backbone.name} checkpoint: "
-                              f"{reason[:300]}{'...' if len(reason) > 300 else ''}") from err
+        reason = short(" ".join(str(err).split()), 300)  # torch's first line ends with a colon; the reasons follow
+        raise WeightsNotFound(f"{info.path} is not a {backbone.name} checkpoint: {reason}") from err
     return model.eval()
