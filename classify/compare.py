@@ -6,12 +6,11 @@ import io
 import os
 from typing import Sequence
 
-from tqdm.auto import tqdm
-
 from cnncodes.extract.config import check_config
 from cnncodes.extract.errors import UsageError
 from cnncodes.extract.names import layer_runs
 from cnncodes.extract.outputs import guards_output
+from cnncodes.extract.progress import progress_bar
 
 from .data import codes_shape, file_taps, resolve_layers
 from .fileio import ensure_writable, write_files
@@ -68,7 +67,7 @@ def compare(codes: str | os.PathLike, out_dir: str | os.PathLike, classifiers: S
     cv_rows = common_cv_rows(classifiers, dims, streamed, max_memory, cv)
     rows = []
     runs = [(name, mode) for name in classifiers for mode in samplings]
-    bar = tqdm(total=len(layer_sets) * len(runs), desc="compare", disable=not progress)
+    bar = progress_bar(total=len(layer_sets) * len(runs), desc="compare", disable=not progress)
     for layer_set, streams, dim in zip(layer_sets, streamed, dims):
         data = None if streams else load_dataset(codes, layer_set, test=test, test_fraction=test_fraction, seed=seed)
         for name, mode in runs:

@@ -53,10 +53,10 @@ class PartBuffer:
 def write_parts(batches: Iterable[Batch], plan: parts.PartPlan, todo: list[int], parts_dir: Path, dtype: str,
                 progress: bool) -> None:
     """Write the parts ``todo`` from ``batches`` (their batches in order, never crossing a part boundary)."""
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
-    bar = tqdm(total=sum(len(plan.rows(p)) for p in todo), unit="img", desc="extract", disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=sum(len(plan.rows(p)) for p in todo), unit="img", desc="extract", disable=not progress,
+                       dynamic_ncols=True)
     pending = iter(todo)
     part, buffer, n_failed = next(pending), PartBuffer(), 0
     try:

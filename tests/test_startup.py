@@ -74,7 +74,7 @@ DEVICE = ["--device", "cpu"] if gpu_driver_present() else []
 def test_a_warm_extract_and_predict_load_no_torch_and_give_the_cold_runs_codes(tmp_path, monkeypatch):
     """The cold run converts the model (torch loaded); the warm extract and predict run on the cached model with
     PIL + NumPy decoders and OpenVINO alone, and their codes are the cold run's. The warm extract's decoders were
-    forked before h5py, OpenVINO and tqdm were imported."""
+    forked before h5py, OpenVINO and tqdm were imported; it never imports asyncio."""
     monkeypatch.setenv("CNNCODES_CACHE_DIR", str(tmp_path / "cache"))  # cold: nothing converted yet
     tree = make_tree(tmp_path / "images", per_class=6)
     options = [*FAST, *DEVICE, "--workers", "2"]
@@ -97,6 +97,9 @@ def test_a_warm_extract_and_predict_load_no_torch_and_give_the_cold_runs_codes(t
     # is the one core's alone
     workers = [modules for name, modules in _loaded(tmp_path / "warm").items() if name.startswith("worker")]
     assert workers and not any(set(AFTER_THE_DECODERS) & modules for modules in workers)
+    # nor does it load asyncio: its progress bar is tqdm's without that half (extract/progress.py); predict loads
+    # it with joblib
+    assert not any("asyncio" in modules for modules in _loaded(tmp_path / "warm").values())
 
     cold_codes, warm_codes = open_codes(tmp_path / "run" / "codes.h5"), open_codes(tmp_path / "warm.h5")
     paths = list(cold_codes.rows.paths)
