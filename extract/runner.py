@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,19 +181,42 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         writer.check_space(out, 2 * need, need, "the parts and the codes file")
         if early and not early.covers(plan.job_rows, part_plan.part_size, todo):
             early = None  # the job turned out otherwise (a file or parts appeared): those decoders stop
+        releasing = None
         if todo:
             # the workers decode while the network is converted or loaded
-            decoded = (early or decoders(plan.job_rows, part_size=part_plan.part_size, todo=todo)).batches
-            computer = make_computer(network, prep, settings.device, settings.precision, settings.batch_size,
-                                     settings.streams, views)
-            result.runtime = computer.describe()
-            result.notes.extend([computer.note] if computer.note else [])
-            batches = decoded.in_turns() if takes_turns(decoded, computer, settings) else decoded
-            writer.write_parts(computer.map(batches), part_plan, todo, parts_dir, dtype, settings.progress)
-        result.assembled, result.missing_parts = shards.assemble_when_complete(out, held)
+            spent = _write_parts(early or decoders(plan.job_rows, part_size=part_plan.part_size, todo=todo), network,
+                                 prep, settings, views, part_plan, todo, parts_dir, dtype, result)
+            early = None
+            releasing = release_in_background(spent)
+        result.assembled, result.missing_parts, failures = shards.assemble_when_complete(out, held)
+        result.failures = failures if failures is not None else [] if result.missing_parts else writer.failures_of(out)
+        if releasing is not None:
+            releasing.join()
         result.seconds = time.perf_counter() - started
-        result.failures = [] if result.missing_parts else writer.failures_of(out)
         return result
+
+
+def _write_parts(job_decoders: Decoders, network, prep: dict, settings: Settings, views: int, part_plan, todo,
+                 parts_dir: Path, dtype: str, result: ExtractResult) -> list:
+    """Compute the parts ``todo`` from the decoded batches and write them; returns what the run held (the
+    compiled network, the decoders and their slots) for ``release_in_background``."""
+    computer = make_computer(network, prep, settings.device, settings.precision, settings.batch_size,
+                             settings.streams, views)
+    result.runtime = computer.describe()
+    result.notes.extend([computer.note] if computer.note else [])
+    decoded = job_decoders.batches
+    batches = decoded.in_turns() if takes_turns(decoded, computer, settings) else decoded
+    writer.write_parts(computer.map(batches), part_plan, todo, parts_dir, dtype, settings.progress)
+    return [computer, job_decoders]
+
+
+def release_in_background(objects: list) -> threading.Thread:
+    """Free ``objects`` (of which the caller keeps no other reference) on a thread of their own. The compiled
+    network and the decoders' shared slots take 10-20 ms each to free, with the GIL released, so this runs
+    beside the assembly, which leaves the other core idle (bench/RESULTS.md)."""
+    thread = threading.Thread(target=objects.clear, name="cnncodes-release")
+    thread.start()
+    return thread
 
 
 def _open_job(parts_dir: Path, settings: Settings, plan, rank: shards.Shard, result: ExtractResult, meta: dict,

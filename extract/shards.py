@@ -72,26 +72,26 @@ def resolve(shard: tuple[int, int] | None, environ: Mapping[str, str]) -> Shard:
                  int(environ.get("LOCAL_WORLD_SIZE", "1") or 1), "torchrun")
 
 
-def assemble_when_complete(out: Path, held: OutputLock) -> tuple[bool, list[int]]:
+def assemble_when_complete(out: Path, held: OutputLock) -> tuple[bool, list[int], list[tuple[str, str]] | None]:
     """Under the job's step lock: assemble ``out`` when every part exists and no other rank has.
-    Returns (assembled by this call, the parts still missing)."""
+    Returns (assembled by this call, the parts still missing, the file's failures where this call wrote it)."""
     parts_dir = parts.parts_dir_for(out)
     with held.step():
         job = parts.read_job(parts_dir)
         if job is None:
             if codesfile.is_complete(out):
-                return False, []  # another rank assembled it and removed the parts
+                return False, [], None  # another rank assembled it and removed the parts
             raise ExtractionError(f"nothing to assemble for {out}: {parts_dir} holds no extraction")
         missing = parts.missing_parts(parts_dir, job.n_parts)
         if missing:
-            return False, missing
+            return False, missing, None
         writer.remove_stale_temporaries(out)  # a killed assembly's; none is running while we hold the step
         listing, taps, job_rows, kept = parts.read_job_rows(parts_dir, job)
         need = writer.bytes_needed(len(listing), taps, job.meta["dtype"])
         writer.check_space(out, need, need, "the codes file")
-        writer.assemble(out, listing, job.meta, taps, job.meta["dtype"], job_rows,
-                        parts.PartPlan(len(job_rows), job.part_size), parts_dir, kept)
-        return True, []
+        failures = writer.assemble(out, listing, job.meta, taps, job.meta["dtype"], job_rows,
+                                   parts.PartPlan(len(job_rows), job.part_size), parts_dir, kept)
+        return True, [], failures
 
 
 def assemble_codes(out: str | os.PathLike) -> bool:
@@ -105,7 +105,7 @@ def assemble_codes(out: str | os.PathLike) -> bool:
         raise ExtractionError(f"nothing to assemble for {out}: {parts_dir} holds no extraction "
                               f"(run `cnncodes extract ... -o {out}` first)")
     with output_lock(out, JOINER) as held:
-        assembled, missing = assemble_when_complete(out, held)
+        assembled, missing, _ = assemble_when_complete(out, held)
     if missing:
         raise ExtractionError(f"cannot assemble {out} yet: {missing_text(parts_dir, missing)}")
     return assembled

@@ -79,8 +79,9 @@ def write_parts(batches: Iterable[Batch], plan: parts.PartPlan, todo: list[int],
 
 
 def assemble(out: Path, listing: ImageList, meta: dict, taps, dtype: str, job_rows: list[int],
-             plan: parts.PartPlan, parts_dir: Path, kept: dict[int, int] | None) -> None:
-    """Write the final codes file from the parts (and kept old rows), then delete the parts."""
+             plan: parts.PartPlan, parts_dir: Path, kept: dict[int, int] | None) -> list[tuple[str, str]]:
+    """Write the final codes file from the parts (and kept old rows), then delete the parts. Returns its
+    failures, as ``failures_of`` reads them."""
     import h5py
 
     n = len(listing)
@@ -99,7 +100,8 @@ def assemble(out: Path, listing: ImageList, meta: dict, taps, dtype: str, job_ro
     rows = codesfile.Rows(labels=listing.labels, paths=np.array(listing.paths, dtype=object),
                           split=np.array(listing.splits, dtype=object), ok=ok, errors=errors,
                           file_size=listing.file_size, file_mtime_ns=listing.file_mtime_ns)
-    with writing(out) as tmp, h5py.File(tmp, "w") as h5:
+    # without a chunk cache, whole chunks go to the file straight from the parts' arrays (bench/RESULTS.md)
+    with writing(out) as tmp, h5py.File(tmp, "w", rdcc_nbytes=0) as h5:
         codesfile.write_attrs(h5, {**meta, "complete": False})
         codesfile.write_rows(h5, rows)
         for tap in taps:
@@ -112,6 +114,7 @@ def assemble(out: Path, listing: ImageList, meta: dict, taps, dtype: str, job_ro
                 _copy_kept_codes(ds, out, tap.name, kept, plan.part_size)
         h5.attrs["complete"] = True
     parts.discard_job(parts_dir)
+    return failures_in(rows)
 
 
 def _copy_kept_codes(ds: h5py.Dataset, old_path: Path, tap: str, kept: dict[int, int], block: int) -> None:
@@ -138,7 +141,11 @@ def failures_of(out: Path) -> list[tuple[str, str]]:
     import h5py
 
     with h5py.File(out, "r") as h5:
-        rows = codesfile.read_rows(h5)
+        return failures_in(codesfile.read_rows(h5))
+
+
+def failures_in(rows: codesfile.Rows) -> list[tuple[str, str]]:
+    """(path, reason) of the images that could not be read, in file order."""
     return [(p, e) for p, e, ok in zip(rows.paths, rows.errors, rows.ok) if not ok]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import weakref
 
 import h5py
 import numpy as np
@@ -185,6 +187,31 @@ def test_rerun_is_a_no_op_and_python_api_matches(image_tree, tmp_path):
     assert first.n_extracted == 12 and not first.failures
     again = extract_codes(image_tree, out, weights="random", resize=72, crop=64, workers=0, progress=False)
     assert again.up_to_date and again.n_extracted == 0
+
+
+def test_what_a_run_held_is_freed_on_a_thread_of_its_own_before_it_returns(image_tree, tmp_path, monkeypatch):
+    """The compiled network and the decoders with their shared slots take 10-20 ms each to free: that runs on its
+    own thread, beside the assembly, and is done when extract_codes returns."""
+    from cnncodes.extract import runner
+
+    freed = []
+
+    def tracked(make):
+        def making(*args, **kwargs):
+            made = make(*args, **kwargs)
+            kind = type(made).__name__
+            weakref.finalize(made, lambda: freed.append((kind, threading.current_thread().name)))
+            return made
+        return making
+
+    monkeypatch.setattr(runner, "make_computer", tracked(runner.make_computer))
+    monkeypatch.setattr(runner, "Decoders", tracked(runner.Decoders))
+    result = extract_codes(image_tree, tmp_path / "codes.h5", weights="random", resize=72, crop=64, workers=2,
+                           progress=False)
+    assert result.n_extracted == 12 and open_codes(tmp_path / "codes.h5").rows.ok.all()
+    assert len(freed) == 2 and "Decoders" in dict(freed), freed
+    assert {thread for _, thread in freed} == {"cnncodes-release"}
+    assert "cnncodes-release" not in {t.name for t in threading.enumerate()}
 
 
 
