@@ -105,7 +105,9 @@ def _report_bug(command: str, err: Exception) -> int:
     fd, path = tempfile.mkstemp(prefix=f"cnncodes-{command}-", suffix=".traceback.txt")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         traceback.print_exception(err, file=fh)
-    first = " ".join(str(err).split())[:300]
+    from cnncodes.extract.codesfile import short
+
+    first = short(str(err), 300)
     print(f"cnncodes {command}: internal error (a bug, please report it): {type(err).__name__}: {first}; "
           f"traceback in {path}", file=sys.stderr)
     return EXIT_FAILURES

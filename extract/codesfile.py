@@ -71,8 +71,9 @@ def check_recipe(expected: Mapping, found: Mapping, what: str) -> None:
 
 
 def short(value, limit: int = 160) -> str:
-    """``value`` as one line of at most ``limit`` characters, for the messages."""
-    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    """``value`` as one line (its runs of white space, newlines included, made one space) of at most ``limit``
+    characters, for the messages."""
+    text = " ".join(value.split()) if isinstance(value, str) else json.dumps(value, sort_keys=True)
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

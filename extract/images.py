@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .codesfile import short
 from .errors import UsageError
 from .options import VIEWS
 
@@ -239,7 +240,7 @@ def _check_size(w: int, h: int, limit: int | None) -> None:
 
 def _reason(e: BaseException, fmt: str | None, head: bytes, limit: int | None) -> str:
     """One line saying why a file failed."""
-    msg = " ".join(str(e).split())[:200] or type(e).__name__
+    msg = short(str(e), 200) or type(e).__name__
     if isinstance(e, FileNotFoundError):
         return "file not found"
     if isinstance(e, PermissionError):

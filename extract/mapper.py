@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import device as devices
+from .codesfile import short
 from .inference import OpenVINOComputer, _compiled
 
 if TYPE_CHECKING:
@@ -38,6 +39,6 @@ def make_computer(network: Network, preprocess: dict, device, precision: str, ba
     try:
         return _converted(module, network, preprocess, precision, crops, streams, views)
     except Exception as err:  # a network or tap that OpenVINO cannot take
-        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        reason = short(str(err), 200) or type(err).__name__
         return CodeComputer(module, device, precision, crops, views=views,
                             note=f"OpenVINO could not run this network ({reason}); using eager PyTorch (slower)")

@@ -200,7 +200,7 @@ def build_model(backbone: Backbone, info: WeightsInfo) -> torch.nn.Module:
     try:
         state = torch.load(info.path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a file torch saved (its unpickler raises any kind), or one holding more than tensors
-        reason = short(" ".join(f"{type(err).__name__}: {err}".split()), 200)
+        reason = short(f"{type(err).__name__}: {err}", 200)
         raise WeightsNotFound(f"{info.path} is not a checkpoint torch can read as weights ({reason}); give a .pth "
                               "file of a state dict") from err
     if isinstance(state, dict) and "head" in state and "n_classes" in state:  # finetuned.pt under another name
@@ -210,6 +210,6 @@ def build_model(backbone: Backbone, info: WeightsInfo) -> torch.nn.Module:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        reason = short(" ".join(str(err).split()), 300)  # torch's first line ends with a colon; the reasons follow
+        reason = short(str(err), 300)  # torch's first line ends with a colon; the reasons follow
         raise WeightsNotFound(f"{info.path} is not a {backbone.name} checkpoint: {reason}") from err
     return model.eval()

@@ -76,3 +76,16 @@ def test_bad_input_is_exit_2_in_one_line_and_writes_nothing(tmp_path, capsys, co
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(f"cnncodes {command[0]}: error: ") and message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_every_message_quotes_a_reason_as_one_shortened_line():
+    """codesfile.short is the one rule: white space runs (newlines of a library's message included) become one
+    space, and what is longer than the limit ends in '...'."""
+    from cnncodes.extract.codesfile import short
+
+    assert short("cannot load:\n  truncated\tfile  ") == "cannot load: truncated file"
+    assert short("x" * 300, 200) == "x" * 197 + "..."
+    assert short({"b": 1, "a": [1, 2]}) == '{"a": [1, 2], "b": 1}'
+    sources = [p for d in ("extract", "classify", "finetune", "advise") for p in (ROOT / d).glob("*.py")]
+    hand_cut = [p.name for p in sources + [ROOT / "pipeline.py"] if ".split())[:" in p.read_text(encoding="utf-8")]
+    assert hand_cut == []
