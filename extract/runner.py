@@ -184,20 +184,22 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         releasing = None
         if todo:
             # the workers decode while the network is converted or loaded
-            spent = _write_parts(early or decoders(plan.job_rows, part_size=part_plan.part_size, todo=todo), network,
-                                 prep, settings, views, part_plan, todo, parts_dir, dtype, result)
+            spent = _compute_parts(early or decoders(plan.job_rows, part_size=part_plan.part_size, todo=todo),
+                                   network, prep, settings, views, part_plan, todo, parts_dir, dtype, result)
             early = None
             releasing = release_in_background(spent)
         result.assembled, result.missing_parts, failures = shards.assemble_when_complete(out, held)
-        result.failures = failures if failures is not None else [] if result.missing_parts else writer.failures_of(out)
+        if failures is None:  # this call wrote no file: another rank's, or none yet
+            failures = [] if result.missing_parts else writer.failures_of(out)
+        result.failures = failures
         if releasing is not None:
             releasing.join()
         result.seconds = time.perf_counter() - started
         return result
 
 
-def _write_parts(job_decoders: Decoders, network, prep: dict, settings: Settings, views: int, part_plan, todo,
-                 parts_dir: Path, dtype: str, result: ExtractResult) -> list:
+def _compute_parts(job_decoders: Decoders, network, prep: dict, settings: Settings, views: int, part_plan, todo,
+                   parts_dir: Path, dtype: str, result: ExtractResult) -> list:
     """Compute the parts ``todo`` from the decoded batches and write them; returns what the run held (the
     compiled network, the decoders and their slots) for ``release_in_background``."""
     computer = make_computer(network, prep, settings.device, settings.precision, settings.batch_size,
