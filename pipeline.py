@@ -44,7 +44,7 @@ def process_settings() -> None:
     """Settings of the whole process, made before NumPy and torch load (the benchmarks' children make them too).
     OpenMP threads sleep instead of spinning: spinning threads collapse throughput on a busy machine
     where decoders and the forward pass share the cores. OpenBLAS's (NumPy's) spin at most 2^20 cycles after a
-    call, not 2^28 (about 0.1 s): importing NumPy makes one call, and that spin took a core from the decoders at
+    call, not 2^28: importing NumPy makes one call, and that spin took a core from the decoders at
     every run's start (figures in bench/RESULTS.md)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")

@@ -1,7 +1,7 @@
 """Progress bars: tqdm's, drawn as widgets where a notebook runs, as text elsewhere.
 
-This is ``tqdm.auto`` without its asyncio half, which no bar here needs and whose import cost every run about
-11 ms of start-up (bench/RESULTS.md).
+This is ``tqdm.auto`` without its asyncio half, which no bar here needs and whose import every run paid at its
+start (figures in bench/RESULTS.md).
 """
 from __future__ import annotations
 

@@ -213,9 +213,9 @@ def _compute_parts(job_decoders: Decoders, network, prep: dict, settings: Settin
 
 
 def release_in_background(objects: list) -> threading.Thread:
-    """Free ``objects`` (of which the caller keeps no other reference) on a thread of their own. The compiled
-    network and the decoders' shared slots take 10-20 ms each to free, with the GIL released, so this runs
-    beside the assembly, which leaves the other core idle (bench/RESULTS.md)."""
+    """Free ``objects`` (of which the caller keeps no other reference) on a thread of their own. Freeing the
+    compiled network and the decoders' shared slots takes a while, with the GIL released, so this runs beside
+    the assembly, which leaves the other core idle (figures in bench/RESULTS.md)."""
     thread = threading.Thread(target=objects.clear, name="cnncodes-release")
     thread.start()
     return thread

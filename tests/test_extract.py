@@ -190,8 +190,8 @@ def test_rerun_is_a_no_op_and_python_api_matches(image_tree, tmp_path):
 
 
 def test_what_a_run_held_is_freed_on_a_thread_of_its_own_before_it_returns(image_tree, tmp_path, monkeypatch):
-    """The compiled network and the decoders with their shared slots take 10-20 ms each to free: that runs on its
-    own thread, beside the assembly, and is done when extract_codes returns."""
+    """Freeing the compiled network and the decoders with their shared slots runs on a thread of its own, beside
+    the assembly, and is done when extract_codes returns."""
     from cnncodes.extract import runner
 
     freed = []
