@@ -89,7 +89,7 @@ class Decoding:
                  ahead: int, context: str):
         ctx = multiprocessing.get_context(context)
         cpus = decoder_cpus(workers)
-        self.slots, self.todo, self.running = slots, iter(enumerate(batches)), deque()
+        self.slots, self.todo, self.running, self.workers = slots, iter(enumerate(batches)), deque(), workers
         self.go = ctx.Event()  # cleared: the workers wait before their next batch (``in_turns``)
         self.go.set()
         self.pool = ProcessPoolExecutor(workers, ctx, initializer=_worker_init,
@@ -107,7 +107,8 @@ class Decoding:
             while True:
                 if self.running and not self.running[0].done():
                     self.go.set()
-                    concurrent.futures.wait(self.running)
+                    # the caller goes on while the last workers - 1 batches are decoded: a core would idle meanwhile
+                    concurrent.futures.wait(list(self.running)[:max(1, len(self.running) - self.workers + 1)])
                     self.go.clear()
                 try:
                     batch = next(self)

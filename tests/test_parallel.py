@@ -166,6 +166,36 @@ def test_decoding_in_turns_gives_the_serial_batches_and_keeps_the_workers_waitin
     assert stopped.go.is_set() and not closing.is_alive()
 
 
+def test_the_caller_takes_its_turn_while_the_last_batch_of_a_turn_is_still_decoded(tmp_path, monkeypatch):
+    """At the end of a turn the caller does not wait for the last batch (with two workers the other core would
+    idle): the last image of the turn is decoded only once the caller holds the first batch, and still decodes."""
+    import multiprocessing
+
+    from cnncodes.extract import batches
+    from cnncodes.extract.images import ImageDataset
+    from cnncodes.extract.reader import list_images
+
+    caller_has_a_batch = multiprocessing.get_context("fork").Event()
+
+    class LastWaitsForTheCaller(ImageDataset):
+        def __getitem__(self, i):
+            if i == len(self.paths) - 1 and not caller_has_a_batch.wait(timeout=60):
+                return np.zeros((3, self.crop, self.crop), np.uint8), False, "the caller waited for this batch"
+            return super().__getitem__(i)
+
+    listing = list_images(make_tree(tmp_path / "images", per_class=4))
+    dataset = LastWaitsForTheCaller(listing.root, listing.paths, 72, 64)
+    rows = [list(range(i, i + 2)) for i in range(0, len(listing), 2)]
+    monkeypatch.setattr(batches, "PREFETCH_BYTES", 1)  # two batches ahead a worker: the 4 batches are one turn
+    decoded = batches.decoded_batches(dataset, rows, workers=2)
+    got = []
+    for pixels, ok, errors in decoded.in_turns():
+        caller_has_a_batch.set()
+        got.append((ok.copy(), errors))
+    assert len(got) == len(rows) == 4
+    assert all(ok.all() for ok, _ in got), [errors for _, errors in got]
+
+
 def test_extraction_in_turns_gives_the_codes_of_shared_cores(tmp_path, monkeypatch):
     """Turns where a decoder and an OpenVINO stream sit on every core (not with eager PyTorch, nor more decoders
     than cores); taking turns or sharing the cores, each forced whatever this machine: the same codes, bit for
