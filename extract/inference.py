@@ -100,7 +100,7 @@ class OpenVINOComputer:
         """Keeps every stream busy: a batch is started on a free inference request, and when none is free
         the oldest one is waited for and its codes yielded, so they come out in order. A batch's codes may be
         its request's output memory: like the decoded batches, valid until the next batch is asked for."""
-        free = [self.compiled.create_infer_request() for _ in range(2 * self.streams)]  # one waiting per stream
+        free = [self.compiled.create_infer_request() for _ in range(3 * self.streams)]  # two waiting per stream
         running: deque[tuple[object, np.ndarray, list[str]]] = deque()
         for images, ok, errors in batches:
             if not free:
