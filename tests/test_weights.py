@@ -72,6 +72,33 @@ def test_weights_file_is_loaded_and_hashed(image_tree, tmp_path):
         assert json.loads(h5.attrs["weights"])["source"] == "random"
 
 
+def test_a_checkpoint_is_hashed_again_only_when_it_changes(tmp_path, monkeypatch):
+    """The checkpoint's SHA-256 is remembered by its stat once the file has settled: an unchanged file is not read
+    again (a planted digest comes back), a rewritten one is; with the cache off, or its memo damaged, every lookup
+    hashes the file."""
+    monkeypatch.setenv("CNNCODES_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    ckpt = tmp_path / "weights.pth"
+    ckpt.write_bytes(b"first weights")
+    changed = ckpt.stat().st_ctime_ns
+    memo = tmp_path / "cache" / W.SHA256_MEMO
+    monkeypatch.setattr(W.time, "time_ns", lambda: changed + W.SETTLED_NS)  # changed just now: not remembered
+    assert W.checkpoint_sha256(ckpt) == W.sha256_of(ckpt) and not memo.exists()
+    monkeypatch.setattr(W.time, "time_ns", lambda: changed + 2 * W.SETTLED_NS)
+    assert W.checkpoint_sha256(ckpt) == W.sha256_of(ckpt)
+    known = json.loads(memo.read_text())
+    known[str(ckpt.resolve())][-1] = "planted"
+    memo.write_text(json.dumps(known))
+    assert W.checkpoint_sha256(ckpt) == "planted"  # not read again
+    ckpt.write_bytes(b"other, longer weights")
+    monkeypatch.setattr(W.time, "time_ns", lambda: ckpt.stat().st_ctime_ns + 2 * W.SETTLED_NS)
+    assert W.checkpoint_sha256(ckpt) == W.sha256_of(ckpt) != "planted"
+    memo.write_text("{damaged")
+    assert W.checkpoint_sha256(ckpt) == W.sha256_of(ckpt)
+    monkeypatch.setenv("CNNCODES_CACHE_DIR", "off")
+    assert W.checkpoint_sha256(ckpt) == W.sha256_of(ckpt)
+
+
 def test_wrong_architecture_checkpoint_is_refused(tmp_path):
     ckpt = tmp_path / "resnet.pth"
     torch.save(W.build_model(get_backbone("resnet18"), W.WeightsInfo(W.RANDOM, W.RANDOM, "")).state_dict(), ckpt)
