@@ -100,6 +100,8 @@ def test_a_warm_extract_and_predict_load_no_torch_and_give_the_cold_runs_codes(t
     # nor does it load asyncio: its progress bar is tqdm's without that half (extract/progress.py); predict loads
     # it with joblib
     assert not any("asyncio" in modules for modules in _loaded(tmp_path / "warm").values())
+    # and a run without bars (--quiet) does not import tqdm at all
+    assert not any("tqdm" in modules for modules in _loaded(tmp_path / "predict").values())
 
     cold_codes, warm_codes = open_codes(tmp_path / "run" / "codes.h5"), open_codes(tmp_path / "warm.h5")
     paths = list(cold_codes.rows.paths)
