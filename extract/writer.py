@@ -27,27 +27,28 @@ if TYPE_CHECKING:
 
 
 class PartBuffer:
-    """Accumulates the batches of one part."""
+    """The batches of one part of ``n_rows`` rows, copied into its arrays as they come."""
 
-    def __init__(self):
-        self.codes: dict[str, list[np.ndarray]] = {}
-        self.ok: list[np.ndarray] = []
+    def __init__(self, n_rows: int, dtype: str):
+        self.size, self.dtype, self.n_rows = n_rows, dtype, 0
+        self.codes: dict[str, np.ndarray] = {}
+        self.ok = np.zeros(n_rows, dtype=bool)
         self.errors: list[str] = []
 
-    @property
-    def n_rows(self) -> int:
-        return len(self.errors)
-
-    def add(self, codes: dict[str, np.ndarray], ok: np.ndarray, errors: list[str], dtype: str) -> None:
+    def add(self, codes: dict[str, np.ndarray], ok: np.ndarray, errors: list[str]) -> None:
+        rows = slice(self.n_rows, self.n_rows + len(errors))
         for name, value in codes.items():
-            array = value.astype(dtype, copy=True)
-            array[~ok] = np.nan  # a failed image has no codes; NaN makes that impossible to miss
-            self.codes.setdefault(name, []).append(array)
-        self.ok.append(ok)
+            if name not in self.codes:
+                self.codes[name] = np.empty((self.size, *value.shape[1:]), dtype=self.dtype)
+            self.codes[name][rows] = value
+            if not ok.all():
+                self.codes[name][rows][~ok] = np.nan  # a failed image has no codes; NaN makes that impossible to miss
+        self.ok[rows] = ok
         self.errors.extend(errors)
+        self.n_rows = rows.stop
 
     def finish(self):
-        return {k: np.concatenate(v) for k, v in self.codes.items()}, np.concatenate(self.ok), self.errors
+        return self.codes, self.ok, self.errors
 
 
 def write_parts(batches: Iterable[Batch], plan: parts.PartPlan, todo: list[int], parts_dir: Path, dtype: str,
@@ -58,17 +59,19 @@ def write_parts(batches: Iterable[Batch], plan: parts.PartPlan, todo: list[int],
     bar = progress_bar(total=sum(len(plan.rows(p)) for p in todo), unit="img", desc="extract", disable=not progress,
                        dynamic_ncols=True)
     pending = iter(todo)
-    part, buffer, n_failed = next(pending), PartBuffer(), 0
+    part, n_failed = next(pending), 0
+    buffer = PartBuffer(len(plan.rows(part)), dtype)
     try:
         for codes, ok, errors in batches:
-            buffer.add(codes, ok, errors, dtype)
+            buffer.add(codes, ok, errors)
             n_failed += int((~ok).sum())
             bar.update(len(errors))
             if n_failed:
                 bar.set_postfix(failed=n_failed, refresh=False)
             if buffer.n_rows == len(plan.rows(part)):
                 parts.write_part(parts.part_path(parts_dir, part), *buffer.finish())
-                part, buffer = next(pending, None), PartBuffer()
+                part = next(pending, None)
+                buffer = PartBuffer(len(plan.rows(part)), dtype) if part is not None else None
     except KeyboardInterrupt:
         finished = len(parts.finished_parts(parts_dir))
         raise ExtractionInterrupted(
