@@ -39,13 +39,14 @@ class ImageList:
 
 
 def list_images(source: str | os.PathLike | Sequence[str | os.PathLike], *, path_column: str | None = None,
-                label_column: str | None = None, split_column: str | None = None) -> ImageList:
+                label_column: str | None = None, split_column: str | None = None, stat: bool = True) -> ImageList:
     """List a folder tree, a CSV manifest, an image file, or a list of image files and folders.
 
     A list becomes one collection rooted at the paths' common folder: each folder in it is listed
     (and labelled) as it would be alone, image files given directly are unlabeled. ``*_column``
-    name a manifest's header columns (see manifest.read_manifest). Raises ValueError with a clear message
-    when empty or malformed.
+    name a manifest's header columns (see manifest.read_manifest). ``stat=False`` leaves the files' sizes and times
+    to the caller's ``stat_files`` (extraction stats them once its decoders have started). Raises ValueError with
+    a clear message when empty or malformed.
     """
     given = {role: name for role, name in (("path", path_column), ("label", label_column),
                                            ("split", split_column)) if name}
@@ -72,7 +73,8 @@ def list_images(source: str | os.PathLike | Sequence[str | os.PathLike], *, path
         class_names=class_names,
         ignored=ignored,
     )
-    stat_files(listing)
+    if stat:
+        stat_files(listing)
     return listing
 
 

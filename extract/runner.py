@@ -25,7 +25,7 @@ from .lock import output_lock
 from .outputs import refuse_inside_images
 from .network import prepare
 from .plan import fresh, ignored_note, plan_job
-from .reader import list_images
+from .reader import list_images, stat_files
 from .recipe import DEFAULT_PART_SIZE, Recipe, RunOptions, preprocess_config
 from .options import MAX_UNPOOLED_DIM
 from .weights import locate_weights
@@ -137,7 +137,8 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
     if rank.sharded and overwrite:
         raise UsageError(f"--overwrite cannot be used by shards (this is shard {rank}, from {rank.source}): a "
                          f"shard starting late would redo the others' work; delete {out} first instead")
-    listing = list_images(source, path_column=path_column, label_column=label_column, split_column=split_column)
+    listing = list_images(source, path_column=path_column, label_column=label_column, split_column=split_column,
+                          stat=False)
     bb = get_backbone(backbone)
     prep = preprocess_config(bb, resize, crop)
     if precision == "auto" and expected_recipe and expected_recipe.get("precision"):
@@ -155,6 +156,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         # a fresh job's decoders start before the network is built: one core would idle meanwhile
         early = (decoders(list(range(len(listing))), part_size=settings.part_size_for(len(listing), rank))
                  if fresh(out, overwrite, parts_dir) else None)
+        stat_files(listing)  # the decoders need only the paths: the sizes and times are taken beside them
         winfo = locate_weights(bb, weights)  # hashes the checkpoint: after the fork, beside the decoders
         network = prepare(bb, winfo, list(layers), pool, prep, max_dim, settings.device)
         taps = network.taps

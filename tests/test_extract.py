@@ -214,6 +214,28 @@ def test_what_a_run_held_is_freed_on_a_thread_of_its_own_before_it_returns(image
     assert "cnncodes-release" not in {t.name for t in threading.enumerate()}
 
 
+def test_a_fresh_job_stats_its_files_once_its_decoders_have_started(image_tree, tmp_path, monkeypatch):
+    """The decoders need only the paths, so the files' sizes and times are taken after they start (beside them),
+    and the codes file records them as the listing alone would."""
+    from cnncodes.extract import runner
+    from cnncodes.extract.reader import list_images
+
+    order = []
+
+    def noted(name, call):
+        def calling(*args, **kwargs):
+            order.append(name)
+            return call(*args, **kwargs)
+        return calling
+
+    monkeypatch.setattr(runner, "Decoders", noted("decoders", runner.Decoders))
+    monkeypatch.setattr(runner, "stat_files", noted("stat", runner.stat_files))
+    extract_codes(image_tree, tmp_path / "codes.h5", weights="random", resize=72, crop=64, workers=2, progress=False)
+    assert order[:2] == ["decoders", "stat"], order
+    rows, listed = open_codes(tmp_path / "codes.h5").rows, list_images(image_tree)
+    np.testing.assert_array_equal(rows.file_size, listed.file_size)
+    np.testing.assert_array_equal(rows.file_mtime_ns, listed.file_mtime_ns)
+
 
 def test_dataset_command_writes_the_digits_tree(tmp_path, capsys):
     from PIL import Image
