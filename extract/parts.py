@@ -103,12 +103,14 @@ def plan_parts(parts_dir: Path, digest: str, n_rows: int, part_size: int) -> Par
 
 
 def open_job(parts_dir: Path, job: Job, listing: ImageList, job_rows: list[int], kept: dict[int, int] | None,
-             mine: list[int], replace: bool) -> tuple[set[int], bool]:
+             mine: list[int], replace: bool) -> tuple[set[int], bool, bool]:
     """Prepare ``parts_dir`` for ``job`` (under the job's step lock: ranks starting together meet here);
-    return (finished parts, whether the parts of another job were discarded). A job differing from
-    the one found is refused naming the difference unless ``replace`` (a single run: nobody else's)."""
+    return (finished parts, whether the parts of another job were discarded, whether this call wrote the job). A
+    job differing from the one found is refused naming the difference unless ``replace`` (a single run: nobody
+    else's)."""
     found, discarded = read_job(parts_dir), False
-    if found is None or found.digest != job.digest:
+    created = found is None or found.digest != job.digest
+    if created:
         if found is not None and not replace:
             raise ExtractionError(f"{parts_dir} holds the parts of an extraction made otherwise ("
                                   + "; ".join(_difference(job.about(), found.about())) + "): every shard must "
@@ -122,7 +124,7 @@ def open_job(parts_dir: Path, job: Job, listing: ImageList, job_rows: list[int],
     for part in mine:
         for stale in parts_dir.glob(f".{part_path(parts_dir, part).name}.*.tmp"):
             stale.unlink()  # a part that was being written when this shard's earlier run was killed
-    return {p for p in finished_parts(parts_dir) if p < job.n_parts}, discarded
+    return {p for p in finished_parts(parts_dir) if p < job.n_parts}, discarded, created
 
 
 def discard_job(parts_dir: Path, ignore_errors: bool = True) -> None:

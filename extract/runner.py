@@ -172,7 +172,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
             if plan.up_to_date:
                 result.up_to_date, result.failures = True, writer.failures_of(out)
                 return result
-            part_plan, done = _open_job(parts_dir, settings, plan, rank, result, _file_meta(
+            part_plan, done, created = _open_job(parts_dir, settings, plan, rank, result, _file_meta(
                 recipe, winfo, listing, settings, dtype), listing)
         mine = rank.parts(part_plan.n_parts)
         todo = [p for p in mine if p not in done]
@@ -184,13 +184,23 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         if early and not early.covers(plan.job_rows, part_plan.part_size, todo):
             early = None  # the job turned out otherwise (a file or parts appeared): those decoders stop
         releasing = None
-        if todo:
-            # the workers decode while the network is converted or loaded
-            spent = _compute_parts(early or decoders(plan.job_rows, part_size=part_plan.part_size, todo=todo),
-                                   network, prep, settings, views, part_plan, todo, parts_dir, dtype, result)
-            early = None
-            releasing = release_in_background(spent)
-        result.assembled, result.missing_parts, failures = shards.assemble_when_complete(out, held)
+        assembly = None
+        if todo and not rank.sharded:  # a single process assembles its own job: each part goes in as it is computed
+            writer.remove_stale_temporaries(out)  # a killed run's (this process holds the whole output)
+            assembly = writer.Assembly(out, len(listing), taps, dtype, plan.job_rows, part_plan,
+                                       job=(listing, taps, plan.job_rows, plan.kept) if created else None)
+        try:
+            if todo:
+                # the workers decode while the network is converted or loaded
+                spent = _compute_parts(early or decoders(plan.job_rows, part_size=part_plan.part_size, todo=todo),
+                                       network, prep, settings, views, part_plan, todo, parts_dir, dtype, result,
+                                       assembly)
+                early = None
+                releasing = release_in_background(spent)
+            result.assembled, result.missing_parts, failures = shards.assemble_when_complete(out, held, assembly)
+        finally:
+            if assembly is not None:
+                assembly.abandon()  # unless it was finished (renamed into place)
         if failures is None:  # this call wrote no file: another rank's, or none yet
             failures = [] if result.missing_parts else writer.failures_of(out)
         result.failures = failures
@@ -201,16 +211,16 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
 
 
 def _compute_parts(job_decoders: Decoders, network, prep: dict, settings: Settings, views: int, part_plan, todo,
-                   parts_dir: Path, dtype: str, result: ExtractResult) -> list:
-    """Compute the parts ``todo`` from the decoded batches and write them; returns what the run held (the
-    compiled network, the decoders and their slots) for ``release_in_background``."""
+                   parts_dir: Path, dtype: str, result: ExtractResult, assembly: writer.Assembly | None) -> list:
+    """Compute the parts ``todo`` from the decoded batches and write them (into ``assembly`` too, where given);
+    returns what the run held (the compiled network, the decoders and their slots) for ``release_in_background``."""
     computer = make_computer(network, prep, settings.device, settings.precision, settings.batch_size,
                              settings.streams, views)
     result.runtime = computer.describe()
     result.notes.extend([computer.note] if computer.note else [])
     decoded = job_decoders.batches
     batches = decoded.in_turns() if takes_turns(decoded, computer, settings) else decoded
-    writer.write_parts(computer.map(batches), part_plan, todo, parts_dir, dtype, settings.progress)
+    writer.write_parts(computer.map(batches), part_plan, todo, parts_dir, dtype, settings.progress, assembly)
     return [computer, job_decoders]
 
 
@@ -224,10 +234,10 @@ def release_in_background(objects: list) -> threading.Thread:
 
 
 def _open_job(parts_dir: Path, settings: Settings, plan, rank: shards.Shard, result: ExtractResult, meta: dict,
-              listing) -> tuple[parts.PartPlan, set[int]]:
+              listing) -> tuple[parts.PartPlan, set[int], bool]:
     """Open the parts folder for this job (its digest is the same for every rank: what the parts
     hold, never who computes them); its parts as cut by the run that opened it (sized for its ranks),
-    and those finished already."""
+    those finished already, and whether this run opened it."""
     digest = parts.job_digest({
         "recipe": meta["recipe"], "part_size": settings.part_size, "dtype": meta["dtype"], "root": str(listing.root),
         "rows": [[listing.paths[i], int(listing.file_size[i]), int(listing.file_mtime_ns[i])] for i in plan.job_rows]})
@@ -235,10 +245,11 @@ def _open_job(parts_dir: Path, settings: Settings, plan, rank: shards.Shard, res
     part_plan = parts.plan_parts(parts_dir, digest, n_rows, settings.part_size_for(n_rows, rank))
     mine = rank.parts(part_plan.n_parts)
     job = parts.Job(digest, part_plan.n_parts, part_plan.part_size, meta, rank.count, settings.part_size)
-    done, discarded = parts.open_job(parts_dir, job, listing, plan.job_rows, plan.kept, mine, replace=not rank.sharded)
+    done, discarded, created = parts.open_job(parts_dir, job, listing, plan.job_rows, plan.kept, mine,
+                                              replace=not rank.sharded)
     if discarded:
         result.notes.append("discarded the parts of an earlier interrupted run made with other settings")
-    return part_plan, done
+    return part_plan, done, created
 
 
 def _file_meta(recipe: dict, winfo, listing, settings: Settings, dtype: str) -> dict:

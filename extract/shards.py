@@ -72,9 +72,11 @@ def resolve(shard: tuple[int, int] | None, environ: Mapping[str, str]) -> Shard:
                  int(environ.get("LOCAL_WORLD_SIZE", "1") or 1), "torchrun")
 
 
-def assemble_when_complete(out: Path, held: OutputLock) -> tuple[bool, list[int], list[tuple[str, str]] | None]:
-    """Under the job's step lock: assemble ``out`` when every part exists and no other rank has.
-    Returns (assembled by this call, the parts still missing, the file's failures where this call wrote it)."""
+def assemble_when_complete(out: Path, held: OutputLock, started: writer.Assembly | None = None
+                           ) -> tuple[bool, list[int], list[tuple[str, str]] | None]:
+    """Under the job's step lock: assemble ``out`` when every part exists and no other rank has (``started``: this
+    process's assembly, see writer.Assembly). Returns (assembled by this call, the parts still missing, the file's
+    failures where this call wrote it)."""
     parts_dir = parts.parts_dir_for(out)
     with held.step():
         job = parts.read_job(parts_dir)
@@ -86,11 +88,11 @@ def assemble_when_complete(out: Path, held: OutputLock) -> tuple[bool, list[int]
         if missing:
             return False, missing, None
         writer.remove_stale_temporaries(out)  # a killed assembly's; none is running while we hold the step
-        listing, taps, job_rows, kept = parts.read_job_rows(parts_dir, job)
+        listing, taps, job_rows, kept = started.job if started and started.job else parts.read_job_rows(parts_dir, job)
         need = writer.bytes_needed(len(listing), taps, job.meta["dtype"])
         writer.check_space(out, need, need, "the codes file")
         failures = writer.assemble(out, listing, job.meta, taps, job.meta["dtype"], job_rows,
-                                   parts.PartPlan(len(job_rows), job.part_size), parts_dir, kept)
+                                   parts.PartPlan(len(job_rows), job.part_size), parts_dir, kept, started)
         return True, [], failures
 
 

@@ -1,14 +1,16 @@
 """The writer: computed batches -> part files -> the final HDF5 codes file, each complete or absent.
 
-Parts hold whole batches; each is written when its last batch arrives (see parts.py). Assembly
-reads the parts one by one (bounded memory), adds the rows kept from an earlier file (``--update``),
-writes everything under a temporary name, and renames it over the output (see atomic.py).
+Parts hold whole batches; each is written when its last batch arrives (see parts.py). The codes file is written
+under a temporary name, part by part (bounded memory), with the rows kept from an earlier file (``--update``),
+and renamed over the output (see atomic.py). A single process adds each part as it computes it; the assembly
+of shards reads the part files one by one.
 """
 from __future__ import annotations
 
 import os
 import resource
 import shutil
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import codesfile, parts
-from .atomic import writing
+from .atomic import publish, temporary_name
 from .errors import ExtractionError, ExtractionInterrupted
 from .reader import ImageList
 
@@ -52,8 +54,9 @@ class PartBuffer:
 
 
 def write_parts(batches: Iterable[Batch], plan: parts.PartPlan, todo: list[int], parts_dir: Path, dtype: str,
-                progress: bool) -> None:
-    """Write the parts ``todo`` from ``batches`` (their batches in order, never crossing a part boundary)."""
+                progress: bool, assembly: Assembly | None = None) -> None:
+    """Write the parts ``todo`` from ``batches`` (their batches in order, never crossing a part boundary), each
+    also added to ``assembly`` where given."""
     from .progress import progress_bar
 
     bar = progress_bar(total=sum(len(plan.rows(p)) for p in todo), unit="img", desc="extract", disable=not progress,
@@ -70,6 +73,8 @@ def write_parts(batches: Iterable[Batch], plan: parts.PartPlan, todo: list[int],
                 bar.set_postfix(failed=n_failed, refresh=False)
             if buffer.n_rows == len(plan.rows(part)):
                 parts.write_part(parts.part_path(parts_dir, part), *buffer.finish())
+                if assembly is not None:
+                    assembly.add(part, *buffer.finish())
                 part = next(pending, None)
                 buffer = PartBuffer(len(plan.rows(part)), dtype) if part is not None else None
     except KeyboardInterrupt:
@@ -81,41 +86,114 @@ def write_parts(batches: Iterable[Batch], plan: parts.PartPlan, todo: list[int],
         bar.close()
 
 
+class Assembly:
+    """The codes file under its temporary name (atomic.py), its codes written part by part as the parts come
+    (``add``), then its rows and attributes, and renamed into place (``finish``). A run that assembles its own
+    job (a single process) adds each part as it computes it, so that little is left to write after its last
+    batch; ``assemble`` adds the parts from their files."""
+
+    def __init__(self, out: Path, n_rows: int, taps, dtype: str, job_rows: list[int], plan: parts.PartPlan,
+                 job: tuple | None = None):
+        """``job``: the job's (listing, taps, job rows, kept rows) where the process that opened it assembles it,
+        so that they need not be read back from the parts folder."""
+        import h5py
+
+        self.out, self.tmp, self.plan, self.job, self.finished = out, temporary_name(out), plan, job, False
+        self.flushing: threading.Thread | None = None
+        self.job_rows = np.asarray(job_rows, dtype=np.int64)
+        self.rows_of: dict[int, tuple[np.ndarray, list[str]]] = {}  # part -> (ok, errors), for the parts added
+        # without a chunk cache, whole chunks go to the file straight from the parts' arrays (bench/RESULTS.md)
+        self.h5 = h5py.File(self.tmp, "w", rdcc_nbytes=0)
+        try:
+            self.codes = {tap.name: codesfile.create_codes_dataset(self.h5, tap.name, n_rows, tap.dim, dtype)
+                          for tap in taps}
+        except BaseException:
+            self.abandon()
+            raise
+
+    def add(self, part: int, codes: dict[str, np.ndarray], ok: np.ndarray, errors: list[str]) -> None:
+        rows = self.plan.rows(part)
+        for name, ds in self.codes.items():
+            _write_rows(ds, self.job_rows[rows.start:rows.stop], codes[name])
+        self.rows_of[part] = ok, errors
+        if len(self.rows_of) < self.plan.n_parts:  # after the last part, finish's fsync follows at once
+            self._write_back()
+
+    def _write_back(self) -> None:
+        """Flush the codes written so far to disk on a thread of its own, so that the fsync before the rename
+        finds little left to write: after the last batch, it waited for the whole file (bench/RESULTS.md)."""
+        if self.flushing is None or not self.flushing.is_alive():
+            self.flushing = threading.Thread(target=_flush_to_disk, args=(self.tmp,), name="cnncodes-writeback")
+            self.flushing.start()
+
+    def finish(self, meta: dict, rows: codesfile.Rows) -> None:
+        codesfile.write_attrs(self.h5, {**meta, "complete": False})
+        codesfile.write_rows(self.h5, rows)
+        self.h5.attrs["complete"] = True
+        self.h5.close()
+        self._joined()
+        publish(self.tmp, self.out)
+        self.finished = True
+
+    def abandon(self) -> None:
+        """Close and delete the temporary file (an error, an interrupted run); nothing once it is finished."""
+        if not self.finished:
+            self.h5.close()
+            self._joined()
+            self.tmp.unlink(missing_ok=True)
+
+    def _joined(self) -> None:
+        if self.flushing is not None:
+            self.flushing.join()
+
+
+def _flush_to_disk(path: Path) -> None:
+    """Write ``path``'s data to disk (what ``publish`` will then wait for less); a failure here is left to it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        getattr(os, "fdatasync", os.fsync)(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def assemble(out: Path, listing: ImageList, meta: dict, taps, dtype: str, job_rows: list[int],
-             plan: parts.PartPlan, parts_dir: Path, kept: dict[int, int] | None) -> list[tuple[str, str]]:
-    """Write the final codes file from the parts (and kept old rows), then delete the parts. Returns its
-    failures, as ``failures_of`` reads them."""
+             plan: parts.PartPlan, parts_dir: Path, kept: dict[int, int] | None,
+             started: Assembly | None = None) -> list[tuple[str, str]]:
+    """Write the final codes file from the parts (and kept old rows), then delete the parts. ``started``: this
+    process's assembly of the job, holding some parts already. Returns its failures, as ``failures_of`` reads them."""
     import h5py
 
-    n = len(listing)
-    ok = np.zeros(n, dtype=bool)
-    errors = np.array([""] * n, dtype=object)
-    job_rows_arr = np.asarray(job_rows, dtype=np.int64)
-    for part in range(plan.n_parts):
-        part_ok, part_errors = parts.read_part_rows(parts.part_path(parts_dir, part))
-        dest = job_rows_arr[plan.rows(part).start:plan.rows(part).stop]
-        ok[dest], errors[dest] = part_ok, part_errors
-    if kept:
-        with h5py.File(out, "r") as h5:
-            old = codesfile.read_rows(h5)
-        src, dest = np.fromiter(kept.values(), dtype=np.int64), np.fromiter(kept.keys(), dtype=np.int64)
-        ok[dest], errors[dest] = old.ok[src], old.errors[src]
-    rows = codesfile.Rows(labels=listing.labels, paths=np.array(listing.paths, dtype=object),
-                          split=np.array(listing.splits, dtype=object), ok=ok, errors=errors,
-                          file_size=listing.file_size, file_mtime_ns=listing.file_mtime_ns)
-    # without a chunk cache, whole chunks go to the file straight from the parts' arrays (bench/RESULTS.md)
-    with writing(out) as tmp, h5py.File(tmp, "w", rdcc_nbytes=0) as h5:
-        codesfile.write_attrs(h5, {**meta, "complete": False})
-        codesfile.write_rows(h5, rows)
-        for tap in taps:
-            ds = codesfile.create_codes_dataset(h5, tap.name, n, tap.dim, dtype)
-            for part in range(plan.n_parts):
-                rows_of = plan.rows(part)
-                _write_rows(ds, job_rows_arr[rows_of.start:rows_of.stop],
-                            parts.read_part_codes(parts.part_path(parts_dir, part), tap.name))
-            if kept:
-                _copy_kept_codes(ds, out, tap.name, kept, plan.part_size)
-        h5.attrs["complete"] = True
+    assembly = started or Assembly(out, len(listing), taps, dtype, job_rows, plan)
+    try:
+        for part in range(plan.n_parts):
+            if part not in assembly.rows_of:
+                path = parts.part_path(parts_dir, part)
+                assembly.add(part, {tap.name: parts.read_part_codes(path, tap.name) for tap in taps},
+                             *parts.read_part_rows(path))
+        n, job_rows_arr = len(listing), assembly.job_rows
+        ok, errors = np.zeros(n, dtype=bool), np.array([""] * n, dtype=object)
+        for part, (part_ok, part_errors) in assembly.rows_of.items():
+            dest = job_rows_arr[plan.rows(part).start:plan.rows(part).stop]
+            ok[dest], errors[dest] = part_ok, part_errors
+        if kept:
+            with h5py.File(out, "r") as h5:
+                old = codesfile.read_rows(h5)
+            src, dest = np.fromiter(kept.values(), dtype=np.int64), np.fromiter(kept.keys(), dtype=np.int64)
+            ok[dest], errors[dest] = old.ok[src], old.errors[src]
+            for name, ds in assembly.codes.items():
+                _copy_kept_codes(ds, out, name, kept, plan.part_size)
+        rows = codesfile.Rows(labels=listing.labels, paths=np.array(listing.paths, dtype=object),
+                              split=np.array(listing.splits, dtype=object), ok=ok, errors=errors,
+                              file_size=listing.file_size, file_mtime_ns=listing.file_mtime_ns)
+        assembly.finish(meta, rows)
+    except BaseException:
+        assembly.abandon()
+        raise
     parts.discard_job(parts_dir)
     return failures_in(rows)
 

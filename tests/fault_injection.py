@@ -85,8 +85,8 @@ def _wait_for_a_random_moment(proc: subprocess.Popen, out: Path, done: int, n_pa
     if done == n_parts and rng.random() < 0.5:
         proc.wait()  # let this one finish, so that later kills land in a fresh extraction again
         return "none"
-    assembling = out.parent / f".{out.name}.{proc.pid}.tmp"
-    _wait_until(proc, lambda: assembling.exists() or out.exists())
+    # a single run writes its file under a temporary name as its parts come: the assembly is what follows the last
+    _wait_until(proc, lambda: _finished_parts(out) >= n_parts or out.exists())
     time.sleep(rng.uniform(0.0, 0.02))
     return "assembly"
 

@@ -236,6 +236,49 @@ def test_a_fresh_job_stats_its_files_once_its_decoders_have_started(image_tree, 
     np.testing.assert_array_equal(rows.file_size, listed.file_size)
     np.testing.assert_array_equal(rows.file_mtime_ns, listed.file_mtime_ns)
 
+def test_a_single_process_writes_each_part_into_the_file_as_it_computes_it(image_tree, tmp_path, monkeypatch):
+    """A run that assembles its own job adds each part to the codes file under its temporary name as the part is
+    computed, and flushes it to disk on a thread of its own: after the last batch nothing is read back (neither the
+    parts nor the job's rows), and the file is the one assembled from the part files (a resumed run's)."""
+    from cnncodes.extract import ExtractionInterrupted, parts, writer
+
+    out, added, flushed = tmp_path / "codes.h5", [], []
+    add, flush = writer.Assembly.add, writer._flush_to_disk
+
+    def adding(assembly, part, *args):
+        added.append((part, assembly.tmp.exists(), out.exists()))
+        return add(assembly, part, *args)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("read back after the last batch")
+
+    monkeypatch.setattr(writer.Assembly, "add", adding)
+    monkeypatch.setattr(writer, "_flush_to_disk", lambda path: flushed.append(threading.current_thread().name)
+                        or flush(path))
+    for name in ("read_part_codes", "read_part_rows", "read_job_rows"):
+        monkeypatch.setattr(parts, name, refused)
+    kwargs = dict(weights="random", resize=72, crop=64, workers=0, part_size=4, progress=False)
+    extract_codes(image_tree, out, **kwargs)
+    assert added == [(p, True, False) for p in range(3)] and set(flushed) == {"cnncodes-writeback"}, (added, flushed)
+    assert not list(tmp_path.glob(".codes.h5.*.tmp")) and not parts.parts_dir_for(out).exists()
+    monkeypatch.undo()
+
+    def interrupted_after_two_parts(assembly, part, *args):  # the parts are kept, the temporary file is not
+        if part == 2:
+            raise KeyboardInterrupt
+        return add(assembly, part, *args)
+
+    monkeypatch.setattr(writer.Assembly, "add", interrupted_after_two_parts)
+    resumed = tmp_path / "resumed.h5"
+    with pytest.raises(ExtractionInterrupted):
+        extract_codes(image_tree, resumed, **kwargs)
+    assert not list(tmp_path.glob(".resumed.h5.*.tmp")) and len(parts.finished_parts(parts.parts_dir_for(resumed))) == 3
+    monkeypatch.undo()
+    assert extract_codes(image_tree, resumed, **kwargs).resumed_parts == 3  # every part from its file
+    with h5py.File(out, "r") as a, h5py.File(resumed, "r") as b:
+        np.testing.assert_array_equal(a["codes/penultimate"][()], b["codes/penultimate"][()])
+        assert list(a["paths"].asstr()[()]) == list(b["paths"].asstr()[()]) and a.attrs["complete"]
+
 
 def test_dataset_command_writes_the_digits_tree(tmp_path, capsys):
     from PIL import Image

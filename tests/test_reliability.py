@@ -69,7 +69,7 @@ def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert code == 130
     assert "interrupted" in err and "run the same command again to resume" in err and "Traceback" not in err
     assert "interrupted: 1 of 4 parts are saved" in err
-    assert not out.exists()
+    assert not out.exists() and not list(tmp_path.glob(".codes.h5.*.tmp"))  # the file it was writing is gone
     saved = len(list(parts.parts_dir_for(out).glob("part-*.npz")))
     assert saved == 1
     done = subprocess.run(cmd[:-1], capture_output=True, text=True, check=True)  # without --quiet
