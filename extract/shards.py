@@ -84,7 +84,7 @@ def assemble_when_complete(out: Path, held: OutputLock, started: writer.Assembly
             if codesfile.is_complete(out):
                 return False, [], None  # another rank assembled it and removed the parts
             raise ExtractionError(f"nothing to assemble for {out}: {parts_dir} holds no extraction")
-        missing = parts.missing_parts(parts_dir, job.n_parts)
+        missing = [p for p in parts.missing_parts(parts_dir, job.n_parts) if not (started and p in started.rows_of)]
         if missing:
             return False, missing, None
         writer.remove_stale_temporaries(out)  # a killed assembly's; none is running while we hold the step

@@ -56,7 +56,8 @@ class PartBuffer:
 def write_parts(batches: Iterable[Batch], plan: parts.PartPlan, todo: list[int], parts_dir: Path, dtype: str,
                 progress: bool, assembly: Assembly | None = None) -> None:
     """Write the parts ``todo`` from ``batches`` (their batches in order, never crossing a part boundary), each
-    also added to ``assembly`` where given."""
+    also added to ``assembly`` where given; there, the last one goes to the assembly only: the codes file is
+    written right after it, and a run killed before that computes it again."""
     from .progress import progress_bar
 
     bar = progress_bar(total=sum(len(plan.rows(p)) for p in todo), unit="img", desc="extract", disable=not progress,
@@ -72,7 +73,9 @@ def write_parts(batches: Iterable[Batch], plan: parts.PartPlan, todo: list[int],
             if n_failed:
                 bar.set_postfix(failed=n_failed, refresh=False)
             if buffer.n_rows == len(plan.rows(part)):
-                parts.write_part(parts.part_path(parts_dir, part), *buffer.finish())
+                last = part == todo[-1]
+                if assembly is None or not last:  # the last one's file would only serve a kill in the moments
+                    parts.write_part(parts.part_path(parts_dir, part), *buffer.finish())  # before the rename
                 if assembly is not None:
                     assembly.add(part, *buffer.finish())
                 part = next(pending, None)

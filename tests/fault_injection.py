@@ -77,18 +77,18 @@ def _wait_for_a_random_moment(proc: subprocess.Popen, out: Path, done: int, n_pa
     if rng.random() < 0.2:
         _wait_until(proc, lambda: False, timeout=rng.uniform(0.1, 3.0))
         return "start-up"
-    if done < n_parts and rng.random() < 0.8:
-        target = rng.randint(done + 1, n_parts)  # at least one part written by this run: past start-up
+    files = n_parts - 1  # a single run writes its last part into the codes file only, then renames that
+    if done < files and rng.random() < 0.8:
+        target = rng.randint(done + 1, files)  # at least one part written by this run: past start-up
         _wait_until(proc, lambda: _finished_parts(out) >= target or out.exists())
         time.sleep(rng.uniform(0.0, 0.2))  # somewhere inside the next part (or its write)
         return "mid-extraction"
-    if done == n_parts and rng.random() < 0.5:
+    if done == files and rng.random() < 0.5:
         proc.wait()  # let this one finish, so that later kills land in a fresh extraction again
         return "none"
-    # a single run writes its file under a temporary name as its parts come: the assembly is what follows the last
-    _wait_until(proc, lambda: _finished_parts(out) >= n_parts or out.exists())
+    _wait_until(proc, lambda: _finished_parts(out) >= files or out.exists())
     time.sleep(rng.uniform(0.0, 0.02))
-    return "assembly"
+    return "last part or assembly"
 
 
 def _wait_until(proc: subprocess.Popen, condition, timeout: float = 600.0) -> None:

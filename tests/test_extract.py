@@ -239,11 +239,12 @@ def test_a_fresh_job_stats_its_files_once_its_decoders_have_started(image_tree, 
 def test_a_single_process_writes_each_part_into_the_file_as_it_computes_it(image_tree, tmp_path, monkeypatch):
     """A run that assembles its own job adds each part to the codes file under its temporary name as the part is
     computed, and flushes it to disk on a thread of its own: after the last batch nothing is read back (neither the
-    parts nor the job's rows), and the file is the one assembled from the part files (a resumed run's)."""
+    parts nor the job's rows), the last part is written to the codes file only, and the file is the one a resumed
+    run assembles from part files."""
     from cnncodes.extract import ExtractionInterrupted, parts, writer
 
-    out, added, flushed = tmp_path / "codes.h5", [], []
-    add, flush = writer.Assembly.add, writer._flush_to_disk
+    out, added, flushed, written = tmp_path / "codes.h5", [], [], []
+    add, flush, write_part = writer.Assembly.add, writer._flush_to_disk, parts.write_part
 
     def adding(assembly, part, *args):
         added.append((part, assembly.tmp.exists(), out.exists()))
@@ -257,9 +258,12 @@ def test_a_single_process_writes_each_part_into_the_file_as_it_computes_it(image
                         or flush(path))
     for name in ("read_part_codes", "read_part_rows", "read_job_rows"):
         monkeypatch.setattr(parts, name, refused)
+    monkeypatch.setattr(parts, "write_part", lambda path, *args: written.append(int(path.stem.split("-")[1]))
+                        or write_part(path, *args))
     kwargs = dict(weights="random", resize=72, crop=64, workers=0, part_size=4, progress=False)
     extract_codes(image_tree, out, **kwargs)
     assert added == [(p, True, False) for p in range(3)] and set(flushed) == {"cnncodes-writeback"}, (added, flushed)
+    assert written == [0, 1], written
     assert not list(tmp_path.glob(".codes.h5.*.tmp")) and not parts.parts_dir_for(out).exists()
     monkeypatch.undo()
 
@@ -272,9 +276,10 @@ def test_a_single_process_writes_each_part_into_the_file_as_it_computes_it(image
     resumed = tmp_path / "resumed.h5"
     with pytest.raises(ExtractionInterrupted):
         extract_codes(image_tree, resumed, **kwargs)
-    assert not list(tmp_path.glob(".resumed.h5.*.tmp")) and len(parts.finished_parts(parts.parts_dir_for(resumed))) == 3
+    # the parts before the last are kept; the last one went to the codes file only
+    assert not list(tmp_path.glob(".resumed.h5.*.tmp")) and parts.finished_parts(parts.parts_dir_for(resumed)) == {0, 1}
     monkeypatch.undo()
-    assert extract_codes(image_tree, resumed, **kwargs).resumed_parts == 3  # every part from its file
+    assert extract_codes(image_tree, resumed, **kwargs).resumed_parts == 2  # two from their files, one computed
     with h5py.File(out, "r") as a, h5py.File(resumed, "r") as b:
         np.testing.assert_array_equal(a["codes/penultimate"][()], b["codes/penultimate"][()])
         assert list(a["paths"].asstr()[()]) == list(b["paths"].asstr()[()]) and a.attrs["complete"]
