@@ -157,7 +157,7 @@ def extract_codes(source: str | os.PathLike, out: str | os.PathLike, *, backbone
         early = (decoders(list(range(len(listing))), part_size=settings.part_size_for(len(listing), rank))
                  if fresh(out, overwrite, parts_dir) else None)
         stat_files(listing)  # the decoders need only the paths: the sizes and times are taken beside them
-        winfo = locate_weights(bb, weights)  # hashes the checkpoint: after the fork, beside the decoders
+        winfo = locate_weights(bb, weights)  # hashes the checkpoint, or reads its remembered hash: after the fork
         network = prepare(bb, winfo, list(layers), pool, prep, max_dim, settings.device)
         taps = network.taps
         recipe = Recipe.make(bb, winfo, taps, prep, settings.precision, views).as_dict()
@@ -226,8 +226,8 @@ def _compute_parts(job_decoders: Decoders, network, prep: dict, settings: Settin
 
 def release_in_background(objects: list) -> threading.Thread:
     """Free ``objects`` (of which the caller keeps no other reference) on a thread of their own. Freeing the
-    compiled network and the decoders' shared slots takes a while, with the GIL released, so this runs beside
-    the assembly, which leaves the other core idle (figures in bench/RESULTS.md)."""
+    compiled network and the decoders' shared slots takes a while (the slots with the GIL released; the network
+    holds it), so this runs beside the assembly, which leaves the other core idle (figures in bench/RESULTS.md)."""
     thread = threading.Thread(target=objects.clear, name="cnncodes-release")
     thread.start()
     return thread

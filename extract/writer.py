@@ -38,13 +38,13 @@ class PartBuffer:
         self.errors: list[str] = []
 
     def add(self, codes: dict[str, np.ndarray], ok: np.ndarray, errors: list[str]) -> None:
-        rows = slice(self.n_rows, self.n_rows + len(errors))
+        rows, failed = slice(self.n_rows, self.n_rows + len(errors)), ~ok
         for name, value in codes.items():
             if name not in self.codes:
                 self.codes[name] = np.empty((self.size, *value.shape[1:]), dtype=self.dtype)
             self.codes[name][rows] = value
-            if not ok.all():
-                self.codes[name][rows][~ok] = np.nan  # a failed image has no codes; NaN makes that impossible to miss
+            if failed.any():
+                self.codes[name][rows][failed] = np.nan  # a failed image has no codes; NaN makes that impossible to miss
         self.ok[rows] = ok
         self.errors.extend(errors)
         self.n_rows = rows.stop
@@ -73,9 +73,9 @@ def write_parts(batches: Iterable[Batch], plan: parts.PartPlan, todo: list[int],
             if n_failed:
                 bar.set_postfix(failed=n_failed, refresh=False)
             if buffer.n_rows == len(plan.rows(part)):
-                last = part == todo[-1]
-                if assembly is None or not last:  # the last one's file would only serve a kill in the moments
-                    parts.write_part(parts.part_path(parts_dir, part), *buffer.finish())  # before the rename
+                # with an assembly, the last part's file would only serve a kill in the moments before the rename
+                if assembly is None or part != todo[-1]:
+                    parts.write_part(parts.part_path(parts_dir, part), *buffer.finish())
                 if assembly is not None:
                     assembly.add(part, *buffer.finish())
                 part = next(pending, None)
