@@ -1,6 +1,6 @@
 """The reader side of the run loop: batches of image rows in, decoded uint8 batches out, in order.
 
-Worker processes (a process pool, forked) only decode, with PIL and NumPy, into shared slots (``Slots``);
+Worker processes (forked, fed from one queue) only decode, with PIL and NumPy, into shared slots (``Slots``);
 the main process runs the network, which on the CPU is OpenVINO's own multi-stream inference, so no
 worker holds a compiled model, and no process of a warm run loads torch. By default decoding and the network take
 turns on the cores (``Decoding.in_turns``) rather than time-share them. The workers start decoding as
@@ -11,15 +11,15 @@ whose parent already ran a parallel region, and more threads would only compete 
 """
 from __future__ import annotations
 
-import concurrent.futures
 import mmap
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import wait as wait_for_connections
 
 import numpy as np
 
@@ -81,21 +81,31 @@ def decoded_batches(dataset: ImageDataset, batches: list[list[int]], workers: in
 
 
 class Decoding:
-    """Batches decoded by a pool of ``workers`` processes, at most ``ahead`` of them in flight, yielded in order.
-    The pool stops when the batches are done, or when this is dropped (a job that turned out otherwise, an
-    error, Ctrl-C); a worker that dies fails the run (``BrokenProcessPool``) instead of hanging it."""
+    """Batches decoded by ``workers`` processes, at most ``ahead`` of them in flight, yielded in order. The workers
+    take batches from one queue and each sends what it decoded down a pipe of its own: this process runs no
+    threads for them (a ``ProcessPoolExecutor``'s two cost about 0.2 ms of CPU a batch: bench/RESULTS.md). They
+    stop when the batches are done, or when this is dropped (a job that turned out otherwise, an error, Ctrl-C);
+    a worker that dies fails the run (``BrokenProcessPool``) instead of hanging it."""
 
     def __init__(self, dataset: ImageDataset, slots: Slots | None, batches: list[list[int]], workers: int,
                  ahead: int, context: str):
         ctx = multiprocessing.get_context(context)
         cpus = decoder_cpus(workers)
-        self.slots, self.todo, self.running, self.workers = slots, iter(enumerate(batches)), deque(), workers
+        self.slots, self.todo, self.workers = slots, iter(enumerate(batches)), workers
+        self.next, self.queued, self.decoded = 0, 0, {}  # the batch to hand out next; batches queued; n -> result
         self.go = ctx.Event()  # cleared: the workers wait before their next batch (``in_turns``)
         self.go.set()
-        self.pool = ProcessPoolExecutor(workers, ctx, initializer=_worker_init,
-                                        initargs=(dataset, slots, ctx.Value("i", 0), cpus, self.go))
+        self.tasks, self.results, self.processes = ctx.SimpleQueue(), [], []
+        for worker_id in range(workers):
+            results, sender = ctx.Pipe(duplex=False)
+            process = ctx.Process(target=_decode_worker, name=f"cnncodes-decoder-{worker_id}", daemon=True,
+                                  args=(dataset, slots, worker_id, cpus, self.go, self.tasks, sender))
+            process.start()
+            sender.close()  # only its worker writes: the pipe ends (EOF) when the worker does
+            self.results.append(results)
+            self.processes.append(process)
         for _ in range(ahead):
-            self._submit()
+            self._queue()
 
     def in_turns(self) -> Iterator[Decoded]:
         """The batches, with decoding and the caller's forward pass taking turns on the cores instead of sharing
@@ -105,10 +115,10 @@ class Decoding:
         self.go.clear()
         try:
             while True:
-                if self.running and not self.running[0].done():
+                if self.next < self.queued and not self._decoded(self.next, wait=False):
                     self.go.set()
                     # the caller goes on while the last workers - 1 batches are decoded: a core would idle meanwhile
-                    concurrent.futures.wait(list(self.running)[:max(1, len(self.running) - self.workers + 1)])
+                    self._decoded(max(self.next, self.queued - self.workers), wait=True)
                     self.go.clear()
                 try:
                     batch = next(self)
@@ -118,48 +128,91 @@ class Decoding:
         finally:
             self.go.set()
 
-    def _submit(self) -> None:
+    def _queue(self) -> None:
         item = next(self.todo, None)
         if item is not None:
-            self.running.append(self.pool.submit(_decode_batch, *item))
+            self.tasks.put(item)
+            self.queued += 1
+
+    def _decoded(self, last: int, wait: bool) -> bool:
+        """Whether batches ``self.next`` to ``last`` are decoded, taking in what the workers sent; with ``wait``,
+        once they are."""
+        n = self.next
+        while True:
+            while n in self.decoded and n <= last:
+                n += 1
+            if n > last:
+                return True
+            ready = wait_for_connections(self.results, None if wait else 0)
+            if not ready:
+                return False
+            for results in ready:
+                try:
+                    batch, value, error = results.recv()
+                except (EOFError, OSError):
+                    raise BrokenProcessPool("a decode worker ended unexpectedly (killed, or out of memory?)") from None
+                self.decoded[batch] = value, error
 
     def __iter__(self) -> Decoding:
         return self
 
     def __next__(self) -> Decoded:
-        if not self.running:
+        if self.next == self.queued:
             self.close()
             raise StopIteration
         try:
-            done = self.running.popleft().result()
+            self._decoded(self.next, wait=True)
+            done, error = self.decoded.pop(self.next)
+            if error is not None:
+                raise error
         except BaseException:
             self.close()
             raise
-        self._submit()  # into the slot of a batch the caller has moved past (see Slots)
+        self.next += 1
+        self._queue()  # into the slot of a batch the caller has moved past (see Slots)
         return self.slots.batch(*done) if self.slots is not None else done
 
     def close(self) -> None:
-        """Cancel the batches not started and wait for the ones being decoded (one per worker, short): a pool left
-        shutting down races the interpreter's exit, which then prints a traceback (Bad file descriptor)."""
-        self.go.set()  # a worker waiting for its turn finishes its batch
-        self.running.clear()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers, at once: they hold nothing but the batches they decode, which nobody will read."""
+        self.go.set()
+        self.queued = self.next
+        for process in self.processes:
+            process.kill()
+        for process in self.processes:
+            process.join()
+        for results in self.results:
+            results.close()
+        self.processes, self.results = [], []
 
     def __del__(self) -> None:
-        if hasattr(self, "pool"):
+        if hasattr(self, "processes"):
             self.close()
 
 
-_WORKER: tuple = ()  # a decode worker's (dataset, slots, go), set by _worker_init
+_WORKER: tuple = ()  # a decode worker's (dataset, slots, go)
 
 
-def _worker_init(dataset: ImageDataset, slots: Slots | None, counter, cpus: tuple[int, ...], go) -> None:
+def _decode_worker(dataset: ImageDataset, slots: Slots | None, worker_id: int, cpus: tuple[int, ...], go, tasks,
+                   results) -> None:
+    """A decode worker: the batches it takes from ``tasks``, decoded, down ``results`` as (n, decoded, error)."""
     global _WORKER
     _die_with_parent()
-    with counter.get_lock():
-        worker_id, counter.value = counter.value, counter.value + 1
     decoder_init(worker_id, cpus)
     _WORKER = (dataset, slots, go)
+    while True:
+        n, rows = tasks.get()
+        try:
+            results.send((n, _decode_batch(n, rows), None))
+        except Exception as err:  # noqa: BLE001 - raised in the main process when it reaches batch n
+            results.send((n, None, err if _picklable(err) else RuntimeError(repr(err))))
+
+
+def _picklable(err: BaseException) -> bool:
+    try:
+        pickle.dumps(err)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _die_with_parent() -> None:

@@ -103,6 +103,45 @@ def test_decoded_batches_from_shared_slots_match_the_serial_decode_when_slots_ar
     assert sum(not ok.all() for _, ok, _ in serial) == 1
 
 
+def test_a_decoder_that_dies_or_raises_fails_the_run_instead_of_hanging_it(tmp_path):
+    """A decode worker killed mid-batch (out of memory, say) fails the run with ``BrokenProcessPool``; an error
+    raised in a worker reaches the caller as itself, at its batch, after the batches before it."""
+    import signal
+    import threading
+    from concurrent.futures.process import BrokenProcessPool
+
+    from cnncodes.extract import batches
+    from cnncodes.extract.images import ImageDataset
+    from cnncodes.extract.reader import list_images
+
+    class Fails(ImageDataset):
+        def __getitem__(self, i):
+            if i == 5 and self.how == "dies":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if i == 5:
+                raise ZeroDivisionError("row 5")
+            return super().__getitem__(i)
+
+    listing = list_images(make_tree(tmp_path / "images", per_class=4))
+    rows = [list(range(i, i + 2)) for i in range(0, len(listing), 2)]  # row 5 is in batch 2
+    for how, error in (("dies", BrokenProcessPool), ("raises", ZeroDivisionError)):
+        dataset = Fails(listing.root, listing.paths, 72, 64)
+        dataset.how, got, raised = how, [], []
+
+        def consume():
+            try:
+                got.extend(ok.all() for _, ok, _ in batches.decoded_batches(dataset, rows, workers=2))
+            except Exception as err:  # noqa: BLE001 - the assertion below names it
+                raised.append(err)
+        consumer = threading.Thread(target=consume)
+        consumer.start()
+        consumer.join(timeout=60)
+        assert not consumer.is_alive(), f"a worker that {how} hung the run"
+        assert len(raised) == 1 and isinstance(raised[0], error), (how, raised)
+        if how == "raises":
+            assert got == [True, True] and "row 5" in str(raised[0])
+
+
 def test_one_decoder_per_cpu_stays_on_its_cpu(monkeypatch):
     """With a decoder per CPU (where OpenVINO pins its streams too), decoder i is kept on CPU i; with fewer
     decoders, or ranks sharing the CPUs, none is pinned."""
