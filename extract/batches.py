@@ -158,7 +158,7 @@ class Decoding:
 
     def __next__(self) -> Decoded:
         if self.next == self.queued:
-            self.close()
+            self.close(wait=False)  # the workers exit beside the last forward passes
             raise StopIteration
         try:
             self._decoded(self.next, wait=True)
@@ -172,16 +172,20 @@ class Decoding:
         self._queue()  # into the slot of a batch the caller has moved past (see Slots)
         return self.slots.batch(*done) if self.slots is not None else done
 
-    def close(self) -> None:
-        """Stop the workers, at once: they hold nothing but the batches they decode, which nobody will read."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers at once: they hold nothing but batches that nobody will read. ``wait``: until they have
+        exited (their memory given back), which the end of the batches leaves to whoever drops this."""
         self.go.set()
         self.queued = self.next
         for process in self.processes:
             process.kill()
+        if not wait:
+            return
         for process in self.processes:
             process.join()
         for results in self.results:
             results.close()
+        self.tasks.close()
         self.processes, self.results = [], []
 
     def __del__(self) -> None:
@@ -189,25 +193,22 @@ class Decoding:
             self.close()
 
 
-_WORKER: tuple = ()  # a decode worker's (dataset, slots, go)
-
-
 def _decode_worker(dataset: ImageDataset, slots: Slots | None, worker_id: int, cpus: tuple[int, ...], go, tasks,
                    results) -> None:
     """A decode worker: the batches it takes from ``tasks``, decoded, down ``results`` as (n, decoded, error)."""
-    global _WORKER
     _die_with_parent()
     decoder_init(worker_id, cpus)
-    _WORKER = (dataset, slots, go)
     while True:
         n, rows = tasks.get()
+        go.wait()  # the decoders' turn (``Decoding.in_turns``)
         try:
-            results.send((n, _decode_batch(n, rows), None))
+            results.send((n, _decode_batch(dataset, slots, n, rows), None))
         except Exception as err:  # noqa: BLE001 - raised in the main process when it reaches batch n
             results.send((n, None, err if _picklable(err) else RuntimeError(repr(err))))
 
 
 def _picklable(err: BaseException) -> bool:
+    """Whether ``err`` can cross to the main process as itself."""
     try:
         pickle.dumps(err)
         return True
@@ -216,7 +217,7 @@ def _picklable(err: BaseException) -> bool:
 
 
 def _die_with_parent() -> None:
-    """A pool worker waits for its next batch forever, even once the main process is gone (killed): on Linux the
+    """A decode worker waits for its next batch forever, even once the main process is gone (killed): on Linux the
     kernel ends it with its parent (PR_SET_PDEATHSIG); elsewhere it stays until its queue closes."""
     parent = os.getppid()
     try:
@@ -229,11 +230,8 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _decode_batch(n: int, rows: list[int]):
-    """In a worker: batch ``n`` decoded into its slot ((slot, rows, ok, errors)), or returned whole without slots,
-    once it is the decoders' turn (``Decoding.in_turns``)."""
-    dataset, slots, go = _WORKER
-    go.wait()
+def _decode_batch(dataset: ImageDataset, slots: Slots | None, n: int, rows: list[int]):
+    """Batch ``n`` decoded into its slot ((slot, rows, ok, errors)), or returned whole without slots."""
     if slots is None:
         return stack_images([dataset[i] for i in rows])
     return slots.__getitems__([(n, i) for i in rows])
