@@ -50,19 +50,40 @@ def walk_tree(root: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
 
 
 def _walk(root: Path) -> Iterator[tuple[str, list[str]]]:
-    """(folder, file names) under ``root``, sorted, hidden folders skipped. Symlinked folders are followed,
-    as the split check follows them, but each real folder (device, inode) is entered once: a link loop ends,
-    and a folder linked twice is listed under its first name in sorted order."""
-    seen = {_folder_id(root)}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    """(folder, file names) under ``root``, depth first in sorted order, hidden folders skipped (``os.walk``'s
+    order, whose errors it ignores too). Symlinked folders are followed, as the split check follows them, but each
+    real folder (device, inode) is entered once: a link loop ends, and a folder linked twice is listed under its
+    first name in sorted order."""
+    seen, pending = {_folder_id(root)}, [str(root)]
+    while pending:
+        dirpath = pending.pop()
+        try:
+            with os.scandir(dirpath) as entries:
+                listed = [(entry.name, _is_folder(entry)) for entry in entries]
+        except OSError:
+            continue
+        yield dirpath, [name for name, folder in listed if not folder]
         kept = []
-        for name in sorted(d for d in dirnames if not d.startswith(".")):
+        for name in sorted(name for name, folder in listed if folder and not name.startswith(".")):
             folder = _folder_id(os.path.join(dirpath, name))
             if folder not in seen:
                 seen.add(folder)
-                kept.append(name)
-        dirnames[:] = kept
-        yield dirpath, filenames
+                kept.append(os.path.join(dirpath, name))
+        pending.extend(reversed(kept))
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` is a folder, or a link to one. A link named like an image is taken for one without
+    following it: in trees of links (git-annex, DVC, a benchmark's repeated set) following each costs a stat a
+    file, before the decoders can start."""
+    if entry.is_dir(follow_symlinks=False):
+        return True
+    if not entry.is_symlink() or is_image_name(entry.name):
+        return False
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _folder_id(path: str | os.PathLike) -> tuple[int, int]:

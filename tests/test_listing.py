@@ -72,6 +72,23 @@ def test_a_symlink_loop_is_listed_once(tmp_path):
     assert sorted(listing.paths) == sorted(f"{c}/img_{k:03d}.png" for c in ("cat", "dog") for k in range(2))
 
 
+def test_a_tree_of_linked_image_files_lists_as_the_files_do(tmp_path):
+    """git-annex or DVC trees: every image a link. Links named like images are taken for images without being
+    followed (a stat each); a link to a folder is still walked, a link named otherwise still ignored."""
+    real = make_tree(tmp_path / "real", per_class=3)
+    linked = tmp_path / "linked"
+    for image in sorted(real.rglob("*.png")):
+        (linked / image.parent.name).mkdir(parents=True, exist_ok=True)
+        os.symlink(image, linked / image.parent.name / image.name)
+    os.symlink(real / "cat", linked / "bird", target_is_directory=True)
+    os.symlink(real / "cat" / "img_000.png", linked / "cat" / "notes")
+    expected, listing = list_images(real), list_images(linked)
+    assert listing.class_names == ["bird", "cat", "dog"]
+    assert sorted(p for p in listing.paths if not p.startswith("bird/")) == sorted(expected.paths)
+    assert sorted(p for p in listing.paths if p.startswith("bird/")) == [f"bird/img_{k:03d}.png" for k in range(3)]
+    assert all((linked / p).is_file() for p in listing.paths)
+
+
 def _manifest(tmp_path: Path, header: str, rows: list[str]) -> Path:
     make_tree(tmp_path / "images", per_class=3)
     path = tmp_path / "list.csv"
