@@ -108,7 +108,7 @@ def _int8_computer(taps, int8_xml: str, batch_size: int, streams: int, views: in
     unquantized run in fp32)."""
     from cnncodes.extract import inference, openvino_model
 
-    computer = inference._compiled(openvino_model._read(Path(int8_xml)), taps, "fp32", batch_size * views, streams,
+    computer = inference._compiled(lambda: openvino_model._read(Path(int8_xml)), taps, "fp32", batch_size * views, streams,
                                    views)
     computer.precision = "int8"
     return computer

@@ -16,6 +16,7 @@ and ``map`` yields each image's mean of its views' codes (``mean_over_views``).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,19 +121,22 @@ class OpenVINOComputer:
         return codes, ok, errors
 
 
-def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: int, views: int = 1,
-              key: str | None = None) -> OpenVINOComputer:
-    """``model`` compiled for ``batch_size`` crops; its compiled form is kept with the cache entry ``key``
-    (openvino_model.compiled_dir)."""
+def _compiled(read_model: Callable[[], object], taps: list[Tap], precision: str, batch_size: int, streams: int,
+              views: int = 1, key: str | None = None, ir: Path | None = None) -> OpenVINOComputer:
+    """The model ``read_model()`` gives, compiled for ``batch_size`` crops; its compiled form is kept with the cache
+    entry ``key`` (openvino_model.compiled_dir). With ``ir``, the entry's IR file of that model, the model is
+    compiled from its fixed-batch form's file (openvino_model.fixed_batch_ir), read only to write that form."""
     # OpenVINO pins each process's stream threads from the first core on: ranks sharing a machine would all
     # be pinned onto the same cores (bench/RESULTS.md), so pin only streams that fill the CPUs
     config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision], "NUM_STREAMS": streams,
               "INFERENCE_NUM_THREADS": streams, "PERFORMANCE_HINT": "THROUGHPUT",
               "ENABLE_CPU_PINNING": streams >= devices.usable_cpus()}
-    fixed = model.clone()  # compiled for one batch size, which runs faster than a free one (bench/RESULTS.md)
-    shape = fixed.inputs[0].get_partial_shape()
-    shape[0] = batch_size
-    fixed.reshape({fixed.inputs[0]: shape})
+    fixed = openvino_model.fixed_batch_ir(ir, batch_size, read_model) if ir is not None else None
+    if fixed is None:  # compiled for one batch size, which runs faster than a free one (bench/RESULTS.md)
+        fixed = read_model().clone()
+        shape = fixed.inputs[0].get_partial_shape()
+        shape[0] = batch_size
+        fixed.reshape({fixed.inputs[0]: shape})
     compiled = _compile(fixed, config, openvino_model.compiled_dir(key))
     runs = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     if runs != OPENVINO_PRECISION[precision]:  # the codes file records what made its codes
@@ -141,9 +145,9 @@ def _compiled(model, taps: list[Tap], precision: str, batch_size: int, streams: 
 
 
 def _compile(model, config: dict, cache: Path | None):
-    """Compile ``model``, loading or storing its compiled form in ``cache``; without it where OpenVINO cannot use
-    that folder (not writable, say), which only costs time."""
-    core = openvino_model.core()
+    """Compile ``model`` (an ``openvino.Model``, or the path of its IR file), loading or storing its compiled form
+    in ``cache``; without it where OpenVINO cannot use that folder (not writable, say), which only costs time."""
+    core, model = openvino_model.core(), str(model) if isinstance(model, Path) else model
     if cache is not None:
         try:
             return core.compile_model(model, "CPU", {**config, "CACHE_DIR": str(cache)})

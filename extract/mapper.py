@@ -19,13 +19,13 @@ NO_NATIVE_BF16 = ("this CPU has no native bf16, where OpenVINO runs fp32: bf16 r
 def make_computer(network: Network, preprocess: dict, device, precision: str, batch_size: int,
                   streams: int = 1, views: int = 1) -> CodeComputer | OpenVINOComputer:
     """The fastest computer for ``device``: OpenVINO on the CPU (eager PyTorch when that fails), eager elsewhere.
-    A network converted and checked by an earlier run (``network.converted``) needs no eager model, nor torch.
+    A network converted and checked by an earlier run (``network.ir``) needs no eager model, nor torch.
     ``batch_size`` images of ``views`` crops each make one forward pass of ``batch_size * views`` crops."""
     taps, crops = network.taps, batch_size * views
-    if device.type == "cpu" and network.converted is not None and not (
-            precision == "bf16" and not devices.native_bf16()):
+    if device.type == "cpu" and network.ir is not None and not (precision == "bf16" and not devices.native_bf16()):
         try:
-            return _compiled(network.converted, taps, precision, crops, streams, views, network.key)
+            return _compiled(lambda: network.converted, taps, precision, crops, streams, views, network.key,
+                             network.ir)
         except Exception:
             pass
     from .eager import CodeComputer, _converted, _eager

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import openvino_model
@@ -29,11 +30,16 @@ class Network:
     taps: list[Tap]
     build: Callable[[], nn.Module]
     key: str | None = None  # of the converted-model cache (None: not cached)
-    converted: object | None = None  # an openvino.Model read from the cache
+    ir: Path | None = None  # the cached converted model's IR file
 
     @functools.cached_property
     def model(self) -> nn.Module:
         return self.build()
+
+    @functools.cached_property
+    def converted(self):
+        """The cached converted model (an ``openvino.Model``), read on first use; None where not cached."""
+        return openvino_model.read_cached(self.ir) if self.ir is not None else None
 
     def cache_meta(self) -> dict:
         """What the cache keeps beside a converted model so that a rerun need not resolve the taps."""
@@ -48,8 +54,8 @@ def prepare(backbone: Backbone, weights: WeightsInfo, layers: list[str], pool: s
     build = functools.partial(build_model, backbone, weights)
     hit = openvino_model.cached(key) if key else None
     if hit is not None:
-        converted, meta = hit
-        return Network([Tap.from_dict(t) for t in meta["taps"]], build, key, converted)
+        ir, meta = hit
+        return Network([Tap.from_dict(t) for t in meta["taps"]], build, key, ir)
     from .taps import resolve_taps  # torch
 
     model = build()

@@ -107,21 +107,71 @@ def cache_key(description: dict) -> str:
     return hashlib.sha256(json.dumps([description, versions], sort_keys=True).encode()).hexdigest()[:32]
 
 
-def cached(key: str | None):
-    """(the converted model, its meta) stored under ``key``, or None (no cache, no entry, or a damaged one,
-    then deleted)."""
+def cached(key: str | None) -> tuple[Path, dict] | None:
+    """(the IR file of the converted model, its meta) stored under ``key``, or None (no cache, no entry, or a
+    damaged one, then deleted). The model itself is read only where needed (``read_cached``): a run that compiles
+    a fixed-batch form (``fixed_batch_ir``) already made never reads it."""
     folder = cache_dir()
     entry = folder / key if folder and key else None
     if entry is None or not (entry / "model.xml").is_file():
         return None
     try:
-        model = _read(entry / "model.xml")
         meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
     except Exception:
         shutil.rmtree(entry, ignore_errors=True)
         return None
     os.utime(entry)
-    return model, meta
+    return entry / "model.xml", meta
+
+
+def read_cached(xml: Path):
+    """The converted model of a cache entry (``cached``); None where it cannot be read (the entry deleted)."""
+    try:
+        return _read(xml)
+    except Exception:
+        shutil.rmtree(xml.parent, ignore_errors=True)
+        return None
+
+
+def fixed_batch_ir(xml: Path, batch: int, model) -> Path | None:
+    """The entry's model (``xml``; ``model()`` reads it) with its batch fixed to ``batch``, as IR files beside it,
+    written on first use: OpenVINO compiles such a file, and finds its compiled form, without reading the model
+    or hashing its weights (bench/RESULTS.md). Its weights are a link to the entry's where the reshape left them
+    as they were. None where it cannot be written (then the model is compiled as an object)."""
+    fixed = xml.with_name(f"{xml.stem}-b{batch}.xml")
+    if fixed.is_file():
+        return fixed
+    tmp = xml.with_name(f".{fixed.stem}.{os.getpid()}.tmp")
+    try:
+        reshaped = model().clone()
+        shape = reshaped.inputs[0].get_partial_shape()
+        shape[0] = batch
+        reshaped.reshape({reshaped.inputs[0]: shape})
+        tmp.mkdir(exist_ok=True)
+        ov().save_model(reshaped, tmp / fixed.name, compress_to_fp16=False)
+        weights = (tmp / fixed.name).with_suffix(".bin")
+        if _same_bytes(weights, xml.with_suffix(".bin")):
+            weights.unlink()
+            os.link(xml.with_suffix(".bin"), weights)
+        os.replace(weights, fixed.with_suffix(".bin"))
+        os.replace(tmp / fixed.name, fixed)  # last: an xml names a whole model
+        return fixed
+    except Exception:
+        return None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            block = fa.read(1 << 20)
+            if block != fb.read(1 << 20):
+                return False
+            if not block:
+                return True
 
 
 def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None, meta: dict | None = None):

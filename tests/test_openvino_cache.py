@@ -55,10 +55,13 @@ def test_a_rerun_loads_the_converted_model_and_builds_nothing(cache, monkeypatch
     assert len(blobs) == 1 and blobs[0].stat().st_size > 0
 
     def never(*args, **kwargs):
-        raise AssertionError("built or converted again")
+        raise AssertionError("built, converted or read again")
 
     monkeypatch.setattr(network, "build_model", never)
     monkeypatch.setattr(openvino_model, "converted", never)
+    monkeypatch.setattr(openvino_model, "_read", never)  # compiled from the fixed-batch IR file: no model read
+    (fixed,) = cache.glob("*/model-b*.xml")
+    assert fixed.with_suffix(".bin").samefile(fixed.with_name("model.bin"))  # its weights: no second copy
     again = run("again.h5")
     assert again.taps == first.taps == ["block4", "penultimate"]
     assert again.meta["taps"] == first.meta["taps"] and again.recipe == first.recipe
@@ -90,10 +93,16 @@ def test_a_compiled_form_that_cannot_be_stored_only_costs_time(cache, monkeypatc
 
 
 def test_a_damaged_entry_is_deleted_and_costs_a_conversion(cache):
+    """A damaged meta.json when the entry is looked up, a damaged model where it is first read."""
     entry = cache / "k"
     entry.mkdir(parents=True)
     (entry / "model.xml").write_text("<not a model", encoding="utf-8")
     (entry / "meta.json").write_text("{}", encoding="utf-8")
+    xml, meta = openvino_model.cached("k")
+    assert meta == {} and openvino_model.read_cached(xml) is None and not entry.exists()
+    entry.mkdir(parents=True)
+    (entry / "model.xml").write_text("<model/>", encoding="utf-8")
+    (entry / "meta.json").write_text("{not json", encoding="utf-8")
     assert openvino_model.cached("k") is None and not entry.exists()
 
 
