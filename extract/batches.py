@@ -96,6 +96,8 @@ class Decoding:
         self.go = ctx.Event()  # cleared: the workers wait before their next batch (``in_turns``)
         self.go.set()
         self.tasks, self.results, self.processes = ctx.SimpleQueue(), [], []
+        for _ in range(min(workers, ahead)):  # the first worker starts on its batch while the next one forks
+            self._queue()
         for worker_id in range(workers):
             results, sender = ctx.Pipe(duplex=False)
             process = ctx.Process(target=_decode_worker, name=f"cnncodes-decoder-{worker_id}", daemon=True,
@@ -104,7 +106,7 @@ class Decoding:
             sender.close()  # only its worker writes: the pipe ends (EOF) when the worker does
             self.results.append(results)
             self.processes.append(process)
-        for _ in range(ahead):
+        for _ in range(ahead - self.queued):
             self._queue()
 
     def in_turns(self) -> Iterator[Decoded]:
