@@ -5,9 +5,10 @@ time for the same network, weights, taps and input size, so its IR files (``ov.s
 kept in a cache folder: ``$CNNCODES_CACHE_DIR`` (``off``: no cache), else
 ``$XDG_CACHE_HOME/cnncodes/openvino`` or ``~/.cache/cnncodes/openvino``; the oldest entries go
 beyond ``MAX_ENTRIES``. Beside the IR files an entry keeps the caller's ``meta.json`` (network.py: the
-taps, so that a rerun builds nothing) and OpenVINO's compiled forms (``compiled_dir``). The caller checks
-every conversion against the eager model before it is used; the key covers everything an entry depends on,
-so a later run trusts it, and a damaged entry costs a conversion.
+taps, so that a rerun builds nothing), the model with its batch size fixed for each batch size run
+(``fixed_batch_ir``: an xml of its own, the weights linked) and OpenVINO's compiled forms (``compiled_dir``).
+The caller checks every conversion against the eager model before it is used; the key covers everything an
+entry depends on, so a later run trusts it, and a damaged entry costs a conversion.
 """
 from __future__ import annotations
 
