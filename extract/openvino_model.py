@@ -152,8 +152,11 @@ def fixed_batch_ir(xml: Path, batch: int, model) -> Path | None:
         ov().save_model(reshaped, tmp / fixed.name, compress_to_fp16=False)
         weights = (tmp / fixed.name).with_suffix(".bin")
         if _same_bytes(weights, xml.with_suffix(".bin")):
-            weights.unlink()
-            os.link(xml.with_suffix(".bin"), weights)
+            try:
+                os.link(xml.with_suffix(".bin"), tmp / "linked.bin")
+                os.replace(tmp / "linked.bin", weights)
+            except OSError:
+                pass  # a file system without hard links: a copy of its own
         os.replace(weights, fixed.with_suffix(".bin"))
         os.replace(tmp / fixed.name, fixed)  # last: an xml names a whole model
         return fixed

@@ -117,6 +117,28 @@ def test_a_rank_that_loses_the_race_to_store_uses_the_stored_model(cache):
     assert openvino_model.cached("key")[1] == {"taps": ["winner's"]}
 
 
+def test_the_fixed_batch_form_links_its_weights_or_copies_them_where_links_are_refused(cache, monkeypatch):
+    """The fixed-batch IR file a warm run compiles shares the entry's weights (a hard link); on a file system
+    without links it keeps a copy, and runs the same."""
+    x = torch.ones(4, 3)
+    model = openvino_model.converted(Scale(2.0), x[:1], "key", {})
+    xml, _ = openvino_model.cached("key")
+    linked = openvino_model.fixed_batch_ir(xml, 4, lambda: model)
+    assert linked.with_suffix(".bin").samefile(xml.with_suffix(".bin"))
+
+    def refused(*args, **kwargs):
+        raise OSError("links not supported here")
+
+    monkeypatch.setattr(os, "link", refused)
+    copied = openvino_model.fixed_batch_ir(xml, 8, lambda: model)
+    assert copied.name == "model-b8.xml" and not copied.with_suffix(".bin").samefile(xml.with_suffix(".bin"))
+    assert copied.with_suffix(".bin").read_bytes() == xml.with_suffix(".bin").read_bytes()
+    for path, batch in ((linked, 4), (copied, 8)):
+        out = openvino_model.core().compile_model(str(path), "CPU")([torch.ones(batch, 3).numpy()])[0]
+        assert out.shape == (batch, 3) and (out == 2).all()
+    assert sorted(p.name for p in xml.parent.iterdir() if p.name.startswith(".")) == []  # no temporary left
+
+
 def _outside_ci(tmp_path: Path, code: str) -> str:
     """Run ``code`` in a fresh Python that does not look like CI (where OpenVINO turns its telemetry off), with
     an empty HOME and no model cache; its output."""
