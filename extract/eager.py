@@ -79,9 +79,9 @@ def _converted(module: Normalized, network: Network, preprocess: dict, precision
         expected = module(probe)
     try:
         ov_model = openvino_model.converted(module, example, network.key, network.cache_meta())
-        entry = openvino_model.cached(network.key)  # the next run compiles its fixed-batch form from the file
+        # the fixed-batch form written now from the entry's file is what the next run compiles
         computer = _compiled(lambda: ov_model, network.taps, precision, batch_size, streams, views, network.key,
-                             entry[0] if entry else None)
+                             openvino_model.ir_file(network.key))
         check_agreement(expected, computer(probe), AGREEMENT[precision])
     except BaseException:
         openvino_model.forget(network.key)  # never leave a conversion that failed its check for the next run

@@ -132,11 +132,8 @@ def _compiled(read_model: Callable[[], object], taps: list[Tap], precision: str,
               "INFERENCE_NUM_THREADS": streams, "PERFORMANCE_HINT": "THROUGHPUT",
               "ENABLE_CPU_PINNING": streams >= devices.usable_cpus()}
     fixed = openvino_model.fixed_batch_ir(ir, batch_size, read_model) if ir is not None else None
-    if fixed is None:  # compiled for one batch size, which runs faster than a free one (bench/RESULTS.md)
-        fixed = read_model().clone()
-        shape = fixed.inputs[0].get_partial_shape()
-        shape[0] = batch_size
-        fixed.reshape({fixed.inputs[0]: shape})
+    if fixed is None:
+        fixed = openvino_model.with_batch(read_model(), batch_size)
     compiled = _compile(fixed, config, openvino_model.compiled_dir(key))
     runs = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     if runs != OPENVINO_PRECISION[precision]:  # the codes file records what made its codes

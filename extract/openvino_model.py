@@ -12,6 +12,7 @@ entry depends on, so a later run trusts it, and a damaged entry costs a conversi
 """
 from __future__ import annotations
 
+import filecmp
 import functools
 import hashlib
 import json
@@ -112,17 +113,23 @@ def cached(key: str | None) -> tuple[Path, dict] | None:
     """(the IR file of the converted model, its meta) stored under ``key``, or None (no cache, no entry, or a
     damaged one, then deleted). The model itself is read only where needed (``read_cached``): a run that compiles
     a fixed-batch form (``fixed_batch_ir``) already made never reads it."""
-    folder = cache_dir()
-    entry = folder / key if folder and key else None
-    if entry is None or not (entry / "model.xml").is_file():
+    xml = ir_file(key)
+    if xml is None:
         return None
     try:
-        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+        meta = json.loads((xml.parent / "meta.json").read_text(encoding="utf-8"))
     except Exception:
-        shutil.rmtree(entry, ignore_errors=True)
+        shutil.rmtree(xml.parent, ignore_errors=True)
         return None
-    os.utime(entry)
-    return entry / "model.xml", meta
+    os.utime(xml.parent)
+    return xml, meta
+
+
+def ir_file(key: str | None) -> Path | None:
+    """The IR file of the converted model stored under ``key``; None where there is none."""
+    folder = cache_dir()
+    xml = folder / key / "model.xml" if folder and key else None
+    return xml if xml is not None and xml.is_file() else None
 
 
 def read_cached(xml: Path):
@@ -144,14 +151,11 @@ def fixed_batch_ir(xml: Path, batch: int, model) -> Path | None:
         return fixed
     tmp = xml.with_name(f".{fixed.stem}.{os.getpid()}.tmp")
     try:
-        reshaped = model().clone()
-        shape = reshaped.inputs[0].get_partial_shape()
-        shape[0] = batch
-        reshaped.reshape({reshaped.inputs[0]: shape})
+        reshaped = with_batch(model(), batch)
         tmp.mkdir(exist_ok=True)
         ov().save_model(reshaped, tmp / fixed.name, compress_to_fp16=False)
         weights = (tmp / fixed.name).with_suffix(".bin")
-        if _same_bytes(weights, xml.with_suffix(".bin")):
+        if filecmp.cmp(weights, xml.with_suffix(".bin"), shallow=False):
             try:
                 os.link(xml.with_suffix(".bin"), tmp / "linked.bin")
                 os.replace(tmp / "linked.bin", weights)
@@ -166,16 +170,14 @@ def fixed_batch_ir(xml: Path, batch: int, model) -> Path | None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _same_bytes(a: Path, b: Path) -> bool:
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            block = fa.read(1 << 20)
-            if block != fb.read(1 << 20):
-                return False
-            if not block:
-                return True
+def with_batch(model, batch: int):
+    """A copy of ``model`` (an ``openvino.Model``) with its batch size fixed to ``batch``: compiled for one batch
+    size, it runs faster than with a free one (bench/RESULTS.md)."""
+    fixed = model.clone()
+    shape = fixed.inputs[0].get_partial_shape()
+    shape[0] = batch
+    fixed.reshape({fixed.inputs[0]: shape})
+    return fixed
 
 
 def converted(module: torch.nn.Module, example: torch.Tensor, key: str | None, meta: dict | None = None):
