@@ -17,13 +17,9 @@ Options take the command line's names with underscores (``quiet=True``, ``layer=
 ``CodesTransformer`` turns a list of image paths into codes inside a scikit-learn ``Pipeline``.
 """
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
-try:
-    __version__ = version("cnncodes")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it (importlib.metadata costs every command 15 ms)
 
 __all__ = ["extract_codes", "load_codes", "Codes", "train", "compare", "finetune", "advise", "auto", "load_model",
            "predict", "CodesTransformer", "export", "__version__"]

@@ -100,12 +100,12 @@ def compiled_dir(key: str | None) -> Path | None:
 def cache_key(description: dict) -> str:
     """A digest of what the converted model depends on: ``description`` (network, weights, taps,
     input size, normalization) and the versions of torch, torchvision, openvino and of this code, read
-    from the packages' metadata: a warm run finds its entry without importing torch."""
-    from importlib import metadata
+    without importing them (versions.py): a warm run finds its entry without importing torch."""
+    from .versions import installed_version
 
     here = Path(__file__).parent
     code = hashlib.sha256(b"".join((here / name).read_bytes() for name in _SOURCES)).hexdigest()
-    versions = [*(metadata.version(name) for name in ("torch", "torchvision", "openvino")), code]
+    versions = [*(installed_version(name) for name in ("torch", "torchvision", "openvino")), code]
     return hashlib.sha256(json.dumps([description, versions], sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -28,6 +28,7 @@ from .plan import fresh, ignored_note, plan_job
 from .reader import list_images, stat_files
 from .recipe import DEFAULT_PART_SIZE, Recipe, RunOptions, preprocess_config
 from .options import MAX_UNPOOLED_DIM
+from .versions import installed_versions
 from .weights import locate_weights
 
 
@@ -260,24 +261,10 @@ def _file_meta(recipe: dict, winfo, listing, settings: Settings, dtype: str) -> 
     return {
         "recipe": recipe, "backbone": recipe["backbone"], "weights": winfo.as_dict(), "taps": recipe["taps"],
         "preprocess": recipe["preprocess"], "class_names": listing.class_names, "image_root": str(listing.root),
-        "versions": {"cnncodes": __version__, **_package_versions("torch", "torchvision"), "h5py": h5py.__version__,
-                     **_package_versions("openvino")},
+        "versions": {"cnncodes": __version__, **installed_versions("torch", "torchvision"), "h5py": h5py.__version__,
+                     **installed_versions("openvino")},
         "precision": settings.precision, "device": settings.device.type, "dtype": dtype,
     }
-
-
-def _package_versions(*names: str) -> dict:
-    """Read from the packages' metadata: a warm run imports neither torch nor torchvision, and importing OpenVINO
-    here, inside the job's HDF5 writes, would also start its telemetry (see openvino_model.ov)."""
-    from importlib import metadata
-
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 def inference_setup(backbone: str = DEFAULT_BACKBONE, layers=("penultimate",), batch_size: int | None = None,

@@ -28,7 +28,7 @@ WRAPPER = """
 import json, os, sys
 
 def loaded(tag):
-    top = sorted({name.split(".")[0] for name in sys.modules})
+    top = sorted({name.split(".")[0] for name in sys.modules} | ({"importlib.metadata"} & set(sys.modules)))
     with open(os.path.join(os.environ["STARTUP_MODULES"], f"{tag}-{os.getpid()}.json"), "w") as fh:
         json.dump(top, fh)
 
@@ -100,6 +100,8 @@ def test_a_warm_extract_and_predict_load_no_torch_and_give_the_cold_runs_codes(t
     # nor does it load asyncio: its progress bar is tqdm's without that half (extract/progress.py); predict loads
     # it with joblib
     assert not any("asyncio" in modules for modules in _loaded(tmp_path / "warm").values())
+    # nor importlib.metadata (the versions come from the dist-info folders' names: extract/versions.py)
+    assert not any("importlib.metadata" in modules for modules in _loaded(tmp_path / "warm").values())
     # and a run without bars (--quiet) does not import tqdm at all
     assert not any("tqdm" in modules for modules in _loaded(tmp_path / "predict").values())
 
@@ -112,6 +114,30 @@ def test_a_warm_extract_and_predict_load_no_torch_and_give_the_cold_runs_codes(t
     row = paths.index("cat/img_000.png")
     predicted = open_codes(tmp_path / "one.h5").codes["penultimate"][:]
     np.testing.assert_allclose(predicted[0], a[row], rtol=1e-4, atol=1e-6 * float(np.abs(a).max()))
+
+
+def test_versions_come_from_the_dist_info_folders_name_else_from_importlib_metadata(tmp_path, monkeypatch):
+    from cnncodes.extract.versions import installed_version, installed_versions
+
+    site = tmp_path / "site"
+    for name in ("onepkg", "twopkg"):
+        (site / name).mkdir(parents=True)
+        (site / name / "__init__.py").write_text("raise ImportError('never imported')\n", encoding="utf-8")
+    (site / "onepkg-1.2.3+cpu.dist-info").mkdir()
+    (site / "onepkg_extra-9.9.dist-info").mkdir()  # another distribution whose name starts alike
+    for version in ("4.5.6", "4.5.7"):  # two: ambiguous, so importlib.metadata decides (its first on the path)
+        (site / f"twopkg-{version}.dist-info").mkdir()
+        (site / f"twopkg-{version}.dist-info" / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: twopkg\nVersion: {version}\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(site))
+    from importlib import metadata
+
+    assert installed_version("onepkg") == "1.2.3+cpu"
+    assert installed_version("twopkg") == metadata.version("twopkg") in {"4.5.6", "4.5.7"}
+    assert installed_version("no_such_package_here") is None
+    assert installed_versions("onepkg", "no_such_package_here") == {"onepkg": "1.2.3+cpu"}
+    for name in ("torch", "numpy", "h5py"):  # real wheels: the same as importlib.metadata says
+        assert installed_version(name) == metadata.version(name)
 
 
 def test_auto_picks_the_cpu_without_torch_where_no_gpu_driver_is_present(monkeypatch):
