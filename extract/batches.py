@@ -119,8 +119,10 @@ class Decoding:
             while True:
                 if self.next < self.queued and not self._decoded(self.next, wait=False):
                     self.go.set()
-                    # the caller goes on while the last workers - 1 batches are decoded: a core would idle meanwhile
-                    self._decoded(max(self.next, self.queued - self.workers), wait=True)
+                    # the caller goes on while the last workers - 1 batches in flight, whichever they are, are
+                    # decoded: a worker without a batch would leave its core idle meanwhile
+                    while self.queued - self.next - len(self.decoded) >= self.workers:
+                        self._receive(wait=True)
                     self.go.clear()
                 try:
                     batch = next(self)
@@ -145,15 +147,19 @@ class Decoding:
                 n += 1
             if n > last:
                 return True
-            ready = wait_for_connections(self.results, None if wait else 0)
-            if not ready:
+            if not self._receive(wait):
                 return False
-            for results in ready:
-                try:
-                    batch, value, error = results.recv()
-                except (EOFError, OSError):
-                    raise BrokenProcessPool("a decode worker ended unexpectedly (killed, or out of memory?)") from None
-                self.decoded[batch] = value, error
+
+    def _receive(self, wait: bool) -> bool:
+        """Take in what the workers have sent (with ``wait``, once one has sent something); whether any had."""
+        ready = wait_for_connections(self.results, None if wait else 0)
+        for results in ready:
+            try:
+                batch, value, error = results.recv()
+            except (EOFError, OSError):
+                raise BrokenProcessPool("a decode worker ended unexpectedly (killed, or out of memory?)") from None
+            self.decoded[batch] = value, error
+        return bool(ready)
 
     def __iter__(self) -> Decoding:
         return self
