@@ -119,8 +119,10 @@ class Decoding:
             while True:
                 if self.next < self.queued and not self._decoded(self.next, wait=False):
                     self.go.set()
-                    # the caller goes on while the last workers - 1 batches in flight, whichever they are, are
-                    # decoded: a worker without a batch would leave its core idle meanwhile
+                    # the caller goes on once the next batch and all but workers - 1 of those in flight, whichever
+                    # they are, are decoded: a worker without a batch would leave its core idle meanwhile. A worker
+                    # that takes a batch after the clear waits for the turn in which the caller needs it.
+                    self._decoded(self.next, wait=True)
                     while self.queued - self.next - len(self.decoded) >= self.workers:
                         self._receive(wait=True)
                     self.go.clear()
