@@ -235,6 +235,38 @@ def test_the_caller_takes_its_turn_while_the_last_batch_of_a_turn_is_still_decod
     assert all(ok.all() for ok, _ in got), [errors for _, errors in got]
 
 
+def test_a_batch_taken_as_a_turn_ends_is_decoded_when_the_caller_needs_it(tmp_path, monkeypatch):
+    """A worker that takes a batch just before the caller's turn begins waits for the decoders' next turn; where
+    the caller needs that very batch at once (fewer batches in flight than workers), that turn comes. (It once
+    did not: the turn was given back at once, before the worker had reached its wait.) The workers here pause
+    after taking a batch, so that they reach their wait after the caller's turn has begun."""
+    import threading
+    import time
+    from multiprocessing.queues import SimpleQueue
+
+    from cnncodes.extract import batches
+    from cnncodes.extract.images import ImageDataset
+    from cnncodes.extract.reader import list_images
+
+    take = SimpleQueue.get
+
+    def take_then_pause(self):
+        task = take(self)
+        time.sleep(0.3)
+        return task
+
+    monkeypatch.setattr(SimpleQueue, "get", take_then_pause)  # in the forked workers
+    listing = list_images(make_tree(tmp_path / "images", per_class=1))
+    dataset = ImageDataset(listing.root, listing.paths, 72, 64)
+    decoded = batches.decoded_batches(dataset, [[0, 1]], workers=2)  # one batch, two workers
+    got: list = []
+    caller = threading.Thread(target=lambda: got.extend(ok.copy() for _, ok, _ in decoded.in_turns()), daemon=True)
+    caller.start()
+    caller.join(timeout=60)
+    assert not caller.is_alive(), "the caller still waits for a batch that no worker decodes"
+    assert len(got) == 1 and got[0].all()
+
+
 def test_extraction_in_turns_gives_the_codes_of_shared_cores(tmp_path, monkeypatch):
     """Turns where a decoder and an OpenVINO stream sit on every core (not with eager PyTorch, nor more decoders
     than cores); taking turns or sharing the cores, each forced whatever this machine: the same codes, bit for
