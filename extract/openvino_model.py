@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -141,8 +142,8 @@ def read_cached(xml: Path):
         return None
 
 
-def fixed_batch_ir(xml: Path, batch: int, model) -> Path | None:
-    """The entry's model (``xml``; ``model()`` reads it) with its batch fixed to ``batch``, as IR files beside it,
+def fixed_batch_ir(xml: Path, batch: int, read_model: Callable[[], object]) -> Path | None:
+    """The entry's model (``xml``; ``read_model()`` reads it) with its batch fixed to ``batch``, as IR files beside it,
     written on first use: OpenVINO compiles such a file, and finds its compiled form, without reading the model
     or hashing its weights (bench/RESULTS.md). Its weights are a link to the entry's where the reshape left them
     as they were. None where it cannot be written (then the model is compiled as an object)."""
@@ -151,7 +152,7 @@ def fixed_batch_ir(xml: Path, batch: int, model) -> Path | None:
         return fixed
     tmp = xml.with_name(f".{fixed.stem}.{os.getpid()}.tmp")
     try:
-        reshaped = with_batch(model(), batch)
+        reshaped = with_batch(read_model(), batch)
         tmp.mkdir(exist_ok=True)
         ov().save_model(reshaped, tmp / fixed.name, compress_to_fp16=False)
         weights = (tmp / fixed.name).with_suffix(".bin")
