@@ -69,7 +69,7 @@ def add_running_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     r.add_argument("--precision", default=ExtractConfig.precision, choices=choices(ExtractConfig, "precision"),
                    help="compute precision, recorded in the codes file; auto = bf16 on CPUs with native bf16 "
                         "(AMX, AVX512-BF16), else fp32; bf16/fp16 on GPUs")
-    r.add_argument("--batch-size", type=declared(ExtractConfig, "batch_size"), default=None, help="images per forward pass (default: 4 on CPU, where small batches are fastest; 64 on GPU)")
+    r.add_argument("--batch-size", type=declared(ExtractConfig, "batch_size"), default=None, help="images decoded together and run in one forward pass (default: on the CPU 4 decoded together, run 2 at a time in fp32 and all 4 in bf16, where small passes are fastest; 64 on GPU)")
     r.add_argument("--workers", type=declared(ExtractConfig, "workers"), default=None,
                    help="image decoding processes; the main process runs the network (on the CPU: OpenVINO, "
                         "one single-threaded stream per CPU) (default: one per CPU, at most 16; on a GPU CPUs - 1). "

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 # Small batches are fastest for CPU inference (cache-resident activations); GPUs want large ones.
 DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 64}
+# Images per forward pass on the CPU where no batch size is asked for: a decoded batch of 4 runs as two passes of 2 in
+# fp32 (its larger activations stay in cache), as one in bf16 (bench/RESULTS.md).
+CPU_FORWARD_BATCH = {"fp32": 2, "bf16": 4}
 # How close (cosine over a probe batch, per tap) a converted model must come to the eager fp32 one.
 AGREEMENT = {"fp32": 0.9999, "bf16": 0.99}
 OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -42,8 +45,13 @@ Batch = tuple[dict[str, np.ndarray], np.ndarray, list[str]]
 
 
 def default_batch_size(device) -> int:
-    """``device``: a torch.device or device.Device (anything with ``type``)."""
+    """Images decoded together. ``device``: a torch.device or device.Device (anything with ``type``)."""
     return DEFAULT_BATCH_SIZE.get(device.type, 32)
+
+
+def default_forward_batch(device, precision: str, batch_size: int) -> int:
+    """Images per forward pass for decoded batches of ``batch_size`` where no batch size was asked for."""
+    return min(batch_size, CPU_FORWARD_BATCH.get(precision, batch_size)) if device.type == "cpu" else batch_size
 
 
 def mean_over_views(codes: dict[str, np.ndarray], views: int) -> dict[str, np.ndarray]:
@@ -57,7 +65,7 @@ def mean_over_views(codes: dict[str, np.ndarray], views: int) -> dict[str, np.nd
 class OpenVINOComputer:
     """The mapper on OpenVINO (eager.CodeComputer's interface, without torch): ``streams`` inference requests of
     one thread each run batches concurrently, on a model compiled for ``batch_size`` crops (images x views;
-    shorter batches are padded)."""
+    shorter batches are padded, longer ones run as several forward passes)."""
 
     runtime = "openvino"
 
@@ -98,17 +106,21 @@ class OpenVINOComputer:
         request.start_async()
 
     def map(self, batches):
-        """Keeps every stream busy: a batch is started on a free inference request, and when none is free
-        the oldest one is waited for and its codes yielded, so they come out in order. A batch's codes may be
-        its request's output memory: like the decoded batches, valid until the next batch is asked for."""
+        """Keeps every stream busy: each forward pass of a batch (a batch larger than the compiled size runs as
+        several) is started on a free inference request, and when none is free the oldest one is waited for and
+        its codes yielded, so they come out in order, a forward pass's images at a time. Those codes may be its
+        request's output memory: like the decoded batches, valid until the next batch is asked for."""
         free = [self.compiled.create_infer_request() for _ in range(3 * self.streams)]  # two waiting per stream
         running: deque[tuple[object, np.ndarray, list[str]]] = deque()
+        step = self.batch_size // self.views  # images in a forward pass
         for images, ok, errors in batches:
-            if not free:
-                yield self._finish(*running.popleft(), free)
-            request = free.pop()
-            self._start(request, np.asarray(images))
-            running.append((request, np.asarray(ok), errors))
+            images, ok = np.asarray(images), np.asarray(ok)
+            for start in range(0, len(ok), step):
+                if not free:
+                    yield self._finish(*running.popleft(), free)
+                request = free.pop()
+                self._start(request, images[start * self.views:(start + step) * self.views])
+                running.append((request, ok[start:start + step], errors[start:start + step]))
         while running:
             yield self._finish(*running.popleft(), free)
 

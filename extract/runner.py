@@ -19,7 +19,7 @@ from .batches import Decoders, Decoding
 from .options import check_options
 from .device import Device, check_precision, choose_device, pick_precision, usable_cpus
 from .errors import ExtractionError, ExtractionInterrupted, UsageError  # noqa: F401  (re-exported)
-from .inference import default_batch_size
+from .inference import default_batch_size, default_forward_batch
 from .mapper import make_computer
 from .lock import output_lock
 from .outputs import refuse_inside_images
@@ -69,6 +69,7 @@ class Settings:
     part_size: int
     progress: bool
     streams: int = 1
+    asked_batch_size: int | None = None  # --batch-size, where given
 
     @classmethod
     def of(cls, options: RunOptions, shard: shards.Shard = shards.Shard()) -> Settings:
@@ -79,13 +80,19 @@ class Settings:
         cpus = shard.cpus()
         workers = options.workers if options.workers is not None else default_workers(dev, cpus)
         return cls(dev, check_precision(options.precision, dev.type), bs, workers, part_size, options.progress,
-                   forward_streams(dev, cpus))
+                   forward_streams(dev, cpus), options.batch_size)
 
     @functools.cached_property
     def precision(self) -> str:
         """The precision run, ``auto`` resolved when first needed: on the CPU OpenVINO says what is native (its
         import and a CPU query), which a fresh job's decoders need not wait for."""
         return pick_precision(self.asked_precision, self.device)
+
+    @property
+    def forward_batch(self) -> int:
+        """Images per forward pass: the batch size asked for, else the default for the precision run (known only
+        after the decoders fork; each decoded batch of ``batch_size`` runs as forward passes of this many)."""
+        return self.asked_batch_size or default_forward_batch(self.device, self.precision, self.batch_size)
 
     def part_size_for(self, n_rows: int, rank: shards.Shard) -> int:
         """The part size of a new job of ``n_rows`` shared by ``rank``'s ranks (see parts.part_size_for)."""
@@ -215,7 +222,7 @@ def _compute_parts(job_decoders: Decoders, network, prep: dict, settings: Settin
                    parts_dir: Path, dtype: str, result: ExtractResult, assembly: writer.Assembly | None) -> list:
     """Compute the parts ``todo`` from the decoded batches and write them (into ``assembly`` too, where given);
     returns what the run held (the compiled network, the decoders and their slots) for ``release_in_background``."""
-    computer = make_computer(network, prep, settings.device, settings.precision, settings.batch_size,
+    computer = make_computer(network, prep, settings.device, settings.precision, settings.forward_batch,
                              settings.streams, views)
     result.runtime = computer.describe()
     result.notes.extend([computer.note] if computer.note else [])
@@ -275,5 +282,6 @@ def inference_setup(backbone: str = DEFAULT_BACKBONE, layers=("penultimate",), b
     settings = Settings.of(RunOptions(device, precision, batch_size, progress=False))
     prep, winfo = preprocess_config(bb), locate_weights(bb, weights)
     network = prepare(bb, winfo, list(layers), "avg", prep, MAX_UNPOOLED_DIM, settings.device)
-    computer = make_computer(network, prep, settings.device, settings.precision, settings.batch_size, settings.streams)
-    return computer, settings.batch_size, f"{computer.describe()}, batch {settings.batch_size}"
+    computer = make_computer(network, prep, settings.device, settings.precision, settings.forward_batch, settings.streams)
+    return computer, settings.batch_size, (f"{computer.describe()}, batch {settings.batch_size}"
+                                           f"{f' in passes of {settings.forward_batch}' if settings.forward_batch < settings.batch_size else ''}")

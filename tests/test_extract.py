@@ -343,29 +343,52 @@ def test_cpu_inference_runs_on_openvino_and_matches_eager():
     computer, batch_size, description = inference_setup(layers=("block4", "penultimate"), weights="random",
                                                         device="cpu", precision="fp32")
     assert computer.runtime == "openvino" and "fp32 openvino" in description and batch_size == 4
-    # compiled for batches of 4: a full batch, then a short one padded to it
-    images = torch.randint(0, 256, (6, 3, 224, 224), dtype=torch.uint8)
+    # fp32 decodes 4 images together and runs them 2 at a time (inference.CPU_FORWARD_BATCH): full passes, then a
+    # short one padded to 2
+    assert computer.batch_size == 2 and description.endswith("batch 4 in passes of 2")
+    images = torch.randint(0, 256, (5, 3, 224, 224), dtype=torch.uint8)
     got = computer(images)
-    assert set(got) == {"block4", "penultimate"} and got["block4"].shape == (6, 384)
-    with pytest.raises(ValueError, match="a batch of 5 images for a model compiled for 4"):
-        list(computer.map([(images[:5].numpy(), np.ones(5, bool), [""] * 5)]))
+    assert set(got) == {"block4", "penultimate"} and got["block4"].shape == (5, 384)
+    with pytest.raises(ValueError, match="a batch of 3 images for a model compiled for 2"):
+        computer._start(computer.compiled.create_infer_request(), images[:3].numpy())
     torch.testing.assert_close(got["penultimate"], _eager_penultimate(images), rtol=1e-4, atol=1e-4)
 
 
 def test_mapped_batches_give_each_batch_its_own_codes_while_the_requests_are_reused():
-    """``map`` runs many more batches than it has inference requests, full and short (padded) ones: each batch's
-    codes, taken before the next batch is asked for, are that batch's own, bit for bit those of a single call."""
+    """``map`` runs many more forward passes than it has inference requests, full and short (padded) ones, a decoded
+    batch larger than a pass as several in turn: each pass's codes, taken before the next is asked for, are its
+    own images' (and ok flags and errors), bit for bit those of a single call."""
     from cnncodes.extract.runner import inference_setup
 
     computer, batch_size, _ = inference_setup(layers=("penultimate",), weights="random", device="cpu", precision="fp32")
     rng = np.random.default_rng(0)
-    sizes = [4, 3, 4, 1, 4, 4, 2, 4, 4, 3, 4, 4]
-    assert batch_size == 4 and len(sizes) > 2 * computer.streams
-    batches = [(rng.integers(0, 256, (n, 3, 224, 224), dtype=np.uint8), np.ones(n, bool), [""] * n) for n in sizes]
-    mapped = [(codes["penultimate"].copy(), errors) for codes, _, errors in computer.map(iter(batches))]
-    assert [len(errors) for _, errors in mapped] == sizes
-    for (images, _, _), (codes, _) in zip(batches, mapped):
-        np.testing.assert_array_equal(codes, computer(images)["penultimate"].numpy())
+    sizes, forward = [4, 3, 4, 1, 4, 4, 2, 4, 4, 3, 4, 4], 2
+    assert batch_size == 4 and computer.batch_size == forward and len(sizes) > 2 * computer.streams
+    batches = [(rng.integers(0, 256, (n, 3, 224, 224), dtype=np.uint8), rng.random(n) > 0.3,
+                [f"error {k}.{i}" for i in range(n)]) for k, n in enumerate(sizes)]
+    mapped = [(codes["penultimate"].copy(), ok, errors) for codes, ok, errors in computer.map(iter(batches))]
+    passes = [(k, i) for k, n in enumerate(sizes) for i in range(0, n, forward)]
+    assert [len(errors) for _, _, errors in mapped] == [min(forward, sizes[k] - i) for k, i in passes]
+    for (k, i), (codes, ok, errors) in zip(passes, mapped):
+        images, want_ok, want_errors = batches[k]
+        assert errors == want_errors[i:i + forward] and ok.tolist() == want_ok[i:i + forward].tolist()
+        np.testing.assert_array_equal(codes, computer(images[i:i + forward])["penultimate"].numpy())
+
+
+@pytest.mark.parametrize("device_type, precision, capabilities, asked, forward", [
+    ("cpu", "fp32", "BF16,FP32", None, 2), ("cpu", "bf16", "BF16,FP32", None, 4), ("cpu", "auto", "FP32,INT8", None, 2),
+    ("cpu", "auto", "BF16,FP32", None, 4), ("cpu", "fp32", "FP32", 3, 3), ("cpu", "fp32", "FP32", 1, 1),
+    ("cuda", "bf16", "FP32", None, 64)])
+def test_decoded_batches_run_in_forward_passes_of_the_size_the_precision_runs_fastest_in(
+        monkeypatch, device_type, precision, capabilities, asked, forward):
+    """On the CPU, fp32 (``auto`` where the CPU reports no native bf16) runs the 4 images decoded together 2 at a
+    time, bf16 all 4 (bench/RESULTS.md); a batch size asked for is both; a GPU runs the whole batch."""
+    from cnncodes.extract import device, runner
+
+    monkeypatch.setenv(device.CAPABILITIES_ENV, capabilities)
+    monkeypatch.setattr(runner, "choose_device", lambda *_: device.Device(device_type))
+    settings = runner.Settings.of(runner.RunOptions(precision=precision, batch_size=asked, progress=False))
+    assert (settings.batch_size, settings.forward_batch) == (asked or (4 if device_type == "cpu" else 64), forward)
 
 
 @pytest.mark.parametrize("capabilities, runtime", [("BF16,FP32,INT8", "openvino"), ("FP32,INT8", "eager")])
