@@ -146,11 +146,11 @@ def child_model(root: str, precision: str, n_images: str, int8_xml: str) -> dict
     n, warm = int(n_images), 4
     batches = ((images[(k * bs) % (len(images) - bs):][:bs], np.ones(bs, bool), [""] * bs)
                for k in range(n // bs + warm))
-    for k, _ in enumerate(computer.map(batches)):
+    for k, (_, done_ok, _) in enumerate(computer.map(batches)):  # a forward pass's images at a time
         if k == warm - 1:
             t0, done = common.now(), 0
         elif k >= warm:
-            done += bs
+            done += len(done_ok)
     return {"images": done, "seconds": common.now() - t0, "settings": computer.describe()}
 
 
