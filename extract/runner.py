@@ -283,5 +283,5 @@ def inference_setup(backbone: str = DEFAULT_BACKBONE, layers=("penultimate",), b
     prep, winfo = preprocess_config(bb), locate_weights(bb, weights)
     network = prepare(bb, winfo, list(layers), "avg", prep, MAX_UNPOOLED_DIM, settings.device)
     computer = make_computer(network, prep, settings.device, settings.precision, settings.forward_batch, settings.streams)
-    return computer, settings.batch_size, (f"{computer.describe()}, batch {settings.batch_size}"
-                                           f"{f' in passes of {settings.forward_batch}' if settings.forward_batch < settings.batch_size else ''}")
+    passes = f" in passes of {settings.forward_batch}" if settings.forward_batch < settings.batch_size else ""
+    return computer, settings.batch_size, f"{computer.describe()}, batch {settings.batch_size}{passes}"
